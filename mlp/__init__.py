@@ -1,0 +1,3 @@
+"""mlp: GitOps for machine learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,90 @@
+"""The `mlp` command line: a click group whose subcommands are imported only when run.
+
+Each subcommand lives in its own module under `mlp.cli`; `COMMANDS` maps a command name
+to "module:attribute". Loading lazily keeps `mlp validate --help` fast, because the
+heavy edges (kubernetes, fastapi, numpy) are never imported for commands that do not use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from mlp import __version__
+
+# name -> (module:attr, one-line help shown in `mlp --help` without importing the module)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("mlp.cli.validate:validate", "Validate a platform repository's specs."),
+    "schemas": ("mlp.cli.schemas:schemas", "Export the JSON Schemas of the spec kinds."),
+    "init": ("mlp.cli.init:init", "Scaffold a new platform repository."),
+    "render": ("mlp.cli.render:render", "Render an environment into Kubernetes manifests."),
+    "diff": ("mlp.cli.diff:diff", "Show what apply would change in an environment."),
+    "apply": ("mlp.cli.apply:apply", "Converge an environment with the repository."),
+    "plan": ("mlp.cli.plan:plan", "Plan the change between two Git revisions (PR view)."),
+    "controller": ("mlp.cli.controller:controller", "Run the GitOps reconciler continuously."),
+    "sync": ("mlp.cli.controller:sync", "Ask a running controller to reconcile an environment now."),
+    "status": ("mlp.cli.status:status", "Show sync and health status of environments."),
+    "audit": ("mlp.cli.status:audit", "Show the audit log."),
+    "up": ("mlp.cli.up:up", "Serve an environment's models on this machine."),
+    "predict": ("mlp.cli.predict:predict", "Run batch inference over a file."),
+    "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
+    "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
+    "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand runs."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target[0].split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("mlp"):
+                return _unavailable(cmd_name, "not implemented in this version")
+            return _unavailable(cmd_name, f"needs the optional dependency {exc.name!r}: pip install 'mlp[all]'")
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str, why: str) -> click.Command:
+    def run() -> None:
+        click.echo(f"error: mlp {name}: {why}", err=True)
+        sys.exit(2)
+
+    return click.Command(name, callback=run, help=f"(unavailable: {why})")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlp")
+def cli() -> None:
+    """mlp: GitOps for machine learning.
+
+    \b
+    Example:
+      mlp validate .
+      mlp render --env staging
+    """
+
+
+def main() -> None:
+    cli(prog_name="mlp")
+
+
+if __name__ == "__main__":
+    main()
