@@ -1,0 +1,58 @@
+"""`mlp validate`: check a platform repository the way CI would."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("path", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "gitlab"]), default="text",
+              show_default=True, help="text for people; json for scripts; github/gitlab for CI annotations.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report to a file (e.g. gl-code-quality-report.json) instead of stdout.")
+def validate(path: Path, fmt: str, output: Path | None) -> None:
+    """Validate every spec under PATH/specs and PATH/environments.
+
+    Reports every problem as `path:line:col: Kind/name: message`: YAML syntax, schema,
+    duplicate names, cross-references, promotion cycles and policy (plaintext secrets,
+    unsafe artifact URIs, unguarded production). Exit 0 when valid, 1 when not, 2 on
+    usage or internal error.
+
+    \b
+    Examples:
+      mlp validate .
+      mlp validate platform/ --format github
+      mlp validate . --format gitlab -o gl-code-quality-report.json
+    """
+    from mlp.sources.directory import read_directory
+    from mlp.specs import load, report
+
+    if not path.is_dir():
+        click.echo(f"error: {path}: not a directory", err=True)
+        sys.exit(2)
+    snapshot = read_directory(path)
+    spec_files = snapshot.spec_files()
+    if not spec_files:
+        click.echo(f"error: {path}: no spec files under specs/ or environments/", err=True)
+        sys.exit(2)
+    result = load(snapshot)
+    docs = len(result.specs)
+    if fmt == "text":
+        text = report.as_text(result.diagnostics, len(spec_files), docs)
+    elif fmt == "json":
+        text = report.as_json(result.diagnostics, len(spec_files), docs)
+    elif fmt == "github":
+        text = report.as_github(result.diagnostics)
+    else:
+        text = report.as_gitlab(result.diagnostics)
+    if output is not None:
+        output.write_text(text + "\n", encoding="utf-8")
+        if fmt != "text":
+            click.echo(report.as_text(result.diagnostics, len(spec_files), docs).splitlines()[-1], err=True)
+    elif text:
+        click.echo(text)
+    sys.exit(0 if result.ok else 1)

@@ -1,0 +1,269 @@
+"""Cross-reference and policy checks over a whole `SpecSet`.
+
+Schema validation judges one document; these rules judge how documents fit together
+(an environment deploys a model version that exists, promotion has no cycle, ...) and
+what the organisation forbids (plaintext secrets, unsafe artifact URIs, unguarded
+production). Each rule returns located `Problem`s; none stops the others.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from mlp.specs.diagnostics import Loc, Problem
+from mlp.specs.loader import SpecSet
+
+ALLOWED_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs", "file")
+REMOTE_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs")
+SECRET_KEY = re.compile(
+    r"(^|[_.-])(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)$",
+    re.IGNORECASE,
+)
+# Keys whose value names where a secret lives rather than holding one.
+SECRET_REFERENCE_KEY = re.compile(r"(secret|token|key)(Ref|Name|Secret|File|Env)$|^storageSecret$", re.IGNORECASE)
+AWS_ACCESS_KEY = re.compile(r"\b(AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b")
+AWS_SECRET_KEY = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])")
+REFERENCE_VALUE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$|^(env|file|secret|vault)://")
+
+
+def check(specs: SpecSet) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in (_models, _features, _experiments, _monitors, _environments, _promotion, _teams, _policy):
+        problems.extend(rule(specs))
+    return problems
+
+
+def _at(specs: SpecSet, kind: str, name: str, loc: Loc, message: str, rule: str = "reference") -> Problem:
+    ref = specs.sources[(kind, name)]
+    return Problem(ref.path, ref.doc, loc, message, kind, name, rule=rule)
+
+
+def _models(specs: SpecSet) -> Iterator[Problem]:
+    for name, model in specs.models.items():
+        seen: dict[int, int] = {}
+        for i, version in enumerate(model.spec.versions):
+            if version.version in seen:
+                yield _at(specs, "Model", name, ("spec", "versions", i, "version"),
+                          f"duplicate version {version.version} (also at versions[{seen[version.version]}])")
+            seen.setdefault(version.version, i)
+        if model.spec.features and model.spec.features not in specs.feature_views:
+            yield _at(specs, "Model", name, ("spec", "features"),
+                      f"feature view {model.spec.features!r} does not exist")
+        elif model.spec.features:
+            view = specs.feature_views[model.spec.features]
+            available = {f.name: f.type for f in view.spec.features}
+            for entity_name in view.spec.entities:
+                entity = specs.entities.get(entity_name)
+                if entity:
+                    available.update({k: entity.spec.valueType for k in entity.spec.joinKeys})
+            for i, field in enumerate(model.spec.signature.inputs):
+                if field.name not in available:
+                    yield _at(specs, "Model", name, ("spec", "signature", "inputs", i, "name"),
+                              f"input {field.name!r} is not a feature of feature view {view.metadata.name!r}")
+                elif available[field.name] != field.type:
+                    yield _at(specs, "Model", name, ("spec", "signature", "inputs", i, "type"),
+                              f"input {field.name!r} is {field.type.value} but feature view "
+                              f"{view.metadata.name!r} declares it {available[field.name].value}")
+
+
+def _features(specs: SpecSet) -> Iterator[Problem]:
+    for name, view in specs.feature_views.items():
+        for i, entity in enumerate(view.spec.entities):
+            if entity not in specs.entities:
+                yield _at(specs, "FeatureView", name, ("spec", "entities", i), f"entity {entity!r} does not exist")
+
+
+def _experiments(specs: SpecSet) -> Iterator[Problem]:
+    for name, exp in specs.experiments.items():
+        model = specs.models.get(exp.spec.model)
+        if model is None:
+            yield _at(specs, "Experiment", name, ("spec", "model"), f"model {exp.spec.model!r} does not exist")
+            continue
+        for i, run in enumerate(exp.spec.runs):
+            if run.modelVersion is not None and model.spec.version(run.modelVersion) is None:
+                yield _at(specs, "Experiment", name, ("spec", "runs", i, "modelVersion"),
+                          f"model {model.metadata.name!r} has no version {run.modelVersion}")
+
+
+def _deployed_in(specs: SpecSet, model: str) -> list[str]:
+    return [env for env, e in specs.environments.items() if model in e.spec.deployments]
+
+
+def _monitors(specs: SpecSet) -> Iterator[Problem]:
+    for name, mon in specs.monitors.items():
+        model = specs.models.get(mon.spec.model)
+        if model is None:
+            yield _at(specs, "Monitor", name, ("spec", "model"), f"model {mon.spec.model!r} does not exist")
+            continue
+        deployed = _deployed_in(specs, mon.spec.model)
+        if not mon.spec.environments and not deployed:
+            yield _at(specs, "Monitor", name, ("spec", "model"),
+                      f"model {mon.spec.model!r} is not deployed in any environment")
+        for i, env in enumerate(mon.spec.environments):
+            if env not in specs.environments:
+                yield _at(specs, "Monitor", name, ("spec", "environments", i), f"environment {env!r} does not exist")
+            elif env not in deployed:
+                yield _at(specs, "Monitor", name, ("spec", "environments", i),
+                          f"model {mon.spec.model!r} is not deployed in environment {env!r}")
+        if mon.spec.drift:
+            inputs = {f.name for f in model.spec.signature.inputs}
+            for i, feature in enumerate(mon.spec.drift.features):
+                if feature not in inputs:
+                    yield _at(specs, "Monitor", name, ("spec", "drift", "features", i),
+                              f"{feature!r} is not an input of model {model.metadata.name!r}")
+
+
+def _environments(specs: SpecSet) -> Iterator[Problem]:
+    for name, env in specs.environments.items():
+        kubernetes = env.spec.target.kind == "kubernetes"
+        for model_name, dep in env.spec.deployments.items():
+            base: Loc = ("spec", "deployments", model_name)
+            model = specs.models.get(model_name)
+            if model is None:
+                yield _at(specs, "Environment", name, base, f"deploys model {model_name!r}, which does not exist")
+                continue
+            routed = [("version", dep.version, base + ("version",))]
+            if dep.canary:
+                routed.append(("canary version", dep.canary.version, base + ("canary", "version")))
+                steps = dep.canary.steps
+                if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[-1] != 100:
+                    yield _at(specs, "Environment", name, base + ("canary", "steps"),
+                              f"canary steps must increase and end at 100, got {steps}")
+                if dep.canary.traffic is not None and dep.canary.traffic not in steps:
+                    yield _at(specs, "Environment", name, base + ("canary", "traffic"),
+                              f"canary traffic {dep.canary.traffic} is not one of the steps {steps}")
+            if dep.abTest:
+                routed.append(("abTest version", dep.abTest.version, base + ("abTest", "version")))
+            if dep.shadow:
+                routed.append(("shadow version", dep.shadow.version, base + ("shadow", "version")))
+            for label, number, loc in routed:
+                version = model.spec.version(number)
+                if version is None:
+                    have = ", ".join(str(v.version) for v in model.spec.versions)
+                    yield _at(specs, "Environment", name, loc,
+                              f"{label} {number} of model {model_name!r} does not exist (versions: {have})")
+                elif kubernetes and urlsplit(version.uri).scheme not in REMOTE_URI_SCHEMES:
+                    yield _at(specs, "Environment", name, loc,
+                              f"{label} {number} of model {model_name!r} has a local artifact URI "
+                              f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
+                              rule="policy")
+            for label, number, loc in routed[1:]:
+                if number == dep.version:
+                    yield _at(specs, "Environment", name, loc,
+                              f"{label} {number} is the same as the stable version")
+
+
+def _promotion(specs: SpecSet) -> Iterator[Problem]:
+    for name, env in specs.environments.items():
+        source = env.spec.promotesFrom
+        if source is None:
+            continue
+        if source == name:
+            yield _at(specs, "Environment", name, ("spec", "promotesFrom"), "an environment cannot promote from itself")
+        elif source not in specs.environments:
+            yield _at(specs, "Environment", name, ("spec", "promotesFrom"), f"environment {source!r} does not exist")
+    # cycles: follow promotesFrom from each environment
+    reported: set[frozenset[str]] = set()
+    for start in specs.environments:
+        path: list[str] = []
+        current: str | None = start
+        while current is not None and current in specs.environments and current not in path:
+            path.append(current)
+            current = specs.environments[current].spec.promotesFrom
+        if current is not None and current in path and current != path[-1]:
+            cycle = path[path.index(current):]
+            key = frozenset(cycle)
+            if key not in reported and start == current:
+                reported.add(key)
+                shown = " -> ".join([*cycle, current])
+                yield _at(specs, "Environment", start, ("spec", "promotesFrom"), f"promotion cycle: {shown}")
+
+
+def _teams(specs: SpecSet) -> Iterator[Problem]:
+    for kind, name in specs.sources:
+        obj = specs.by_kind(kind)[name]
+        team = obj.metadata.team
+        if team and team not in specs.teams:
+            yield _at(specs, kind, name, ("metadata", "team"), f"team {team!r} does not exist")
+    for name, env in specs.environments.items():
+        for i, who in enumerate(env.spec.approvals.from_):
+            scope, _, value = who.partition(":")
+            if scope == "team" and value not in specs.teams:
+                yield _at(specs, "Environment", name, ("spec", "approvals", "from", i), f"team {value!r} does not exist")
+
+
+def _policy(specs: SpecSet) -> Iterator[Problem]:
+    for name, env in specs.environments.items():
+        if env.spec.tier == "production" and env.spec.approvals.required < 1:
+            yield _at(specs, "Environment", name, ("spec", "tier"),
+                      "a production environment must require at least one approval (spec.approvals.required)",
+                      rule="policy")
+        if env.spec.tier == "production" and env.spec.approvals.required and not env.spec.approvals.from_:
+            yield _at(specs, "Environment", name, ("spec", "approvals"),
+                      "a production environment must name who approves (spec.approvals.from)", rule="policy")
+
+
+def document_policy(path: str, index: int, doc: dict[str, Any]) -> Iterator[Problem]:
+    """Policy that holds for any document, valid or not: no plaintext secrets, safe URIs."""
+    kind = doc.get("kind") if isinstance(doc.get("kind"), str) else None
+    meta = doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
+    for loc, value in _walk(doc):
+        key = next((p for p in reversed(loc) if isinstance(p, str)), "")
+        if isinstance(value, str) and key in ("uri", "reference", "labels") and "spec" in loc:
+            message = uri_problem(value)
+            if message:
+                yield Problem(path, index, loc, message, kind, name, rule="policy")
+        if _is_plaintext_secret(key, value):
+            yield Problem(path, index, loc,
+                          f"plaintext secret in {key!r}: reference a Secret or environment variable instead",
+                          kind, name, rule="policy")
+        elif isinstance(value, str) and AWS_ACCESS_KEY.search(value):
+            yield Problem(path, index, loc, "looks like an AWS access key id: never commit credentials",
+                          kind, name, rule="policy")
+
+
+def _is_plaintext_secret(key: str, value: Any) -> bool:
+    if not SECRET_KEY.search(key) or SECRET_REFERENCE_KEY.search(key):
+        return False
+    if isinstance(value, bool) or value is None:
+        return False
+    if isinstance(value, int | float):
+        return True
+    return isinstance(value, str) and bool(value.strip()) and not REFERENCE_VALUE.match(value.strip())
+
+
+def _walk(node: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if isinstance(k, str):
+                yield from _walk(v, (*loc, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, (*loc, i))
+    else:
+        yield loc, node
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why an artifact URI is refused, or None when it is acceptable."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ALLOWED_URI_SCHEMES:
+        allowed = ", ".join(f"{s}://" for s in ALLOWED_URI_SCHEMES)
+        shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
+        return f"URI {uri!r} uses {shown}; allowed: {allowed}"
+    if parts.password is not None:
+        return f"URI {uri!r} embeds credentials: use the environment's storage secret"
+    decoded = unquote(unquote(parts.path))
+    if "\\" in decoded or any(seg in ("..", ".") for seg in decoded.split("/")):
+        return f"URI {uri!r} contains a path traversal segment ('..' or '.')"
+    if "\0" in decoded:
+        return f"URI {uri!r} contains a NUL byte"
+    if parts.scheme == "file" and (parts.netloc or not decoded.startswith("/")):
+        return f"URI {uri!r}: file URIs must be absolute, as file:///path"
+    if parts.scheme in ("s3", "gs") and not parts.netloc:
+        return f"URI {uri!r} names no bucket"
+    return None

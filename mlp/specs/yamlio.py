@@ -1,0 +1,182 @@
+"""YAML reading for spec files: fast, bounded, and located.
+
+Valid files take the fast path: ruamel.yaml's C-accelerated safe loader, no positions.
+Line and column numbers are only needed to report a problem, so the round-trip loader
+(pure Python, slower) runs lazily, once per file that has one (`Locator`).
+
+Hostile input is refused before it can cost much: binary and non-UTF-8 files, alias
+"billion laughs" bombs (expanded size is computed on the composed node graph, shared
+nodes counted once per use, without expanding anything), and nesting too deep to build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+
+from mlp.specs.diagnostics import Loc
+
+# Largest number of nodes a document may expand to through aliases.
+MAX_EXPANDED_NODES = 100_000
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class ParseError(Exception):
+    message: str
+    line: int = 1  # 1-based
+    col: int = 1
+
+
+@lru_cache(maxsize=1)
+def _safe() -> YAML:
+    return YAML(typ="safe", pure=False)
+
+
+def _rt() -> YAML:
+    return YAML(typ="rt")
+
+
+def decode(data: bytes) -> str:
+    """Decode UTF-8 spec text, refusing binary files with the position of the first bad byte."""
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line, col = _position(data, nul)
+        raise ParseError("binary file: contains a NUL byte (spec files are UTF-8 YAML text)", line, col)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, col = _position(data, exc.start)
+        raise ParseError(f"not UTF-8: invalid byte 0x{data[exc.start]:02x}", line, col) from None
+    return text.removeprefix("\ufeff")
+
+
+def _position(data: bytes, offset: int) -> tuple[int, int]:
+    line = data.count(b"\n", 0, offset) + 1
+    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def _marked(exc: YAMLError) -> ParseError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    message = f"YAML syntax error: {problem}"
+    if context and isinstance(exc, MarkedYAMLError) and "found duplicate key" in str(problem or ""):
+        message = f"YAML error: {problem}"
+    elif context:
+        message += f" ({context})"
+    if mark is None:
+        return ParseError(message)
+    return ParseError(message, mark.line + 1, mark.column + 1)
+
+
+def _check_aliases(text: str) -> None:
+    """Refuse documents whose aliases expand beyond MAX_EXPANDED_NODES."""
+    yaml = _safe()
+    sizes: dict[int, int] = {}
+
+    def size(node: Node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise ParseError(f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1,
+                             node.start_mark.column + 1)
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        sizes[key] = 1  # a recursive alias counts once instead of looping
+        total = 1
+        if isinstance(node, MappingNode):
+            for k, v in node.value:
+                total += size(k, depth + 1) + size(v, depth + 1)
+        elif isinstance(node, SequenceNode):
+            for item in node.value:
+                total += size(item, depth + 1)
+        sizes[key] = total
+        if total > MAX_EXPANDED_NODES:
+            raise ParseError(
+                f"YAML alias expansion too large (over {MAX_EXPANDED_NODES} nodes): refusing a possible alias bomb",
+                node.start_mark.line + 1,
+                node.start_mark.column + 1,
+            )
+        return total
+
+    for root in yaml.compose_all(text):
+        if root is not None:
+            size(root, 0)
+
+
+def parse(data: bytes) -> list[Any]:
+    """All documents of a spec file, as plain Python data. Raises ParseError."""
+    text = decode(data)
+    if not text.strip():
+        raise ParseError("empty file: expected one or more mlp documents")
+    try:
+        if "&" in text and "*" in text:
+            _check_aliases(text)
+        docs = list(_safe().load_all(text))
+    except ParseError:
+        raise
+    except YAMLError as exc:
+        raise _marked(exc) from None
+    except RecursionError:
+        raise ParseError(f"nesting deeper than {MAX_DEPTH} levels") from None
+    if all(d is None for d in docs):
+        raise ParseError("empty file: expected one or more mlp documents")
+    return docs
+
+
+class Locator:
+    """Maps (file, document, key path) to 1-based line and column, parsing each file once."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self._files = files
+        self._docs: dict[str, list[Any]] = {}
+
+    def _documents(self, path: str) -> list[Any]:
+        if path not in self._docs:
+            try:
+                self._docs[path] = list(_rt().load_all(decode(self._files[path])))
+            except Exception:
+                self._docs[path] = []
+        return self._docs[path]
+
+    def locate(self, path: str, doc: int, loc: Loc) -> tuple[int, int]:
+        docs = self._documents(path) if path in self._files else []
+        if doc >= len(docs):
+            return 1, 1
+        node = docs[doc]
+        line, col = _start(node)
+        for part in loc:
+            lc = getattr(node, "lc", None)
+            if lc is None:
+                break
+            try:
+                if isinstance(part, int) and isinstance(node, list):
+                    if not 0 <= part < len(node):
+                        break
+                    line, col = lc.item(part)
+                    node = node[part]
+                elif isinstance(node, dict) and part in node:
+                    line, col = lc.key(part)
+                    node = node[part]
+                else:
+                    break
+            except (KeyError, IndexError, TypeError):
+                break
+            line, col = line + 1, col + 1
+        return line, col
+
+    def document_start(self, path: str, doc: int) -> tuple[int, int]:
+        return self.locate(path, doc, ())
+
+
+def _start(node: Any) -> tuple[int, int]:
+    lc = getattr(node, "lc", None)
+    if lc is None or lc.line is None:
+        return 1, 1
+    return lc.line + 1, lc.col + 1
