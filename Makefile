@@ -1,7 +1,7 @@
 # The two commands that matter on a fresh machine (see README):
 #   make demo   - create .venv, install everything, run the platform on the embedded local runtime
 #   make test   - create .venv, install everything, run the whole test suite
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
