@@ -1,0 +1,110 @@
+"""`execute(plan, target)`: the only code path in mlp that writes to a target.
+
+It walks the plan in order and calls the `Target` protocol: `apply` for CREATE and UPDATE,
+`delete` for DELETE, nothing at all for UNCHANGED (so an up-to-date environment costs zero
+writes). The first `TargetError` stops the walk: the returned `ChangeSet` says what was
+done before it, what failed and why, and what was not attempted, so nothing partially
+applied goes unreported. This module imports no client library; it only knows the protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlp.plan.core import Action, Plan, PlanItem
+from mlp.targets.base import ObjectRef, Target, TargetError
+
+# progress(index starting at 1, total, item, outcome): outcome is "applying"/"deleting" before
+# the call and the result ("created", "configured", "unchanged", "deleted", "failed") after it.
+Progress = Callable[[int, int, PlanItem, str], None]
+
+
+@dataclass
+class Change:
+    ref: ObjectRef
+    action: Action
+    result: str  # created | configured | unchanged | deleted (with " (dry run)" when dry)
+
+
+@dataclass
+class ChangeSet:
+    """What `execute` did."""
+
+    environment: str
+    revision: str
+    dry_run: bool
+    done: list[Change] = field(default_factory=list)
+    failed: ObjectRef | None = None
+    error: TargetError | None = None
+    not_attempted: list[ObjectRef] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def writes(self) -> int:
+        return len(self.done)
+
+    def summary(self) -> str:
+        verb = "would be " if self.dry_run else ""
+        counts: dict[str, int] = {}
+        for change in self.done:
+            counts[change.result] = counts.get(change.result, 0) + 1
+        parts = [f"{n} {verb}{what}" for what, n in sorted(counts.items())] or ["no changes"]
+        text = f"{self.environment}: " + ", ".join(parts)
+        if self.error is not None:
+            text += f"; FAILED at {self.failed}: {self.error}; {len(self.not_attempted)} not attempted"
+        return text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "environment": self.environment,
+            "revision": self.revision,
+            "dryRun": self.dry_run,
+            "ok": self.ok,
+            "done": [{"ref": _ref(c.ref), "action": c.action.value, "result": c.result} for c in self.done],
+            "failed": _ref(self.failed) if self.failed else None,
+            "error": str(self.error) if self.error else None,
+            "notAttempted": [_ref(r) for r in self.not_attempted],
+        }
+
+
+def _ref(ref: ObjectRef) -> dict[str, str]:
+    return {"apiVersion": ref.api_version, "kind": ref.kind, "namespace": ref.namespace, "name": ref.name}
+
+
+def execute(
+    plan: Plan,
+    target: Target,
+    *,
+    dry_run: bool = False,
+    force_conflicts: bool = False,
+    progress: Progress | None = None,
+) -> ChangeSet:
+    """Carry out `plan` on `target` in order, stopping at the first error."""
+    out = ChangeSet(environment=plan.environment, revision=plan.revision, dry_run=dry_run)
+    work = plan.changes
+    for index, item in enumerate(work, start=1):
+        try:
+            if item.action is Action.DELETE:
+                if progress:
+                    progress(index, len(work), item, "deleting")
+                target.delete(item.ref, dry_run=dry_run)
+                result = "deleted"
+            else:
+                assert item.desired is not None
+                if progress:
+                    progress(index, len(work), item, "applying")
+                result = target.apply(item.desired, dry_run=dry_run, force_conflicts=force_conflicts).action
+        except TargetError as exc:
+            out.failed, out.error = item.ref, exc
+            out.not_attempted = [i.ref for i in work[index:]]
+            if progress:
+                progress(index, len(work), item, "failed")
+            return out
+        out.done.append(Change(item.ref, item.action, result))
+        if progress:
+            progress(index, len(work), item, result)
+    return out
