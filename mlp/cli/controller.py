@@ -1,0 +1,245 @@
+"""`mlp controller` (run the GitOps reconciler) and `mlp sync ENV` (ask it to reconcile now).
+
+`mlp sync` talks to a running controller through its state folder: it inserts a row in
+the state database that the controller polls every second (no port to know, works
+across users of the same folder, and a webhook receiver in another process uses the
+same call, `mlp.controller.store.request_sync`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlp.specs.models import Environment
+from mlp.targets.base import Target
+
+
+def _make_targets(kubeconfig: str | None, state_dir: Path) -> Callable[[str, Environment], Target]:
+    """Target per environment from its spec: kubernetes (kubeconfig or in-cluster) or the local runtime."""
+    cache: dict[tuple[str, str | None], Target] = {}
+
+    def factory(env: str, spec: Environment) -> Target:
+        t = spec.spec.target
+        key = (t.kind, t.context if t.kind == "kubernetes" else env)
+        if key not in cache:
+            if t.kind == "kubernetes":
+                from mlp.targets.kubernetes import KubernetesTarget
+
+                cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context)
+            else:
+                from mlp.targets.local import LocalTarget
+
+                cache[key] = LocalTarget(state_dir / "local" / env)
+        return cache[key]
+
+    return factory
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%H:%M:%S")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--repo", help="Git URL (https://, ssh, git@host:path) or a local repository path.")
+@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Reconcile a local folder instead of Git and re-sync on every file change (development).")
+@click.option("--branch", default="main", show_default=True,
+              help="Branch (or tag) holding the environment list; each environment may track its own (spec.branch).")
+@click.option("--interval", type=float, default=60.0, show_default=True,
+              help="Seconds between fetches and full reconciles (self-heal happens within one interval).")
+@click.option("--metrics-port", type=int, default=9464, show_default=True,
+              help="Port of the Prometheus /metrics endpoint on 127.0.0.1 (0: pick a free one; -1: none).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
+              show_default=True, help="Status, audit log and Git cache; `mlp status --state-dir` reads it.")
+@click.option("--env", "envs", multiple=True, help="Only these environments (repeatable). Default: all.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig for kubernetes targets.")
+@click.option("--token-env", help="Environment variable holding an HTTPS token for the remote.")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding an HTTPS token.")
+@click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for the remote.")
+@click.option("--workers", type=int, default=4, show_default=True, help="Environments reconciled in parallel.")
+@click.option("--once", is_flag=True, help="Reconcile every environment once and exit (1 unless all synced).")
+@click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
+def controller(
+    repo: str | None, watch_dir: Path | None, branch: str, interval: float, metrics_port: int, metrics_host: str,
+    state_dir: Path, envs: tuple[str, ...], kubeconfig: str | None, token_env: str | None,
+    token_file: Path | None, ssh_key: Path | None, workers: int, once: bool, quiet: bool,
+) -> None:
+    """Keep every environment in step with Git, continuously.
+
+    Fetches the repository every --interval seconds (only refs that moved, shallow),
+    reconciles each environment (validate, render, plan, apply) under its sync policy,
+    records status and an audit log in --state-dir, and serves Prometheus metrics.
+    SIGTERM (or Ctrl-C) finishes the steps in progress, then exits.
+
+    \b
+    Examples:
+      mlp controller --repo https://github.com/acme/ml-platform.git --token-env GITHUB_TOKEN \\
+          --interval 30 --state-dir /var/lib/mlp --kubeconfig ~/.kube/config
+      mlp controller --repo . --env dev --interval 10 --metrics-port 9464
+      mlp controller --watch . --env dev          # re-sync on every saved file
+      mlp sync staging --state-dir /var/lib/mlp   # from another shell: reconcile now
+    """
+    from mlp.controller.controller import Controller, ControllerEvents
+    from mlp.controller.metrics import ControllerMetrics, serve_metrics
+    from mlp.controller.reconciler import Reconciler, StepResult
+    from mlp.controller.store import StateStore
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bool(repo) == bool(watch_dir):
+        click.echo("error: give exactly one of --repo URL|PATH or --watch DIR", err=True)
+        sys.exit(2)
+    if interval <= 0:
+        click.echo("error: --interval must be positive", err=True)
+        sys.exit(2)
+    state_dir.mkdir(parents=True, exist_ok=True)
+
+    source: Any
+    watcher = None
+    if watch_dir is not None:
+        from mlp.sources.watch import FolderSource
+
+        if not watch_dir.is_dir():
+            click.echo(f"error: {watch_dir}: not a directory", err=True)
+            sys.exit(2)
+        source = FolderSource(watch_dir)
+    else:
+        from mlp.sources.git import GitAuth, GitSource, GitSourceError
+
+        assert repo is not None
+        try:
+            source = GitSource(repo, state_dir / "git-cache",
+                               auth=GitAuth(token_env=token_env, token_file=token_file, ssh_key_file=ssh_key))
+        except (GitSourceError, OSError) as exc:
+            click.echo(f"error: {repo}: {exc}", err=True)
+            sys.exit(2)
+
+    store = StateStore(state_dir)
+    metrics = ControllerMetrics()
+    reconciler = Reconciler(source, _make_targets(kubeconfig, state_dir), store, metrics=metrics,
+                            default_ref=branch)
+
+    def on_step(result: StepResult, reasons: set[str]) -> None:
+        if quiet and result.outcome in ("synced",):
+            return
+        rev = (result.revision or "-")[:12]
+        click.echo(f"{_stamp()} {result.env}: {result.outcome} {rev} ({', '.join(sorted(reasons))}, "
+                   f"{result.duration:.2f}s) {result.message}", err=True)
+        for change in result.changes[:20]:
+            click.echo(f"    {change}", err=True)
+        if len(result.changes) > 20:
+            click.echo(f"    ... and {len(result.changes) - 20} more", err=True)
+
+    def on_refresh(result: Any) -> None:
+        if result.error:
+            click.echo(f"{_stamp()} source: {result.error} (keeping the last fetched revision)", err=True)
+        elif result.changed and not quiet:
+            click.echo(f"{_stamp()} source: new commits on {', '.join(result.changed)}", err=True)
+
+    ctl = Controller(source, reconciler, interval=interval, environments=envs or None, workers=workers,
+                     metrics=metrics, events=ControllerEvents(on_step=on_step, on_refresh=on_refresh))
+
+    if once:
+        ctl.refresh()
+        outcomes = [reconciler.step(env, reasons={"manual"}) for env in ctl.environments()]
+        for r in outcomes:
+            on_step(r, {"once"})
+        sys.exit(0 if outcomes and all(r.outcome in ("synced", "applied") for r in outcomes) else 1)
+
+    server = None
+    if metrics_port >= 0:
+        try:
+            server, port = serve_metrics(metrics, metrics_port, metrics_host)
+        except OSError as exc:
+            click.echo(f"error: metrics port {metrics_port}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
+        click.echo(f"metrics: http://{metrics_host}:{port}/metrics", err=True)
+        (state_dir / "controller.json").write_text(json.dumps({"metricsPort": port, "pid": __import__("os").getpid()}))
+
+    if watch_dir is not None:
+        from mlp.sources.watch import Watcher
+
+        watcher = Watcher(watch_dir, lambda: ctl.trigger(None, "watch")).start()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        click.echo(f"{_stamp()} {signal.Signals(signum).name}: finishing the current step, then exiting", err=True)
+        ctl.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    where = repo if repo else f"{watch_dir} (watching)"
+    click.echo(f"mlp controller: {where}, every {interval:g}s, state in {state_dir}", err=True)
+    try:
+        ctl.run()
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        if server is not None:
+            server.shutdown()
+        store.close()
+        if hasattr(source, "close"):
+            source.close()
+    click.echo(f"{_stamp()} stopped after {ctl.steps} steps", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("env")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
+              show_default=True, help="State folder of the running controller.")
+@click.option("--wait/--no-wait", default=False, help="Wait until the controller has reconciled ENV.")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def sync(env: str, state_dir: Path, wait: bool, timeout: float, fmt: str) -> None:
+    """Ask a running controller to reconcile ENV now (after a fresh fetch).
+
+    A manual sync applies even when the environment's automated sync is off or a sync
+    window is closed. Use `all` for every environment.
+
+    \b
+    Examples:
+      mlp sync staging --state-dir /var/lib/mlp
+      mlp sync prod --state-dir /var/lib/mlp --wait --format json
+    """
+    from mlp.controller.store import StateStore, request_sync
+
+    if not (state_dir / "state.db").exists():
+        click.echo(f"error: {state_dir}: no controller state here (start `mlp controller --state-dir {state_dir}`)",
+                   err=True)
+        sys.exit(2)
+    asked = time.time()
+    request_sync(state_dir, "*" if env == "all" else env, "manual")
+    if not wait:
+        if fmt == "json":
+            click.echo(json.dumps({"environment": env, "requested": True}))
+        else:
+            click.echo(f"sync of {env} requested", err=True)
+        return
+    store = StateStore(state_dir)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            names = store.environments() if env == "all" else [env]
+            statuses = [store.load(n, details=False) for n in names]
+            if names and all(s is not None and s.updated_at >= asked for s in statuses):
+                done = [s for s in statuses if s is not None]
+                if fmt == "json":
+                    click.echo(json.dumps([s.to_json() for s in done], indent=2))
+                else:
+                    for s in done:
+                        click.echo(f"{s.env}: {s.sync_status} {s.health} {(s.revision or '-')[:12]} {s.message}")
+                sys.exit(0 if all(s.sync_status == "Synced" for s in done) else 1)
+            time.sleep(0.2)
+    finally:
+        store.close()
+    click.echo(f"error: {env}: the controller did not reconcile within {timeout:g}s (is it running?)", err=True)
+    sys.exit(2)

@@ -1,0 +1,439 @@
+"""`Reconciler.step(env)`: one level-triggered reconcile of one environment.
+
+snapshot -> load + validate -> render -> list live objects -> plan -> (policy) -> execute
+-> status + audit + metrics. Each step starts from what Git and the target say now, never
+from what the previous step did, so running it again is always safe.
+
+Safety:
+- A snapshot that fails to load, validate or render never reaches a target: the
+  environment reports Degraded with the located errors, the audit log records the refused
+  revision once, and whatever was applied before keeps running (last known good).
+- A plan that would delete everything the environment owns is refused (the plan
+  raises `PlanRefused`); an environment that vanished from the repository is reported,
+  never pruned.
+- Before the first write the step records an intent (what it is about to apply, at which
+  revision); the audit event is written in the same transaction that closes it. A crash
+  in between leaves the intent, the next step (in a new process) finds it, converges
+  (applies are idempotent server-side applies) and logs that one apply exactly once.
+
+Policy (`spec.sync` of the environment): a new revision is applied when `automated`
+and inside the sync windows; drift at an already-synced revision (a hand edit) is
+reverted only with `selfHeal`, otherwise reported OutOfSync; owned objects no longer
+declared are deleted only with `prune`. A manual sync (`mlp sync ENV`) applies whatever
+the policy says about automation and windows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from mlp.controller.metrics import ControllerMetrics
+from mlp.controller.store import (
+    OUT_OF_SYNC,
+    SYNCED,
+    UNKNOWN,
+    AuditEvent,
+    EnvStatus,
+    Intent,
+    ModelStatus,
+    ObjectStatus,
+    StateStore,
+)
+from mlp.controller.windows import sync_allowed
+from mlp.plan.core import Action, Plan, PlanRefused, make_plan
+from mlp.plan.execute import execute
+from mlp.plan.health import HealthStatus, assess, worst
+from mlp.sources.base import Snapshot
+from mlp.specs import LoadResult, SpecSet, load
+from mlp.specs.models import Deployment, Environment
+from mlp.targets.base import Manifest, ObjectRef, Target, TargetError
+
+DEFAULT_REF = "main"
+
+# Step outcomes (also the `outcome` label of mlp_controller_reconcile_total).
+SYNCED_OUTCOME = "synced"  # nothing to do
+APPLIED = "applied"  # changes written
+OUT_OF_SYNC_OUTCOME = "out_of_sync"  # changes found, policy said wait
+REFUSED = "refused"  # the revision is invalid; nothing applied
+FAILED = "failed"  # the target or the source failed
+
+
+class RevisionSource(Protocol):
+    """What the reconciler needs from a source: fetched revisions of refs, and snapshots of them."""
+
+    last_error: str | None
+
+    def revision(self, ref: str) -> str | None: ...
+
+    def snapshot(self, rev: str) -> Snapshot: ...
+
+
+Renderer = Callable[[SpecSet, str, str, dict[str, str]], list[Manifest]]
+TargetFactory = Callable[[str, Environment], Target]
+
+
+def default_renderer(specs: SpecSet, env: str, revision: str, templates: dict[str, str]) -> list[Manifest]:
+    from mlp.render import render
+
+    return list(render(specs, env, revision=revision, templates=templates))
+
+
+@dataclass
+class StepResult:
+    env: str
+    outcome: str
+    revision: str | None = None
+    changes: list[str] = field(default_factory=list)
+    message: str = ""
+    duration: float = 0.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def traffic_of(dep: Deployment) -> dict[str, int]:
+    """Declared traffic split of one deployment: {"<version>": percent}; a shadow is "<v> (shadow)"."""
+    split: dict[str, int] = {}
+    if dep.canary is not None:
+        share = dep.canary.current
+        split[str(dep.version)] = 100 - share
+        split[str(dep.canary.version)] = share
+    elif dep.abTest is not None:
+        split[str(dep.version)] = 100 - dep.abTest.share
+        split[str(dep.abTest.version)] = dep.abTest.share
+    else:
+        split[str(dep.version)] = 100
+    if dep.shadow is not None:
+        split[f"{dep.shadow.version} (shadow)"] = dep.shadow.percent
+    return {k: v for k, v in split.items() if v or "(shadow)" in k}
+
+
+def _describe(action: Action, ref: ObjectRef) -> str:
+    return f"{action.value.upper()} {ref}"
+
+
+class Reconciler:
+    """Reconciles environments one step at a time; thread-safe for different environments."""
+
+    def __init__(
+        self,
+        source: RevisionSource,
+        targets: TargetFactory,
+        store: StateStore,
+        *,
+        metrics: ControllerMetrics | None = None,
+        default_ref: str = DEFAULT_REF,
+        renderer: Renderer | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.source = source
+        self.targets = targets
+        self.store = store
+        self.metrics = metrics
+        self.default_ref = default_ref
+        self.renderer: Renderer = renderer or default_renderer
+        self.clock = clock
+        self._cache_lock = threading.Lock()
+        self._loaded: OrderedDict[str, tuple[Snapshot, LoadResult]] = OrderedDict()
+        self._rendered: OrderedDict[tuple[str, str], list[Manifest]] = OrderedDict()
+        self._env_locks: dict[str, threading.Lock] = {}
+
+    # --- sources and caches ------------------------------------------------------------------
+
+    def load_revision(self, rev: str) -> tuple[Snapshot, LoadResult]:
+        """Snapshot and load result of a commit, cached (a commit never changes)."""
+        with self._cache_lock:
+            hit = self._loaded.get(rev)
+            if hit is not None:
+                self._loaded.move_to_end(rev)
+                return hit
+        snap = self.source.snapshot(rev)
+        result = load(snap)
+        with self._cache_lock:
+            self._loaded[rev] = (snap, result)
+            while len(self._loaded) > 4:
+                self._loaded.popitem(last=False)
+        return snap, result
+
+    def _render(self, specs: SpecSet, env: str, snap: Snapshot) -> list[Manifest]:
+        key = (env, snap.revision)
+        with self._cache_lock:
+            hit = self._rendered.get(key)
+            if hit is not None:
+                return hit
+        desired = self.renderer(specs, env, snap.revision, snap.templates())
+        with self._cache_lock:
+            self._rendered[key] = desired
+            while len(self._rendered) > 16:
+                self._rendered.popitem(last=False)
+        return desired
+
+    def environments(self) -> dict[str, str]:
+        """Environments to reconcile -> the branch or tag each tracks.
+
+        Read from the default ref's newest commit; when that commit does not load, the
+        environments already known to the state store are kept (never forget one because
+        of a bad commit).
+        """
+        envs = {name: DEFAULT_REF for name in self.store.environments()}
+        rev = self.source.revision(self.default_ref)
+        if rev is None:
+            return {e: self.default_ref for e in envs}
+        try:
+            _, result = self.load_revision(rev)
+        except Exception:  # an unreadable commit: keep what we knew
+            return {e: self.default_ref for e in envs}
+        found = {name: e.spec.branch for name, e in result.specs.environments.items()}
+        if result.ok:
+            return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
+        merged = {e: self.default_ref for e in envs}
+        merged.update({n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()})
+        return merged
+
+    def ref_for(self, env: str) -> str:
+        return self.environments().get(env, self.default_ref)
+
+    # --- the step ------------------------------------------------------------------------------
+
+    def step(self, env: str, *, reasons: Iterable[str] = ("interval",), ref: str | None = None) -> StepResult:
+        lock = self._env_locks.setdefault(env, threading.Lock())
+        start = time.monotonic()
+        with lock:
+            try:
+                result = self._step(env, set(reasons), ref)
+            except Exception as exc:  # never let one environment's surprise kill the controller
+                result = StepResult(env, FAILED, message=f"internal error: {type(exc).__name__}: {exc}")
+                status = self.store.load(env) or EnvStatus(env)
+                status.health, status.message = HealthStatus.UNKNOWN.value, result.message
+                self.store.save(status)
+        result.duration = time.monotonic() - start
+        if self.metrics is not None:
+            self.metrics.reconcile_duration.labels(env).observe(result.duration)
+            self.metrics.reconcile_results.labels(env, result.outcome).inc()
+        return result
+
+    def _step(self, env: str, reasons: set[str], ref: str | None) -> StepResult:
+        status = self.store.load(env) or EnvStatus(env)
+        manual = "manual" in reasons
+        ref = ref or self.ref_for(env)
+        rev = self.source.revision(ref)
+        if rev is None:
+            why = self.source.last_error or f"{ref} has not been fetched yet"
+            status.sync_status, status.health = UNKNOWN, HealthStatus.UNKNOWN.value
+            status.message = f"no revision of {ref}: {why}"
+            self.store.save(status)
+            return StepResult(env, FAILED, message=status.message)
+        source_note = f" (source: {self.source.last_error}; using last fetched revision)" if self.source.last_error \
+            else ""
+
+        snap, loaded = self.load_revision(rev)
+        status.revision, status.author = rev, snap.author
+        if not loaded.ok:
+            errors = [str(d) for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
+            return self._refuse(status, snap, errors or ["the snapshot did not load"], "invalid specs")
+        envspec = loaded.specs.environments.get(env)
+        if envspec is None:
+            status.sync_status, status.health = UNKNOWN, HealthStatus.UNKNOWN.value
+            status.message = f"environment {env!r} is not declared at {rev[:12]}: nothing is applied or pruned"
+            self.store.save(status)
+            return StepResult(env, FAILED, rev, message=status.message)
+        try:
+            desired = self._render(loaded.specs, env, snap)
+        except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
+            return self._refuse(status, snap, [str(exc)], "render failed")
+
+        policy = envspec.spec.sync
+        try:
+            target = self.targets(env, envspec)
+            live = target.list_owned(env)
+        except TargetError as exc:
+            return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
+        try:
+            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+        except (PlanRefused, ValueError) as exc:
+            return self._refuse(status, snap, [str(exc)], "unsafe plan")
+
+        intent = self.store.intent(env)
+        interrupted = intent is not None and intent.pid != os.getpid()
+        new_revision = rev != status.synced_revision
+        changes = plan.changes
+
+        if not changes:
+            if interrupted and intent is not None:
+                # The crashed process wrote everything but died before logging it: log it now, once.
+                self.store.finish_intent(env, [AuditEvent(
+                    env, intent.action, "succeeded", revision=intent.revision, author=snap.author,
+                    objects=intent.objects, message="completed before the controller stopped; verified on restart",
+                )])
+            return self._report(status, envspec, plan, live, rev, applied=False, source_note=source_note)
+
+        # Decide whether policy lets this step write.
+        allowed, why = True, ""
+        if interrupted and intent is not None and intent.revision == rev:
+            allowed, why = True, "resuming an interrupted apply"
+        elif manual:
+            allowed = True
+        elif not policy.automated:
+            allowed, why = False, "automated sync is off; run `mlp sync " + env + "`"
+        else:
+            ok, window = sync_allowed(policy.windows, self.clock())
+            if not ok:
+                allowed, why = False, f"automated sync blocked: {window}"
+            elif not new_revision and not policy.selfHeal:
+                allowed, why = False, "live objects drifted from Git; selfHeal is off"
+        if not allowed:
+            return self._report(status, envspec, plan, live, rev, applied=False, hold=why, source_note=source_note)
+
+        if new_revision or manual:
+            action = "rollback" if self._is_rollback(status, envspec) else "apply"
+        else:
+            action = "self-heal"
+        writes = [i for i in changes if i.action is not Action.DELETE]
+        deletes = [i for i in changes if i.action is Action.DELETE]
+        described = [_describe(i.action, i.ref) for i in changes]
+        self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid()))
+        changeset = execute(plan, target)
+        done = {c.ref for c in changeset.done}
+        events: list[AuditEvent] = []
+        note = ""
+        if interrupted and intent is not None:
+            note = f"resumed an apply of {intent.revision[:12]} interrupted at " \
+                   f"{datetime.fromtimestamp(intent.started_at, UTC):%H:%M:%S} (pid {intent.pid}); "
+        if manual:
+            note += "manual sync; "
+        outcome = "succeeded" if changeset.ok else "failed"
+        if writes:
+            events.append(AuditEvent(
+                env, action, outcome if changeset.ok or any(i.ref in done for i in writes) else "failed",
+                revision=rev, author=snap.author,
+                objects=[_describe(i.action, i.ref) for i in writes],
+                message=(note + changeset.summary()).strip(),
+            ))
+        if deletes:
+            events.append(AuditEvent(
+                env, "prune", "succeeded" if all(i.ref in done for i in deletes) else "failed",
+                revision=rev, author=snap.author,
+                objects=[_describe(i.action, i.ref) for i in deletes], message=note.strip("; "),
+            ))
+        self.store.finish_intent(env, events)
+        if not changeset.ok:
+            return self._fail(status, rev, f"apply failed at {changeset.failed}: {changeset.error}",
+                              changes=[_describe(c.action, c.ref) for c in changeset.done])
+        try:
+            live = target.list_owned(env)
+            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+        except (TargetError, PlanRefused, ValueError) as exc:
+            return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
+        result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note,
+                              action=action)
+        result.changes = described
+        return result
+
+    # --- outcomes ------------------------------------------------------------------------------
+
+    def _is_rollback(self, status: EnvStatus, envspec: Environment) -> bool:
+        served = {m.model: m.served_version for m in status.models}
+        for name, dep in envspec.spec.deployments.items():
+            before = served.get(name)
+            if before is not None and dep.version < before:
+                return True
+        return False
+
+    def _refuse(self, status: EnvStatus, snap: Snapshot, errors: list[str], what: str) -> StepResult:
+        rev = snap.revision
+        first_time = status.refused_revision != rev
+        status.sync_status = UNKNOWN
+        status.health = HealthStatus.DEGRADED.value
+        status.errors = errors
+        status.refused_revision = rev
+        kept = f"; still serving {status.synced_revision[:12]}" if status.synced_revision else ""
+        status.message = f"refused {rev[:12]}: {what} ({len(errors)} error{'s' * (len(errors) != 1)}){kept}"
+        self.store.save(status)
+        if first_time:
+            self.store.append_audit(AuditEvent(
+                status.env, "refused", "refused", revision=rev, author=snap.author, objects=[],
+                message=f"{what}: " + "; ".join(errors[:20]),
+            ))
+        return StepResult(status.env, REFUSED, rev, message=status.message)
+
+    def _fail(
+        self, status: EnvStatus, rev: str, message: str, changes: list[str] | None = None, *, unknown: bool = False
+    ) -> StepResult:
+        # unknown: the target could not be read, so nothing is known about its objects.
+        status.sync_status = UNKNOWN if unknown else OUT_OF_SYNC
+        if unknown:
+            status.health = HealthStatus.UNKNOWN.value
+        status.errors = [message]
+        status.message = message
+        self.store.save(status)
+        return StepResult(status.env, FAILED, rev, changes=changes or [], message=message)
+
+    def _report(
+        self,
+        status: EnvStatus,
+        envspec: Environment,
+        plan: Plan,
+        live: list[Manifest],
+        rev: str,
+        *,
+        applied: bool,
+        hold: str = "",
+        source_note: str = "",
+        action: str = "",
+    ) -> StepResult:
+        """Record per-object status from a plan against the live objects it was made from."""
+        live_by_ref = {ObjectRef.of(o): o for o in live}
+        objects: list[ObjectStatus] = []
+        for item in plan.items:
+            obj = live_by_ref.get(item.ref)
+            health = assess(obj)
+            if item.action is Action.UNCHANGED:
+                sync, msg = SYNCED, ""
+            elif item.action is Action.DELETE:
+                sync, msg = OUT_OF_SYNC, "no longer declared; will be pruned"
+            elif item.action is Action.CREATE:
+                sync, msg = OUT_OF_SYNC, "declared but not in the target"
+            else:
+                fields = ", ".join(d.path for d in item.diffs[:5])
+                sync, msg = OUT_OF_SYNC, f"{'drift' if item.reason == 'drift' else 'changed'}: {fields}"
+            objects.append(ObjectStatus(str(item.ref), item.ref.kind, item.ref.namespace, item.ref.name, sync,
+                                        health.status.value, msg or health.message))
+        for ref in plan.orphans:
+            health = assess(live_by_ref.get(ref))
+            objects.append(ObjectStatus(str(ref), ref.kind, ref.namespace, ref.name, OUT_OF_SYNC,
+                                        health.status.value, "no longer declared; prune is off"))
+        in_sync = all(o.sync_status == SYNCED for o in objects)
+        status.objects = objects
+        status.sync_status = SYNCED if in_sync else OUT_OF_SYNC
+        status.health = worst([HealthStatus(o.health) for o in objects]).value
+        status.errors = []
+        status.refused_revision = None
+        now = time.time()
+        if in_sync:
+            status.synced_revision = rev
+            status.synced_at = now
+            status.models = [
+                ModelStatus(name, dep.version, traffic_of(dep))
+                for name, dep in sorted(envspec.spec.deployments.items())
+            ]
+        if in_sync:
+            status.message = (f"{action} {rev[:12]}" if applied else f"synced at {rev[:12]}") + source_note
+        else:
+            n = sum(1 for o in objects if o.sync_status != SYNCED)
+            status.message = f"{n} object{'s' * (n != 1)} out of sync at {rev[:12]}" + (f": {hold}" if hold else "") \
+                + source_note
+        self.store.save(status)
+        if self.metrics is not None:
+            self.metrics.set_objects(status.env, [(o.sync_status, o.health) for o in objects])
+            if in_sync:
+                self.metrics.last_sync.labels(status.env).set(now)
+        outcome = APPLIED if applied else (SYNCED_OUTCOME if in_sync else OUT_OF_SYNC_OUTCOME)
+        return StepResult(status.env, outcome, rev, message=status.message)
