@@ -25,6 +25,7 @@ from enum import Enum
 from typing import Any
 
 from mlp.plan.normalize import is_associative, normalize, project, values_equal
+from mlp.render.core import kind_rank
 from mlp.render.stamp import content_hash
 from mlp.targets.base import ENV_LABEL, HASH_ANNOTATION, MANAGED_BY, MANAGED_BY_VALUE, Manifest, ObjectRef
 
@@ -124,30 +125,7 @@ class Plan:
 
 # --- ordering ------------------------------------------------------------------------------
 
-# Lower rank applies first: what others reference (namespace, identities, config) before the
-# workloads that use it, monitoring that watches workloads last.
-KIND_RANK: dict[str, int] = {
-    "Namespace": 0,
-    "ServiceAccount": 1,
-    "Secret": 2,
-    "ConfigMap": 3,
-    "Role": 4,
-    "RoleBinding": 4,
-    "Service": 5,
-    "InferenceService": 6,
-    "ModelDeployment": 6,
-    "Deployment": 6,
-    "CronJob": 6,
-    "Job": 6,
-    "PrometheusRule": 8,
-    "ServiceMonitor": 8,
-    "PodMonitor": 8,
-}
-DEFAULT_RANK = 7
-
-
-def kind_rank(kind: str) -> int:
-    return KIND_RANK.get(kind, DEFAULT_RANK)
+# Apply order by kind comes from render (`KIND_RANK`): config before workloads, monitoring last.
 
 
 def _order_key(item: PlanItem) -> tuple[int, int, str, str, str]:

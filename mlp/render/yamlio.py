@@ -25,6 +25,9 @@ _AMBIGUOUS = re.compile(
 
 
 def _represent_str(representer: SafeRepresenter, data: str) -> Any:
+    if "\n" in data.rstrip("\n") and not any(line != line.rstrip() for line in data.splitlines()):
+        # multi-line text (configuration files in ConfigMaps) reads best as a literal block
+        return representer.represent_scalar("tag:yaml.org,2002:str", data, style="|")
     if _AMBIGUOUS.match(data):
         return representer.represent_scalar("tag:yaml.org,2002:str", data, style="'")
     return representer.represent_str(data)

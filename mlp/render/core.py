@@ -1,0 +1,373 @@
+"""`render(specs, environment)`: the declared world of one environment as Kubernetes objects.
+
+Pure: a `SpecSet` and template sources in, a list of plain-dict manifests out. Python
+builds a small, documented context per object (below); Jinja2 templates give it shape.
+Templates are the package's (`mlp/render/templates/`) unless the repository overrides
+one under its `templates/` folder. A template renders a YAML stream, so an override may
+also add objects (a NetworkPolicy next to every InferenceService, say).
+
+kubernetes targets, per deployed model:
+- `kubernetes/inferenceservice.yaml.j2`: a KServe v1beta1 InferenceService. With a canary
+  it follows KServe's own canary semantics: the spec names the *canary* version's
+  `storageUri` with `canaryTrafficPercent`, and KServe keeps routing the rest to the
+  previously rolled-out revision; the stable and canary versions and digests are recorded
+  in `mlp.dev/*` annotations. An A/B variant or a shadow is a second InferenceService
+  `<model>-ab` / `<model>-shadow` (role in `mlp.dev/role`), since one InferenceService
+  cannot carry two routed versions.
+- once per environment with a `storageSecret`: `kubernetes/serviceaccount.yaml.j2`, a
+  ServiceAccount that *references* the storage Secret (`secrets: [{name: ...}]`), never
+  holds credentials.
+- per monitor watching a deployed model: `monitor-configmap`, `monitor-deployment`,
+  `monitor-service`, `servicemonitor` and `prometheusrule` templates.
+
+local targets: `local/modeldeployment.yaml.j2`, one `mlp.dev/v1 ModelDeployment` per
+deployed model, shaped exactly like `mlp.targets.base.MODEL_DEPLOYMENT_EXAMPLE`.
+
+Every object is stamped (`mlp.render.stamp`) and the list is sorted by kind rank, kind,
+namespace and name, with every mapping's keys sorted, so output is byte-stable.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ruamel.yaml.error import YAMLError
+
+from mlp import __version__
+from mlp.render.engine import RenderError, make_environment, render_template
+from mlp.render.stamp import stamp
+from mlp.render.yamlio import load_all, sort_keys
+from mlp.specs import SpecSet
+from mlp.specs.models import Deployment, Environment, Framework, Model, Monitor
+from mlp.targets.base import Manifest
+
+# Apply order by kind (lower first): what others reference before what uses it, monitoring last.
+KIND_RANK: dict[str, int] = {
+    "Namespace": 0, "ServiceAccount": 1, "Secret": 2, "ConfigMap": 3, "Role": 4, "RoleBinding": 4,
+    "Service": 5, "InferenceService": 6, "ModelDeployment": 6, "Deployment": 6, "CronJob": 6, "Job": 6,
+    "PrometheusRule": 8, "ServiceMonitor": 8, "PodMonitor": 8,
+}
+DEFAULT_RANK = 7
+
+# (apiVersion, kind) of everything the package templates can produce, per target kind: what a
+# target must list to find objects to prune, even when nothing of a kind is rendered now.
+MANAGED_KINDS: dict[str, list[tuple[str, str]]] = {
+    "kubernetes": [
+        ("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
+        ("serving.kserve.io/v1beta1", "InferenceService"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ],
+    "local": [("mlp.dev/v1", "ModelDeployment")],
+}
+
+DEFAULT_SERVICE_ACCOUNT = "mlp-models"
+MONITOR_IMAGE = f"mlp:{__version__}"  # no registry host: set one in a template override
+MONITOR_METRICS_PORT = 9102
+LOCAL_NAMESPACE = "local"
+
+# KServe v0.20 `predictor.model.modelFormat.name` and the protocol its default runtime speaks.
+MODEL_FORMATS: dict[Framework, tuple[str, str]] = {
+    Framework.sklearn: ("sklearn", "v2"),
+    Framework.xgboost: ("xgboost", "v2"),
+    Framework.lightgbm: ("lightgbm", "v2"),
+    Framework.onnx: ("onnx", "v2"),
+    Framework.pytorch: ("pytorch", "v1"),
+    Framework.tensorflow: ("tensorflow", "v1"),
+}
+
+
+def kind_rank(kind: str) -> int:
+    return KIND_RANK.get(kind, DEFAULT_RANK)
+
+
+def sort_manifests(objs: list[Manifest]) -> list[Manifest]:
+    def key(o: Manifest) -> tuple[int, str, str, str]:
+        meta = o.get("metadata") or {}
+        return (kind_rank(o.get("kind", "")), o.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
+
+    return sorted(objs, key=key)
+
+
+def _where(specs: SpecSet, kind: str, name: str) -> str | None:
+    src = specs.sources.get((kind, name))
+    return src.path if src else None
+
+
+def _resources(dep: Deployment) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if dep.resources.requests:
+        out["requests"] = {k: str(v) for k, v in sorted(dep.resources.requests.items())}
+    if dep.resources.limits:
+        out["limits"] = {k: str(v) for k, v in sorted(dep.resources.limits.items())}
+    return out
+
+
+def _version_info(model: Model, number: int, specs: SpecSet, env_name: str) -> dict[str, Any]:
+    version = model.spec.version(number)
+    if version is None:
+        raise RenderError(f"Environment/{env_name}: model {model.metadata.name!r} has no version {number}",
+                          path=_where(specs, "Environment", env_name))
+    return {"version": version.version, "uri": version.uri, "digest": version.digest, "format": version.format}
+
+
+def _base_labels(model: Model, role: str) -> dict[str, str]:
+    labels = dict(model.metadata.labels)
+    labels.update({"app.kubernetes.io/name": model.metadata.name, "mlp.dev/model": model.metadata.name,
+                   "mlp.dev/role": role})
+    if model.metadata.team:
+        labels["mlp.dev/team"] = model.metadata.team
+    return labels
+
+
+def _isvc_contexts(specs: SpecSet, env: Environment, name: str, dep: Deployment,
+                   service_account: str | None) -> list[dict[str, Any]]:
+    env_name = env.metadata.name
+    model = specs.models.get(name)
+    if model is None:
+        raise RenderError(f"Environment/{env_name}: deploys unknown model {name!r}",
+                          path=_where(specs, "Environment", env_name))
+    framework = model.spec.framework
+    custom = None
+    if framework is Framework.custom:
+        runtime = model.spec.custom
+        if runtime is None or not runtime.image:
+            raise RenderError(f"Model/{name}: framework custom needs custom.image to run on Kubernetes",
+                              path=_where(specs, "Model", name))
+        custom = {"image": runtime.image, "args": list(runtime.args)}
+    model_format, protocol = MODEL_FORMATS.get(framework, ("", "v1"))
+    stable = _version_info(model, dep.version, specs, env_name)
+    annotations = {"mlp.dev/stable-version": str(stable["version"]), "mlp.dev/stable-digest": stable["digest"]}
+    served, canary_percent = stable, None
+    if dep.canary is not None:
+        canary = _version_info(model, dep.canary.version, specs, env_name)
+        served, canary_percent = canary, dep.canary.current
+        annotations.update({
+            "mlp.dev/canary-version": str(canary["version"]), "mlp.dev/canary-digest": canary["digest"],
+            "mlp.dev/canary-steps": ",".join(str(s) for s in dep.canary.steps),
+        })
+    scaling = dep.autoscaling
+
+    def ctx(role: str, version: dict[str, Any], canary_pct: int | None, extra: dict[str, str],
+            suffix: str) -> dict[str, Any]:
+        return {
+            "name": name + suffix,
+            "role": role,
+            "version": version["version"],
+            "uri": version["uri"],
+            "digest": version["digest"],
+            "modelFormat": model_format,
+            "protocolVersion": protocol,
+            "custom": custom,
+            "minReplicas": scaling.minReplicas,
+            "maxReplicas": scaling.maxReplicas,
+            "scaleMetric": scaling.metric,
+            "scaleTarget": scaling.target,
+            "canaryTrafficPercent": canary_pct,
+            "resources": _resources(dep),
+            "serviceAccountName": service_account,
+            "labels": _base_labels(model, role),
+            "annotations": {**extra, "mlp.dev/model-version": str(version["version"]),
+                            "mlp.dev/model-digest": version["digest"]},
+        }
+
+    out = [ctx("primary", served, canary_percent, annotations, "")]
+    if dep.abTest is not None:
+        ab = _version_info(model, dep.abTest.version, specs, env_name)
+        out.append(ctx("ab", ab, None, {"mlp.dev/ab-share": str(dep.abTest.share),
+                                        "mlp.dev/ab-sticky-header": dep.abTest.stickyHeader}, "-ab"))
+    if dep.shadow is not None:
+        shadow = _version_info(model, dep.shadow.version, specs, env_name)
+        out.append(ctx("shadow", shadow, None, {"mlp.dev/shadow-percent": str(dep.shadow.percent)}, "-shadow"))
+    return out
+
+
+def _model_ctx(model: Model) -> dict[str, Any]:
+    return {"name": model.metadata.name, "team": model.metadata.team, "framework": model.spec.framework.value,
+            "description": model.metadata.description}
+
+
+def _monitors_for(specs: SpecSet, env: Environment) -> list[Monitor]:
+    env_name = env.metadata.name
+    return [m for _, m in sorted(specs.monitors.items())
+            if m.spec.model in env.spec.deployments and (not m.spec.environments or env_name in m.spec.environments)]
+
+
+def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str, Any]:
+    spec = monitor.spec
+    name = monitor.metadata.name
+    env_name = env.metadata.name
+    selector = f'monitor="{name}",environment="{env_name}"'
+    alerts = [a.model_dump(by_alias=True) for a in spec.alerts] or [{"severity": "warning", "for": "5m",
+                                                                     "route": None}]
+    rules: list[dict[str, Any]] = []
+    camel = "".join(p.capitalize() for p in name.split("-"))
+    for alert in alerts:
+        sev = alert["severity"]
+        labels = {"severity": sev, "model": spec.model, "environment": env_name}
+        if alert.get("route"):
+            labels["route"] = alert["route"]
+        if spec.drift is not None:
+            rules.append({
+                "alert": f"{camel}DataDrift{sev.capitalize()}",
+                "expr": f"max(mlp_monitor_drift_detected{{{selector}}}) > 0",
+                "for": alert["for"], "labels": labels,
+                "annotations": {"summary": f"Input drift on model {spec.model} in {env_name}",
+                                "description": f"Monitor {name} ({spec.drift.detector}, threshold "
+                                               f"{spec.drift.threshold}) detected drift."},
+            })
+        for check in spec.performance:
+            for bound, op in (("min", "<"), ("max", ">")):
+                value = getattr(check, bound)
+                if value is None:
+                    continue
+                metric = "".join(p.capitalize() for p in check.metric.replace("_", "-").split("-"))
+                rules.append({
+                    "alert": f"{camel}{metric}{'Low' if bound == 'min' else 'High'}{sev.capitalize()}",
+                    "expr": f'mlp_monitor_metric{{{selector},metric="{check.metric}"}} {op} {value}',
+                    "for": alert["for"], "labels": labels,
+                    "annotations": {"summary": f"{check.metric} of model {spec.model} in {env_name} "
+                                               f"is {'below' if bound == 'min' else 'above'} {value}"},
+                })
+    config = {
+        "monitor": name, "environment": env_name, "model": spec.model, "namespace": namespace,
+        "endpoint": f"http://{spec.model}-predictor.{namespace}.svc.cluster.local",
+        "schedule": spec.schedule,
+        "drift": spec.drift.model_dump() if spec.drift else None,
+        "performance": [c.model_dump() for c in spec.performance],
+    }
+    return {
+        "name": name,
+        "resourceName": f"{name}-monitor",
+        "model": spec.model,
+        "schedule": spec.schedule,
+        "config": json.dumps(config, sort_keys=True, indent=2) + "\n",
+        "image": MONITOR_IMAGE,
+        "metricsPort": MONITOR_METRICS_PORT,
+        "rules": rules,
+        "labels": {"app.kubernetes.io/name": f"{name}-monitor", "mlp.dev/monitor": name, "mlp.dev/model": spec.model},
+    }
+
+
+def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> dict[str, Any]:
+    env_name = env.metadata.name
+    model = specs.models.get(name)
+    if model is None:
+        raise RenderError(f"Environment/{env_name}: deploys unknown model {name!r}",
+                          path=_where(specs, "Environment", env_name))
+    stable = _version_info(model, dep.version, specs, env_name)
+    routes: list[dict[str, Any]] = []
+    stable_weight = 100
+    extra: list[dict[str, Any]] = []
+    if dep.canary is not None:
+        c = _version_info(model, dep.canary.version, specs, env_name)
+        stable_weight -= dep.canary.current
+        extra.append({**c, "role": "canary", "weight": dep.canary.current})
+    if dep.abTest is not None:
+        a = _version_info(model, dep.abTest.version, specs, env_name)
+        stable_weight -= dep.abTest.share
+        extra.append({**a, "role": "ab", "weight": dep.abTest.share})
+    if dep.shadow is not None:
+        s = _version_info(model, dep.shadow.version, specs, env_name)
+        extra.append({**s, "role": "shadow", "weight": dep.shadow.percent})
+    routes.append({**stable, "role": "stable", "weight": stable_weight})
+    routes.extend(extra)
+    for r in routes:
+        r.pop("format", None)
+    custom = model.spec.custom
+    return {
+        "name": name,
+        "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
+        "spec": {
+            "model": name,
+            "framework": model.spec.framework.value,
+            "modelClass": custom.modelClass if custom else None,
+            "signature": model.spec.signature.model_dump(mode="json", exclude_none=True),
+            "routes": routes,
+            "sticky": {"header": dep.abTest.stickyHeader} if dep.abTest else None,
+            "batching": {"maxBatchSize": 32, "maxLatencyMs": 1} if dep.batching else None,
+            "payloadLog": {"sampleRate": 1.0},
+            "resources": {"replicas": max(1, dep.autoscaling.minReplicas)},
+        },
+        "labels": _base_labels(model, "primary"),
+    }
+
+
+class _Renderer:
+    def __init__(self, templates: Mapping[str, str] | None, env: Environment, revision: str) -> None:
+        self.jinja = make_environment(templates)
+        self.env = env
+        self.revision = revision
+        self.out: list[Manifest] = []
+
+    def emit(self, template: str, spec: str, context: dict[str, Any]) -> None:
+        text = render_template(self.jinja, template, context)
+        from mlp.render.engine import display_path
+
+        path = display_path(self.jinja, template)
+        try:
+            docs = load_all(text)
+        except YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1} of its output" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise RenderError(f"rendered output is not valid YAML{line}: {problem}", path=path) from None
+        for doc in docs:
+            if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind") \
+                    or not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+                raise RenderError("rendered a document without apiVersion, kind and metadata.name", path=path)
+            namespace = self.env.spec.target.namespace or (LOCAL_NAMESPACE if self.env.spec.target.kind == "local"
+                                                           else None)
+            if namespace and "namespace" not in doc["metadata"] and doc["kind"] != "Namespace":
+                doc["metadata"]["namespace"] = namespace
+            self.out.append(stamp(doc, environment=self.env.metadata.name, spec=spec, revision=self.revision))
+
+
+def render(specs: SpecSet, environment: str, *, revision: str | None = None,
+           templates: Mapping[str, str] | None = None) -> list[Manifest]:
+    """Every object `environment` declares, stamped, sorted and with sorted keys.
+
+    `templates` are the repository's overrides (`Snapshot.templates()`); `revision` defaults
+    to the spec set's. Raises `RenderError` (located) on any failure; nothing partial returns.
+    """
+    env = specs.environments.get(environment)
+    if env is None:
+        known = ", ".join(sorted(specs.environments)) or "none"
+        raise RenderError(f"unknown environment {environment!r} (declared: {known})")
+    rev = revision if revision is not None else specs.revision
+    r = _Renderer(templates, env, rev)
+    env_ctx = {"name": environment, "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
+               "tier": env.spec.tier, "target": env.spec.target.kind}
+    env_spec = f"Environment.{environment}"
+
+    if env.spec.target.kind == "local":
+        for name, dep in sorted(env.spec.deployments.items()):
+            md = _local_ctx(specs, env, name, dep)
+            r.emit("local/modeldeployment.yaml.j2", f"Model.{name}",
+                   {"env": env_ctx, "model": _model_ctx(specs.models[name]), "deployment": md})
+    else:
+        service_account = env.spec.serviceAccount
+        if env.spec.storageSecret:
+            service_account = service_account or DEFAULT_SERVICE_ACCOUNT
+            r.emit("kubernetes/serviceaccount.yaml.j2", env_spec,
+                   {"env": env_ctx, "serviceAccount": {"name": service_account, "secret": env.spec.storageSecret}})
+        for name, dep in sorted(env.spec.deployments.items()):
+            for isvc in _isvc_contexts(specs, env, name, dep, service_account):
+                r.emit("kubernetes/inferenceservice.yaml.j2", f"Model.{name}",
+                       {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc})
+        namespace = env_ctx["namespace"]
+        for monitor in _monitors_for(specs, env):
+            mctx = {"env": env_ctx, "monitor": _monitor_ctx(monitor, env, namespace)}
+            spec = f"Monitor.{monitor.metadata.name}"
+            for template in ("monitor-configmap", "monitor-deployment", "monitor-service", "servicemonitor",
+                             "prometheusrule"):
+                r.emit(f"kubernetes/{template}.yaml.j2", spec, mctx)
+    objs = [sort_keys(o) for o in r.out]
+    seen: set[tuple[str, str, str]] = set()
+    for o in objs:
+        ident = (o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"])
+        if ident in seen:
+            raise RenderError(f"two rendered objects are both {ident[0]}/{ident[1]}/{ident[2]}")
+        seen.add(ident)
+    return sort_manifests(objs)
