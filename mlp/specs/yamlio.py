@@ -7,16 +7,22 @@ Line and column numbers are only needed to report a problem, so the round-trip l
 Hostile input is refused before it can cost much: binary and non-UTF-8 files, alias
 "billion laughs" bombs (expanded size is computed on the composed node graph, shared
 nodes counted once per use, without expanding anything), and nesting too deep to build.
+Nesting is checked *before* the C loader sees the text: its composer recurses on the C
+stack and crashes the process (SIGSEGV) somewhere past ~10,000 levels. A cheap upper
+bound on the depth (regex passes) clears ordinary files; only files whose bound is high
+are walked event by event (libyaml's parser keeps its own stack, so that walk is safe).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
 from mlp.specs.diagnostics import Loc
@@ -62,18 +68,71 @@ def _position(data: bytes, offset: int) -> tuple[int, int]:
     return line, col
 
 
-def _marked(exc: YAMLError) -> ParseError:
+def _marked(exc: YAMLError, text: str = "") -> ParseError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     context = getattr(exc, "context", None)
     message = f"YAML syntax error: {problem}"
     if context and isinstance(exc, MarkedYAMLError) and "found duplicate key" in str(problem or ""):
         message = f"YAML error: {problem}"
+    elif mark is not None and _is_tab_at(text, mark.line, mark.column):
+        # libyaml only says "found character that cannot start any token"
+        message = "YAML syntax error: tab character in indentation; tabs are not allowed in YAML, indent with spaces"
     elif context:
         message += f" ({context})"
     if mark is None:
         return ParseError(message)
     return ParseError(message, mark.line + 1, mark.column + 1)
+
+
+def _is_tab_at(text: str, line: int, column: int) -> bool:
+    lines = text.split("\n", line + 1)
+    return line < len(lines) and "\t" in lines[line][: column + 1]
+
+
+# Longest run of block-indentation characters at the start of a line.
+_BLOCK_PREFIX = re.compile(r"^[ \t?:-]*", re.MULTILINE)
+# An innermost flow collection: brackets with no bracket inside.
+_INNERMOST_FLOW = re.compile(r"\[[^\[\]{}]*\]|\{[^\[\]{}]*\}")
+
+
+def _depth_bound(text: str) -> int:
+    """An upper bound of the nesting depth of any document in `text`, computed cheaply.
+
+    Each block level needs at least one more column of indentation or a `- ` / `? `
+    indicator, except a sequence that is a mapping's value (same indentation): so block
+    depth <= 2 * prefix + 2. Each flow level is one pass that removes innermost brackets.
+    Brackets left over (unbalanced, e.g. inside quoted strings) make the bound unknown.
+    """
+    block = max((len(p) for p in _BLOCK_PREFIX.findall(text)), default=0)
+    flow = 0
+    if "[" in text or "{" in text:
+        rest = text
+        while True:
+            rest, removed = _INNERMOST_FLOW.subn("", rest)
+            if not removed:
+                break
+            flow += 1
+            if flow > MAX_DEPTH:
+                break
+        if "[" in rest or "{" in rest:
+            flow = MAX_DEPTH + 1
+    return 2 * block + 2 + flow
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH, located at the first node past the limit."""
+    if _depth_bound(text) <= MAX_DEPTH:
+        return
+    depth = 0
+    for event in _safe().parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = event.start_mark
+                raise ParseError(f"nesting deeper than {MAX_DEPTH} levels", mark.line + 1, mark.column + 1)
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
 
 
 def _check_aliases(text: str) -> None:
@@ -82,7 +141,7 @@ def _check_aliases(text: str) -> None:
     sizes: dict[int, int] = {}
 
     def size(node: Node, depth: int) -> int:
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH:  # aliases can nest deeper than the text shows
             raise ParseError(f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1,
                              node.start_mark.column + 1)
         key = id(node)
@@ -107,7 +166,7 @@ def _check_aliases(text: str) -> None:
 
     for root in yaml.compose_all(text):
         if root is not None:
-            size(root, 0)
+            size(root, 1)
 
 
 def parse(data: bytes) -> list[Any]:
@@ -116,13 +175,14 @@ def parse(data: bytes) -> list[Any]:
     if not text.strip():
         raise ParseError("empty file: expected one or more mlp documents")
     try:
+        _check_depth(text)
         if "&" in text and "*" in text:
             _check_aliases(text)
         docs = list(_safe().load_all(text))
     except ParseError:
         raise
     except YAMLError as exc:
-        raise _marked(exc) from None
+        raise _marked(exc, text) from None
     except RecursionError:
         raise ParseError(f"nesting deeper than {MAX_DEPTH} levels") from None
     if all(d is None for d in docs):
