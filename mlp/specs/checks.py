@@ -50,6 +50,8 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
                           f"duplicate version {version.version} (also at versions[{seen[version.version]}])")
             seen.setdefault(version.version, i)
         if model.spec.features and model.spec.features not in specs.feature_views:
+            if specs.declared("FeatureView", model.spec.features):
+                continue  # declared but invalid: already reported there
             yield _at(specs, "Model", name, ("spec", "features"),
                       f"feature view {model.spec.features!r} does not exist")
         elif model.spec.features:
@@ -72,7 +74,7 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
 def _features(specs: SpecSet) -> Iterator[Problem]:
     for name, view in specs.feature_views.items():
         for i, entity in enumerate(view.spec.entities):
-            if entity not in specs.entities:
+            if not specs.declared("Entity", entity):
                 yield _at(specs, "FeatureView", name, ("spec", "entities", i), f"entity {entity!r} does not exist")
 
 
@@ -80,7 +82,8 @@ def _experiments(specs: SpecSet) -> Iterator[Problem]:
     for name, exp in specs.experiments.items():
         model = specs.models.get(exp.spec.model)
         if model is None:
-            yield _at(specs, "Experiment", name, ("spec", "model"), f"model {exp.spec.model!r} does not exist")
+            if not specs.declared("Model", exp.spec.model):
+                yield _at(specs, "Experiment", name, ("spec", "model"), f"model {exp.spec.model!r} does not exist")
             continue
         for i, run in enumerate(exp.spec.runs):
             if run.modelVersion is not None and model.spec.version(run.modelVersion) is None:
@@ -96,15 +99,18 @@ def _monitors(specs: SpecSet) -> Iterator[Problem]:
     for name, mon in specs.monitors.items():
         model = specs.models.get(mon.spec.model)
         if model is None:
-            yield _at(specs, "Monitor", name, ("spec", "model"), f"model {mon.spec.model!r} does not exist")
+            if not specs.declared("Model", mon.spec.model):
+                yield _at(specs, "Monitor", name, ("spec", "model"), f"model {mon.spec.model!r} does not exist")
             continue
         deployed = _deployed_in(specs, mon.spec.model)
-        if not mon.spec.environments and not deployed:
+        if not mon.spec.environments and not deployed and not any(k == "Environment" for k, _ in specs.invalid):
             yield _at(specs, "Monitor", name, ("spec", "model"),
                       f"model {mon.spec.model!r} is not deployed in any environment")
         for i, env in enumerate(mon.spec.environments):
             if env not in specs.environments:
-                yield _at(specs, "Monitor", name, ("spec", "environments", i), f"environment {env!r} does not exist")
+                if not specs.declared("Environment", env):
+                    yield _at(specs, "Monitor", name, ("spec", "environments", i),
+                              f"environment {env!r} does not exist")
             elif env not in deployed:
                 yield _at(specs, "Monitor", name, ("spec", "environments", i),
                           f"model {mon.spec.model!r} is not deployed in environment {env!r}")
@@ -123,7 +129,8 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
             base: Loc = ("spec", "deployments", model_name)
             model = specs.models.get(model_name)
             if model is None:
-                yield _at(specs, "Environment", name, base, f"deploys model {model_name!r}, which does not exist")
+                if not specs.declared("Model", model_name):
+                    yield _at(specs, "Environment", name, base, f"deploys model {model_name!r}, which does not exist")
                 continue
             routed = [("version", dep.version, base + ("version",))]
             if dep.canary:
@@ -163,7 +170,7 @@ def _promotion(specs: SpecSet) -> Iterator[Problem]:
             continue
         if source == name:
             yield _at(specs, "Environment", name, ("spec", "promotesFrom"), "an environment cannot promote from itself")
-        elif source not in specs.environments:
+        elif not specs.declared("Environment", source):
             yield _at(specs, "Environment", name, ("spec", "promotesFrom"), f"environment {source!r} does not exist")
     # cycles: follow promotesFrom from each environment
     reported: set[frozenset[str]] = set()
@@ -186,12 +193,12 @@ def _teams(specs: SpecSet) -> Iterator[Problem]:
     for kind, name in specs.sources:
         obj = specs.by_kind(kind)[name]
         team = obj.metadata.team
-        if team and team not in specs.teams:
+        if team and not specs.declared("Team", team):
             yield _at(specs, kind, name, ("metadata", "team"), f"team {team!r} does not exist")
     for name, env in specs.environments.items():
         for i, who in enumerate(env.spec.approvals.from_):
             scope, _, value = who.partition(":")
-            if scope == "team" and value not in specs.teams:
+            if scope == "team" and not specs.declared("Team", value):
                 yield _at(specs, "Environment", name, ("spec", "approvals", "from", i), f"team {value!r} does not exist")
 
 

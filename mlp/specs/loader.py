@@ -7,6 +7,7 @@ and policy are checked across the whole set, so one `mlp validate` run shows it 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,13 @@ class SpecSet:
     environments: dict[str, Environment] = field(default_factory=dict)
     sources: dict[tuple[str, str], SourceRef] = field(default_factory=dict)
     raw: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # (kind, name) of documents that are declared but invalid (already reported), so that
+    # references to them are not reported a second time as "does not exist"
+    invalid: set[tuple[str, str]] = field(default_factory=set)
+
+    def declared(self, kind: str, name: str) -> bool:
+        """True when a document of `kind` named `name` exists, valid or not."""
+        return name in self.by_kind(kind) or (kind, name) in self.invalid
 
     def by_kind(self, kind: str) -> dict[str, Any]:
         table: dict[str, dict[str, Any]] = {
@@ -103,6 +111,7 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
             docs = parse(files[path])
         except ParseError as exc:
             problems.append(_located(path, exc))
+            specs.invalid.update(_declared_names(files[path]))
             continue
         for index, doc in enumerate(docs):
             if doc is None:
@@ -126,6 +135,25 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
     return LoadResult(specs=specs, diagnostics=diagnostics)
 
 
+_KIND_LINE = re.compile(rb"^kind:[ \t]*[\"']?([A-Za-z]+)", re.MULTILINE)
+_NAME = re.compile(rb"\bname:[ \t]*[\"']?([a-z0-9][-a-z0-9]*)")
+_DOC_SEPARATOR = re.compile(rb"^---", re.MULTILINE)
+
+
+def _declared_names(data: bytes) -> set[tuple[str, str]]:
+    """Best-effort (kind, name) pairs of a file that does not parse, read with regexes.
+
+    Only used to keep a syntax error in one file from turning every reference to it into
+    a second, misleading "does not exist" error elsewhere.
+    """
+    found: set[tuple[str, str]] = set()
+    for chunk in _DOC_SEPARATOR.split(data[:MAX_SPEC_BYTES]):
+        kind, name = _KIND_LINE.search(chunk), _NAME.search(chunk)
+        if kind and name and kind.group(1).decode() in KINDS:
+            found.add((kind.group(1).decode(), name.group(1).decode()))
+    return found
+
+
 def _located(path: str, exc: ParseError) -> Problem:
     # Parse errors carry their own position; encode it in a Problem the resolver keeps as is.
     return Problem(path, -1, (exc.line, exc.col), exc.message, rule="syntax")
@@ -146,6 +174,8 @@ def _validate_document(ref: SourceRef, doc: dict[str, Any], specs: SpecSet, prob
         shown = "missing" if api_version is None else f"{api_version!r}"
         problems.append(Problem(ref.path, ref.doc, ("apiVersion",), f"apiVersion is {shown}; expected {API_VERSION!r}",
                                 kind if isinstance(kind, str) else None, name))
+        if isinstance(kind, str) and kind in KINDS and name is not None:
+            specs.invalid.add((kind, name))
         return
     model_cls = KINDS.get(kind) if isinstance(kind, str) else None
     if model_cls is None:
@@ -158,6 +188,8 @@ def _validate_document(ref: SourceRef, doc: dict[str, Any], specs: SpecSet, prob
     except ValidationError as exc:
         for err in exc.errors(include_url=False):
             problems.append(Problem(ref.path, ref.doc, _clean_loc(err["loc"], doc), _message(err), kind, name))
+        if name is not None and isinstance(kind, str):
+            specs.invalid.add((kind, name))
         return
     assert name is not None and isinstance(kind, str)
     registry = specs.by_kind(kind)
