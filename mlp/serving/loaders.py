@@ -1,0 +1,208 @@
+"""Model loaders: turn a verified artifact file into something that predicts.
+
+Native loaders (scikit-learn joblib, XGBoost JSON/UBJ, LightGBM text, ONNX through
+onnxruntime) expose `predict(X: ndarray[n, features]) -> ndarray[n, ...]` on a whole batch,
+which is what the micro-batcher needs. A `kserve.Model` subclass named by `modelClass`
+(`package.module:Class`) is wrapped unchanged: it receives v1 dicts and v2 `InferRequest`s
+exactly as under KServe's ModelServer, and its `predict` may be sync or async.
+
+Each framework library is imported only when a model of that framework is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class LoadError(Exception):
+    """A model could not be loaded; the message is one clear line."""
+
+
+@dataclass
+class NativeModel:
+    """A model whose predict takes a 2-D numpy batch."""
+
+    framework: str
+    impl: Any
+    input_dtype: Any = np.float64
+    batchable: bool = True
+    custom: bool = False
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.impl(x))
+
+
+@dataclass
+class CustomModel:
+    """A kserve.Model subclass running as it would under KServe."""
+
+    framework: str
+    instance: Any
+    batchable: bool = False
+    custom: bool = True
+    _is_async: bool = field(default=False)
+
+    async def infer(self, payload: Any, headers: dict[str, str]) -> Any:
+        model = self.instance
+        pre = model.preprocess(payload, headers)
+        if inspect.isawaitable(pre):
+            pre = await pre
+        out = model.predict(pre, headers)
+        if inspect.isawaitable(out):
+            out = await out
+        post = model.postprocess(out, headers)
+        if inspect.isawaitable(post):
+            post = await post
+        return post
+
+
+LoadedModel = NativeModel | CustomModel
+
+
+def load_model(
+    framework: str,
+    path: Path | None,
+    *,
+    name: str = "model",
+    model_class: str | None = None,
+    fmt: str | None = None,
+    proba: bool = False,
+) -> LoadedModel:
+    """Load one version's artifact; raise LoadError with a clear reason.
+
+    `proba`: the signature's output is a float, so a classifier answers with the positive
+    class probability (binary) instead of the class label.
+    """
+    try:
+        if model_class:
+            return _load_custom(model_class, name, path)
+        if path is None:
+            raise LoadError(f"{name}: no artifact to load")
+        loader = _LOADERS.get(framework)
+        if loader is None:
+            raise LoadError(f"{name}: framework {framework!r} has no local loader (use framework custom + modelClass)")
+        return loader(path, proba)
+    except LoadError:
+        raise
+    except ModuleNotFoundError as exc:
+        raise LoadError(f"{name}: framework {framework!r} needs the package {exc.name!r}, not installed") from None
+    except Exception as exc:
+        raise LoadError(f"{name}: could not load {path.name if path else model_class}: {type(exc).__name__}: {exc}") from None
+
+
+def _load_sklearn(path: Path, proba: bool) -> NativeModel:
+    import joblib
+
+    est = joblib.load(path)
+    if not hasattr(est, "predict"):
+        raise LoadError(f"{path.name}: the joblib object has no predict()")
+    if proba and hasattr(est, "predict_proba") and len(getattr(est, "classes_", ())) == 2:
+        def positive(x: np.ndarray) -> np.ndarray:
+            return np.asarray(est.predict_proba(x))[:, 1]
+        return NativeModel("sklearn", positive)
+    return NativeModel("sklearn", est.predict)
+
+
+def _load_xgboost(path: Path, proba: bool) -> NativeModel:
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(str(path))
+    objective = _xgb_objective(booster)
+    if objective.startswith("binary:") and proba:
+        return NativeModel("xgboost", booster.inplace_predict)
+    if objective.startswith("binary:"):
+        def binary(x: np.ndarray) -> np.ndarray:
+            return (booster.inplace_predict(x) > 0.5).astype(np.int64)
+        return NativeModel("xgboost", binary)
+    if objective.startswith("multi:softprob"):
+        def softprob(x: np.ndarray) -> np.ndarray:
+            return np.argmax(booster.inplace_predict(x), axis=1).astype(np.int64)
+        return NativeModel("xgboost", softprob)
+    return NativeModel("xgboost", booster.inplace_predict)
+
+
+def _xgb_objective(booster: Any) -> str:
+    import json
+
+    try:
+        config = json.loads(booster.save_config())
+        return str(config["learner"]["objective"]["name"])
+    except (KeyError, ValueError):
+        return ""
+
+
+def _load_lightgbm(path: Path, proba: bool) -> NativeModel:
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_file=str(path))
+    objective = str(booster.params.get("objective", ""))
+    if objective.startswith("binary") and proba:
+        return NativeModel("lightgbm", booster.predict)
+    if objective.startswith("binary"):
+        def binary(x: np.ndarray) -> np.ndarray:
+            return (np.asarray(booster.predict(x)) > 0.5).astype(np.int64)
+        return NativeModel("lightgbm", binary)
+    if objective.startswith(("multiclass", "softmax")):
+        def multi(x: np.ndarray) -> np.ndarray:
+            return np.argmax(np.asarray(booster.predict(x)), axis=1).astype(np.int64)
+        return NativeModel("lightgbm", multi)
+    return NativeModel("lightgbm", booster.predict)
+
+
+def _load_onnx(path: Path, proba: bool) -> NativeModel:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # the server is one event loop; don't fight it for cores
+    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run([output_name], {input_name: x.astype(np.float32, copy=False)})[0])
+
+    return NativeModel("onnx", run, input_dtype=np.float32)
+
+
+def _load_custom(model_class: str, name: str, path: Path | None) -> CustomModel:
+    module_name, _, class_name = model_class.partition(":")
+    if not module_name or not class_name:
+        raise LoadError(f"{name}: modelClass {model_class!r} must be module:Class")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise LoadError(f"{name}: modelClass module {module_name!r} not importable ({exc.name} missing; sys.path[0]={sys.path[0]!r})") from None
+    cls = getattr(module, class_name, None)
+    if cls is None:
+        raise LoadError(f"{name}: module {module_name!r} has no class {class_name!r}")
+    try:
+        import kserve
+
+        if not (isinstance(cls, type) and issubclass(cls, kserve.Model)):
+            raise LoadError(f"{name}: {model_class} is not a kserve.Model subclass")
+    except ModuleNotFoundError:
+        pass  # without kserve installed any class with predict() is accepted
+    instance = cls(name)
+    if path is not None:
+        # Contract: the verified artifact's local path is in `model_path` before load().
+        instance.model_path = str(path)
+    loaded = instance.load()
+    if inspect.isawaitable(loaded):
+        raise LoadError(f"{name}: async load() is not supported")
+    return CustomModel("custom", instance)
+
+
+_LOADERS = {
+    "sklearn": _load_sklearn,
+    "xgboost": _load_xgboost,
+    "lightgbm": _load_lightgbm,
+    "onnx": _load_onnx,
+}

@@ -1,0 +1,167 @@
+"""Payload log: sampled inputs and outputs, written to Parquet off the request path.
+
+The request path only does a `put_nowait` of references into a bounded queue (and drops
+the record, counting it, when the writer is behind: the log is never allowed to slow
+serving down or grow memory without bound). A daemon thread drains the queue and writes
+one Parquet file per model version per flush:
+
+    <dir>/<model>/<version>/<unix_ms>-<seq>.parquet
+
+with columns `ts` (timestamp, ms, UTC), `model`, `version`, one column per signature
+input (float64) or `input` (list<double>) when the widths disagree, and one column per
+signature output (`prediction` if unnamed). Rotation keeps at most `max_bytes` per model
+version by deleting the oldest files. The monitors read these folders as a dataset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class _Record:
+    model: str
+    version: str
+    ts_ms: int
+    inputs: np.ndarray
+    outputs: np.ndarray
+    input_names: Sequence[str]
+    output_names: Sequence[str]
+
+
+class PayloadLog:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        flush_seconds: float = 1.0,
+        max_queue: int = 10000,
+        max_bytes: int = 64 << 20,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.flush_seconds = flush_seconds
+        self.max_bytes = max_bytes
+        self.on_drop = on_drop
+        self.dropped = 0
+        self.written_rows = 0
+        self._q: queue.Queue[_Record | None] = queue.Queue(maxsize=max_queue)
+        self._seq = itertools.count()
+        self._thread = threading.Thread(target=self._run, name="mlp-payload-log", daemon=True)
+        self._stop = threading.Event()
+        self._flushed = threading.Condition()
+        self._thread.start()
+
+    def put(
+        self,
+        model: str,
+        version: str,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        input_names: Sequence[str] = (),
+        output_names: Sequence[str] = (),
+    ) -> None:
+        """Hand a record to the writer; never blocks."""
+        try:
+            self._q.put_nowait(
+                _Record(model, version, int(time.time() * 1000), inputs, outputs, input_names, output_names)
+            )
+        except queue.Full:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is on disk (tests, shutdown)."""
+        deadline = time.monotonic() + timeout
+        while not self._q.empty() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._flushed:
+            self._flushed.wait(timeout=max(0.0, min(self.flush_seconds * 2, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        self._stop.set()
+        with contextlib.suppress(queue.Full):
+            self._q.put_nowait(None)
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        buffers: dict[tuple[str, str], list[_Record]] = defaultdict(list)
+        last = time.monotonic()
+        while True:
+            timeout = max(0.01, self.flush_seconds - (time.monotonic() - last))
+            try:
+                rec = self._q.get(timeout=timeout)
+                if rec is not None:
+                    buffers[(rec.model, rec.version)].append(rec)
+            except queue.Empty:
+                rec = None
+            stopping = self._stop.is_set()
+            if stopping or time.monotonic() - last >= self.flush_seconds:
+                for key, recs in list(buffers.items()):
+                    if recs:
+                        try:
+                            self._write(key, recs)
+                        except Exception:  # a full disk must not kill the thread; records are lost
+                            self.dropped += len(recs)
+                buffers.clear()
+                last = time.monotonic()
+                with self._flushed:
+                    self._flushed.notify_all()
+                if stopping and self._q.empty():
+                    return
+
+    def _write(self, key: tuple[str, str], recs: list[_Record]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        model, version = key
+        ts = np.concatenate([np.full(r.inputs.shape[0], r.ts_ms, dtype="int64") for r in recs])
+        n = ts.shape[0]
+        cols: dict[str, pa.Array] = {
+            "ts": pa.array(ts.astype("datetime64[ms]")),
+            "model": pa.array([model] * n, pa.string()),
+            "version": pa.array([version] * n, pa.string()),
+        }
+        first = recs[0]
+        x = np.concatenate([r.inputs.reshape(r.inputs.shape[0], -1) for r in recs])
+        names = list(first.input_names)
+        if names and x.shape[1] == len(names) and x.dtype.kind in "biuf":
+            for i, name in enumerate(names):
+                cols[name] = pa.array(x[:, i].astype(np.float64))
+        else:
+            cols["input"] = pa.array([row.tolist() for row in x])
+        y = np.concatenate([np.asarray(r.outputs).reshape(r.inputs.shape[0], -1) for r in recs])
+        out_names = list(first.output_names) or ["prediction"]
+        if y.shape[1] == 1:
+            cols[out_names[0] if out_names[0] not in cols else "prediction"] = pa.array(y[:, 0])
+        else:
+            cols["prediction"] = pa.array([row.tolist() for row in y])
+        folder = self.directory / model / version
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{int(time.time() * 1000)}-{next(self._seq):06d}.parquet"
+        tmp = folder / ("." + name)
+        pq.write_table(pa.table(cols), tmp)
+        tmp.rename(folder / name)
+        self.written_rows += n
+        self._rotate(folder)
+
+    def _rotate(self, folder: Path) -> None:
+        files = sorted(folder.glob("*.parquet"))
+        sizes = [f.stat().st_size for f in files]
+        total = sum(sizes)
+        i = 0
+        while total > self.max_bytes and i < len(files) - 1:
+            total -= sizes[i]
+            files[i].unlink(missing_ok=True)
+            i += 1

@@ -1,0 +1,84 @@
+"""Run the data plane under uvicorn (httptools parser, uvloop loop when installed).
+
+`serve()` blocks in the calling (main) thread and handles Ctrl-C; `ServerThread` runs
+the same server in a background thread on an ephemeral port, for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+
+def _uvicorn_config(app: Any, host: str, port: int, fd: int | None = None) -> uvicorn.Config:
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": host, "port": port}
+    return uvicorn.Config(
+        app,
+        loop=loop,
+        http=http,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        timeout_keep_alive=30,
+        backlog=4096,
+        **kwargs,
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with getsockname)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: Any, sock: socket.socket) -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn's handlers), on an already-bound socket."""
+    server = uvicorn.Server(_uvicorn_config(app, "", 0, fd=sock.fileno()))
+    server.run()
+
+
+class ServerThread:
+    """The data plane on 127.0.0.1:<free port> in a daemon thread."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sock = bind(host, port)
+        self.host = host
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(_uvicorn_config(app, host, 0, fd=self.sock.fileno()))
+        self.thread = threading.Thread(target=self.server.run, name="mlp-dataplane", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("data plane did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
