@@ -236,15 +236,16 @@ class Reconciler:
 
         snap, loaded = self.load_revision(rev)
         status.revision, status.author = rev, snap.author
+        if not snap.spec_files():
+            return self._refuse(status, snap, [f"{rev[:12]} has no files under specs/ or environments/"],
+                                "empty source (nothing is pruned)")
         if not loaded.ok:
             errors = [str(d) for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
             return self._refuse(status, snap, errors or ["the snapshot did not load"], "invalid specs")
         envspec = loaded.specs.environments.get(env)
         if envspec is None:
-            status.sync_status, status.health = UNKNOWN, HealthStatus.UNKNOWN.value
-            status.message = f"environment {env!r} is not declared at {rev[:12]}: nothing is applied or pruned"
-            self.store.save(status)
-            return StepResult(env, FAILED, rev, message=status.message)
+            return self._refuse(status, snap, [f"environment {env!r} is not declared at {rev[:12]}"],
+                                "environment not declared (nothing is pruned)")
         try:
             desired = self._render(loaded.specs, env, snap)
         except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
