@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from mlp.governance.cron import CronError, window_open_since
 from mlp.specs.models import Deployment, Environment, MetricGate, Model, Team
@@ -178,12 +178,17 @@ class GovernanceResult:
         }
 
 
-class SpecsView:
+class SpecsView(Protocol):
     """The few fields of a `SpecSet` policy reads; any object with these attributes works."""
 
-    environments: Mapping[str, Environment]
-    teams: Mapping[str, Team]
-    models: Mapping[str, Model]
+    @property
+    def environments(self) -> Mapping[str, Environment]: ...
+
+    @property
+    def teams(self) -> Mapping[str, Team]: ...
+
+    @property
+    def models(self) -> Mapping[str, Model]: ...
 
 
 # --- deployed versions --------------------------------------------------------------------

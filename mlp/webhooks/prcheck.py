@@ -1,0 +1,216 @@
+"""Plan a change between two Git revisions: validate, render and plan every environment.
+
+`Workspace` is the repository the checks read: a local repository used in place, or a
+remote mirrored into a cache folder (a bare clone; pull/merge request heads are
+fetched by their `refs/pull/N/head` / `refs/merge-requests/N/head` refs). Each revision
+is checked out into its own temporary work folder (`git worktree add --detach`), read
+with the directory source and removed again, so concurrent checks never share files
+and nothing runs in the repository's own work tree.
+
+`check_revisions` is what both the webhook PR flow and `mlp plan --base --head` call:
+for each environment, the head's rendered objects are planned against the base's
+rendered objects as if those were live, which shows exactly what merging would change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+from git.exc import BadName, GitCommandError
+
+from mlp.governance import affected_by_specs, version_changes
+from mlp.plan import Plan, make_plan
+from mlp.render import RenderError, render
+from mlp.sources.directory import read_directory
+from mlp.sources.git import GitAuth, remote_url
+from mlp.specs import LoadResult, SpecSet, load
+from mlp.targets.base import Manifest
+from mlp.webhooks.report import EnvironmentReport, report_markdown
+
+
+class WorkspaceError(Exception):
+    """A revision cannot be found or checked out; one clear line."""
+
+
+class Workspace:
+    """A Git repository whose revisions can be checked out into isolated work folders."""
+
+    def __init__(self, repo: str | Path, cache_dir: str | Path | None = None, auth: GitAuth | None = None) -> None:
+        self.auth = auth or GitAuth()
+        self._lock = threading.Lock()
+        text = str(repo)
+        local = Path(text)
+        if "://" not in text and local.exists():
+            try:
+                self.repo = git.Repo(local, search_parent_directories=False)
+            except git.InvalidGitRepositoryError as exc:
+                raise WorkspaceError(f"{local}: not a Git repository") from exc
+            self.remote = False
+        else:
+            if cache_dir is None:
+                raise WorkspaceError(f"{text}: a remote repository needs a cache folder (--state-dir)")
+            target = Path(cache_dir) / "workspace.git"
+            if (target / "HEAD").exists():
+                self.repo = git.Repo(target)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                self.repo = git.Repo.init(target, bare=True)
+                with self.repo.config_writer() as cw:
+                    cw.set_value('remote "origin"', "url", remote_url(text))
+            self.remote = True
+
+    def fetch(self, *refspecs: str) -> None:
+        """Fetch from the remote (a no-op for a local repository)."""
+        if not self.remote:
+            return
+        specs = list(refspecs) or ["+refs/heads/*:refs/heads/*"]
+        with self._lock:
+            try:
+                self.repo.git.execute(
+                    ["git", "fetch", "--quiet", "--force", "origin", *specs], env=self.auth.environment()
+                )
+            except GitCommandError as exc:
+                detail = (exc.stderr or "").strip().splitlines()
+                raise WorkspaceError(f"git fetch failed: {detail[-1] if detail else exc.status}") from exc
+
+    def resolve(self, ref: str) -> str:
+        """The commit SHA of a branch, tag, ref or SHA."""
+        for candidate in (ref, f"origin/{ref}", f"refs/heads/{ref}"):
+            try:
+                return self.repo.commit(candidate).hexsha
+            except (BadName, ValueError, GitCommandError):
+                continue
+        raise WorkspaceError(f"unknown revision {ref!r}")
+
+    def has(self, sha: str) -> bool:
+        try:
+            self.repo.git.cat_file("-e", f"{sha}^{{commit}}")
+            return True
+        except GitCommandError:
+            return False
+
+    def changed_files(self, base: str, head: str) -> list[str]:
+        """Files that differ between the merge base of `base` and `head`, and `head`."""
+        try:
+            merge_base = self.repo.git.merge_base(base, head).strip() or base
+        except GitCommandError:
+            merge_base = base
+        out = self.repo.git.diff("--name-only", merge_base, head)
+        return sorted(line for line in out.splitlines() if line)
+
+    @contextlib.contextmanager
+    def checkout(self, sha: str) -> Iterator[Path]:
+        """A temporary work folder holding `sha`, removed afterwards."""
+        folder = Path(tempfile.mkdtemp(prefix="mlp-rev-"))
+        path = folder / sha[:12]
+        with self._lock:
+            try:
+                self.repo.git.worktree("add", "--detach", "--force", str(path), sha)
+            except GitCommandError as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise WorkspaceError(f"cannot check out {sha[:12]}: {(exc.stderr or '').strip()}") from exc
+        try:
+            yield path
+        finally:
+            with self._lock:
+                try:
+                    self.repo.git.worktree("remove", "--force", str(path))
+                except GitCommandError:
+                    shutil.rmtree(path, ignore_errors=True)
+                    self.repo.git.worktree("prune")
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def load(self, sha: str) -> tuple[LoadResult, dict[str, str]]:
+        """Specs and template overrides at `sha`, read from an isolated checkout."""
+        with self.checkout(sha) as path:
+            snapshot = read_directory(path, revision=sha)
+        return load(snapshot), snapshot.templates()
+
+
+@dataclass
+class RevisionCheck:
+    """Everything known about a change from `base_sha` to `head_sha`."""
+
+    base_sha: str
+    head_sha: str
+    head: LoadResult
+    base: LoadResult
+    environments: list[EnvironmentReport] = field(default_factory=list)
+    unaffected: list[str] = field(default_factory=list)
+    changed_files: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return self.head.ok
+
+    @property
+    def diagnostics(self) -> list[str]:
+        return [str(d) for d in self.head.errors]
+
+    @property
+    def render_failed(self) -> list[str]:
+        return [e.name for e in self.environments if e.render_error]
+
+    @property
+    def affected(self) -> list[str]:
+        return [e.name for e in self.environments]
+
+    @property
+    def base_specs(self) -> SpecSet | None:
+        return self.base.specs if self.base.ok else None
+
+    def markdown(self) -> str:
+        return report_markdown(
+            self.base_sha,
+            self.head_sha,
+            self.environments,
+            self.unaffected,
+            self.diagnostics,
+            [str(d) for d in self.base.errors],
+        )
+
+    def plans(self) -> dict[str, Plan]:
+        return {e.name: e.plan for e in self.environments if e.plan is not None}
+
+
+def _render(specs: SpecSet | None, env: str, revision: str, templates: dict[str, str]) -> list[Manifest]:
+    if specs is None or env not in specs.environments:
+        return []
+    return render(specs, env, revision=revision, templates=templates)
+
+
+def check_revisions(workspace: Workspace, base_ref: str, head_ref: str) -> RevisionCheck:
+    """Validate the head, render every environment at base and head, and plan head against base."""
+    base_sha, head_sha = workspace.resolve(base_ref), workspace.resolve(head_ref)
+    head, head_templates = workspace.load(head_sha)
+    base, base_templates = workspace.load(base_sha)
+    check = RevisionCheck(base_sha, head_sha, head, base, changed_files=workspace.changed_files(base_sha, head_sha))
+    if not head.ok:
+        return check
+    base_specs = base.specs if base.ok else None
+    names = sorted(set(head.specs.environments) | set(base_specs.environments if base_specs else ()))
+    by_specs = affected_by_specs(base_specs, head.specs)
+    for name in names:
+        report = EnvironmentReport(name, head.specs.environments.get(name), None)
+        try:
+            desired = _render(head.specs, name, head_sha, head_templates)
+            try:
+                live = _render(base_specs, name, base_sha, base_templates)
+            except RenderError:
+                live = []  # a base that did not render: everything is new
+            report.plan = make_plan(desired, live, environment=name, revision=head_sha, prune=True, allow_empty=True)
+        except RenderError as exc:
+            report.render_error = str(exc)
+        report.changes = version_changes(base_specs, head.specs, name)
+        if report.render_error or (report.plan is not None and report.plan.has_changes) or name in by_specs:
+            check.environments.append(report)
+        else:
+            check.unaffected.append(name)
+    return check
