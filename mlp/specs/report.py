@@ -61,8 +61,14 @@ def as_gitlab(diagnostics: Sequence[Diagnostic]) -> str:
     """GitLab Code Quality report: a JSON array of issues with description, check_name,
     fingerprint, severity and location (path + lines.begin)."""
     issues = []
+    seen: dict[str, int] = {}
     for d in diagnostics:
-        fingerprint = hashlib.sha256(f"{d.path}\0{d.subject}\0{d.rule}\0{d.message}".encode()).hexdigest()
+        # Stable across unrelated edits (no line number, so GitLab can match an issue between
+        # the base and head of a merge request), unique within the report (GitLab shows only
+        # the first issue of a fingerprint): identical messages are numbered in order.
+        identity = f"{d.path}\0{d.subject}\0{d.rule}\0{d.message}"
+        seen[identity] = seen.get(identity, -1) + 1
+        fingerprint = hashlib.sha256(f"{identity}\0{seen[identity]}".encode()).hexdigest()
         issues.append(
             {
                 "type": "issue",
