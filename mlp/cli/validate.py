@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,12 +35,23 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
     if not path.is_dir():
         click.echo(f"error: {path}: not a directory", err=True)
         sys.exit(2)
-    snapshot = read_directory(path)
+    try:
+        snapshot = read_directory(path)
+    except OSError as exc:
+        click.echo(f"error: {path}: cannot read the repository: {exc}", err=True)
+        sys.exit(2)
     spec_files = snapshot.spec_files()
     if not spec_files:
         click.echo(f"error: {path}: no spec files under specs/ or environments/", err=True)
         sys.exit(2)
-    result = load(snapshot)
+    try:
+        result = load(snapshot)
+    except Exception as exc:  # a bug in mlp, not in the specs: exit 2 so CI does not call the specs invalid
+        if os.environ.get("MLP_DEBUG"):
+            raise
+        click.echo(f"error: internal error while validating {path}: {type(exc).__name__}: {exc} "
+                   "(set MLP_DEBUG=1 for a traceback)", err=True)
+        sys.exit(2)
     docs = len(result.specs)
     if fmt == "text":
         text = report.as_text(result.diagnostics, len(spec_files), docs)
@@ -50,7 +62,11 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
     else:
         text = report.as_gitlab(result.diagnostics)
     if output is not None:
-        output.write_text(text + "\n", encoding="utf-8")
+        try:
+            output.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"error: cannot write {output}: {exc}", err=True)
+            sys.exit(2)
         if fmt != "text":
             click.echo(report.as_text(result.diagnostics, len(spec_files), docs).splitlines()[-1], err=True)
     elif text:
