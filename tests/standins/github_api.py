@@ -146,6 +146,7 @@ class GitHubStandIn:
             if pr["state"] == "open" and pr["head"]["ref"] == branch and pr["head"]["sha"] != after:
                 previous = pr["head"]["sha"]
                 pr["head"]["sha"] = after
+                repo.git.git.update_ref(f"refs/pull/{pr['number']}/head", after)
                 pr["updated_at"] = now_iso()
                 payload = self._pr_payload(repo, pr, "synchronize")
                 payload["before"], payload["after"] = previous, after
@@ -295,6 +296,7 @@ class GitHubStandIn:
                     "updated_at": now_iso(),
                 }
                 repo.pulls[number] = pr
+                repo.git.git.update_ref(f"refs/pull/{number}/head", pr["head"]["sha"])
             standin._deliver("pull_request", standin._pr_payload(repo, pr, "opened"))
             return JSONResponse(pr, status_code=201)
 
