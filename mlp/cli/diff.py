@@ -1,0 +1,71 @@
+"""`mlp diff`: what `mlp apply` would change in an environment; CI gates on its exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mlp.cli._common import (
+    CONTEXT,
+    EXIT_CHANGES,
+    EXIT_OK,
+    cluster_options,
+    env_option,
+    environment,
+    fail,
+    load_repo,
+    make_target,
+    read_live,
+    render_env,
+    repo_option,
+)
+
+
+@click.command("diff", context_settings=CONTEXT)
+@env_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True, help="text: coloured unified diff per object; json for scripts; markdown for PRs.")
+@click.option("--prune", is_flag=True, help="Include deletions of owned objects no longer declared (as apply --prune).")
+@click.option("--color/--no-color", "color", default=None, help="Colour the text diff [default: when a terminal].")
+@repo_option
+@cluster_options
+def diff(env: str, fmt: str, prune: bool, color: bool | None, repo: Path, kubeconfig: str | None,
+         context: str | None, state_dir: Path | None) -> None:
+    """Show what apply would change in an environment, comparing only the fields mlp sets.
+
+    Exit 0 when the environment is up to date, 1 when there are changes, 2 on error
+    (invalid specs, template error, unreachable cluster, forbidden).
+
+    \b
+    Examples:
+      mlp diff --env staging
+      mlp diff --env prod --format markdown > plan.md
+      mlp diff --env prod --format json --kubeconfig ~/.kube/prod --context prod
+    """
+    from mlp.plan.core import PlanRefused, make_plan
+    from mlp.plan.format import plan_to_json, plan_to_markdown, plan_to_text
+    from mlp.plan.pipeline import kinds_to_list
+
+    snapshot, result = load_repo(repo)
+    env_spec = environment(result, env)
+    desired = render_env(snapshot, result, env)
+    target = make_target(env_spec, repo=repo, kubeconfig=kubeconfig, context=context, state_dir=state_dir)
+    kinds = kinds_to_list(env_spec.spec.target.kind, desired)
+    live = read_live(target, env, kinds, {(o["apiVersion"], o["kind"]) for o in desired})
+    try:
+        plan = make_plan(desired, live, environment=env, revision=snapshot.revision, prune=prune)
+    except PlanRefused as exc:
+        click.echo(f"warning: mlp apply would refuse this plan: {exc}", err=True)
+        plan = make_plan(desired, live, environment=env, revision=snapshot.revision, prune=prune, allow_empty=True)
+    except ValueError as exc:
+        fail(str(exc))
+    if fmt == "json":
+        click.echo(plan_to_json(plan), nl=False)
+    elif fmt == "markdown":
+        click.echo(plan_to_markdown(plan), nl=False)
+    else:
+        use_color = sys.stdout.isatty() if color is None else color
+        click.echo(plan_to_text(plan, color=use_color), nl=False)
+    sys.exit(EXIT_CHANGES if plan.has_changes else EXIT_OK)
