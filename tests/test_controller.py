@@ -288,6 +288,7 @@ def test_invalid_commit_refused_last_known_good_and_revert(rig: Rig) -> None:
     st = rig.store.load("staging")
     assert st is not None and st.health != "Degraded" and st.errors == [] and st.sync_status == "Synced"
     assert st.synced_revision == rig.repo.head.commit.hexsha != good
+    assert [e.action for e in rig.audit("staging")] == ["apply", "refused", "recovered"]
 
 
 def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
@@ -313,6 +314,10 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     obj = next(o for o in st.objects if o.ref == "InferenceService/ml-staging/iris")
     assert obj.sync_status == "OutOfSync" and obj.message.startswith("drift:")
     assert "selfHeal is off" in st.message
+    rig.step("staging")  # still drifted: reported, logged once
+    drift = [e for e in rig.audit("staging") if e.action == "drift"]
+    assert len(drift) == 1 and drift[0].outcome == "skipped" and drift[0].objects == [
+        "UPDATE InferenceService/ml-staging/iris"]
     # A manual sync reverts it even without self-heal.
     assert rig.step("staging", "manual").outcome == "applied"
     assert rig.store.load("staging").sync_status == "Synced"  # type: ignore[union-attr]

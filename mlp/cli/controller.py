@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from mlp.specs.models import Environment
-from mlp.targets.base import Target
+from mlp.targets.base import Target, TargetError
 
 
 def _make_targets(kubeconfig: str | None, state_dir: Path) -> Callable[[str, Environment], Target]:
@@ -37,9 +37,10 @@ def _make_targets(kubeconfig: str | None, state_dir: Path) -> Callable[[str, Env
 
                 cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context)
             else:
-                from mlp.targets.local import LocalTarget
-
-                cache[key] = LocalTarget(state_dir / "local" / env)
+                # The embedded runtime serves models in the process that owns it: `mlp up` runs the
+                # same reconcile loop for local environments; a separate controller cannot reach it.
+                raise TargetError(f"environment {env!r} has a local target: it is served and reconciled by "
+                                  f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)")
         return cache[key]
 
     return factory

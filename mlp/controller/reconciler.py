@@ -47,7 +47,7 @@ from mlp.controller.store import (
     StateStore,
 )
 from mlp.controller.windows import sync_allowed
-from mlp.plan.core import Action, Plan, PlanRefused, make_plan
+from mlp.plan.core import Action, Plan, PlanItem, PlanRefused, make_plan
 from mlp.plan.execute import execute
 from mlp.plan.health import HealthStatus, assess, worst
 from mlp.sources.base import Snapshot
@@ -118,6 +118,10 @@ def traffic_of(dep: Deployment) -> dict[str, int]:
 
 def _describe(action: Action, ref: ObjectRef) -> str:
     return f"{action.value.upper()} {ref}"
+
+
+def described_changes(items: Iterable[PlanItem]) -> list[str]:
+    return [_describe(i.action, i.ref) for i in items]
 
 
 class Reconciler:
@@ -235,6 +239,7 @@ class Reconciler:
             else ""
 
         snap, loaded = self.load_revision(rev)
+        seen_before = (status.sync_status, status.revision)
         status.revision, status.author = rev, snap.author
         if not snap.spec_files():
             return self._refuse(status, snap, [f"{rev[:12]} has no files under specs/ or environments/"],
@@ -274,6 +279,13 @@ class Reconciler:
                     env, intent.action, "succeeded", revision=intent.revision, author=snap.author,
                     objects=intent.objects, message="completed before the controller stopped; verified on restart",
                 )])
+            elif status.refused_revision is not None and not plan.orphans:
+                # A fix (often a revert) after a refused revision: record that the environment recovered.
+                self.store.append_audit(AuditEvent(
+                    env, "recovered", "succeeded", revision=rev, author=snap.author,
+                    message=f"{rev[:12]} is valid again after refused {status.refused_revision[:12]}; "
+                            "live state already matches",
+                ))
             return self._report(status, envspec, plan, live, rev, applied=False, source_note=source_note)
 
         # Decide whether policy lets this step write.
@@ -291,6 +303,12 @@ class Reconciler:
             elif not new_revision and not policy.selfHeal:
                 allowed, why = False, "live objects drifted from Git; selfHeal is off"
         if not allowed:
+            if seen_before != (OUT_OF_SYNC, rev):
+                # Logged when the environment goes out of sync, not at every interval it stays so.
+                self.store.append_audit(AuditEvent(
+                    env, "drift" if not new_revision else "hold", "skipped", revision=rev, author=snap.author,
+                    objects=described_changes(changes), message=why,
+                ))
             return self._report(status, envspec, plan, live, rev, applied=False, hold=why, source_note=source_note)
 
         if new_revision or manual:
