@@ -119,7 +119,7 @@ def set_staging_iris(version: int) -> Callable[[str], str]:
 
 
 def add_iris_version(repo: git.Repo, version: int) -> None:
-    """Append a version to specs/models/iris.yaml (same artifact, so it validates)."""
+    """Append a version to specs/models/iris.yaml (a copy of version 1 at .../iris/<version>/...)."""
     models = Path(repo.working_tree_dir or ".") / "specs" / "models"
     path = next(p for p in models.iterdir() if "iris" in p.name)
     text = path.read_text()
@@ -127,7 +127,7 @@ def add_iris_version(repo: git.Repo, version: int) -> None:
     assert block, "iris spec has no versions block"
     first = re.search(r"    - version: 1\n((?:      .*\n)+)", text)
     assert first
-    entry = f"    - version: {version}\n" + first.group(1)
+    entry = f"    - version: {version}\n" + first.group(1).replace("/1/", f"/{version}/")
     path.write_text(text[: block.end()] + entry + text[block.end():])
 
 

@@ -1,0 +1,238 @@
+"""End to end: a real Git repository holding the example platform repository, a running controller.
+
+The controller runs its loop (threads, interval 1 s) against a Git repository in a temp
+folder. Each scene commits (or edits the target by hand) and waits for the controller:
+a new model version is applied within one interval; an invalid commit is refused and the
+old state keeps serving; a revert heals; a hand edit is reverted with self-heal and
+reported OutOfSync without it. A recorder thread keeps every status transition of the
+environment, and each scene asserts them; the audit log holds each event.
+
+The target is the Kubernetes target talking HTTP to the API server stand-in when both
+exist in this checkout (or a real cluster with MLP_TEST_KUBECONFIG), else the in-process
+memory target of test_controller.py.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import git
+import pytest
+from test_controller import (
+    MemoryTarget,
+    add_iris_version,
+    commit_all,
+    edit,
+    make_platform_repo,
+    set_staging_iris,
+)
+
+from mlp.controller.controller import Controller
+from mlp.controller.metrics import ControllerMetrics
+from mlp.controller.reconciler import Reconciler
+from mlp.controller.store import AuditLog, StateStore
+from mlp.sources.git import GitSource
+from mlp.targets.base import Manifest, ObjectRef, Target
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+INTERVAL = 1.0
+ENV = "staging"
+NS = "ml-staging"
+
+
+class Recorder(threading.Thread):
+    """Polls the state store and keeps every distinct (sync, health, revision) of one environment."""
+
+    def __init__(self, store: StateStore, env: str) -> None:
+        super().__init__(daemon=True)
+        self.store, self.env = store, env
+        self.seen: list[tuple[str, str, str]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            st = self.store.load(self.env, details=False)
+            if st is not None:
+                state = (st.sync_status, st.health, (st.revision or "")[:12])
+                if not self.seen or self.seen[-1] != state:
+                    self.seen.append(state)
+            time.sleep(0.01)
+
+    def since(self, mark: int) -> list[tuple[str, str]]:
+        return [(s, h) for s, h, _ in self.seen[mark:]]
+
+
+def _kube_target() -> tuple[Target, Callable[[], None]] | None:
+    """A KubernetesTarget on the stand-in API server (or MLP_TEST_KUBECONFIG), if this checkout has them."""
+    try:
+        from mlp.targets.kubernetes import KubernetesTarget
+    except ImportError:
+        return None
+    real = os.environ.get("MLP_TEST_KUBECONFIG")
+    if real:
+        return KubernetesTarget.from_kubeconfig(real), lambda: None
+    try:
+        from standins.kube_apiserver import start_standin  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    server = start_standin()
+    return KubernetesTarget.from_kubeconfig(str(server.kubeconfig)), server.stop
+
+
+@pytest.fixture(params=["kubernetes", "memory"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    if request.param == "memory":
+        yield MemoryTarget()
+        return
+    made = _kube_target()
+    if made is None:
+        pytest.skip("no kubernetes target/stand-in in this checkout")
+    tgt, stop = made
+    yield tgt
+    stop()
+
+
+def _live(target: Target, kind: str, name: str) -> Manifest | None:
+    return next((o for o in target.list_owned(ENV) if o["kind"] == kind and o["metadata"]["name"] == name), None)
+
+
+def _hand_edit(target: Target, kind: str, name: str, fn: Callable[[Manifest], None]) -> None:
+    """What `kubectl edit` does: change the live object outside Git (keeping mlp's labels)."""
+    obj = _live(target, kind, name)
+    assert obj is not None
+    if isinstance(target, MemoryTarget):
+        fn(target.objects[ObjectRef.of(obj)])
+        return
+    for key in ("status",):
+        obj.pop(key, None)
+    meta = obj["metadata"]
+    for key in ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp"):
+        meta.pop(key, None)
+    fn(obj)
+    target.apply(obj, force_conflicts=True)
+
+
+def _storage_uri(obj: Manifest | None) -> str:
+    assert obj is not None
+    pred = obj["spec"]["predictor"]
+    model = pred.get("model") or next(v for k, v in pred.items() if isinstance(v, dict) and "storageUri" in v)
+    return str(model["storageUri"])
+
+
+def _wait(pred: Callable[[], Any], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if pred():
+            return time.monotonic() - start
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
+    repo: git.Repo = make_platform_repo(tmp_path / "platform")
+    state = tmp_path / "state"
+    store = StateStore(state)
+    source = GitSource(str(repo.working_tree_dir), state / "git-cache")
+    metrics = ControllerMetrics()
+    reconciler = Reconciler(source, lambda env, spec: target, store, metrics=metrics)
+    ctl = Controller(source, reconciler, interval=INTERVAL, poll=0.1, environments=[ENV], metrics=metrics)
+    rec = Recorder(store, ENV)
+    rec.start()
+    loop = threading.Thread(target=ctl.run, daemon=True)
+    loop.start()
+    audit = AuditLog(state)
+
+    def status() -> Any:
+        return store.load(ENV)
+
+    try:
+        # 1. First reconcile: everything created, Synced.
+        _wait(lambda: (s := status()) is not None and s.sync_status == "Synced", 20, "first sync")
+        first = repo.head.commit.hexsha
+        assert status().synced_revision == first
+        assert "iris/2/" in _storage_uri(_live(target, "InferenceService", "iris"))  # the canary's artifact
+        assert rec.since(0)[-1][0] == "Synced"
+
+        # 2. A new model version: picked up and applied within one interval.
+        add_iris_version(repo, 3)
+        edit(repo, "environments/staging.yaml", set_staging_iris(3))
+        mark = len(rec.seen)
+        v3 = commit_all(repo, "iris v3 to staging", author="Grace Hopper")
+        took = _wait(lambda: status().synced_revision == v3, INTERVAL * 3 + 5, "v3 applied")
+        assert took <= INTERVAL + 2.0, f"new commit applied after {took:.2f}s (interval {INTERVAL}s)"
+        assert "iris/3/" in _storage_uri(_live(target, "InferenceService", "iris"))
+        st = status()
+        assert [m.served_version for m in st.models if m.model == "iris"] == [3]
+        assert st.sync_status == "Synced" and st.errors == []
+        assert rec.since(mark)[-1][0] == "Synced"
+
+        # 3. An invalid spec: refused, Degraded with located errors, old state keeps serving.
+        before = _live(target, "InferenceService", "iris")
+        edit(repo, "environments/staging.yaml", set_staging_iris(42))
+        mark = len(rec.seen)
+        bad = commit_all(repo, "iris v42 (does not exist)", author="Mallory")
+        _wait(lambda: status().refused_revision == bad, INTERVAL * 3 + 5, "refusal")
+        st = status()
+        assert st.health == "Degraded" and st.sync_status == "Unknown" and st.synced_revision == v3
+        assert any(e.startswith("environments/staging.yaml:") and "42" in e for e in st.errors), st.errors
+        assert [m.served_version for m in st.models if m.model == "iris"] == [3]
+        after = _live(target, "InferenceService", "iris")
+        assert after is not None and before is not None and after["spec"] == before["spec"]
+        assert ("Unknown", "Degraded") in rec.since(mark)
+
+        # 4. A revert commit heals it.
+        mark = len(rec.seen)
+        repo.git.revert("--no-edit", "HEAD")
+        fixed = repo.head.commit.hexsha
+        _wait(lambda: status().synced_revision == fixed, INTERVAL * 3 + 5, "revert synced")
+        st = status()
+        assert st.sync_status == "Synced" and st.health != "Degraded" and st.errors == []
+        assert rec.since(mark)[-1][0] == "Synced" and all(h != "Degraded" for _, h in rec.since(mark)[1:])
+
+        # 5. A hand edit is reverted by self-heal within one interval.
+        mark = len(rec.seen)
+        _hand_edit(target, "InferenceService", "iris",
+                   lambda o: o["spec"]["predictor"].__setitem__("minReplicas", 9))
+        took = _wait(lambda: _live(target, "InferenceService", "iris")["spec"]["predictor"].get("minReplicas") != 9,
+                     INTERVAL * 3 + 5, "self-heal")
+        assert took <= INTERVAL + 2.0
+        _wait(lambda: any(e.action == "self-heal" for e in audit.events(env=ENV)), 5, "self-heal audit")
+
+        # 6. Without self-heal the hand edit stays and the environment reports OutOfSync.
+        edit(repo, "environments/staging.yaml", lambda t: t.replace("selfHeal: true", "selfHeal: false"))
+        no_heal = commit_all(repo, "staging: no self-heal")
+        _wait(lambda: status().synced_revision == no_heal, INTERVAL * 3 + 5, "policy change synced")
+        mark = len(rec.seen)
+        _hand_edit(target, "InferenceService", "iris",
+                   lambda o: o["spec"]["predictor"].__setitem__("minReplicas", 9))
+        _wait(lambda: status().sync_status == "OutOfSync", INTERVAL * 3 + 5, "OutOfSync")
+        time.sleep(INTERVAL * 1.5)  # another interval: still not reverted
+        assert _live(target, "InferenceService", "iris")["spec"]["predictor"]["minReplicas"] == 9  # type: ignore
+        st = status()
+        iris = next(o for o in st.objects if o.ref.startswith("InferenceService/") and o.name == "iris")
+        assert iris.sync_status == "OutOfSync" and iris.message.startswith("drift")
+        assert ("OutOfSync", st.health) in rec.since(mark)
+    finally:
+        ctl.stop()
+        loop.join(timeout=15)
+        rec.halt.set()
+    assert not loop.is_alive()
+
+    events = audit.events(env=ENV)
+    actions = [(e.action, (e.revision or "")[:12]) for e in events]
+    assert actions[0] == ("apply", first[:12])
+    assert ("apply", v3[:12]) in actions
+    assert ("refused", bad[:12]) in actions
+    assert ("recovered", fixed[:12]) in actions
+    assert any(a == "self-heal" for a, _ in actions)
+    assert ("drift", no_heal[:12]) in actions
+    v3_event = next(e for e in events if e.revision == v3)
+    assert v3_event.author.startswith("Grace") and "UPDATE InferenceService/ml-staging/iris" in v3_event.objects
+    refused = next(e for e in events if e.action == "refused")
+    assert refused.author.startswith("Mallory") and "environments/staging.yaml:" in refused.message
