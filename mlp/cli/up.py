@@ -235,6 +235,8 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
     watcher.start()
     try:
         serve(app, sock)
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:
         loop.stop()
         runtime.close()

@@ -214,7 +214,11 @@ class ArtifactStore:
         if not SAFE_SEGMENT.match(model) or model in (".", ".."):
             raise ArtifactError(f"model name {model!r} is not a safe path segment")
         dest = dest.rstrip("/")
-        parsed = parse_uri(dest + "/x")  # validate the prefix itself
+        try:
+            parsed = parse_uri(dest + "/x")  # validate the prefix itself
+        except ArtifactError as exc:
+            reason = str(exc).split(": ", 1)[-1]
+            raise ArtifactError(f"{dest}: not a valid destination ({reason})") from None
         digest = sha256_file(src)
         ext = "".join(src.suffixes[-1:]) or ".bin"
         if version is None:

@@ -75,9 +75,9 @@ def _read(path: Path, chunk_rows: int) -> Iterator[Any]:
 
 
 class _Writer:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, fmt: str) -> None:
         self.path = path
-        self.fmt = file_format(path)
+        self.fmt = fmt
         self._w: Any = None
         self._fh: Any = None
 
@@ -122,8 +122,8 @@ def predict_file(
     if not src.is_file():
         raise BatchError(f"{src}: no such file")
     file_format(dst)
-    tmp = dst.with_name("." + dst.name + ".partial")
-    writer = _Writer(tmp)
+    tmp = dst.with_name(".partial-" + dst.name)
+    writer = _Writer(tmp, file_format(dst))
     total = 0
     try:
         for batch in _read(src, chunk_rows):
