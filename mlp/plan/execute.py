@@ -5,6 +5,12 @@ It walks the plan in order and calls the `Target` protocol: `apply` for CREATE a
 writes). The first `TargetError` stops the walk: the returned `ChangeSet` says what was
 done before it, what failed and why, and what was not attempted, so nothing partially
 applied goes unreported. This module imports no client library; it only knows the protocol.
+
+Field-manager conflicts: an item planned as "drift" (the repository did not change the
+object, someone changed it on the cluster) is applied with `force_conflicts=True`: the
+hand edit took ownership of a field mlp declares, and reverting hand edits to declared
+fields is the point of GitOps (Flux applies with force for the same reason). For items the
+repository changed, a conflict is reported and `force_conflicts` decides.
 """
 
 from __future__ import annotations
@@ -97,7 +103,8 @@ def execute(
                 assert item.desired is not None
                 if progress:
                     progress(index, len(work), item, "applying")
-                result = target.apply(item.desired, dry_run=dry_run, force_conflicts=force_conflicts).action
+                force = force_conflicts or item.reason == "drift"
+                result = target.apply(item.desired, dry_run=dry_run, force_conflicts=force).action
         except TargetError as exc:
             out.failed, out.error = item.ref, exc
             out.not_attempted = [i.ref for i in work[index:]]
