@@ -486,3 +486,51 @@ def test_status_and_audit_cli(rig: Rig) -> None:
     assert out.exit_code == 2 and "neither a duration" in out.output
     out = runner.invoke(status, ["--state-dir", str(rig.store.state_dir / "nope")])
     assert out.exit_code == 2
+
+
+def test_folder_source_and_watcher_drive_the_controller(tmp_path: Path) -> None:
+    from mlp.sources.watch import FolderSource, Watcher
+
+    folder = tmp_path / "platform"
+    for top in ("specs", "environments", "templates"):
+        if (REPO_ROOT / top).is_dir():
+            shutil.copytree(REPO_ROOT / top, folder / top)
+    source = FolderSource(folder)
+    first = source.refresh(["main"])
+    assert first.changed == ["main"] and source.refresh(["main"]).changed == []
+    target = MemoryTarget()
+    store = StateStore(tmp_path / "state")
+    ctl = Controller(source, Reconciler(source, lambda e, s: target, store), interval=3600, poll=0.05,
+                     environments=["staging"])
+    fired = threading.Event()
+
+    def changed() -> None:
+        fired.set()
+        ctl.trigger(None, "watch")
+
+    watcher = Watcher(folder, changed, debounce=0.05).start()
+    loop = threading.Thread(target=ctl.run, daemon=True)
+    loop.start()
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not ((s := store.load("staging")) and s.sync_status == "Synced"):
+            time.sleep(0.05)
+        (folder / "README.md").write_text("not watched")  # outside specs/: no trigger
+        time.sleep(0.3)
+        assert not fired.is_set()
+        path = folder / "environments" / "staging.yaml"
+        path.write_text(set_staging_iris(2)(path.read_text()))
+        assert fired.wait(10), "the watcher did not fire"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = store.load("staging")
+            if st and [m.served_version for m in st.models if m.model == "iris"] == [2]:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the edit was not applied")
+        assert st.revision and st.revision.startswith("dir-")
+    finally:
+        watcher.stop()
+        ctl.stop()
+        loop.join(timeout=10)
