@@ -59,6 +59,8 @@ def worst(statuses: list[HealthStatus] | list[Health]) -> HealthStatus:
 def _conditions(obj: Manifest) -> dict[str, dict[str, Any]]:
     status = obj.get("status") or {}
     conds = status.get("conditions") or []
+    if not isinstance(conds, list):
+        raise TypeError(f"status.conditions is a {type(conds).__name__}, not a list")
     return {c.get("type", ""): c for c in conds if isinstance(c, dict)}
 
 
