@@ -112,7 +112,10 @@ def make_target(env: Environment, *, repo: Path, kubeconfig: str | None, context
     except ImportError as exc:
         fail(f"the local target is not available ({exc}); install mlp[serve]")
     runtime = Runtime(state_dir or repo / ".mlp" / f"up-{env.metadata.name}", payload_log=False)
-    runtime.restore()
+    if spec.artifactMirror:  # as `mlp up` does: s3://bucket/key is read from MIRROR/bucket/key
+        runtime.store.mirror = (repo / spec.artifactMirror).resolve()
+    for problem in runtime.restore():
+        click.echo(f"warning: could not restore {problem}", err=True)
     return LocalTarget(runtime)  # type: ignore[no-any-return]
 
 
