@@ -87,7 +87,7 @@ class Workspace:
                 return self.repo.commit(candidate).hexsha
             except (BadName, ValueError, GitCommandError):
                 continue
-        raise WorkspaceError(f"unknown revision {ref!r}")
+        raise WorkspaceError(f"{self.repo.working_tree_dir or self.repo.git_dir}: unknown revision {ref!r}")
 
     def has(self, sha: str) -> bool:
         try:
