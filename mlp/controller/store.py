@@ -365,6 +365,9 @@ class StateStore(_Db):
 
     def take_sync_requests(self) -> list[tuple[str, str]]:
         """Consume pending requests from other processes: [(env, reason)]."""
+        # Polled every second: a plain read first, so an idle controller never takes the write lock.
+        if not self.query("SELECT 1 FROM sync_requests LIMIT 1"):
+            return []
         with self.tx() as conn:
             rows = list(conn.execute("SELECT id, env, reason FROM sync_requests ORDER BY id"))
             if rows:
