@@ -305,3 +305,23 @@ def test_markdown_format_is_stable() -> None:
     cut = plan_to_markdown(_drift_plan(), max_chars=900)
     assert "diff cut to fit" in cut and cut.count("```") % 2 == 0
     assert plan_to_markdown(make_plan([], [], environment=ENV)).splitlines()[1].startswith("**No changes.**")
+
+
+def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
+    from mlp.plan.pipeline import kinds_to_list, plan_environment
+    from mlp.sources.base import Snapshot
+    from mlp.specs import load
+
+    bad = Snapshot(revision="r", files={"environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
+                                                                  b"metadata: {name: e}\nspec: {target: {kind: nope}}\n"})
+    result = load(bad)
+    assert not result.ok
+    with pytest.raises(PlanRefused, match="failed validation"):
+        plan_environment(result, "e", [as_live(isvc("iris"))], prune=True)
+    good = Snapshot(revision="r", files={"environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
+                                                                   b"metadata: {name: e}\nspec: {target: {kind: local}}\n"})
+    plan = plan_environment(load(good), "e", [], prune=True)
+    assert plan.items == [] and plan.revision == "r"
+    kinds = kinds_to_list("kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}])
+    assert ("serving.kserve.io/v1beta1", "InferenceService") in kinds
+    assert kinds[-1] == ("networking.k8s.io/v1", "NetworkPolicy")
