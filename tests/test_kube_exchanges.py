@@ -21,10 +21,10 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from standins.kube_apiserver import ADMIN_TOKEN, KubeApiServer
 
 from mlp.targets.base import ObjectRef, TargetError
 from mlp.targets.kubernetes import error_from_response
-from standins.kube_apiserver import ADMIN_TOKEN, KubeApiServer
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 EXCHANGES = FIXTURES / "kube-apiserver" / "exchanges.json"
