@@ -304,13 +304,16 @@ def eligible_approvers(principals: Iterable[str], teams: Mapping[str, Team]) -> 
 
 
 def latest_reviews(reviews: Iterable[Review]) -> dict[str, Review]:
-    """Each reviewer's latest decision; comments do not override an approval (as on GitHub)."""
+    """Each reviewer's latest decision; comments do not override an approval (as on GitHub).
+
+    Hosts list reviews oldest first; when every review carries a time they are ordered by
+    it (ties keep the host's order).
+    """
+    ordered = list(reviews)
+    if all(r.submitted_at is not None for r in ordered):
+        ordered = [r for _, r in sorted(enumerate(ordered), key=lambda ir: (ir[1].submitted_at, ir[0]))]
     latest: dict[str, Review] = {}
-    for r in sorted(
-        enumerate(reviews),
-        key=lambda ir: (ir[1].submitted_at is None, ir[1].submitted_at or 0, ir[0]),  # type: ignore[operator]
-    ):
-        review = r[1]
+    for review in ordered:
         if review.state == "commented":
             continue
         latest[review.user.lower()] = review
