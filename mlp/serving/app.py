@@ -92,7 +92,9 @@ class DataPlane:
                 await _error(send, 404, f"no route for {method} {path}")
         except BadRequest as exc:
             self.runtime.metrics.rejected.labels(str(exc.status)).inc()
-            await _error(send, exc.status, str(exc), close=exc.status == 413)
+            # 413 keeps the connection: uvicorn discards the unread rest of the body under flow
+            # control (bounded memory), and the client, still writing, then reads the answer.
+            await _error(send, exc.status, str(exc))
         except _Disconnected:
             return
 

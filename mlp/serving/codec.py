@@ -103,6 +103,8 @@ def _as_batch(sig: Signature, data: Any, what: str) -> np.ndarray:
 
 
 def _check_width(sig: Signature, arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.size == 0:
+        raise BadRequest(f"{what}: the batch is empty")
     if arr.ndim != 2:
         raise BadRequest(f"{what}: expected a 2-D batch [rows, {sig.width or 'features'}], got {arr.ndim}-D shape {list(arr.shape)}")
     if arr.shape[0] == 0:
@@ -190,6 +192,12 @@ def _v2_tensor(sig: Signature, t: Any, i: int) -> tuple[str, np.ndarray]:
         raise BadRequest(f"inputs[{name}].data has {(arr.dtype.kind == 'U' and 'strings') or 'mixed values'}, not {datatype}")
     if arr.size != math.prod(shape):
         raise BadRequest(f"inputs[{name}]: data has {arr.size} elements, shape {shape} needs {math.prod(shape)}")
+    if dtype is not object and np.dtype(dtype).kind in "iu" and arr.size:
+        if arr.dtype.kind == "f" and not np.all(np.mod(arr, 1) == 0):
+            raise BadRequest(f"inputs[{name}]: data has fractions, not {datatype}")
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise BadRequest(f"inputs[{name}]: values outside the {datatype} range [{info.min}, {info.max}]")
     try:
         arr = arr.astype(dtype, copy=False).reshape(shape)
     except (ValueError, OverflowError) as exc:

@@ -15,10 +15,9 @@ from typing import Any
 import uvicorn
 
 
-def _uvicorn_config(app: Any, host: str, port: int, fd: int | None = None) -> uvicorn.Config:
+def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": host, "port": port}
     return uvicorn.Config(
         app,
         loop=loop,
@@ -28,7 +27,8 @@ def _uvicorn_config(app: Any, host: str, port: int, fd: int | None = None) -> uv
         log_level="warning",
         timeout_keep_alive=30,
         backlog=4096,
-        **kwargs,
+        host=host,
+        port=port,
     )
 
 
@@ -45,8 +45,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(app: Any, sock: socket.socket) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers), on an already-bound socket."""
-    server = uvicorn.Server(_uvicorn_config(app, "", 0, fd=sock.fileno()))
-    server.run()
+    # Hand uvicorn the socket object, not its fd: uvicorn treats a bare fd as a UNIX socket,
+    # and then the TCP connections lose TCP_NODELAY (40 ms Nagle/delayed-ACK stalls).
+    server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", 0))
+    server.run(sockets=[sock])
 
 
 class ServerThread:
@@ -56,8 +58,9 @@ class ServerThread:
         self.sock = bind(host, port)
         self.host = host
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(_uvicorn_config(app, host, 0, fd=self.sock.fileno()))
-        self.thread = threading.Thread(target=self.server.run, name="mlp-dataplane", daemon=True)
+        self.server = uvicorn.Server(_uvicorn_config(app, host, 0))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="mlp-dataplane", daemon=True)
 
     @property
     def url(self) -> str:
