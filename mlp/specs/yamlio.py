@@ -1,8 +1,14 @@
 """YAML reading for spec files: fast, bounded, and located.
 
-Valid files take the fast path: ruamel.yaml's C-accelerated safe loader, no positions.
-Line and column numbers are only needed to report a problem, so the round-trip loader
-(pure Python, slower) runs lazily, once per file that has one (`Locator`).
+Valid files take the fast path: libyaml (ruamel.yaml's C parser) composes the node
+tree, and a small builder turns it into dicts, lists and scalars. ruamel's own safe
+constructor and resolver are pure Python and cost ~85% of validating a repository (the
+resolver re-derives the YAML version for every scalar), so the builder handles the plain
+cases (str, null, bool, decimal int and float, mappings, sequences) and hands anything
+else (anchors, merge keys, explicit tags, timestamps, hex ints, duplicate keys,
+`%YAML` directives) to ruamel's safe loader, which then decides, so results are the
+same either way. Line and column numbers are only needed to report a problem, so the
+round-trip loader (pure Python, slower) runs lazily, once per file that has one (`Locator`).
 
 Hostile input is refused before it can cost much: binary and non-UTF-8 files, alias
 "billion laughs" bombs (expanded size is computed on the composed node graph, shared
@@ -23,7 +29,14 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
-from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.resolver import VersionedResolver, implicit_resolvers
+from ruamel.yaml.tag import Tag
+
+try:
+    from _ruamel_yaml import CParser
+except ImportError:  # pragma: no cover - ruamel.yaml.clib missing: always the stock loader
+    CParser = None
 
 from mlp.specs.diagnostics import Loc
 
@@ -169,6 +182,104 @@ def _check_aliases(text: str) -> None:
             size(root, 1)
 
 
+# --- fast path ------------------------------------------------------------------------------
+
+_CORE = "tag:yaml.org,2002:"
+_TAGS = {name: Tag(suffix=_CORE + name) for name in ("str", "int", "float", "bool", "null", "seq", "map")}
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAGS[n] for n in ("str", "int", "float", "bool", "null"))
+_SEQ, _MAP = _TAGS["seq"], _TAGS["map"]
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)\Z")
+_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?\Z")
+_TRUE = frozenset(("true", "True", "TRUE"))
+
+
+def _resolver_table() -> tuple[dict[str, tuple[tuple[Tag, Any], ...]], tuple[tuple[Tag, Any], ...]]:
+    """YAML 1.2 implicit resolvers by first character, in ruamel's order, with shared Tag objects."""
+    by_char: dict[str, list[tuple[Tag, Any]]] = {}
+    anywhere: list[tuple[Tag, Any]] = []
+    for versions, tag, regexp, first in implicit_resolvers:
+        if (1, 2) not in versions:
+            continue
+        shared = _TAGS.get(tag.removeprefix(_CORE)) or Tag(suffix=tag)
+        for ch in first:
+            (anywhere if ch is None else by_char.setdefault(ch, [])).append((shared, regexp))
+    return {ch: (*found, *anywhere) for ch, found in by_char.items()}, tuple(anywhere)
+
+
+_BY_CHAR, _ANYWHERE = _resolver_table()
+
+
+class _SpecResolver(VersionedResolver):
+    """ruamel's YAML 1.2 implicit typing from a prebuilt table, returning shared Tag objects."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode:
+            if implicit[0]:
+                for tag, regexp in _BY_CHAR.get(value[:1], _ANYWHERE):
+                    if regexp.match(value):
+                        return tag
+            return _STR
+        return _SEQ if kind is SequenceNode else _MAP
+
+
+class _Fallback(Exception):
+    """The fast builder met something it leaves to ruamel's safe constructor."""
+
+
+if CParser is not None:
+
+    class _Composer(CParser, _SpecResolver):  # type: ignore[misc, valid-type]
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            _SpecResolver.__init__(self, loadumper=self)
+
+
+def _build(node: Node) -> Any:
+    cls, tag = type(node), node.ctag
+    if cls is ScalarNode:
+        value = node.value
+        if tag is _STR:
+            return value
+        if tag is _NULL:
+            return None
+        if tag is _BOOL:
+            return value in _TRUE
+        if tag is _INT and _PLAIN_INT.match(value):
+            return int(value)
+        if tag is _FLOAT and _PLAIN_FLOAT.match(value):
+            return float(value)
+    elif cls is SequenceNode and tag is _SEQ:
+        return [_build(item) for item in node.value]
+    elif cls is MappingNode and tag is _MAP:
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            if type(key_node) is not ScalarNode:
+                raise _Fallback
+            key = _build(key_node)
+            if key in out:
+                raise _Fallback  # the safe constructor reports the duplicate with its position
+            out[key] = _build(value_node)
+        return out
+    raise _Fallback
+
+
+def _fast_load_all(text: str) -> list[Any] | None:
+    """Documents of `text` via libyaml + `_build`, or None when ruamel's constructor must decide."""
+    if CParser is None or "&" in text or "%YAML" in text:
+        return None
+    composer = _Composer(text)
+    try:
+        docs = []
+        while composer.check_node():
+            node = composer.get_node()
+            docs.append(None if node is None else _build(node))
+        return docs
+    except _Fallback:
+        return None
+    finally:
+        composer.dispose()
+
+
 def parse(data: bytes) -> list[Any]:
     """All documents of a spec file, as plain Python data. Raises ParseError."""
     text = decode(data)
@@ -178,7 +289,9 @@ def parse(data: bytes) -> list[Any]:
         _check_depth(text)
         if "&" in text and "*" in text:
             _check_aliases(text)
-        docs = list(_safe().load_all(text))
+        docs = _fast_load_all(text)
+        if docs is None:
+            docs = list(_safe().load_all(text))
     except ParseError:
         raise
     except YAMLError as exc:
