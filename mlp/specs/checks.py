@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -214,45 +215,64 @@ def _policy(specs: SpecSet) -> Iterator[Problem]:
 
 
 def document_policy(path: str, index: int, doc: dict[str, Any]) -> Iterator[Problem]:
-    """Policy that holds for any document, valid or not: no plaintext secrets, safe URIs."""
+    """Policy that holds for any document, valid or not: no plaintext secrets, safe URIs.
+
+    Runs on every document of every file, so it is one plain recursive walk (no generator
+    per node) and the key tests are memoized: keys repeat across documents.
+    """
     kind = doc.get("kind") if isinstance(doc.get("kind"), str) else None
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) and isinstance(meta.get("name"), str) else None
-    for loc, value in _walk(doc):
-        key = next((p for p in reversed(loc) if isinstance(p, str)), "")
-        if isinstance(value, str) and key in ("uri", "reference", "labels") and "spec" in loc:
-            message = uri_problem(value)
-            if message:
-                yield Problem(path, index, loc, message, kind, name, rule="policy")
-        if _is_plaintext_secret(key, value):
-            yield Problem(path, index, loc,
-                          f"plaintext secret in {key!r}: reference a Secret or environment variable instead",
-                          kind, name, rule="policy")
-        elif isinstance(value, str) and AWS_ACCESS_KEY.search(value):
-            yield Problem(path, index, loc, "looks like an AWS access key id: never commit credentials",
-                          kind, name, rule="policy")
+    problems: list[Problem] = []
+
+    def leaf(loc: Loc, key: str, in_spec: bool, value: Any) -> None:
+        if isinstance(value, str):
+            if in_spec and key in _URI_KEYS:
+                message = uri_problem(value)
+                if message:
+                    problems.append(Problem(path, index, loc, message, kind, name, rule="policy"))
+            if _secret_key(key) and _is_literal(value):
+                problems.append(Problem(path, index, loc, _secret_message(key), kind, name, rule="policy"))
+            elif AWS_ACCESS_KEY.search(value):
+                problems.append(Problem(path, index, loc, "looks like an AWS access key id: never commit credentials",
+                                        kind, name, rule="policy"))
+        elif _secret_key(key) and _is_literal(value):
+            problems.append(Problem(path, index, loc, _secret_message(key), kind, name, rule="policy"))
+
+    def walk(node: Any, loc: Loc, key: str, in_spec: bool) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if isinstance(k, str):
+                    walk(v, (*loc, k), k, in_spec or k == "spec")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, (*loc, i), key, in_spec)
+        else:
+            leaf(loc, key, in_spec, node)
+
+    walk(doc, (), "", False)
+    return iter(problems)
 
 
-def _is_plaintext_secret(key: str, value: Any) -> bool:
-    if not SECRET_KEY.search(key) or SECRET_REFERENCE_KEY.search(key):
-        return False
+_URI_KEYS = frozenset(("uri", "reference", "labels"))
+
+
+@lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    return bool(SECRET_KEY.search(key)) and not SECRET_REFERENCE_KEY.search(key)
+
+
+def _secret_message(key: str) -> str:
+    return f"plaintext secret in {key!r}: reference a Secret or environment variable instead"
+
+
+def _is_literal(value: Any) -> bool:
+    """A value that would be the secret itself (not empty, not a reference to where it lives)."""
     if isinstance(value, bool) or value is None:
         return False
     if isinstance(value, int | float):
         return True
     return isinstance(value, str) and bool(value.strip()) and not REFERENCE_VALUE.match(value.strip())
-
-
-def _walk(node: Any, loc: Loc = ()) -> Iterator[tuple[Loc, Any]]:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if isinstance(k, str):
-                yield from _walk(v, (*loc, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _walk(v, (*loc, i))
-    else:
-        yield loc, node
 
 
 def uri_problem(uri: str) -> str | None:
