@@ -100,8 +100,9 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
     files = dict(snapshot.files)
 
     for path in snapshot.spec_files():
-        if path in snapshot.oversized:
-            size = snapshot.oversized[path]
+        if path in snapshot.oversized or len(files[path]) > MAX_SPEC_BYTES:
+            # sources list oversized files unread; a snapshot built any other way is bounded here
+            size = snapshot.oversized.get(path) or len(files[path])
             problems.append(
                 Problem(path, 0, (), f"file too large ({size:,} bytes; the limit is {MAX_SPEC_BYTES:,}): not read",
                         rule="syntax")
