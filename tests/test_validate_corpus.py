@@ -19,6 +19,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -275,31 +276,51 @@ def test_broken_repository(case: Case, tmp_path: Path) -> None:
         assert len(errors) == case.errors, shown
 
 
-def run_limited(args: list[str], *, memory: int = 1 << 30, timeout: float = 30) -> tuple[subprocess.CompletedProcess[str], float, int]:
-    """Run a process under an address-space limit; returns (result, wall seconds, peak RSS in KiB)."""
+def run_limited(args: list[str], *, memory: int = 1 << 30, timeout: float = 30) -> tuple[str, str, int, float, int]:
+    """Run a process under an address-space limit of `memory` bytes.
+
+    Returns (stdout, stderr, exit code, wall seconds, peak RSS in KiB of that very process,
+    from wait4, so other tests' children do not count).
+    """
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    start = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return proc, elapsed, max(peak, before)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, preexec_fn=limit,
+                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        deadline = start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return out.read().decode(), err.read().decode(), proc.returncode, elapsed, usage.ru_maxrss
+
+
+# Peak resident memory allowed for refusing hostile input (the whole CLI process).
+MAX_RSS_KIB = 200 * 1024
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.hostile], ids=lambda c: c.id)
 def test_hostile_input_as_real_process(case: Case, tmp_path: Path) -> None:
     broken = make_repo(tmp_path, case.defect)
-    proc, elapsed, _ = run_limited([*MLP, "validate", str(broken.root)])
-    output = proc.stdout + proc.stderr
-    assert "Traceback" not in output
-    assert proc.returncode == 1, output
+    stdout, stderr, code, elapsed, rss = run_limited([*MLP, "validate", str(broken.root)])
+    assert "Traceback" not in stdout + stderr
+    assert code == 1, stdout + stderr
     line = expected_line(case, broken)
-    assert any(ln.startswith(f"{case.path}:{line}:") and case.message in ln for ln in proc.stdout.splitlines()), output
+    assert any(ln.startswith(f"{case.path}:{line}:") and case.message in ln for ln in stdout.splitlines()), stdout
     assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert rss < MAX_RSS_KIB, f"peak RSS {rss // 1024} MiB"
 
 
 @pytest.fixture(scope="module")
@@ -316,12 +337,12 @@ def huge_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_huge_file_is_refused_fast_in_bounded_memory(huge_repo: Path) -> None:
-    proc, elapsed, _ = run_limited([*MLP, "validate", str(huge_repo)])
-    output = proc.stdout + proc.stderr
-    assert "Traceback" not in output
-    assert proc.returncode == 1, output
-    assert any(ln.startswith("specs/huge.yaml:1:1:") and "file too large" in ln for ln in proc.stdout.splitlines()), output
+    stdout, stderr, code, elapsed, rss = run_limited([*MLP, "validate", str(huge_repo)])
+    assert "Traceback" not in stdout + stderr
+    assert code == 1, stdout + stderr
+    assert any(ln.startswith("specs/huge.yaml:1:1:") and "file too large" in ln for ln in stdout.splitlines()), stdout
     assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert rss < MAX_RSS_KIB, f"peak RSS {rss // 1024} MiB"
 
 
 def test_sample_of_corpus_as_real_processes(tmp_path: Path) -> None:
