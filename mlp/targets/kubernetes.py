@@ -112,6 +112,8 @@ _SERVER_METADATA = ("uid", "creationTimestamp", "generation", "managedFields", "
 _TRANSIENT_REASONS = {"InternalError", "ServerTimeout", "Timeout", "ServiceUnavailable", "TooManyRequests"}
 
 
+_VERB_WORDS = {"patch": "apply", "discovery": "discover"}
+
 # ---------------------------------------------------------------------------------------------
 # Error mapping (pure: status + body in, one-line TargetError out)
 # ---------------------------------------------------------------------------------------------
@@ -430,8 +432,7 @@ class KubernetesTarget:
             content_type="application/apply-patch+yaml", ref=ref, dry_run=dry_run,
         )
         if status not in (200, 201):
-            raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server,
-                                      retries=self.max_retries)
+            raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server)
         live = json.loads(raw)
         before = self._seen.get(ref)
         if status == 201:
@@ -461,8 +462,7 @@ class KubernetesTarget:
         if status == 404:
             return  # already gone (or its kind is no longer served): the goal is met
         if status not in (200, 202):
-            raise error_from_response(status, raw, ctype, ref=ref, verb="delete", server=self.server,
-                                      retries=self.max_retries)
+            raise error_from_response(status, raw, ctype, ref=ref, verb="delete", server=self.server)
         if not dry_run:
             self._seen.pop(ref, None)
 
@@ -588,7 +588,10 @@ class KubernetesTarget:
                                       f"{_connection_reason(exc)}", ref=ref) from None
                 self._sleep(self._backoff(connect_failures - 1, None))
                 continue
-            if attempt < self.max_retries and self._retryable(status, raw, ctype):
+            if self._retryable(status, raw, ctype):
+                if attempt >= self.max_retries:
+                    raise error_from_response(status, raw, ctype, ref=ref, verb=_VERB_WORDS.get(verb, verb),
+                                              server=self.server, retries=attempt)
                 with self._lock:
                     self.retries[status] += 1
                 self._sleep(self._backoff(attempt, _retry_after(resp_headers, raw, ctype)))

@@ -1098,7 +1098,7 @@ class KubeApiServer:
         handler = type("Handler", (_Handler,), {"api": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="kube-apiserver-standin",
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kube-apiserver-standin",
                                         daemon=True)
         self._thread.start()
         return self
@@ -1191,60 +1191,68 @@ class KubeApiServer:
     # ---- garbage collection ----
 
     def collect_garbage(self) -> int:
-        """Play kube-controller-manager's garbage and namespace controllers; returns objects removed."""
+        """Play kube-controller-manager's garbage collector and namespace controller once, to a
+        fixed point; returns how many objects were removed."""
         removed = 0
         with self.lock:
             progress = True
             while progress:
                 progress = False
-                uids = {o["metadata"]["uid"]: k for k, o in self.store.current.items()}
-                for key, obj in list(self.store.current.items()):
-                    meta = obj["metadata"]
-                    owners = [r.get("uid") for r in meta.get("ownerReferences") or []]
-                    if owners and not any(u in uids for u in owners) and not meta.get("deletionTimestamp"):
-                        self._delete_key(key)
-                        removed += 1
-                        progress = True
+                for key in sorted(self.store.current):
+                    if key not in self.store.current:
                         continue
-                    if not meta.get("deletionTimestamp"):
-                        continue
-                    dependents = [k for k, o in self.store.current.items()
-                                  if any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])]
-                    fins = list(meta.get("finalizers") or [])
-                    if "foregroundDeletion" in fins:
-                        for dep in dependents:
-                            self._begin_delete(dep, "Foreground")
-                            progress = True
-                        if not dependents:
-                            self._remove_finalizer(key, "foregroundDeletion")
-                            removed += key not in self.store.current
-                            progress = True
-                    elif "orphan" in fins:
-                        for dep in dependents:
-                            d = copy.deepcopy(self.store.current[dep])
-                            d["metadata"]["ownerReferences"] = [
-                                r for r in d["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]]
-                            if not d["metadata"]["ownerReferences"]:
-                                del d["metadata"]["ownerReferences"]
-                            self._write(dep, d)
-                        self._remove_finalizer(key, "orphan")
-                        removed += key not in self.store.current
-                        progress = True
-                    elif key[:2] == ("", "namespaces"):
-                        # the namespace controller: empty the namespace, then let it go
-                        contents = [k for k in self.store.current if k[2] == key[3] and k[:2] != key[:2]]
-                        for k in contents:
-                            if not self.store.current[k]["metadata"].get("deletionTimestamp"):
-                                self._begin_delete(k, "Background")
-                                progress = True
-                        left = [k for k in self.store.current if k[2] == key[3] and k[:2] != key[:2]]
-                        if not left and not fins:
-                            self._delete_key(key)
-                            removed += 1
-                            progress = True
-                if progress:
-                    self.changed.notify_all()
+                    before = len(self.store.current)
+                    progress |= self._collect_one(key)
+                    removed += max(0, before - len(self.store.current))
         return removed
+
+    def _collect_one(self, key: tuple[str, str, str, str]) -> bool:
+        obj = self.store.current[key]
+        meta = obj["metadata"]
+        uids = {o["metadata"]["uid"] for o in self.store.current.values()}
+        owners = [r.get("uid") for r in meta.get("ownerReferences") or []]
+        if owners and not any(u in uids for u in owners) and not meta.get("deletionTimestamp"):
+            self._begin_delete(key, "Background")  # every owner is gone: background cascade
+            return True
+        if not meta.get("deletionTimestamp"):
+            return False
+        dependents = [k for k, o in self.store.current.items()
+                      if any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])]
+        fins = list(meta.get("finalizers") or [])
+        if "foregroundDeletion" in fins:
+            pending = [k for k in dependents if not self.store.current[k]["metadata"].get("deletionTimestamp")]
+            for dep in pending:
+                self._begin_delete(dep, "Foreground")
+            if not dependents:
+                self._remove_finalizer(key, "foregroundDeletion")
+                return True
+            return bool(pending)
+        if "orphan" in fins:
+            for dep in dependents:
+                d = copy.deepcopy(self.store.current[dep])
+                d["metadata"]["ownerReferences"] = [
+                    r for r in d["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]]
+                if not d["metadata"]["ownerReferences"]:
+                    del d["metadata"]["ownerReferences"]
+                self._write(dep, d)
+            self._remove_finalizer(key, "orphan")
+            return True
+        if key[:2] == ("", "namespaces"):
+            # the namespace controller: delete the contents, then drop the `kubernetes` finalizer
+            contents = [k for k in self.store.current if k[2] == key[3] and k[:2] != key[:2]]
+            acted = False
+            for k in contents:
+                if not self.store.current[k]["metadata"].get("deletionTimestamp"):
+                    self._begin_delete(k, "Background")
+                    acted = True
+            if contents or fins:
+                return acted
+            ns = copy.deepcopy(obj)
+            ns.setdefault("spec", {})["finalizers"] = []
+            self.store.current[key] = ns
+            self._delete_key(key)
+            return True
+        return False
 
     # ---- storage primitives (callers hold the lock) ----
 
@@ -1275,7 +1283,10 @@ class KubeApiServer:
     def _remove_finalizer(self, key: tuple[str, str, str, str], fin: str) -> None:
         obj = copy.deepcopy(self.store.current[key])
         fins = [f for f in obj["metadata"].get("finalizers") or [] if f != fin]
-        if fins:
+        if not fins and (obj.get("spec") or {}).get("finalizers") and key[:2] == ("", "namespaces"):
+            obj["metadata"].pop("finalizers", None)  # the namespace controller still has work to do
+            self._write(key, obj)
+        elif fins:
             obj["metadata"]["finalizers"] = fins
             self._write(key, obj)
         else:
