@@ -11,7 +11,7 @@ import pytest
 
 from mlp.governance import PullRequestFacts, Review, affected_by_specs, check_gate, evaluate
 from mlp.governance.cron import Cron, CronError, window_open_since
-from mlp.specs.models import Environment, MetricGate, Model, SyncWindow, Team
+from mlp.specs.models import Environment, MetricGate, Model, Shadow, SyncWindow, Team
 
 HEAD, OLD = "h" * 40, "o" * 40
 WED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)  # a Wednesday
@@ -275,3 +275,14 @@ def test_window_open_since() -> None:
         2026, 1, 1, 22, 0, tzinfo=UTC
     )
     assert window_open_since("0 22 * * *", "2h", datetime(2026, 1, 2, 0, 0, tzinfo=UTC)) is None
+
+
+def test_promoting_a_canary_to_stable_is_gated() -> None:
+    base = world()
+    base.environments["prod"].spec.deployments["iris"].canary = None
+    base.environments["prod"].spec.deployments["iris"].shadow = Shadow(version=3)
+    head = world(prod_version=3, staging={"iris": {"version": 3}})
+    result = evaluate(base, head, ["prod"], facts(approve("alice"), approve("bob")), WED)
+    (change,) = result.environments[0].changes
+    assert (change.version, change.role, change.incumbent) == (3, "stable", 1)
+    assert result.state == "failure" and "accuracy 0.8 < min 0.9" in result.missing[0]

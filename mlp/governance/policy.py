@@ -222,7 +222,7 @@ def _metrics(specs: SpecsView | None, model: str, version: int | None) -> dict[s
 
 
 def version_changes(base: SpecsView | None, head: SpecsView, env: str) -> list[VersionChange]:
-    """Model versions deployed in `env` at head that were not deployed there at base."""
+    """Model versions deployed in `env` at head that were not deployed there, in that role, at base."""
     if env not in head.environments:
         return []
     env_spec = head.environments[env].spec
@@ -234,7 +234,9 @@ def version_changes(base: SpecsView | None, head: SpecsView, env: str) -> list[V
         before = _env_versions(base, env, model)
         incumbent = next((v for v, role in before.items() if role == "stable"), None)
         for version, role in sorted(deployed_versions(env_spec.deployments[model]).items()):
-            if version in before:
+            # New, or taking a new role (a shadow or canary promoted to stable serves real
+            # traffic for the first time): either way the gates apply.
+            if before.get(version) == role:
                 continue
             metrics = _metrics(head, model, version)
             inc_metrics = _metrics(base, model, incumbent) or _metrics(head, model, incumbent)
