@@ -1740,7 +1740,7 @@ class Server:
                               if body.get("apiVersion") != t.res.group_version else
                               f"the kind in the data ({body.get('kind')}) does not match the expected kind "
                               f"({t.res.kind})")
-        if meta.get("name") not in (None, t.name):
+        if t.name is not None and meta.get("name") not in (None, t.name):
             raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL "
                               f"({t.name})")
         if meta.get("namespace") not in (None, "", t.namespace or ""):
