@@ -132,11 +132,11 @@ def predict_file(
             names = batch.schema.names
             if sig.inputs and all(n in names for n in sig.inputs):
                 cols = list(sig.inputs)
-            elif sig.inputs and len(names) >= len(sig.inputs):
+            elif sig.inputs and (any(n in names for n in sig.inputs) or len(names) != sig.width):
                 missing = [n for n in sig.inputs if n not in names]
                 raise BatchError(f"{src}: missing input column(s) {', '.join(missing)}")
             else:
-                cols = names
+                cols = names  # unnamed columns (f0, f1, ... from JSON arrays): by position
             try:
                 x = np.column_stack(
                     [np.asarray(batch.column(names.index(c)).to_numpy(zero_copy_only=False)) for c in cols]
