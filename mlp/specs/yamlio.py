@@ -201,8 +201,9 @@ def _resolver_table() -> tuple[dict[str, tuple[tuple[Tag, Any], ...]], tuple[tup
         if (1, 2) not in versions:
             continue
         shared = _TAGS.get(tag.removeprefix(_CORE)) or Tag(suffix=tag)
+        compiled = re.compile(regexp.pattern, regexp.flags)  # ruamel's RegExp is a lazy proxy: slow per call
         for ch in first:
-            (anywhere if ch is None else by_char.setdefault(ch, [])).append((shared, regexp))
+            (anywhere if ch is None else by_char.setdefault(ch, [])).append((shared, compiled))
     return {ch: (*found, *anywhere) for ch, found in by_char.items()}, tuple(anywhere)
 
 
