@@ -142,11 +142,11 @@ def generate(root: Path, files: int, seed: int = 7) -> dict[str, list[Path]]:
     for i in range(counts["Monitor"]):
         env = env_names[i % n_env]
         model = deployed[env][i % len(deployed[env])]
-        inputs = [n for n, _ in models[model][1][:3]]
+        watched = [n for n, _ in models[model][1][:3]]
         write("Monitor", f"specs/monitors/mon-{i}.yaml",
               f"apiVersion: mlp.dev/v1\nkind: Monitor\nmetadata:\n  name: mon-{i}\n  team: {teams[i % len(teams)]}\n"
               f"spec:\n  model: {model}\n  environments: [{env}]\n  schedule: '*/15 * * * *'\n"
-              f"  drift: {{detector: ks, features: [{', '.join(inputs)}], threshold: 0.05, window: 500}}\n"
+              f"  drift: {{detector: ks, features: [{', '.join(watched)}], threshold: 0.05, window: 500}}\n"
               f"  performance:\n    - {{metric: accuracy, min: 0.8}}\n  alerts:\n    - {{severity: warning, for: 10m}}\n")
     return out
 
