@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -121,14 +122,22 @@ def webhooks(
         sys.exit(2)
     if not config.github_api_token and not config.gitlab_api_token:
         click.echo("warning: no GitHub/GitLab API token: pull requests get no statuses or comments", err=True)
+    # Bind first, so `--port 0` can report the port it got.
+    try:
+        sock = socket.create_server((host, port), reuse_port=False)
+    except OSError as exc:
+        click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(2)
     receiver.start()
     providers = [p for p, s in (("github", config.github_secret), ("gitlab", config.gitlab_token)) if s]
+    bound = sock.getsockname()[1]
     click.echo(
-        f"mlp webhooks: listening on http://{host}:{port} ({', '.join('/webhooks/' + p for p in providers)}); "
+        f"mlp webhooks: listening on http://{host}:{bound} ({', '.join('/webhooks/' + p for p in providers)}); "
         f"state in {state_dir}",
         err=True,
     )
     try:
-        uvicorn.run(receiver.app, host=host, port=port, log_level="warning", access_log=False)
+        server = uvicorn.Server(uvicorn.Config(receiver.app, log_level="warning", access_log=False, lifespan="off"))
+        server.run(sockets=[sock])
     finally:
         receiver.stop()

@@ -44,6 +44,7 @@ class ReceiverConfig:
     github_secret: bytes | None = None
     gitlab_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
+    dedupe_window_seconds: float = 14 * 24 * 3600
 
 
 @dataclass
@@ -194,6 +195,8 @@ class WebhookReceiver:
         """Start the workers and re-queue deliveries a previous run accepted but did not finish."""
         if self._threads:
             return
+        # Hosts redeliver within days; ids older than that need not be remembered.
+        self.store.prune(self.config.dedupe_window_seconds)
         for stored in self.store.pending():
             self._queue.put(stored)
         for i in range(self._workers):
