@@ -148,3 +148,30 @@ def test_mlp_recheck_comment_runs_the_check_again(setup, fixtures_dir: Path) -> 
     flow.handle(event)
     assert standin.latest_status(REPO, head, "mlp/validate")["state"] == "success"  # type: ignore[index]
     assert len(standin.repos[REPO].comments[number]) == 1
+
+
+def test_report_fits_a_github_comment() -> None:
+    from mlp.plan import make_plan
+    from mlp.webhooks.report import EnvironmentReport, report_markdown
+
+    def obj(env: str, i: int, payload: str) -> dict[str, object]:
+        labels = {"app.kubernetes.io/managed-by": "mlp", "mlp.dev/environment": env}
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": f"c{i}", "namespace": env, "labels": labels},
+            "data": {"blob": "\n".join(f"{payload}-{j}" for j in range(400))},
+        }
+
+    envs = []
+    for env in ("a", "b", "c"):
+        plan = make_plan(
+            [obj(env, i, "new") for i in range(20)],
+            [obj(env, i, "old") for i in range(20)],
+            environment=env,
+            revision="f" * 40,
+        )
+        envs.append(EnvironmentReport(env, None, plan))
+    text = report_markdown("0" * 40, "f" * 40, envs, [])
+    assert len(text) < 65536
+    assert text.count("diff cut to fit the comment") == 3

@@ -316,7 +316,7 @@ def latest_reviews(reviews: Iterable[Review]) -> dict[str, Review]:
         ordered = [r for _, r in sorted(enumerate(ordered), key=lambda ir: (ir[1].submitted_at, ir[0]))]
     latest: dict[str, Review] = {}
     for review in ordered:
-        if review.state == "commented":
+        if review.state in ("commented", "pending"):  # a comment or an unsubmitted draft decides nothing
             continue
         latest[review.user.lower()] = review
     return latest

@@ -22,6 +22,7 @@ from mlp.plan import Plan, plan_to_markdown
 from mlp.specs.models import Environment
 
 PASS, FAIL = "✅", "❌"
+COMMENT_BUDGET = 60000
 
 
 @dataclass
@@ -113,6 +114,8 @@ def report_markdown(
         lines.append("Affected environments: " + ", ".join(f"`{e.name}`" for e in environments))
     if unaffected:
         lines.append("Unchanged: " + ", ".join(f"`{n}`" for n in unaffected))
+    # A GitHub comment holds 65,536 characters: the object diffs share what is left after the rest.
+    budget = COMMENT_BUDGET // max(1, len(environments))
     for env in environments:
         lines += ["", "---", ""]
         if env.spec is None:
@@ -124,7 +127,7 @@ def report_markdown(
         if env.render_error:
             lines += [title, "", f"{FAIL} Render failed: `{env.render_error}`"]
         elif env.plan is not None:
-            lines.append(plan_to_markdown(env.plan, title=title).rstrip("\n"))
+            lines.append(plan_to_markdown(env.plan, title=title, max_chars=budget).rstrip("\n"))
         else:
             lines.append(title)
         if env.changes:
