@@ -239,3 +239,176 @@ def test_message_unauthorized_and_forbidden() -> None:
 def test_message_not_found_has_status() -> None:
     err = _error("get_missing", verb="get")
     assert err.status == 404 and "not found" in str(err)
+
+
+# ---- the stand-in's documented semantics beyond the recording ------------------------------
+
+CM = "/api/v1/namespaces/ml-staging/configmaps"
+ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/ml-staging/inferenceservices"
+
+
+@pytest.fixture
+def http() -> Any:
+    with KubeApiServer() as api, httpx.Client(base_url=api.url, timeout=10,
+                                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        client.api = api  # type: ignore[attr-defined]
+        yield client
+
+
+def _apply(client: httpx.Client, path: str, obj: dict[str, Any], manager: str = "mlp",
+           **query: str) -> httpx.Response:
+    return client.patch(path, params={"fieldManager": manager, **query}, content=yaml.safe_dump(obj).encode(),
+                        headers={"Content-Type": "application/apply-patch+yaml"})
+
+
+def _cm(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}
+
+
+def test_label_selector_operators(http: httpx.Client) -> None:
+    for name, labels in (("a", {"env": "staging", "tier": "1"}), ("b", {"env": "prod"}), ("c", {"env": "dev"}),
+                         ("d", {})):
+        assert _apply(http, f"{CM}/{name}", _cm(name, labels)).status_code == 201
+
+    def names(selector: str) -> list[str]:
+        resp = http.get(CM, params={"labelSelector": selector})
+        assert resp.status_code == 200, resp.text
+        return [i["metadata"]["name"] for i in resp.json()["items"]]
+
+    assert names("env=staging") == ["a"]
+    assert names("env==staging") == ["a"]
+    assert names("env!=staging") == ["b", "c", "d"]  # != also matches objects without the label
+    assert names("env in (staging, prod)") == ["a", "b"]
+    assert names("env notin (staging,prod)") == ["c", "d"]
+    assert names("tier") == ["a"]
+    assert names("!tier") == ["b", "c", "d"]
+    assert names("env,!tier") == ["b", "c"]
+    assert names("") == ["a", "b", "c", "d"]
+    bad = http.get(CM, params={"labelSelector": "env=(oops"})
+    assert bad.status_code == 400 and bad.json()["reason"] == "BadRequest"
+    assert [i["metadata"]["name"] for i in http.get(CM, params={"fieldSelector": "metadata.name=c"}).json()
+            ["items"]] == ["c"]
+
+
+def test_builtin_list_items_carry_no_kind_but_custom_ones_do(http: httpx.Client) -> None:
+    _apply(http, f"{CM}/a", _cm("a", {}))
+    item = http.get(CM).json()["items"][0]
+    assert "kind" not in item and "apiVersion" not in item
+    assert http.get(f"{CM}/a").json()["kind"] == "ConfigMap"
+
+
+def test_pagination_with_a_selector_has_no_remaining_count(http: httpx.Client) -> None:
+    for i in range(4):
+        _apply(http, f"{CM}/m{i}", _cm(f"m{i}", {"keep": "yes" if i % 2 == 0 else "no"}))
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        params = {"labelSelector": "keep=yes", "limit": "1", **({"continue": token} if token else {})}
+        page = http.get(CM, params=params).json()
+        pages += 1
+        assert "remainingItemCount" not in page["metadata"]
+        seen += [i["metadata"]["name"] for i in page["items"]]
+        token = page["metadata"]["continue"]
+        if not token:
+            break
+    assert seen == ["m0", "m2"] and pages >= 2
+    stale = http.get(CM, params={"limit": "1", "continue": "not-a-token"})
+    assert stale.status_code == 400
+
+
+def test_pages_read_one_snapshot(http: httpx.Client) -> None:
+    for i in range(3):
+        _apply(http, f"{CM}/s{i}", _cm(f"s{i}", {}))
+    first = http.get(CM, params={"limit": "2"}).json()
+    _apply(http, f"{CM}/s9", _cm("s9", {}))  # written after page 1: not in the snapshot
+    second = http.get(CM, params={"limit": "2", "continue": first["metadata"]["continue"]}).json()
+    assert [i["metadata"]["name"] for i in second["items"]] == ["s2"]
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+
+def test_post_creates_with_an_update_manager_and_refuses_duplicates(http: httpx.Client) -> None:
+    resp = http.post(CM, json=_cm("posted", {"a": "b"}))
+    assert resp.status_code == 201
+    entry = resp.json()["metadata"]["managedFields"][0]
+    assert (entry["manager"], entry["operation"]) == ("python-httpx", "Update")
+    again = http.post(CM, json=_cm("posted", {}))
+    assert again.status_code == 409 and again.json()["reason"] == "AlreadyExists"
+    assert again.json()["message"] == 'configmaps "posted" already exists'
+
+
+def test_apply_needs_a_field_manager_and_custom_resources_refuse_strategic_merge(http: httpx.Client) -> None:
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
+            "spec": {"predictor": {"sklearn": {"storageUri": "s3://m/x/1"}}}}
+    resp = http.patch(f"{ISVCS}/x", content=yaml.safe_dump(isvc).encode(),
+                      headers={"Content-Type": "application/apply-patch+yaml"})
+    assert resp.status_code == 400
+    assert _apply(http, f"{ISVCS}/x", isvc).status_code == 201
+    smp = http.patch(f"{ISVCS}/x", json={"spec": {}}, headers={"Content-Type":
+                                                              "application/strategic-merge-patch+json"})
+    assert smp.status_code == 415
+
+
+def test_put_on_a_custom_resource_needs_the_current_resource_version(http: httpx.Client) -> None:
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
+            "spec": {"predictor": {"minReplicas": 1, "sklearn": {"storageUri": "s3://m/x/1"}}}}
+    live = _apply(http, f"{ISVCS}/x", isvc).json()
+    body = {**live, "spec": {"predictor": {"minReplicas": 2, "sklearn": {"storageUri": "s3://m/x/1"}}}}
+    no_rv = {**body, "metadata": {k: v for k, v in live["metadata"].items() if k != "resourceVersion"}}
+    assert http.put(f"{ISVCS}/x", json=no_rv).status_code == 422
+    ok = http.put(f"{ISVCS}/x", json=body)
+    assert ok.status_code == 200 and ok.json()["metadata"]["generation"] == 2
+    assert http.put(f"{ISVCS}/x", json=body).status_code == 409  # body's rv is now stale
+
+
+def test_same_value_is_shared_ownership_and_survives_one_owner_dropping_it(http: httpx.Client) -> None:
+    cm = _cm("shared", {"a": "1"})
+    _apply(http, f"{CM}/shared", cm, manager="mlp")
+    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"k": "v"}}
+    resp = _apply(http, f"{CM}/shared", other, manager="other-tool")
+    assert resp.status_code == 200  # same value: no conflict, both own data.k
+    managers = {m["manager"] for m in resp.json()["metadata"]["managedFields"]}
+    assert managers == {"mlp", "other-tool"}
+    dropped = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared", "labels": {"a": "1"}}}
+    after = _apply(http, f"{CM}/shared", dropped, manager="mlp").json()
+    assert after["data"] == {"k": "v"}  # still owned by other-tool, so it stays
+
+
+def test_wrong_type_in_a_builtin_apply_is_a_500(http: httpx.Client) -> None:
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typed"}, "data": {"threshold": 0.2}}
+    resp = _apply(http, f"{CM}/typed", cm)
+    assert resp.status_code == 500
+    assert resp.json()["message"].startswith("failed to create typed patch object (ml-staging/typed; v1, "
+                                             "Kind=ConfigMap): .data.threshold: expected string")
+
+
+def test_foreground_delete_waits_for_dependents(http: httpx.Client) -> None:
+    api = http.api  # type: ignore[attr-defined]
+    owner = _apply(http, f"{CM}/owner", _cm("owner", {})).json()
+    dep = _cm("dep", {})
+    dep["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                                           "uid": owner["metadata"]["uid"], "blockOwnerDeletion": True}]
+    _apply(http, f"{CM}/dep", dep)
+    deleted = http.request("DELETE", f"{CM}/owner", json={"propagationPolicy": "Foreground"})
+    assert deleted.status_code == 200 and deleted.json()["metadata"]["finalizers"] == ["foregroundDeletion"]
+    assert http.get(f"{CM}/dep").status_code == 200
+    api.collect_garbage()
+    assert http.get(f"{CM}/dep").status_code == 404
+    assert http.get(f"{CM}/owner").status_code == 404
+
+
+def test_auto_gc_finishes_foreground_deletion_like_a_full_cluster() -> None:
+    with KubeApiServer(auto_gc=True) as api, httpx.Client(
+            base_url=api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+        _apply(http, f"{CM}/gone", _cm("gone", {}))
+        assert http.request("DELETE", f"{CM}/gone", json={"propagationPolicy": "Foreground"}).status_code == 200
+        assert http.get(f"{CM}/gone").status_code == 404
+
+
+def test_watch_from_a_resource_version_streams_later_events(http: httpx.Client) -> None:
+    rv = http.get(CM).json()["metadata"]["resourceVersion"]
+    _apply(http, f"{CM}/w", _cm("w", {}))
+    http.delete(f"{CM}/w")
+    with http.stream("GET", CM, params={"watch": "1", "resourceVersion": rv, "timeoutSeconds": "1"}) as resp:
+        events = [json.loads(line) for line in resp.iter_lines() if line.strip()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "w"), ("DELETED", "w")]

@@ -1708,7 +1708,12 @@ class Server:
                 break
             last = k
             if label_match(o["metadata"].get("labels") or {}) and field_match(o):
-                items.append(self._out(t.res, o))
+                item = self._out(t.res, o)
+                if not t.res.custom:
+                    # typed lists of built-in kinds do not repeat apiVersion/kind on their items
+                    item.pop("apiVersion", None)
+                    item.pop("kind", None)
+                items.append(item)
             if limit and len(items) >= limit and n == len(rel) - 1:
                 break
         meta: Obj = {"continue": "", "resourceVersion": str(rv)}
