@@ -92,3 +92,24 @@ def test_plan_cli_formats_and_errors(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 1
     assert "Validation failed" in bad.stdout and "environments/prod.yaml:" in bad.stdout
+
+
+def test_plan_in_a_monorepo_subfolder(tmp_path: Path) -> None:
+    import shutil
+
+    import git
+    from test_pr_flow import PLATFORM, commit_all, edit
+
+    repo = git.Repo.init(tmp_path / "mono", initial_branch="main")
+    shutil.copytree(PLATFORM, tmp_path / "mono" / "ml")
+    commit_all(repo, "base")
+    repo.git.checkout("-b", "bump")
+    edit(tmp_path / "mono" / "ml" / "environments" / "prod.yaml", "iris:\n      version: 1", "iris:\n      version: 2")
+    commit_all(repo, "bump")
+    result = CliRunner().invoke(
+        cli, ["plan", "--repo", str(tmp_path / "mono" / "ml"), "--base", "main", "--head", "bump", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    import json
+
+    assert json.loads(result.stdout)["affected"] == ["prod"]

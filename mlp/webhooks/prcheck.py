@@ -45,14 +45,18 @@ class Workspace:
     def __init__(self, repo: str | Path, cache_dir: str | Path | None = None, auth: GitAuth | None = None) -> None:
         self.auth = auth or GitAuth()
         self._lock = threading.Lock()
+        self.subdir = ""
         text = str(repo)
         local = Path(text)
         if "://" not in text and local.exists():
             try:
-                self.repo = git.Repo(local, search_parent_directories=False)
-            except git.InvalidGitRepositoryError as exc:
+                self.repo = git.Repo(local, search_parent_directories=True)
+            except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
                 raise WorkspaceError(f"{local}: not a Git repository") from exc
             self.remote = False
+            # The platform repository may be a folder inside a larger Git repository (a monorepo).
+            top = Path(self.repo.working_tree_dir or local).resolve()
+            self.subdir = local.resolve().relative_to(top).as_posix() if local.resolve() != top else ""
         else:
             if cache_dir is None:
                 raise WorkspaceError(f"{text}: a remote repository needs a cache folder (--state-dir)")
@@ -130,7 +134,7 @@ class Workspace:
     def load(self, sha: str) -> tuple[LoadResult, dict[str, str]]:
         """Specs and template overrides at `sha`, read from an isolated checkout."""
         with self.checkout(sha) as path:
-            snapshot = read_directory(path, revision=sha)
+            snapshot = read_directory(path / self.subdir if self.subdir else path, revision=sha)
         return load(snapshot), snapshot.templates()
 
 
