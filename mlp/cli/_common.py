@@ -101,7 +101,9 @@ def make_target(env: Environment, *, repo: Path, kubeconfig: str | None, context
         except ImportError as exc:
             fail(f"the kubernetes target is not available ({exc}); install mlp[kubernetes]")
         try:
-            return KubernetesTarget.from_kubeconfig(kubeconfig, context=context or spec.context)  # type: ignore[no-any-return]
+            # namespaced: list calls stay inside the environment's namespace (and its RBAC)
+            return KubernetesTarget.from_environment(  # type: ignore[no-any-return]
+                kubeconfig, context=context or spec.context, namespace=spec.namespace)
         except TargetError as exc:
             fail(str(exc))
         except Exception as exc:  # kubeconfig parse errors come in many types; say it in one line
