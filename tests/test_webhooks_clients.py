@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,36 @@ def test_gitlab_pagination_and_rate_limit(gl: tuple[GitLabStandIn, str]) -> None
     standin.rate_limit(2, seconds=1)
     assert len(bot.comments("acme/p", 1)) == 7
     assert sleep.waits == [1.0, 1.0]
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MLP_TEST_GITHUB_TOKEN") and os.environ.get("MLP_TEST_GITHUB_PR")),
+    reason="set MLP_TEST_GITHUB_TOKEN, MLP_TEST_GITHUB_PR=owner/name#N (and MLP_TEST_GITHUB_URL) for a real GitHub",
+)
+def test_real_github_read_only() -> None:
+    """The same client calls against a real GitHub, read-only (nothing is written)."""
+    repo, _, number = os.environ["MLP_TEST_GITHUB_PR"].partition("#")
+    client = GitHubClient(
+        os.environ["MLP_TEST_GITHUB_TOKEN"], os.environ.get("MLP_TEST_GITHUB_URL", "https://api.github.com")
+    )
+    cr = client.change_request(repo, int(number))
+    assert cr.number == int(number) and len(cr.head_sha) == 40
+    client.reviews(repo, cr)
+    client.comments(repo, cr.number)
+    client.statuses(repo, cr.head_sha)
+
+
+@pytest.mark.skipif(
+    not (os.environ.get("MLP_TEST_GITLAB_TOKEN") and os.environ.get("MLP_TEST_GITLAB_MR")),
+    reason="set MLP_TEST_GITLAB_TOKEN, MLP_TEST_GITLAB_MR=group/project!N (and MLP_TEST_GITLAB_URL) for a real GitLab",
+)
+def test_real_gitlab_read_only() -> None:
+    repo, _, number = os.environ["MLP_TEST_GITLAB_MR"].partition("!")
+    client = GitLabClient(
+        os.environ["MLP_TEST_GITLAB_TOKEN"], os.environ.get("MLP_TEST_GITLAB_URL", "https://gitlab.com/api/v4")
+    )
+    cr = client.change_request(repo, int(number))
+    assert cr.number == int(number) and len(cr.head_sha) == 40
+    client.reviews(repo, cr)
+    client.comments(repo, cr.number)
+    client.statuses(repo, cr.head_sha)
