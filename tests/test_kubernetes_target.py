@@ -594,3 +594,14 @@ def test_deleting_a_namespace_removes_its_contents(cluster: Cluster) -> None:
         t.apply(configmap("late", name))
     cluster.wait_gone(t, ns_ref)
     assert t.get(ref_of(cm)) is None
+
+
+def test_list_owned_of_a_named_missing_kind_says_it_is_not_installed(tmp_path: Path) -> None:
+    if REAL:
+        pytest.skip("needs a cluster without KServe: the stand-in without its CRD")
+    with KubeApiServer(kserve=False) as api:
+        t = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "k", api.url), namespace="ml-staging")
+        with pytest.raises(TargetError) as err:
+            t.list_owned("staging", [(ISVC_V, "InferenceService")])
+        assert err.value.status == 404
+        assert str(err.value) == "KServe is not installed: serving.kserve.io/v1beta1 InferenceService not found"

@@ -384,6 +384,12 @@ class KubernetesTarget:
     # ---- the Target protocol ----
 
     def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
+        """Owned objects of `environment` (in the target's namespace, or all when it has none).
+
+        A kind whose CRD is not installed cannot hold objects: with the default kinds it is
+        skipped; a kind asked for by name raises the 404 "X is not installed" TargetError, so a
+        caller that needs to write that kind can say so before planning.
+        """
         selector = f"{MANAGED_BY}={MANAGED_BY_VALUE},{ENV_LABEL}={environment}"
         out: list[Manifest] = []
         for api_version, kind in kinds or DEFAULT_OWNED_KINDS:
@@ -391,8 +397,8 @@ class KubernetesTarget:
             try:
                 info = self.resource_for(api_version, kind)
             except TargetError as exc:
-                if exc.status == 404:
-                    continue  # the kind is not served (CRD not installed): nothing of it can exist
+                if exc.status == 404 and kinds is None:
+                    continue
                 raise
             token = ""
             while True:
@@ -400,8 +406,8 @@ class KubernetesTarget:
                 if token:
                     query["continue"] = token
                 status, ctype, body = self._request("list", "GET", info.collection(self.namespace), query, ref=ref)
-                if status == 404 and _parse_status(body, ctype) is None:
-                    break  # CRD removed between discovery and list
+                if status == 404 and _parse_status(body, ctype) is None and kinds is None:
+                    break  # the kind is not served (CRD not installed): nothing of it can exist
                 if status != 200:
                     raise error_from_response(status, body, ctype, ref=ref, verb="list", server=self.server)
                 page = json.loads(body)
