@@ -412,3 +412,26 @@ def test_watch_from_a_resource_version_streams_later_events(http: httpx.Client) 
     with http.stream("GET", CM, params={"watch": "1", "resourceVersion": rv, "timeoutSeconds": "1"}) as resp:
         events = [json.loads(line) for line in resp.iter_lines() if line.strip()]
     assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "w"), ("DELETED", "w")]
+
+
+def test_openapi_value_validation_of_custom_resources(http: httpx.Client) -> None:
+    """Constraints of the real CRD schemas that a renderer can trip over: 422 Invalid."""
+    if not (FIXTURES / "kserve").is_dir():
+        pytest.skip("needs the real KServe CRD schema from ../shared/fixtures/kserve")
+    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "v"},
+            "spec": {"predictor": {"canaryTrafficPercent": 150, "sklearn": {
+                "storageUri": "s3://m/v/1", "resources": {"limits": {"cpu": "one", "memory": "1Gi"}}}}}}
+    resp = _apply(http, f"{ISVCS}/v", isvc)
+    assert resp.status_code == 422, resp.text
+    body = resp.json()
+    assert body["reason"] == "Invalid"
+    # the CRD sets no maximum on canaryTrafficPercent (KServe's webhook checks it, not the API server)
+    assert [c["field"] for c in body["details"]["causes"]] == ["spec.predictor.sklearn.resources.limits.cpu"]
+    assert body["message"].startswith('InferenceService.serving.kserve.io "v" is invalid: '
+                                      'spec.predictor.sklearn.resources.limits.cpu: Invalid value: "one": ')
+    assert http.get(f"{ISVCS}/v").status_code == 404  # nothing stored
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "r"},
+            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": "10 m"}]}]}}
+    http.api.install_prometheus_operator()  # type: ignore[attr-defined]
+    resp = _apply(http, "/apis/monitoring.coreos.com/v1/namespaces/ml-staging/prometheusrules/r", rule)
+    assert resp.status_code == 422 and "spec.groups[0].rules[0].for" in resp.json()["message"]

@@ -94,6 +94,11 @@ class Schema:
     enum: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    pattern: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    min_items: int | None = None
+    max_items: int | None = None
     nullable: bool = False
 
     @property
@@ -105,13 +110,18 @@ ANY = Schema("any")
 
 
 def _from_openapi(node: dict[str, Any]) -> Schema:
-    if node.get("x-kubernetes-int-or-string"):
-        return Schema("int-or-string", default=node.get("default", _MISSING))
-    t = node.get("type")
     common: dict[str, Any] = {
         "default": node.get("default", _MISSING),
         "nullable": bool(node.get("nullable")),
+        "pattern": node.get("pattern"),
+        "min_length": node.get("minLength"),
+        "max_length": node.get("maxLength"),
+        "min_items": node.get("minItems"),
+        "max_items": node.get("maxItems"),
     }
+    if node.get("x-kubernetes-int-or-string"):
+        return Schema("int-or-string", **common)
+    t = node.get("type")
     if "enum" in node:
         common["enum"] = tuple(node["enum"])
     if t == "object" or (t is None and ("properties" in node or "additionalProperties" in node)):
@@ -900,6 +910,22 @@ def _validate_values(value: Any, schema: Schema, path: Path_, errors: list[tuple
         if schema.maximum is not None and value > schema.maximum:
             errors.append((where, "FieldValueInvalid", f"Invalid value: {value}: {where} in body should be "
                            f"less than or equal to {schema.maximum:g}"))
+    if isinstance(value, str):
+        if schema.pattern is not None and not re.search(schema.pattern, value):
+            errors.append((where, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {where} in body "
+                           f"should match '{schema.pattern}'"))
+        if schema.min_length is not None and len(value) < schema.min_length:
+            errors.append((where, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {where} in body "
+                           f"should be at least {schema.min_length} chars long"))
+        if schema.max_length is not None and len(value) > schema.max_length:
+            errors.append((where, "FieldValueTooLong", f"Too long: may not be more than {schema.max_length} bytes"))
+    if isinstance(value, list):
+        if schema.min_items is not None and len(value) < schema.min_items:
+            errors.append((where, "FieldValueInvalid", f"Invalid value: {len(value)}: {where} in body should "
+                           f"have at least {schema.min_items} items"))
+        if schema.max_items is not None and len(value) > schema.max_items:
+            errors.append((where, "FieldValueTooMany", f"Too many: {len(value)}: must have at most "
+                           f"{schema.max_items} items"))
     if schema.type == "object" and isinstance(value, dict):
         for req in schema.required:
             if req not in value:
