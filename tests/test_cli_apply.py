@@ -67,10 +67,40 @@ class Cluster:
         return self._http("POST", path, json=body)
 
 
+def _wipe_real_cluster(kubeconfig: Path) -> None:
+    """Tests assume an empty namespace: remove what an earlier test left on a real cluster."""
+    import time
+
+    from mlp.render import MANAGED_KINDS
+    from mlp.targets.base import ObjectRef, TargetError
+    from mlp.targets.kubernetes import KubernetesTarget
+
+    target = KubernetesTarget.from_kubeconfig(str(kubeconfig), namespace=NS)
+
+    def leftovers() -> list[ObjectRef]:
+        refs = [ObjectRef("v1", "ConfigMap", NS, n) for n in ("hand-made", "other-env")
+                if target.get(ObjectRef("v1", "ConfigMap", NS, n)) is not None]
+        for env in ("staging", "prod"):
+            for kind in MANAGED_KINDS["kubernetes"]:
+                try:
+                    refs += [ObjectRef.of(o) for o in target.list_owned(env, [kind])]
+                except TargetError:
+                    continue
+        return refs
+
+    deadline = time.monotonic() + 60
+    while (refs := leftovers()) and time.monotonic() < deadline:
+        for ref in refs:
+            target.delete(ref)
+        time.sleep(1)
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     if REAL:
+        _wipe_real_cluster(Path(REAL))
         yield Cluster(Path(REAL), None)
+        _wipe_real_cluster(Path(REAL))
         return
     from standins import kube_apiserver as standin  # type: ignore[import-not-found]
     with standin.KubeApiServer(prometheus_operator=True, auto_gc=True) as api:
