@@ -334,3 +334,23 @@ def test_apply_needs_yes_without_a_terminal(repo: Path, cluster: Cluster) -> Non
     _require_target()
     res = mlp("apply", "--env", "staging", "--repo", str(repo), cluster=cluster)
     assert res.exit_code == 2 and "pass --yes" in res.output
+
+
+def test_conflict_with_another_manager_needs_force(repo: Path, cluster: Cluster) -> None:
+    _require_target()
+    assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
+    # someone else takes minReplicas, and the repository changes the same object (maxReplicas)
+    assert cluster.patch(f"{ISVC_PATH}/iris", {"spec": {"predictor": {"minReplicas": 2}}},
+                         manager="kubectl-edit").status_code == 200
+    env_file = repo / "environments" / "staging.yaml"
+    env_file.write_text(env_file.read_text().replace("minReplicas: 1, maxReplicas: 3", "minReplicas: 1, maxReplicas: 4"))
+    res = mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster)
+    assert res.exit_code == 2, res.output
+    assert "kubectl-edit" in res.output and "--force-conflicts" in res.output, res.output
+    res = mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", "--force-conflicts", "--format", "json",
+              cluster=cluster)
+    assert res.exit_code == 0, res.output
+    changes = json.loads(res.stdout)
+    assert changes["ok"] and [d["ref"]["name"] for d in changes["done"]] == ["iris"]
+    predictor = cluster.get(f"{ISVC_PATH}/iris")["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 4)
