@@ -126,11 +126,11 @@ def api_calls_noop(models: int) -> dict[str, Any] | str:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     try:
-        from mlp.targets.kubernetes import KubernetesTarget  # type: ignore[import-not-found,unused-ignore]
         from standins.kube_apiserver import KubeApiServer, write_kubeconfig  # type: ignore[import-not-found]
 
         from mlp.plan import execute
         from mlp.plan.pipeline import kinds_to_list
+        from mlp.targets.kubernetes import KubernetesTarget  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         return f"skipped: {exc}"
 
