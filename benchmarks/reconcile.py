@@ -122,17 +122,19 @@ def floor_compare(desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> 
 def api_calls_noop(models: int) -> dict[str, Any] | str:
     """Apply a rendered environment through KubernetesTarget to the API server stand-in, then
     count the HTTP requests a second, no-op reconcile (list, plan, execute) makes."""
+    import importlib
     import tempfile
+
+    from mlp.plan import execute
+    from mlp.plan.pipeline import kinds_to_list
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     try:
-        from standins.kube_apiserver import KubeApiServer, write_kubeconfig  # type: ignore[import-not-found]
-
-        from mlp.plan import execute
-        from mlp.plan.pipeline import kinds_to_list
-        from mlp.targets.kubernetes import KubernetesTarget  # type: ignore[import-not-found,unused-ignore]
+        standin = importlib.import_module("standins.kube_apiserver")
+        KubernetesTarget = importlib.import_module("mlp.targets.kubernetes").KubernetesTarget
     except ImportError as exc:
         return f"skipped: {exc}"
+    KubeApiServer, write_kubeconfig = standin.KubeApiServer, standin.write_kubeconfig
 
     result = load(snapshot(models))
     desired = render(result.specs, "bench", revision="bench")
