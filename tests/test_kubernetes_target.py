@@ -605,3 +605,26 @@ def test_list_owned_of_a_named_missing_kind_says_it_is_not_installed(tmp_path: P
             t.list_owned("staging", [(ISVC_V, "InferenceService")])
         assert err.value.status == 404
         assert str(err.value) == "KServe is not installed: serving.kserve.io/v1beta1 InferenceService not found"
+
+
+def test_expired_continue_token_restarts_the_list(cluster: Cluster) -> None:
+    api = cluster.standin("compacts etcd on demand")
+    t = cluster.target()
+    for i in range(3):
+        t.apply(isvc(f"model-{i}", cluster.namespace))
+    paged = cluster.target(page_size=2)
+    real_request = paged._request
+    seen = []
+
+    def request(*args: Any, **kw: Any) -> Any:
+        out = real_request(*args, **kw)
+        seen.append(out[0])
+        if len(seen) == 1:
+            t.apply(isvc("model-3", cluster.namespace))  # a write after page 1,
+            api.compact()  # and a compaction: page 1's token is now too old
+        return out
+
+    paged._request = request  # type: ignore[method-assign]
+    owned = paged.list_owned("staging", [(ISVC_V, "InferenceService")])
+    assert sorted(o["metadata"]["name"] for o in owned) == ["model-0", "model-1", "model-2", "model-3"]
+    assert seen == [200, 410, 200, 200]

@@ -400,27 +400,37 @@ class KubernetesTarget:
                 if exc.status == 404 and kinds is None:
                     continue
                 raise
-            token = ""
-            while True:
-                query = {"labelSelector": selector, "limit": str(self.page_size)}
-                if token:
-                    query["continue"] = token
-                status, ctype, body = self._request("list", "GET", info.collection(self.namespace), query, ref=ref)
-                if status == 404 and _parse_status(body, ctype) is None and kinds is None:
-                    break  # the kind is not served (CRD not installed): nothing of it can exist
-                if status != 200:
-                    raise error_from_response(status, body, ctype, ref=ref, verb="list", server=self.server)
-                page = json.loads(body)
-                for item in page.get("items") or []:
-                    # built-in lists omit apiVersion/kind on items; custom resource lists carry them
-                    item.setdefault("apiVersion", api_version)
-                    item.setdefault("kind", kind)
-                    self._remember(item)
-                    out.append(item)
-                token = (page.get("metadata") or {}).get("continue") or ""
-                if not token:
-                    break
+            out += self._list_kind(info, ref, selector, raise_missing=kinds is not None)
         return out
+
+    def _list_kind(self, info: ResourceInfo, ref: ObjectRef, selector: str, *, raise_missing: bool
+                   ) -> list[Manifest]:
+        items: list[Manifest] = []
+        token = ""
+        restarted = False
+        while True:
+            query = {"labelSelector": selector, "limit": str(self.page_size)}
+            if token:
+                query["continue"] = token
+            status, ctype, body = self._request("list", "GET", info.collection(self.namespace), query, ref=ref)
+            if status == 404 and _parse_status(body, ctype) is None and not raise_missing:
+                return []  # the kind is not served (CRD not installed): nothing of it can exist
+            if status == 410 and token and not restarted:
+                # the continue token outlived etcd's compaction: start one fresh, consistent list
+                items, token, restarted = [], "", True
+                continue
+            if status != 200:
+                raise error_from_response(status, body, ctype, ref=ref, verb="list", server=self.server)
+            page = json.loads(body)
+            for item in page.get("items") or []:
+                # built-in lists omit apiVersion/kind on items; custom resource lists carry them
+                item.setdefault("apiVersion", info.api_version)
+                item.setdefault("kind", info.kind)
+                self._remember(item)
+                items.append(item)
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
     def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
         ref = ObjectRef.of(obj)
@@ -579,6 +589,7 @@ class KubernetesTarget:
                 )
                 status, ctype, raw, resp_headers = (
                     resp.status, resp.headers.get("Content-Type", ""), resp.data, resp.headers)
+                resp.release_conn()
             except ApiException as exc:
                 if not exc.status:  # the client's wrapper for TLS failures
                     raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "

@@ -1105,6 +1105,7 @@ class KubeApiServer:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.auto_gc = auto_gc
+        self.compacted = 0
         self.faults: list[Fault] = []
         self.webhook_rejections: list[tuple[str, str, str]] = []  # (kind, webhook name, message)
         self.requests: list[Request] = []
@@ -1190,6 +1191,11 @@ class KubeApiServer:
     def reject_with_webhook(self, kind: str, webhook: str, message: str) -> None:
         """Act as if a validating admission webhook denies writes of `kind`."""
         self.webhook_rejections.append((kind, webhook, message))
+
+    def compact(self) -> None:
+        """Like etcd compaction at the current revision: continue tokens from older revisions expire (410)."""
+        with self.lock:
+            self.compacted = self.store.revision
 
     def advance_resource_version(self, n: int) -> None:
         """Stand for writes the test did not make (e.g. installing a CRD on a real server)."""
@@ -1718,6 +1724,13 @@ class Server:
             except (ValueError, KeyError, TypeError):
                 raise bad_request("continue key is not valid: incorrect encoded start resourceVersion "
                                   "(version meta.k8s.io/v1)") from None
+            if rv < self.api.compacted:
+                msg = ("The provided continue parameter is too old to display a consistent list result. You can "
+                       "start a new list without the continue parameter, or use the continue token in this "
+                       "response to retrieve the remainder of the results. Continuing with the provided token "
+                       "results in an inconsistent list - objects that were created, modified, or deleted "
+                       "between the time the first chunk was returned and now may show up in the list.")
+                raise ApiError(410, status_body(410, "Expired", msg))
             objects = store.snapshot(t.res.group, t.res.plural, rv)
         else:
             rv = store.revision
