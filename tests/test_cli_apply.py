@@ -138,9 +138,14 @@ def test_render_yaml_json_and_out(repo: Path, tmp_path: Path) -> None:
     assert as_json["apiVersion"] == "v1" and as_json["kind"] == "List"
     assert [o["kind"] for o in as_json["items"]].count("InferenceService") == 2
     out = tmp_path / "rendered"
+    out.mkdir()
+    (out / "12-inferenceservice-removed-model.yaml").write_text("stale")
+    (out / "README.md").write_text("kept")
     res = mlp("render", "--env", "staging", "--repo", str(repo), "--out", str(out))
     assert res.exit_code == 0
-    assert sorted(p.name for p in out.iterdir())[0] == "01-serviceaccount-mlp-models.yaml"
+    names = sorted(p.name for p in out.iterdir())
+    assert names[0] == "01-serviceaccount-mlp-models.yaml" and len(names) == 9
+    assert "README.md" in names and "12-inferenceservice-removed-model.yaml" not in names
     assert mlp("render", "--env", "staging", "--repo", str(repo)).output == yaml_out.output  # deterministic
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import click
 
 from mlp.cli._common import CONTEXT, env_option, environment, fail, load_repo, render_env, repo_option
+
+_RENDERED = re.compile(r"^\d+-[a-z0-9]+-[a-z0-9.-]+\.(yaml|json)$")
 
 
 @click.command("render", context_settings=CONTEXT)
@@ -15,7 +18,8 @@ from mlp.cli._common import CONTEXT, env_option, environment, fail, load_repo, r
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
               help="yaml: a multi-document stream; json: a v1 List with items.")
 @click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
-              help="Write one file per object into this folder (NN-kind-name.yaml) instead of stdout.")
+              help="Write one file per object into this folder (NN-kind-name.yaml) instead of stdout; "
+                   "files an earlier render wrote there (NN-*.yaml/json) are removed first.")
 @repo_option
 def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
     """Render an environment into Kubernetes manifests (no cluster needed).
@@ -43,6 +47,9 @@ def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
         return
     try:
         out.mkdir(parents=True, exist_ok=True)
+        for old in out.iterdir():  # a deleted object must not linger as a stale file
+            if old.is_file() and _RENDERED.match(old.name):
+                old.unlink()
         width = max(2, len(str(len(objs))))
         for index, obj in enumerate(objs, start=1):
             name = f"{index:0{width}d}-{obj['kind'].lower()}-{obj['metadata']['name']}.{fmt}"
