@@ -153,7 +153,7 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                     have = ", ".join(str(v.version) for v in model.spec.versions)
                     yield _at(specs, "Environment", name, loc,
                               f"{label} {number} of model {model_name!r} does not exist (versions: {have})")
-                elif kubernetes and urlsplit(version.uri).scheme not in REMOTE_URI_SCHEMES:
+                elif kubernetes and _scheme(version.uri) not in REMOTE_URI_SCHEMES:
                     yield _at(specs, "Environment", name, loc,
                               f"{label} {number} of model {model_name!r} has a local artifact URI "
                               f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
@@ -275,9 +275,19 @@ def _is_literal(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip()) and not REFERENCE_VALUE.match(value.strip())
 
 
+def _scheme(uri: str) -> str:
+    try:
+        return urlsplit(uri).scheme
+    except ValueError:
+        return ""
+
+
 def uri_problem(uri: str) -> str | None:
     """Why an artifact URI is refused, or None when it is acceptable."""
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError as exc:  # e.g. an unbalanced '[' reads as a broken IPv6 host
+        return f"URI {uri!r} is not a valid URI ({exc})"
     if parts.scheme not in ALLOWED_URI_SCHEMES:
         allowed = ", ".join(f"{s}://" for s in ALLOWED_URI_SCHEMES)
         shown = f"{parts.scheme}://" if parts.scheme else "no scheme"
