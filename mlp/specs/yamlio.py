@@ -95,7 +95,14 @@ def _marked(exc: YAMLError, text: str = "") -> ParseError:
         message += f" ({context})"
     if mark is None:
         return ParseError(message)
-    return ParseError(message, mark.line + 1, mark.column + 1)
+    line, col = mark.line + 1, mark.column + 1
+    if text:
+        # libyaml may point just past the end of a file without a final newline: keep the
+        # position inside the file, so editors and CI annotations can show it
+        lines = text.split("\n")
+        if line > len(lines):
+            line, col = len(lines), len(lines[-1]) + 1
+    return ParseError(message, line, col)
 
 
 def _is_tab_at(text: str, line: int, column: int) -> bool:
@@ -255,7 +262,10 @@ def _build(node: Node) -> Any:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             if type(key_node) is not ScalarNode:
-                raise _Fallback
+                mark = key_node.start_mark
+                raise ParseError("YAML error: a mapping key must be a plain value, not a "
+                                 + ("mapping" if type(key_node) is MappingNode else "list"),
+                                 mark.line + 1, mark.column + 1)
             key = _build(key_node)
             if key in out:
                 raise _Fallback  # the safe constructor reports the duplicate with its position
@@ -299,6 +309,9 @@ def parse(data: bytes) -> list[Any]:
         raise _marked(exc, text) from None
     except RecursionError:
         raise ParseError(f"nesting deeper than {MAX_DEPTH} levels") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        # ruamel's constructor on odd input: a mapping as a key (TypeError), a bad !!timestamp, ...
+        raise ParseError(f"YAML error: cannot read this document ({type(exc).__name__}: {exc})") from None
     if all(d is None for d in docs):
         raise ParseError("empty file: expected one or more mlp documents")
     return docs
