@@ -435,3 +435,29 @@ def test_openapi_value_validation_of_custom_resources(http: httpx.Client) -> Non
     http.api.install_prometheus_operator()  # type: ignore[attr-defined]
     resp = _apply(http, "/apis/monitoring.coreos.com/v1/namespaces/ml-staging/prometheusrules/r", rule)
     assert resp.status_code == 422 and "spec.groups[0].rules[0].for" in resp.json()["message"]
+
+
+def test_associative_list_items_merge_by_key_and_dropped_items_go(http: httpx.Client) -> None:
+    path = "/apis/apps/v1/namespaces/ml-staging/deployments/d"
+
+    def deployment(env: list[dict[str, str]]) -> dict[str, Any]:
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+                    "metadata": {"labels": {"app": "d"}},
+                    "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "env": env}]}}}}
+
+    first = _apply(http, path, deployment([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]))
+    assert first.status_code == 201
+    mf = first.json()["metadata"]["managedFields"][0]["fieldsV1"]
+    container = mf["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"main"}']
+    assert container["."] == {} and 'k:{"name":"B"}' in container["f:env"]
+    # someone else adds a sidecar container (operation Update)
+    sidecar = {"spec": {"template": {"spec": {"containers": [
+        {"name": "main", "image": "busybox:1.36", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
+        {"name": "sidecar", "image": "envoy:1"}]}}}}
+    assert http.patch(path, json=sidecar, headers={"Content-Type": "application/merge-patch+json"},
+                      params={"fieldManager": "injector"}).status_code == 200
+    after = _apply(http, path, deployment([{"name": "A", "value": "1"}])).json()
+    containers = {c["name"]: c for c in after["spec"]["template"]["spec"]["containers"]}
+    assert [e["name"] for e in containers["main"]["env"]] == ["A"]  # mlp dropped B: gone
+    assert "sidecar" in containers  # not mlp's: kept

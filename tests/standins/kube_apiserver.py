@@ -1854,10 +1854,14 @@ class Server:
         for i, s in enumerate(sets):
             if i != mine:
                 others |= s
-        dropped = previous - fields
-        for p in sorted(dropped, key=len, reverse=True):
-            if p in others or any(q[: len(p)] == p for q in others if len(q) > len(p)):
-                continue
+        # fields this manager applied before and not now, that no other manager owns, go away
+        dropped = {p for p in previous - fields
+                   if p not in others and not any(q[: len(p)] == p for q in others if len(q) > len(p))}
+        for p in sorted(dropped, key=len):
+            if any(p[:n] in dropped for n in range(1, len(p))):
+                continue  # an ancestor (a whole list item) goes, and takes this with it
+            if len(p) >= 2 and p[-2].startswith("k:") and p[-1][2:] in json.loads(p[-2][2:]):
+                continue  # an item that stays keeps its key fields
             remove_at(new, p)
         for f in ("labels", "annotations", "finalizers", "ownerReferences"):
             if f in new["metadata"] and not new["metadata"][f]:
