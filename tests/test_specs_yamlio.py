@@ -30,6 +30,10 @@ SCALARS = [
 ]
 
 
+# ruamel turns a list key into a tuple; no spec field can use one, so mlp says where it is
+REFUSED_ON_PURPOSE = {"? [1, 2]\n: x"}
+
+
 def _stock(text: str) -> list[Any]:
     return list(YAML(typ="safe", pure=False).load_all(text))
 
@@ -56,7 +60,9 @@ def test_fast_path_matches_ruamel_safe_loader(text: str) -> None:
         got: Any = parse(text.encode())
     except ParseError:
         got = "ParseError"
-    if isinstance(expected, type):
+    if text in REFUSED_ON_PURPOSE:
+        assert got == "ParseError", (text, got)
+    elif isinstance(expected, type):
         assert got == "ParseError" or _fast_load_all(text) is None, (text, got)
     elif all(d is None for d in expected):
         assert got == "ParseError"  # an empty file is refused
