@@ -161,6 +161,11 @@ def test_apply_creates_then_noop_apply_keeps_resource_version(cluster: Cluster) 
     again = t.apply(cm)
     assert again.action == "unchanged"
     assert again.live["metadata"]["resourceVersion"] == rv  # nothing was written
+    if cluster.api is not None:  # on a real cluster KServe's controller may write status in between
+        model = isvc("iris", cluster.namespace)
+        rv = t.get(ref_of(model))["metadata"]["resourceVersion"]  # type: ignore[index]
+        assert t.apply(model).live["metadata"]["resourceVersion"] == rv
+        assert t.apply(model).action == "unchanged"
 
 
 def test_apply_without_namespace_uses_the_target_namespace(cluster: Cluster) -> None:
@@ -628,3 +633,17 @@ def test_expired_continue_token_restarts_the_list(cluster: Cluster) -> None:
     owned = paged.list_owned("staging", [(ISVC_V, "InferenceService")])
     assert sorted(o["metadata"]["name"] for o in owned) == ["model-0", "model-1", "model-2", "model-3"]
     assert seen == [200, 410, 200, 200]
+
+
+def test_a_server_that_never_answers_times_out_in_one_line(tmp_path: Path) -> None:
+    with socket.socket() as silent:  # accepts connections (backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        t = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "silent", url), namespace="ml-staging",
+                                             request_timeout=(0.3, 0.3), backoff_base=0.01)
+        started = time.monotonic()
+        with pytest.raises(TargetError) as err:
+            t.apply(configmap("cfg", "ml-staging"))
+        assert str(err.value) == f"cannot reach the Kubernetes API server at {url}: timed out"
+        assert time.monotonic() - started < 3
