@@ -359,3 +359,18 @@ def test_conflict_with_another_manager_needs_force(repo: Path, cluster: Cluster)
     assert changes["ok"] and [d["ref"]["name"] for d in changes["done"]] == ["iris"]
     predictor = cluster.get(f"{ISVC_PATH}/iris")["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 4)
+
+
+def test_a_field_dropped_from_the_repository_is_removed(repo: Path, cluster: Cluster) -> None:
+    _require_target()
+    assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
+    assert cluster.get(f"{ISVC_PATH}/iris")["spec"]["predictor"]["scaleTarget"] == 10
+    env_file = repo / "environments" / "staging.yaml"
+    env_file.write_text(env_file.read_text().replace("metric: concurrency, target: 10}", "metric: concurrency}"))
+    diff = mlp("diff", "--env", "staging", "--repo", str(repo), "--format", "json", cluster=cluster)
+    assert diff.exit_code == 1
+    (item,) = [i for i in json.loads(diff.output)["items"] if i["action"] != "unchanged"]
+    assert {"path": "spec.predictor.scaleTarget", "op": "remove", "old": 10, "new": None} in item["diffs"]
+    assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
+    assert "scaleTarget" not in cluster.get(f"{ISVC_PATH}/iris")["spec"]["predictor"]
+    assert mlp("diff", "--env", "staging", "--repo", str(repo), cluster=cluster).exit_code == 0

@@ -90,7 +90,9 @@ def test_field_level_diff_of_a_changed_spec() -> None:
     (item,) = plan.items
     assert item.action is Action.UPDATE and item.reason == "changed"
     paths = {d.path: (d.old, d.new) for d in item.diffs}
-    assert paths == {"spec.predictor.model.storageUri": ("s3://m/1", "s3://m/2")}
+    assert paths.pop("spec.predictor.model.storageUri") == ("s3://m/1", "s3://m/2")
+    # the content hash is compared too: it is what reveals a field the repository stopped setting
+    assert list(paths) == [f'metadata.annotations["{HASH_ANNOTATION}"]']
 
 
 def test_hand_edit_is_drift() -> None:
@@ -198,7 +200,7 @@ def test_normalize_drops_server_fields_and_provenance() -> None:
     assert "status" not in n
     assert set(n["metadata"]) == {"name", "namespace", "labels", "annotations"}
     assert REVISION_ANNOTATION not in n["metadata"]["annotations"]
-    assert HASH_ANNOTATION not in n["metadata"]["annotations"]
+    assert HASH_ANNOTATION in n["metadata"]["annotations"]
 
 
 def test_content_hash_ignores_provenance() -> None:
@@ -325,3 +327,30 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
     kinds = kinds_to_list("kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}])
     assert ("serving.kserve.io/v1beta1", "InferenceService") in kinds
     assert kinds[-1] == ("networking.k8s.io/v1", "NetworkPolicy")
+
+
+def test_a_field_the_repository_stopped_setting_is_an_update() -> None:
+    before = isvc("iris")
+    before["spec"]["predictor"]["scaleTarget"] = 10
+    before = stamp(before, environment=ENV, spec="Model.iris", revision="r1")
+    live = as_live(before)
+    # what server-side apply records for manager mlp (fieldsV1), plus another manager's field
+    live["metadata"]["managedFields"] = [
+        {"manager": "mlp", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {
+            "f:metadata": {"f:labels": {f"f:{MANAGED_BY}": {}}},
+            "f:spec": {"f:predictor": {"f:minReplicas": {}, "f:scaleTarget": {},
+                                       "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}}}}}}},
+        {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:predictor": {"f:timeout": {}}}}},
+    ]
+    live["spec"]["predictor"]["containers"] = [{"name": "old", "image": "x"}, {"name": "sidecar", "image": "y"}]
+    live["spec"]["predictor"]["timeout"] = 30
+    (item,) = make_plan([isvc("iris")], [live], environment=ENV).items
+    assert item.action is Action.UPDATE and item.reason == "changed"
+    removed = {d.path: d.old for d in item.diffs if d.op == "remove"}
+    assert removed == {"spec.predictor.scaleTarget": 10,
+                       "spec.predictor.containers[name=old]": {"name": "old", "image": "x"}}
+    # without managedFields (the local target) the content hash still says it changed
+    del live["metadata"]["managedFields"]
+    (item,) = make_plan([isvc("iris")], [live], environment=ENV).items
+    assert item.action is Action.UPDATE
+    assert [d.path for d in item.diffs] == [f'metadata.annotations["{HASH_ANNOTATION}"]']

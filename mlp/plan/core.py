@@ -19,12 +19,13 @@ Safety rules enforced here, not by callers:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlp.plan.normalize import is_associative, normalize, project, values_equal
+from mlp.plan.normalize import FIELD_MANAGER, is_associative, normalize, project, values_equal
 from mlp.render.core import kind_rank
 from mlp.render.stamp import content_hash
 from mlp.targets.base import ENV_LABEL, HASH_ANNOTATION, MANAGED_BY, MANAGED_BY_VALUE, Manifest, ObjectRef
@@ -199,11 +200,71 @@ def diff_fields(live: Any, desired: Any, path: str = "", keys: tuple[str, ...] =
     return [FieldDiff(path, live, desired)]
 
 
+def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff]) -> None:
+    """Walk a `fieldsV1` tree; report owned fields present live but absent from desired."""
+    if not isinstance(node, dict):
+        return
+    for key in sorted(node):
+        child = node[key]
+        if key.startswith("f:"):
+            name = key[2:]
+            if not isinstance(live, dict) or name not in live:
+                continue  # already gone (or dropped by normalization)
+            sub = _key_path(path, name)
+            wanted = desired.get(name) if isinstance(desired, dict) else None
+            if wanted is None and not (isinstance(child, dict) and set(child) - {"."}):
+                out.append(FieldDiff(sub, live[name], MISSING))  # a leaf mlp owns, no longer set
+            else:
+                # descend: mlp may own only some keys or items under it (others own the rest)
+                _removals(child, live[name], wanted, sub, out)
+        elif key.startswith("k:") and isinstance(live, list):
+            try:
+                match = json.loads(key[2:])
+            except ValueError:
+                continue
+            if not isinstance(match, dict):
+                continue
+
+            def find(items: Any, match: dict[str, Any] = match) -> Any:
+                if not isinstance(items, list):
+                    return None
+                return next((i for i in items if isinstance(i, dict)
+                             and all(i.get(a) == b for a, b in match.items())), None)
+
+            item = find(live)
+            if item is None:
+                continue
+            sub = f"{path}[{','.join(f'{a}={b}' for a, b in sorted(match.items()))}]"
+            wanted = find(desired)
+            if wanted is None:
+                out.append(FieldDiff(sub, item, MISSING))
+            else:
+                _removals(child, item, wanted, sub, out)
+        elif key.startswith("v:") and isinstance(live, list):
+            try:
+                value = json.loads(key[2:])
+            except ValueError:
+                continue
+            if value in live and not (isinstance(desired, list) and value in desired):
+                out.append(FieldDiff(f"{path}[{json.dumps(value)}]", value, MISSING))
+
+
+def removed_fields(desired: Manifest, live: Manifest, manager: str = FIELD_MANAGER) -> list[FieldDiff]:
+    """Fields `manager` owns on the live object (server-side apply `managedFields`) that the
+    desired object no longer sets: applying it will remove them."""
+    want, have = normalize(desired), normalize(live)
+    out: list[FieldDiff] = []
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        if isinstance(entry, dict) and entry.get("manager") == manager and entry.get("operation") == "Apply":
+            _removals(entry.get("fieldsV1") or {}, have, want, "", out)
+    return out
+
+
 def compare(desired: Manifest, live: Manifest) -> tuple[Manifest, Manifest, list[FieldDiff]]:
-    """(normalized desired, live projected onto it, field diffs)."""
+    """(normalized desired, live projected onto it, field diffs including removals)."""
     want = normalize(desired)
     have = project(normalize(live), want)
-    return want, have, diff_fields(have, want)
+    return want, have, diff_fields(have, want) + removed_fields(desired, live)
 
 
 # --- the plan --------------------------------------------------------------------------------
@@ -244,6 +305,8 @@ def make_plan(
         if not diffs:
             items.append(PlanItem(Action.UNCHANGED, ref, desired=obj, live=current))
             continue
+        # The content hash is compared like any annotation: equal hashes mean the repository
+        # did not change the object since it was applied, so the differences are drift.
         live_hash = ((current.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
         reason = "drift" if live_hash is not None and live_hash == content_hash(obj) else "changed"
         items.append(PlanItem(Action.UPDATE, ref, desired=obj, live=current, diffs=diffs, reason=reason))

@@ -16,6 +16,13 @@ Lists follow server-side apply's list semantics:
   because applying mlp's list would replace them.
 
 Kubernetes quantities compare by value, so `cpu: 1` equals `"1"` and `"1000m"`.
+
+Projection alone cannot see a field the repository *stopped* setting (it is absent from
+the desired shape). Two things catch that: the content-hash annotation stays in the
+comparison (only the revision annotation is dropped), so any change to the rendered object
+shows as an update; and `removed_fields` reads the live object's `managedFields` entry of
+field manager `mlp` (server-side apply), so fields mlp owns but no longer declares show
+as removals, exactly what applying will delete.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import copy
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mlp.render.stamp import PROVENANCE_ANNOTATIONS
-from mlp.targets.base import Manifest
+from mlp.targets.base import REVISION_ANNOTATION, Manifest
+
+FIELD_MANAGER = "mlp"
 
 # metadata fields the API server owns; never part of a comparison.
 SERVER_METADATA = (
@@ -52,7 +60,7 @@ def _drop_none(obj: Any) -> Any:
 
 
 def normalize(obj: Manifest) -> Manifest:
-    """A copy of `obj` without server-owned fields, provenance annotations or nulls."""
+    """A copy of `obj` without server-owned fields, the revision annotation or nulls."""
     out = _drop_none(copy.deepcopy(obj))
     for key in SERVER_TOP_LEVEL:
         out.pop(key, None)
@@ -62,8 +70,7 @@ def normalize(obj: Manifest) -> Manifest:
             meta.pop(key, None)
         annotations = meta.get("annotations")
         if isinstance(annotations, dict):
-            for key in PROVENANCE_ANNOTATIONS:
-                annotations.pop(key, None)
+            annotations.pop(REVISION_ANNOTATION, None)
             if not annotations:
                 meta.pop("annotations", None)
         if not meta.get("labels"):
