@@ -7,7 +7,10 @@ kind, and it needs the HTTP status itself (the typed client returns `None` for t
 server-side apply that creates).
 
 - `apply` is a server-side apply (`PATCH`, `application/apply-patch+yaml`, field manager `mlp`,
-  `force=true` only when asked), with `dryRun=All` for dry runs;
+  `force=true` only when asked), with `dryRun=All` for dry runs. Its action is `created` for a
+  201, `unchanged` when the resourceVersion is the one this target last saw (a no-op apply writes
+  nothing and keeps it; for a dry run, when the would-be object equals the last seen one), and
+  `configured` otherwise, including objects this target never listed or read;
 - `list_owned` lists each kind with the ownership label selector, following `continue` tokens;
 - `delete` uses foreground propagation; deleting what is already gone is not an error;
 - a token bucket keeps the client under `qps` / `burst`; 429 and transient 5xx answers are

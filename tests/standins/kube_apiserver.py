@@ -1389,8 +1389,6 @@ class KubeApiServer:
             fields = apply_fields
             entry = self._entry(res, manager, "Apply", fields)
         else:
-            walk = TypeWalk()
-            walk.walk(obj, res.schema)
             fields = _strip_paths(_update_fields(None, obj, res.schema), res)
             entry = self._entry(res, manager, "Update", fields, api_version=api_version)
         if fields:
