@@ -6,6 +6,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -75,7 +76,7 @@ def check(
     from mlp.webhooks.prcheck import Workspace, WorkspaceError, check_revisions
     from mlp.webhooks.service import GITHUB_API_TOKEN_ENVS, GITLAB_API_TOKEN_ENVS, ConfigError, read_secret
 
-    def fail(message: str) -> None:
+    def fail(message: str) -> NoReturn:
         click.echo(f"error: {message}", err=True)
         sys.exit(2)
 
@@ -94,7 +95,6 @@ def check(
     if not token:
         names = " / ".join(GITLAB_API_TOKEN_ENVS if gitlab_url else GITHUB_API_TOKEN_ENVS)
         fail(f"no API token: set {names} or pass --token-file")
-    assert token is not None
     host: GitHost = (
         GitLabClient(token, gitlab_url) if gitlab_url else GitHubClient(token, github_url or "https://api.github.com")
     )
@@ -106,11 +106,10 @@ def check(
             result, cr = outcome.governance, outcome.change
         else:
             cr = host.change_request(repo, number)
-            revision_check = check_revisions(workspace, flow._merge_base(cr), cr.head_sha)
+            revision_check = check_revisions(workspace, flow.merge_base(cr), cr.head_sha)
             result = flow.governance(host, repo, cr, revision_check)
     except (HostError, WorkspaceError) as exc:
         fail(str(exc))
-        return
     if fmt == "json":
         click.echo(
             json.dumps({"pr": number, "head": cr.head_sha, "context": GOVERNANCE_CONTEXT, **result.to_dict()}, indent=2)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from git.exc import GitCommandError
+
 from mlp.governance import GovernanceResult, PullRequestFacts, Requirement, evaluate
 from mlp.governance.policy import EnvironmentVerdict
 from mlp.webhooks.events import ChangeRequestEvent, Event, PingEvent, PushEvent
@@ -179,11 +181,12 @@ class PullRequestFlow:
         pr_ref = pattern.format(cr.number)
         self.workspace.fetch(f"+refs/heads/{cr.base_ref}:refs/heads/{cr.base_ref}", f"+{pr_ref}:{pr_ref}")
 
-    def _merge_base(self, cr: ChangeRequest) -> str:
+    def merge_base(self, cr: ChangeRequest) -> str:
+        """The commit the PR branched from: the plan shows the PR's own changes, as the host's diff does."""
         base_tip = self.workspace.resolve(cr.base_ref)
         try:
             return str(self.workspace.repo.git.merge_base(base_tip, cr.head_sha)).strip() or base_tip
-        except Exception:
+        except GitCommandError:  # unrelated histories: plan against the base tip
             return base_tip
 
     def _status(self, host: GitHost, repo: str, sha: str, context: str, state: str, text: str) -> None:
@@ -197,7 +200,7 @@ class PullRequestFlow:
         self._status(host, repo, cr.head_sha, GOVERNANCE_CONTEXT, "pending", "waiting for the plan")
         try:
             self._fetch_change(host, cr)
-            check = check_revisions(self.workspace, self._merge_base(cr), cr.head_sha)
+            check = check_revisions(self.workspace, self.merge_base(cr), cr.head_sha)
         except WorkspaceError as exc:
             self._status(host, repo, cr.head_sha, VALIDATE_CONTEXT, "error", str(exc))
             self._status(host, repo, cr.head_sha, GOVERNANCE_CONTEXT, "error", "the change could not be checked out")
@@ -262,7 +265,7 @@ class PullRequestFlow:
             base = cr.base_sha
             if cr.merge_commit_sha and self.workspace.has(cr.merge_commit_sha):
                 base = self.workspace.resolve(f"{cr.merge_commit_sha}^1")
-            check = check_revisions(self.workspace, base or self._merge_base(cr), cr.head_sha)
+            check = check_revisions(self.workspace, base or self.merge_base(cr), cr.head_sha)
         result = self.governance(host, repo, cr, check)
         pr_id = f"{host.provider}:{repo}#{number}"
         if self.audit is not None:
