@@ -158,3 +158,39 @@ def test_predict_file_refuses_unknown_types(tmp_path: Path) -> None:
         predict_file(lambda x: x[:, 0], sig, tmp_path / "in.csv", tmp_path / "out.xlsx")
     assert predict_file(lambda x: x[:, 0] * 2, sig, tmp_path / "in.csv", tmp_path / "out.csv") == 1
     assert (tmp_path / "out.csv").read_text().splitlines()[1] == "1,2"
+
+
+def test_sklearn_linear_fast_path_matches_sklearn_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import joblib
+    from sklearn.datasets import load_breast_cancer, load_iris
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    xi, yi = load_iris(return_X_y=True)
+    xb, yb = load_breast_cancer(return_X_y=True)
+    xb = StandardScaler().fit_transform(xb)  # so lbfgs converges in a few iterations
+    cases = [
+        (LogisticRegression(max_iter=1000).fit(xi, yi), xi, False),
+        (LogisticRegression(max_iter=1000).fit(xb, yb), xb, False),
+        (LogisticRegression(max_iter=1000).fit(xb, yb), xb, True),
+        (LinearRegression().fit(xi[:, :3], xi[:, 3]), xi[:, :3], False),
+    ]
+    for i, (est, x, proba) in enumerate(cases):
+        path = tmp_path / f"m{i}.joblib"
+        joblib.dump(est, path)
+        fast = load_model("sklearn", path, proba=proba)
+        assert isinstance(fast, NativeModel)
+        assert getattr(fast.impl, "__name__", "") == "fn", f"case {i} did not take the fast path"
+        want = est.predict_proba(x)[:, 1] if proba else est.predict(x)
+        if proba or want.dtype.kind == "f":
+            np.testing.assert_allclose(fast.predict(x), want, rtol=1e-9)
+        else:
+            np.testing.assert_array_equal(fast.predict(x), want)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression()).fit(xi, yi)
+    joblib.dump(pipe, tmp_path / "pipe.joblib")
+    slow = load_model("sklearn", tmp_path / "pipe.joblib")
+    assert isinstance(slow, NativeModel) and getattr(slow.impl, "__name__", "") == "predict"
+    monkeypatch.setenv("MLP_SKLEARN_FAST_PATH", "0")
+    off = load_model("sklearn", tmp_path / "m0.joblib")
+    assert isinstance(off, NativeModel) and getattr(off.impl, "__name__", "") == "predict"

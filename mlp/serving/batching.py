@@ -3,13 +3,15 @@
 Requests hand a `[rows, features]` array to `submit`; the batcher concatenates what is
 pending and calls the model once. It adapts to load:
 
-- idle (the previous batch held one request): flush on the next event-loop turn, so a
+- by default the flush runs on the next event-loop turn: uvicorn parses every readable
+  connection in one turn, so requests that arrived together coalesce with no timer and a
   lone request waits for nothing;
-- busy (the previous batch held several): wait up to `max_latency_ms` for more, or flush at
-  once when `max_batch_size` rows are pending.
-
-Because uvicorn parses every readable connection in one loop turn and the flush runs a
-turn later, concurrent requests coalesce without any timer in the common case.
+- when the previous batch held several requests *and* a model call is expensive, the
+  batcher waits for more, up to the smaller of `max_latency_ms` and the model's measured
+  cost per call (an EWMA): waiting longer than one call costs more latency than it can
+  save, and for a cheap model (a linear model answers in ~10 us) it would only leave the
+  connections idle (measured: a fixed 1 ms wait cut saturation throughput by a third);
+- a batch flushes at once when `max_batch_size` rows are pending.
 
 Native predict functions are cheap, GIL-bound numpy calls, so by default they run inline
 on the loop (a thread hop costs more than the prediction); `inline=False` moves them to a
@@ -22,6 +24,7 @@ data plane answers 503 with Retry-After instead of building an unbounded backlog
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +35,7 @@ class Overloaded(Exception):
 
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
+MIN_TIMER = 0.0002  # below this a timer costs more than it gathers: flush next turn
 
 
 class Batcher:
@@ -56,6 +60,7 @@ class Batcher:
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self._busy = False
         self._last_requests = 1
+        self._call_cost = 0.0  # EWMA of seconds per model call
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -66,9 +71,10 @@ class Batcher:
         n = x.shape[0]
         if self._rows + n > self.max_queue_rows and self._rows > 0:
             raise Overloaded(f"queue full ({self._rows} rows waiting)")
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # first use, or the server was restarted on a new event loop: start clean
+            self._loop, self._pending, self._rows, self._scheduled, self._busy = loop, [], 0, None, False
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         self._pending.append((x, fut))
         self._rows += n
@@ -79,8 +85,9 @@ class Batcher:
                         self._scheduled.cancel()  # a full batch does not wait for the timer
                     self._scheduled = loop.call_soon(self._flush)
             elif self._scheduled is None:
-                if self._last_requests > 1 and self.max_latency > 0:
-                    self._scheduled = loop.call_later(self.max_latency, self._flush)
+                wait = min(self.max_latency, self._call_cost) if self._last_requests > 1 else 0.0
+                if wait >= MIN_TIMER:
+                    self._scheduled = loop.call_later(wait, self._flush)
                 else:
                     self._scheduled = loop.call_soon(self._flush)
         return await fut
@@ -119,9 +126,12 @@ class Batcher:
             self._scheduled = self._loop.call_soon(self._flush)
 
     def _predict_many(self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> np.ndarray:
-        if len(items) == 1:
-            return self.predict(items[0][0])
-        return self.predict(np.concatenate([x for x, _ in items]))
+        t0 = time.perf_counter()
+        x = items[0][0] if len(items) == 1 else np.concatenate([x for x, _ in items])
+        out = self.predict(x)
+        cost = time.perf_counter() - t0
+        self._call_cost = cost if self._call_cost == 0.0 else 0.8 * self._call_cost + 0.2 * cost
+        return out
 
     def _run(self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]]) -> None:
         try:

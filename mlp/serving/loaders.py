@@ -106,8 +106,66 @@ def _load_sklearn(path: Path, proba: bool) -> NativeModel:
     if proba and hasattr(est, "predict_proba") and len(getattr(est, "classes_", ())) == 2:
         def positive(x: np.ndarray) -> np.ndarray:
             return np.asarray(est.predict_proba(x))[:, 1]
-        return NativeModel("sklearn", positive)
-    return NativeModel("sklearn", est.predict)
+        return NativeModel("sklearn", _linear_fast_path(est, positive, proba=True) or positive)
+    return NativeModel("sklearn", _linear_fast_path(est, est.predict, proba=False) or est.predict)
+
+
+def _linear_fast_path(est: Any, reference: Any, *, proba: bool) -> Any:
+    """The same answers as a fitted linear model's predict, without sklearn's per-call checks.
+
+    scikit-learn validates its input on every call (~100 us), which dominates a one-row
+    prediction; the data plane has already checked shape, dtype and finiteness. Only plain
+    linear classifiers and regressors qualify (a Pipeline or anything else keeps sklearn's
+    predict), and the fast path is used only if it reproduces sklearn exactly on probe rows.
+    Set MLP_SKLEARN_FAST_PATH=0 to turn it off.
+    """
+    import os
+
+    if os.environ.get("MLP_SKLEARN_FAST_PATH", "1") == "0":
+        return None
+    try:
+        from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge, RidgeClassifier, SGDClassifier
+        from sklearn.svm import LinearSVC
+    except ImportError:
+        return None
+    kind = type(est)
+    coef = getattr(est, "coef_", None)
+    intercept = getattr(est, "intercept_", None)
+    if coef is None or intercept is None or getattr(est, "n_features_in_", None) is None:
+        return None
+    coef_t = np.ascontiguousarray(np.asarray(coef, dtype=np.float64).T)
+    b = np.asarray(intercept, dtype=np.float64)
+    fn: Any = None
+    if kind in (LogisticRegression, RidgeClassifier, SGDClassifier, LinearSVC):
+        classes = np.asarray(est.classes_)
+        if proba:
+            if kind is not LogisticRegression or coef_t.shape[1] != 1:
+                return None
+
+            def fn(x: np.ndarray) -> np.ndarray:
+                return 1.0 / (1.0 + np.exp(-(x @ coef_t + b)[:, 0]))
+        elif coef_t.shape[1] == 1:
+            def fn(x: np.ndarray) -> np.ndarray:
+                return classes[((x @ coef_t + b)[:, 0] > 0).astype(np.intp)]
+        else:
+            def fn(x: np.ndarray) -> np.ndarray:
+                return classes[np.argmax(x @ coef_t + b, axis=1)]
+    elif kind in (LinearRegression, Ridge) and not proba:
+        def fn(x: np.ndarray) -> np.ndarray:
+            out = x @ coef_t + b
+            return out[:, 0] if coef_t.ndim == 2 and coef_t.shape[1] == 1 and np.ndim(coef) == 1 else out
+    if fn is None:
+        return None
+    rng = np.random.default_rng(0)
+    probe = np.vstack([np.zeros((1, est.n_features_in_)), rng.normal(0, 3, (64, est.n_features_in_))])
+    try:
+        if proba:
+            same = np.allclose(fn(probe), reference(probe), rtol=1e-9, atol=1e-12)
+        else:
+            same = np.array_equal(fn(probe), np.asarray(reference(probe)))
+    except Exception:
+        return None
+    return fn if same else None
 
 
 def _load_xgboost(path: Path, proba: bool) -> NativeModel:

@@ -1,0 +1,426 @@
+"""Serving throughput and latency: mlp's data plane versus KServe's own ModelServer, same run.
+
+What runs (each server in its own process, one at a time, on 127.0.0.1):
+  hello   a raw ASGI "hello world" under the same uvicorn (httptools + uvloop): the ceiling
+  mlp     the embedded runtime: iris LogisticRegression, canary split 90/10 (two loaded
+          versions), micro-batching, Prometheus metrics and the Parquet payload log ON
+  kserve  `kserve.ModelServer` (the kserve package, default settings, gRPC off, access log
+          off) serving the same joblib file through a `kserve.Model` subclass written the
+          way KServe's sklearn server is (joblib.load, predict on the decoded batch)
+
+For each model server and protocol (v1 `:predict`, v2 `/infer`), one request = one iris row:
+  saturation  closed loop, `--conns` keep-alive connections each sending back to back
+  70%         open loop at 70% of the measured saturation rate, latency measured from each
+              request's scheduled send time (no coordinated omission), like wrk2
+
+The load generator is a separate Python process (uvloop, raw sockets, pre-encoded
+requests, TCP_NODELAY). On a 2-core machine it shares the CPU with the server, so the hello
+world row is the honest ceiling of "this machine + this load generator". `wrk` is not used
+(it has no fixed-rate mode; wrk2 is not packaged); if it is on PATH, `--wrk` adds a wrk
+saturation run per row as a cross-check (apt-get install wrk).
+
+Usage:
+  .venv/bin/python benchmarks/serve.py                  # full table (~2 minutes)
+  .venv/bin/python benchmarks/serve.py --duration 3     # quicker, noisier
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROW = [6.8, 2.8, 4.8, 1.4]
+V1_BODY = json.dumps({"instances": [ROW]}).encode()
+V2_BODY = json.dumps({"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).encode()
+
+
+# --- servers (run in child processes) ------------------------------------------------------------
+
+
+def _serve_hello(port: int) -> None:
+    import uvicorn
+
+    body = b'{"predictions":[1]}'
+    start = {"type": "http.response.start", "status": 200,
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    done = {"type": "http.response.body", "body": body}
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        msg = await receive()
+        while msg.get("more_body"):
+            msg = await receive()
+        await send(start)
+        await send(done)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="off",
+                access_log=False, log_level="warning")
+
+
+def _serve_mlp(port: int, model_dir: str) -> None:
+    from mlp.serving.app import DataPlane
+    from mlp.serving.artifacts import sha256_file
+    from mlp.serving.runtime import Runtime
+    from mlp.serving.server import bind, serve
+    from mlp.serving.testing import deployment, route
+
+    m1, m2 = Path(model_dir) / "1" / "model.joblib", Path(model_dir) / "2" / "model.joblib"
+    state = tempfile.mkdtemp(prefix="mlp-bench-")
+    rt = Runtime(state, payload_log=True)
+    rt.apply(deployment("iris", [route(1, m1, sha256_file(m1), "stable", 90),
+                                 route(2, m2, sha256_file(m2), "canary", 10)], payload_rate=1.0,
+                            batching={"maxBatchSize": 32,
+                                      "maxLatencyMs": float(os.environ.get("MLP_BENCH_MAX_LATENCY_MS", "1"))}))
+    try:
+        serve(DataPlane(rt), bind("127.0.0.1", port))
+    finally:
+        rt.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _serve_kserve(port: int, model_dir: str) -> None:
+    import logging
+
+    import joblib
+    import kserve
+    import numpy as np
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+    class SKLearnModel(kserve.Model):  # the shape of kserve's sklearnserver.SKLearnModel
+        def __init__(self, name: str, path: str) -> None:
+            super().__init__(name)
+            self.path = path
+            self.model: Any = None
+
+        def load(self) -> bool:
+            self.model = joblib.load(self.path)
+            self.ready = True
+            return True
+
+        def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> Any:
+            if isinstance(payload, InferRequest):
+                x = payload.inputs[0].as_numpy()
+                out = np.asarray(self.model.predict(x))
+                return InferResponse(model_name=self.name, response_id=payload.id or "",
+                                     infer_outputs=[InferOutput(name="output-0", shape=list(out.shape),
+                                                                datatype="INT64", data=out)])
+            return {"predictions": self.model.predict(np.asarray(payload["instances"])).tolist()}
+
+    model = SKLearnModel("iris", str(Path(model_dir) / "1" / "model.joblib"))
+    model.load()
+    server = kserve.ModelServer(http_port=port, enable_grpc=False, workers=1)
+    for name in ("uvicorn.access", "kserve.trace"):
+        logging.getLogger(name).disabled = True
+    server.start([model])
+
+
+# --- load generator (child process) ----------------------------------------------------------------
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection, callback driven: no future or task per request.
+
+    `backlog` holds the intended send times of requests that are due but waiting for this
+    connection (open loop); in a closed loop the next request goes out as soon as the
+    previous answer is complete.
+    """
+
+    def __init__(self, stats: _Stats, request: bytes, closed_loop: bool) -> None:
+        self.buf = bytearray()
+        self.stats = stats
+        self.request = request
+        self.closed_loop = closed_loop
+        self.transport: Any = None
+        self.busy_since: float | None = None
+        self.backlog: collections.deque[float] = collections.deque()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, intended: float) -> None:
+        self.busy_since = intended
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).lower()
+            i = head.find(b"content-length:")
+            j = head.find(b"\r\n", i)
+            length = int(head[i + 15 : j if j > 0 else len(head)]) if i >= 0 else 0
+            total = end + 4 + length
+            if len(buf) < total:
+                return
+            del buf[:total]
+            now = time.perf_counter()
+            assert self.busy_since is not None
+            self.stats.record(int(head[9:12]), self.busy_since, now)
+            self.busy_since = None
+            if self.stats.done(now):
+                continue
+            if self.closed_loop:
+                self.send(now)
+            elif self.backlog:
+                self.send(self.backlog.popleft())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.busy_since is not None:
+            self.stats.record(0, self.busy_since, time.perf_counter())
+            self.busy_since = None
+
+
+class _Stats:
+    def __init__(self, t_measure: float, t_end: float) -> None:
+        self.t_measure = t_measure
+        self.t_end = t_end
+        self.lat: list[float] = []
+        self.codes: dict[int, int] = {}
+
+    def record(self, status: int, intended: float, now: float) -> None:
+        if intended >= self.t_measure and intended < self.t_end:
+            self.lat.append(now - intended)
+            self.codes[status] = self.codes.get(status, 0) + 1
+
+    def done(self, now: float) -> bool:
+        return now >= self.t_end
+
+
+async def _load(port: int, request: bytes, conns: int, duration: float, warmup: float, rate: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    t_start = time.perf_counter() + 0.2
+    stats = _Stats(t_start + warmup, t_start + warmup + duration)
+    protos: list[_Conn] = []
+    for _ in range(conns):
+        _, proto = await loop.create_connection(lambda: _Conn(stats, request, rate <= 0), "127.0.0.1", port)
+        protos.append(proto)
+    await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
+    if rate <= 0:
+        for p in protos:
+            p.send(time.perf_counter())
+    else:
+        # wrk2-style pacing: every tick, hand each request that is due (by its scheduled time)
+        # to an idle connection, or queue it on the least busy one.
+        sent = 0
+        rr = 0
+        while True:
+            now = time.perf_counter()
+            if now >= stats.t_end:
+                break
+            due = int((now - t_start) * rate)
+            while sent < due:
+                intended = t_start + sent / rate
+                p = protos[rr % conns]
+                rr += 1
+                if p.busy_since is None and not p.backlog:
+                    p.send(intended)
+                else:
+                    p.backlog.append(intended)
+                sent += 1
+            await asyncio.sleep(0.0005)
+    # let the answers of requests sent inside the window arrive (late ones count as late)
+    deadline = time.perf_counter() + 10
+    while any(p.busy_since is not None and p.busy_since < stats.t_end for p in protos) \
+            and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    for p in protos:
+        p.transport.close()
+    lat = sorted(stats.lat)
+    n = len(lat)
+    ok = stats.codes.get(200, 0)
+
+    def pct(q: float) -> float:
+        return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
+
+    return {"rps": n / duration, "ok_rps": ok / duration, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+            "n": n, "codes": {str(k): v for k, v in stats.codes.items()}}
+
+
+def _load_main(args: argparse.Namespace) -> None:
+    import uvloop
+
+    body = Path(args.body).read_bytes()
+    request = (f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    result = uvloop.run(_load(args.port, request, args.conns, args.duration, args.warmup, args.rate))
+    print(json.dumps(result))
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(kind: str, port: int, model_dir: str) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, __file__, "_serve", kind, str(port), model_dir],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not come up")
+
+
+def _check(port: int, path: str, body: bytes) -> str:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return r.read().decode()
+
+
+def _run_load(port: int, path: str, body_file: str, conns: int, duration: float, warmup: float,
+              rate: float = 0.0) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, "_load", "--port", str(port), "--path", path,
+                          "--body", body_file, "--conns", str(conns), "--duration", str(duration),
+                          "--warmup", str(warmup), "--rate", str(rate)],
+                         capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def _wrk(port: int, path: str, body: bytes, conns: int, duration: float) -> float | None:
+    if shutil.which("wrk") is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+                 'wrk.headers["Content-Type"] = "application/json"\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "-s", fh.name,
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
+    os.unlink(fh.name)
+    for line in out.stdout.splitlines():
+        if line.startswith("Requests/sec:"):
+            return float(line.split()[1])
+    return None
+
+
+def _train(folder: Path) -> None:
+    from mlp.serving.testing import train_iris
+
+    train_iris(folder / "1", 1.0)
+    train_iris(folder / "2", 10.0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="mlp vs kserve.ModelServer serving benchmark")
+    ap.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=1.5)
+    ap.add_argument("--conns", type=int, default=32, help="connections for the saturation runs")
+    ap.add_argument("--only", nargs="*", default=["hello", "mlp", "kserve"])
+    ap.add_argument("--wrk", action="store_true", help="also measure saturation with wrk (if installed)")
+    ap.add_argument("--json", help="write the raw results here")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="mlp-serve-bench-"))
+    _train(tmp)
+    (tmp / "v1.json").write_bytes(V1_BODY)
+    (tmp / "v2.json").write_bytes(V2_BODY)
+    rows: list[dict[str, Any]] = []
+    print(f"# {os.cpu_count()} CPUs; load generator: 1 Python process; {args.conns} connections; "
+          f"{args.duration:.0f}s measured after {args.warmup:.1f}s warm-up", file=sys.stderr)
+    plans = {
+        "hello": [("-", "/v1/models/iris:predict", "v1.json")],
+        "mlp": [("v1", "/v1/models/iris:predict", "v1.json"), ("v2", "/v2/models/iris/infer", "v2.json")],
+        "kserve": [("v1", "/v1/models/iris:predict", "v1.json"), ("v2", "/v2/models/iris/infer", "v2.json")],
+    }
+    try:
+        for kind in args.only:
+            port = _free_port()
+            proc = _start(kind, port, str(tmp))
+            try:
+                for proto, path, body_name in plans[kind]:
+                    body_file = str(tmp / body_name)
+                    if kind != "hello":
+                        print(f"# {kind} {proto} sample answer: {_check(port, path, (tmp / body_name).read_bytes())[:120]}",
+                              file=sys.stderr)
+                    sat = _run_load(port, path, body_file, args.conns, args.duration, args.warmup)
+                    row = {"server": kind, "protocol": proto, "load": "saturation", **sat}
+                    if args.wrk:
+                        row["wrk_rps"] = _wrk(port, path, (tmp / body_name).read_bytes(), args.conns, args.duration)
+                    rows.append(row)
+                    print(_fmt(row), file=sys.stderr)
+                    if kind == "hello":
+                        continue
+                    target = 0.7 * sat["ok_rps"]
+                    at70 = _run_load(port, path, body_file, args.conns, args.duration, args.warmup, rate=target)
+                    row70 = {"server": kind, "protocol": proto, "load": f"70% ({target:,.0f}/s)", **at70}
+                    rows.append(row70)
+                    print(_fmt(row70), file=sys.stderr)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(_table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def _fmt(r: dict[str, Any]) -> str:
+    return (f"  {r['server']:<7} {r['protocol']:<3} {r['load']:<20} {r['ok_rps']:>9,.0f} req/s  "
+            f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  codes {r['codes']}")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| server | protocol | load | requests/s (200) | p50 ms | p99 ms | non-200 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        bad = sum(v for k, v in r["codes"].items() if k != "200")
+        lines.append(f"| {r['server']} | {r['protocol']} | {r['load']} | {r['ok_rps']:,.0f} | {r['p50_ms']:.2f} | "
+                     f"{r['p99_ms']:.2f} | {bad} |")
+    sat = {(r["server"], r["protocol"]): r["ok_rps"] for r in rows if r["load"] == "saturation"}
+    for proto in ("v1", "v2"):
+        if ("mlp", proto) in sat and ("kserve", proto) in sat and sat[("kserve", proto)]:
+            lines.append(f"\nmlp / kserve throughput at saturation, {proto}: "
+                         f"{sat[('mlp', proto)] / sat[('kserve', proto)]:.2f}x")
+    if ("hello", "-") in sat and ("mlp", "v1") in sat:
+        lines.append(f"mlp v1 / hello-world ceiling: {sat[('mlp', 'v1')] / sat[('hello', '-')]:.0%}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        kind, port, model_dir = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+        {"hello": lambda: _serve_hello(port), "mlp": lambda: _serve_mlp(port, model_dir),
+         "kserve": lambda: _serve_kserve(port, model_dir)}[kind]()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
+        p = argparse.ArgumentParser()
+        p.add_argument("_cmd")
+        p.add_argument("--port", type=int)
+        p.add_argument("--path")
+        p.add_argument("--body")
+        p.add_argument("--conns", type=int)
+        p.add_argument("--duration", type=float)
+        p.add_argument("--warmup", type=float)
+        p.add_argument("--rate", type=float)
+        _load_main(p.parse_args())
+    else:
+        main()
