@@ -57,10 +57,6 @@ def _safe() -> YAML:
     return YAML(typ="safe", pure=False)
 
 
-def _rt() -> YAML:
-    return YAML(typ="rt")
-
-
 def decode(data: bytes) -> str:
     """Decode UTF-8 spec text, refusing binary files with the position of the first bad byte."""
     nul = data.find(b"\0")
@@ -318,7 +314,14 @@ def parse(data: bytes) -> list[Any]:
 
 
 class Locator:
-    """Maps (file, document, key path) to 1-based line and column, parsing each file once."""
+    """Maps (file, document, key path) to 1-based line and column, composing each file once.
+
+    Only files with a problem are composed again, and only to the node tree (libyaml's
+    marks), never constructed: a repository where every file has an error still costs
+    about what loading it did. A key path points at the key of a mapping entry and at the
+    item of a sequence; where the path leaves the text (a missing field), at the last node
+    it reached.
+    """
 
     def __init__(self, files: dict[str, bytes]) -> None:
         self._files = files
@@ -327,43 +330,45 @@ class Locator:
     def _documents(self, path: str) -> list[Any]:
         if path not in self._docs:
             try:
-                self._docs[path] = list(_rt().load_all(decode(self._files[path])))
-            except Exception:
+                self._docs[path] = _compose_all(decode(self._files[path]))
+            except Exception:  # positions are best effort; the problem is reported regardless
                 self._docs[path] = []
         return self._docs[path]
 
     def locate(self, path: str, doc: int, loc: Loc) -> tuple[int, int]:
         docs = self._documents(path) if path in self._files else []
-        if doc >= len(docs):
+        if not 0 <= doc < len(docs) or docs[doc] is None:
             return 1, 1
         node = docs[doc]
-        line, col = _start(node)
+        mark = node.start_mark
         for part in loc:
-            lc = getattr(node, "lc", None)
-            if lc is None:
-                break
-            try:
-                if isinstance(part, int) and isinstance(node, list):
-                    if not 0 <= part < len(node):
-                        break
-                    line, col = lc.item(part)
-                    node = node[part]
-                elif isinstance(node, dict) and part in node:
-                    line, col = lc.key(part)
-                    node = node[part]
-                else:
+            if isinstance(node, MappingNode):
+                wanted = part if isinstance(part, str) else str(part)
+                entry = next(((k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == wanted), None)
+                if entry is None:
                     break
-            except (KeyError, IndexError, TypeError):
+                mark, node = entry[0].start_mark, entry[1]
+            elif isinstance(node, SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+                node = node.value[part]
+                mark = node.start_mark
+            else:
                 break
-            line, col = line + 1, col + 1
-        return line, col
+        return mark.line + 1, mark.column + 1
 
     def document_start(self, path: str, doc: int) -> tuple[int, int]:
         return self.locate(path, doc, ())
 
 
-def _start(node: Any) -> tuple[int, int]:
-    lc = getattr(node, "lc", None)
-    if lc is None or lc.line is None:
-        return 1, 1
-    return lc.line + 1, lc.col + 1
+def _compose_all(text: str) -> list[Node | None]:
+    """Node trees (with marks) of every document; the same guards as `parse` come first."""
+    _check_depth(text)
+    if CParser is None or "%YAML" in text:
+        return list(_safe().compose_all(text))
+    composer = _Composer(text)
+    try:
+        docs = []
+        while composer.check_node():
+            docs.append(composer.get_node())
+        return docs
+    finally:
+        composer.dispose()
