@@ -40,8 +40,9 @@ log = logging.getLogger("mlp.webhooks")
 VALIDATE_CONTEXT = "mlp/validate"
 GOVERNANCE_CONTEXT = "mlp/governance"
 GOVERNANCE_MARKER = "<!-- mlp:governance -->"
+WEBHOOK_REASON = "webhook"
 
-ReconcileTrigger = Callable[[str, str], None]  # (environment, reason)
+ReconcileTrigger = Callable[[str, str], None]  # (environment, reason), e.g. Controller.trigger
 
 
 class AuditSink(Protocol):
@@ -169,8 +170,11 @@ class PullRequestFlow:
         if not envs:
             log.info("push to %s tracks no environment; ignored", event.ref)
         for env in envs:
+            log.info("push %s to %s: reconcile %s", event.after[:12], event.ref, env)
             if self.trigger is not None:
-                self.trigger(env, f"webhook: push {event.after[:12]} to {event.ref}")
+                # "webhook" is the controller's reason for this trigger (not "manual": the
+                # environment's sync policy and windows still apply).
+                self.trigger(env, WEBHOOK_REASON)
         return envs
 
     # --- pull requests --------------------------------------------------------------------
