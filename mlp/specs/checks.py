@@ -153,7 +153,8 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                     have = ", ".join(str(v.version) for v in model.spec.versions)
                     yield _at(specs, "Environment", name, loc,
                               f"{label} {number} of model {model_name!r} does not exist (versions: {have})")
-                elif kubernetes and _scheme(version.uri) not in REMOTE_URI_SCHEMES:
+                elif kubernetes and _scheme(version.uri) not in REMOTE_URI_SCHEMES and not uri_problem(version.uri):
+                    # (a URI refused by policy is already reported on the model, once)
                     yield _at(specs, "Environment", name, loc,
                               f"{label} {number} of model {model_name!r} has a local artifact URI "
                               f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
