@@ -209,7 +209,9 @@ CASES: list[Case] = [
     Case("uri-double-encoded", replace(MODEL, V1_URI, "s3://models/iris/%252e%252e/x/model.joblib"), MODEL,
          "x/model.joblib", "path traversal"),
     Case("uri-scheme", replace(MODEL, V1_URI, "ftp://models/iris/1/model.joblib"), MODEL, "ftp://",
-         "uses ftp://", errors=None),
+         "uses ftp://"),
+    Case("uri-local-for-kubernetes", replace(MODEL, V1_URI, "file:///models/iris/1/model.joblib"), PROD,
+         "      version: 1", "has a local artifact URI", errors=2),  # prod and staging deploy v1 on kubernetes
     Case("uri-credentials", replace(MODEL, V1_URI, "https://user:pw@models.example/iris/1/model.joblib"), MODEL,
          "user:pw@", "embeds credentials"),
     Case("production-without-approvals", replace(PROD, '  approvals: {required: 1, from: ["team:leads"]}\n', ""),
