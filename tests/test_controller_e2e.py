@@ -54,21 +54,36 @@ class Recorder(threading.Thread):
         self.store, self.env = store, env
         self.seen: list[tuple[str, str, str]] = []
         self.halt = threading.Event()
+        self.polls = 0
+        self.errors: list[str] = []
 
     def run(self) -> None:
         while not self.halt.is_set():
-            st = self.store.load(self.env, details=False)
+            try:
+                st = self.store.load(self.env, details=False)
+            except Exception as exc:  # keep polling, but remember: a test failure will show it
+                self.errors.append(repr(exc))
+                time.sleep(0.01)
+                continue
             if st is not None:
                 state = (st.sync_status, st.health, (st.revision or "")[:12])
                 if not self.seen or self.seen[-1] != state:
                     self.seen.append(state)
+            self.polls += 1
+            time.sleep(0.01)
+
+    def catch_up(self) -> None:
+        """Let the recorder poll at least twice more, so it has seen what the test just saw."""
+        n = self.polls
+        deadline = time.monotonic() + 5
+        while self.polls < n + 2 and time.monotonic() < deadline:
             time.sleep(0.01)
 
     def since(self, mark: int) -> list[tuple[str, str]]:
         return [(s, h) for s, h, _ in self.seen[mark:]]
 
 
-def _kube_target() -> tuple[Target, Callable[[], None]] | None:
+def _kube_target(tmp_path: Path) -> tuple[Target, Callable[[], None]] | None:
     """A KubernetesTarget on the stand-in API server (or MLP_TEST_KUBECONFIG), if this checkout has them."""
     try:
         from mlp.targets.kubernetes import KubernetesTarget
@@ -78,19 +93,20 @@ def _kube_target() -> tuple[Target, Callable[[], None]] | None:
     if real:
         return KubernetesTarget.from_kubeconfig(real), lambda: None
     try:
-        from standins.kube_apiserver import start_standin  # type: ignore[import-not-found]
+        from standins import kube_apiserver as standin  # type: ignore[import-not-found]
     except ImportError:
         return None
-    server = start_standin()
-    return KubernetesTarget.from_kubeconfig(str(server.kubeconfig)), server.stop
+    api = standin.KubeApiServer(namespaces=("default", NS), prometheus_operator=True).start()
+    kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig", api.url)
+    return KubernetesTarget.from_kubeconfig(str(kubeconfig)), api.stop
 
 
 @pytest.fixture(params=["kubernetes", "memory"])
-def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "memory":
         yield MemoryTarget()
         return
-    made = _kube_target()
+    made = _kube_target(tmp_path)
     if made is None:
         pytest.skip("no kubernetes target/stand-in in this checkout")
     tgt, stop = made
@@ -157,7 +173,8 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         first = repo.head.commit.hexsha
         assert status().synced_revision == first
         assert "iris/2/" in _storage_uri(_live(target, "InferenceService", "iris"))  # the canary's artifact
-        assert rec.since(0)[-1][0] == "Synced"
+        rec.catch_up()
+        assert rec.seen and rec.since(0)[-1][0] == "Synced", rec.errors
 
         # 2. A new model version: picked up and applied within one interval.
         add_iris_version(repo, 3)
@@ -170,7 +187,8 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         st = status()
         assert [m.served_version for m in st.models if m.model == "iris"] == [3]
         assert st.sync_status == "Synced" and st.errors == []
-        assert rec.since(mark)[-1][0] == "Synced"
+        rec.catch_up()
+        assert rec.since(mark) and rec.since(mark)[-1][0] == "Synced", (mark, rec.seen, rec.errors)
 
         # 3. An invalid spec: refused, Degraded with located errors, old state keeps serving.
         before = _live(target, "InferenceService", "iris")
@@ -184,7 +202,8 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         assert [m.served_version for m in st.models if m.model == "iris"] == [3]
         after = _live(target, "InferenceService", "iris")
         assert after is not None and before is not None and after["spec"] == before["spec"]
-        assert ("Unknown", "Degraded") in rec.since(mark)
+        rec.catch_up()
+        assert ("Unknown", "Degraded") in rec.since(mark), (mark, rec.seen)
 
         # 4. A revert commit heals it.
         mark = len(rec.seen)
@@ -193,6 +212,7 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         _wait(lambda: status().synced_revision == fixed, INTERVAL * 3 + 5, "revert synced")
         st = status()
         assert st.sync_status == "Synced" and st.health != "Degraded" and st.errors == []
+        rec.catch_up()
         assert rec.since(mark)[-1][0] == "Synced" and all(h != "Degraded" for _, h in rec.since(mark)[1:])
 
         # 5. A hand edit is reverted by self-heal within one interval.
@@ -217,6 +237,7 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         st = status()
         iris = next(o for o in st.objects if o.ref.startswith("InferenceService/") and o.name == "iris")
         assert iris.sync_status == "OutOfSync" and iris.message.startswith("drift")
+        rec.catch_up()
         assert ("OutOfSync", st.health) in rec.since(mark)
     finally:
         ctl.stop()

@@ -25,6 +25,7 @@ the policy says about automation and windows.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ from mlp.controller.windows import sync_allowed
 from mlp.plan.core import Action, Plan, PlanItem, PlanRefused, make_plan
 from mlp.plan.execute import execute
 from mlp.plan.health import HealthStatus, assess, worst
+from mlp.render.stamp import canonical_json
 from mlp.sources.base import Snapshot
 from mlp.specs import LoadResult, SpecSet, load
 from mlp.specs.models import Deployment, Environment
@@ -120,6 +122,16 @@ def _describe(action: Action, ref: ObjectRef) -> str:
     return f"{action.value.upper()} {ref}"
 
 
+def _fingerprint(live: list[Manifest]) -> str:
+    """Identity of a set of live objects: their resourceVersions, or their content when a target has none."""
+    digest = hashlib.sha256()
+    for obj in sorted(live, key=lambda o: str(ObjectRef.of(o))):
+        meta = obj.get("metadata") or {}
+        rv = meta.get("resourceVersion")
+        digest.update(f"{ObjectRef.of(obj)}={rv}\n".encode() if rv else canonical_json(obj).encode())
+    return digest.hexdigest()
+
+
 def described_changes(items: Iterable[PlanItem]) -> list[str]:
     return [_describe(i.action, i.ref) for i in items]
 
@@ -149,6 +161,7 @@ class Reconciler:
         self._loaded: OrderedDict[str, tuple[Snapshot, LoadResult]] = OrderedDict()
         self._rendered: OrderedDict[tuple[str, str], list[Manifest]] = OrderedDict()
         self._env_locks: dict[str, threading.Lock] = {}
+        self._in_sync: dict[str, tuple[str, str, str | None]] = {}  # env -> (revision, live fingerprint, source error)
 
     # --- sources and caches ------------------------------------------------------------------
 
@@ -262,6 +275,14 @@ class Reconciler:
             live = target.list_owned(env)
         except TargetError as exc:
             return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
+        # Fast path for the common idle case: same revision, same live objects (by resourceVersion)
+        # as the last step that found everything in sync -> still in sync; planning 1,000 objects
+        # again would cost most of an idle controller's CPU.
+        fingerprint = (rev, _fingerprint(live), self.source.last_error)
+        if not manual and self._in_sync.get(env) == fingerprint and self.store.intent(env) is None:
+            self.store.touch(env)
+            return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
+        self._in_sync.pop(env, None)
         try:
             plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (PlanRefused, ValueError) as exc:
@@ -454,5 +475,7 @@ class Reconciler:
             self.metrics.set_objects(status.env, [(o.sync_status, o.health) for o in objects])
             if in_sync:
                 self.metrics.last_sync.labels(status.env).set(now)
+        if in_sync:
+            self._in_sync[status.env] = (rev, _fingerprint(live), self.source.last_error)
         outcome = APPLIED if applied else (SYNCED_OUTCOME if in_sync else OUT_OF_SYNC_OUTCOME)
         return StepResult(status.env, outcome, rev, message=status.message)

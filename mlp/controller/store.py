@@ -300,6 +300,11 @@ class StateStore(_Db):
                 [(status.env, m.model, m.served_version, json.dumps(m.traffic)) for m in status.models],
             )
 
+    def touch(self, env: str) -> None:
+        """Mark an environment's status as checked now without rewriting it."""
+        with self.tx() as conn:
+            conn.execute("UPDATE environments SET updated_at = ? WHERE env = ?", (time.time(), env))
+
     def environments(self) -> list[str]:
         return [r["env"] for r in self.query("SELECT env FROM environments ORDER BY env")]
 
