@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from mlp.specs import Diagnostic
+
+
+def _workspace_relative(diagnostics: list[Diagnostic], path: Path) -> list[Diagnostic]:
+    """Paths as the CI workspace (the current directory) sees them.
+
+    GitHub and GitLab resolve annotation paths against the checkout root; when the platform
+    repository is a subfolder (`mlp validate platform/`), `specs/x.yaml` must become
+    `platform/specs/x.yaml` or the annotation lands on no file. Left as they are when PATH is
+    the current directory or outside it.
+    """
+    try:
+        prefix = path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return diagnostics
+    if prefix in ("", "."):
+        return diagnostics
+    return [dataclasses.replace(d, path=f"{prefix}/{d.path}") for d in diagnostics]
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "gitlab"]), default="text",
-              show_default=True, help="text for people; json for scripts; github/gitlab for CI annotations.")
+              show_default=True,
+              help="text for people; json for scripts; github/gitlab for CI annotations (their paths are "
+                   "relative to the current directory, the CI workspace).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the report to a file (e.g. gl-code-quality-report.json) instead of stdout.")
 def validate(path: Path, fmt: str, output: Path | None) -> None:
@@ -58,9 +82,9 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
     elif fmt == "json":
         text = report.as_json(result.diagnostics, len(spec_files), docs)
     elif fmt == "github":
-        text = report.as_github(result.diagnostics)
+        text = report.as_github(_workspace_relative(result.diagnostics, path))
     else:
-        text = report.as_gitlab(result.diagnostics)
+        text = report.as_gitlab(_workspace_relative(result.diagnostics, path))
     if output is not None:
         try:
             output.write_text(text + "\n", encoding="utf-8")
