@@ -236,3 +236,19 @@ def test_gitlab_fingerprints_unique_and_stable() -> None:
     assert len(set(first)) == 2
     moved = [Diagnostic(d.path, d.line + 10, d.col, d.kind, d.name, d.message, d.rule) for d in same]
     assert [i["fingerprint"] for i in json.loads(report_module.as_gitlab(moved))] == first
+
+
+def test_ci_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
+    """`mlp validate platform/` in a checkout: annotations must name platform/specs/..., not specs/..."""
+    root = tmp_path / "platform"
+    shutil.copytree(BASE, root)
+    edit(root, "environments/prod.yaml", "team:leads", "team:leeds")
+    github = subprocess.run([*MLP, "validate", "platform", "--format", "github"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=30)
+    assert github.stdout.startswith("::error file=platform/environments/prod.yaml,line=10,col=35,"), github.stdout
+    gitlab = subprocess.run([*MLP, "validate", "platform/", "--format", "gitlab"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=30)
+    assert [i["location"]["path"] for i in json.loads(gitlab.stdout)] == ["platform/environments/prod.yaml"]
+    inside = subprocess.run([*MLP, "validate", "--format", "github"], capture_output=True, text=True, cwd=root,
+                            timeout=30)
+    assert inside.stdout.startswith("::error file=environments/prod.yaml,line=10,"), inside.stdout
