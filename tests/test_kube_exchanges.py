@@ -461,3 +461,19 @@ def test_associative_list_items_merge_by_key_and_dropped_items_go(http: httpx.Cl
     containers = {c["name"]: c for c in after["spec"]["template"]["spec"]["containers"]}
     assert [e["name"] for e in containers["main"]["env"]] == ["A"]  # mlp dropped B: gone
     assert "sidecar" in containers  # not mlp's: kept
+
+
+def test_message_admission_webhook_is_not_mistaken_for_rbac() -> None:
+    for code, reason in ((403, "Forbidden"), (400, None)):
+        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": code,
+                "message": 'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the '
+                           "request: exactly one of [sklearn, xgboost] must be specified in predictor"}
+        if reason:
+            body["reason"] = reason
+        err = error_from_response(code, json.dumps(body).encode(), "application/json", ref=ISVC, verb="apply",
+                                  server="https://10.0.0.1:6443")
+        assert str(err) == (
+            'InferenceService/ml-staging/churn rejected by admission webhook '
+            '"inferenceservice.kserve-webhook-server.validator": exactly one of [sklearn, xgboost] must be '
+            "specified in predictor"
+        )

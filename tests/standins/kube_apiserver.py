@@ -1428,8 +1428,10 @@ class KubeApiServer:
     def _admit(self, res: Resource, obj: Obj) -> None:
         for kind, hook, message in self.webhook_rejections:
             if kind == res.kind:
+                # what a controller-runtime validating webhook (KServe's) answers with `Denied`:
+                # the API server prefixes the webhook's message, and keeps its code 403 / Forbidden
                 msg = f'admission webhook "{hook}" denied the request: {message}'
-                raise ApiError(400, status_body(400, "BadRequest", msg))
+                raise ApiError(403, status_body(403, "Forbidden", msg))
 
 
 def _update_fields(old: Any, new: Any, schema: Schema, path: Path_ = ()) -> set[Path_]:
