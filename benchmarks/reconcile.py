@@ -79,6 +79,15 @@ spec:
     return Snapshot(revision="bench", files=files)
 
 
+def fields_v1(value: Any) -> dict[str, Any]:
+    """The `fieldsV1` tree server-side apply records for a manager that applied `value`."""
+    if isinstance(value, dict):
+        return {f"f:{k}": fields_v1(v) for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(i, dict) and "name" in i for i in value):
+        return {f'k:{{"name":{json.dumps(i["name"])}}}': {".": {}, **fields_v1(i)} for i in value}
+    return {}
+
+
 def as_live(obj: dict[str, Any], i: int) -> dict[str, Any]:
     """What the API server returns for an applied object: bookkeeping, defaults, status."""
     live = copy.deepcopy(obj)
@@ -86,7 +95,9 @@ def as_live(obj: dict[str, Any], i: int) -> dict[str, Any]:
     meta.update(uid=f"uid-{i}", resourceVersion=str(1000 + i), generation=1,
                 creationTimestamp="2026-01-01T00:00:00Z",
                 managedFields=[{"manager": "mlp", "operation": "Apply", "apiVersion": obj["apiVersion"],
-                                "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}])
+                                "fieldsType": "FieldsV1",
+                                "fieldsV1": fields_v1({k: v for k, v in obj.items()
+                                                       if k not in ("apiVersion", "kind")})}])
     if live["kind"] == "InferenceService":
         live["spec"]["predictor"]["model"].setdefault("name", "kserve-container")
         live["status"] = {"conditions": [{"type": "Ready", "status": "True"},

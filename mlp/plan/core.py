@@ -249,22 +249,27 @@ def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff
                 out.append(FieldDiff(f"{path}[{json.dumps(value)}]", value, MISSING))
 
 
-def removed_fields(desired: Manifest, live: Manifest, manager: str = FIELD_MANAGER) -> list[FieldDiff]:
+def removed_fields(desired: Manifest, live: Manifest, manager: str = FIELD_MANAGER, *,
+                   normalized: tuple[Manifest, Manifest] | None = None) -> list[FieldDiff]:
     """Fields `manager` owns on the live object (server-side apply `managedFields`) that the
     desired object no longer sets: applying it will remove them."""
-    want, have = normalize(desired), normalize(live)
+    entries = [e for e in (live.get("metadata") or {}).get("managedFields") or []
+               if isinstance(e, dict) and e.get("manager") == manager and e.get("operation") == "Apply"]
+    if not entries:
+        return []
+    want, have = normalized or (normalize(desired), normalize(live))
     out: list[FieldDiff] = []
-    for entry in (live.get("metadata") or {}).get("managedFields") or []:
-        if isinstance(entry, dict) and entry.get("manager") == manager and entry.get("operation") == "Apply":
-            _removals(entry.get("fieldsV1") or {}, have, want, "", out)
+    for entry in entries:
+        _removals(entry.get("fieldsV1") or {}, have, want, "", out)
     return out
 
 
 def compare(desired: Manifest, live: Manifest) -> tuple[Manifest, Manifest, list[FieldDiff]]:
     """(normalized desired, live projected onto it, field diffs including removals)."""
     want = normalize(desired)
-    have = project(normalize(live), want)
-    return want, have, diff_fields(have, want) + removed_fields(desired, live)
+    full = normalize(live)
+    have = project(full, want)
+    return want, have, diff_fields(have, want) + removed_fields(desired, live, normalized=(want, full))
 
 
 # --- the plan --------------------------------------------------------------------------------
