@@ -51,6 +51,16 @@ import click
     help="Larger deliveries are refused with 413 before their body is read.",
 )
 @click.option("--details-url", default=None, help="Link shown on the commit statuses (e.g. the mlp dashboard).")
+@click.option(
+    "--git-token-env", default=None, help="Variable holding an HTTPS token for fetching a private --repo URL."
+)
+@click.option("--git-token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding that token.")
+@click.option(
+    "--git-username",
+    default="x-access-token",
+    show_default=True,
+    help="User name sent with the token (GitLab: oauth2).",
+)
 def webhooks(
     repo: str,
     host: str,
@@ -64,6 +74,9 @@ def webhooks(
     gitlab_api_token_file: Path | None,
     max_body_bytes: int,
     details_url: str | None,
+    git_token_env: str | None,
+    git_token_file: Path | None,
+    git_username: str,
 ) -> None:
     """Serve /webhooks/github and /webhooks/gitlab.
 
@@ -80,6 +93,7 @@ def webhooks(
     """
     import uvicorn
 
+    from mlp.sources.git import GitAuth
     from mlp.webhooks.prcheck import WorkspaceError
     from mlp.webhooks.service import (
         GITHUB_API_TOKEN_ENVS,
@@ -104,6 +118,7 @@ def webhooks(
             gitlab_api_token=read_secret(GITLAB_API_TOKEN_ENVS, gitlab_api_token_file),
             max_body_bytes=max_body_bytes,
             details_url=details_url,
+            git_auth=GitAuth(token_env=git_token_env, token_file=git_token_file, username=git_username),
         )
     except ConfigError as exc:
         click.echo(f"error: {exc}", err=True)

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlp.sources.git import GitAuth
 from mlp.webhooks.flow import AuditSink, ControllerAudit, PullRequestFlow, ReconcileTrigger, request_sync_trigger
 from mlp.webhooks.github import GitHubClient
 from mlp.webhooks.gitlab import GitLabClient
@@ -58,6 +59,7 @@ class ServiceConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     workers: int = 2
     details_url: str | None = None
+    git_auth: GitAuth | None = None  # credentials for cloning/fetching a private --repo URL
 
 
 def build_receiver(
@@ -71,7 +73,7 @@ def build_receiver(
         hosts["gitlab"] = GitLabClient(config.gitlab_api_token, config.gitlab_api_url or "https://gitlab.com/api/v4")
     state = str(config.state_dir)
     flow = PullRequestFlow(
-        Workspace(config.repo, config.state_dir / "webhooks"),
+        Workspace(config.repo, config.state_dir / "webhooks", auth=config.git_auth),
         hosts,
         trigger=trigger or request_sync_trigger(state),
         audit=audit or ControllerAudit(state),
