@@ -374,3 +374,69 @@ def test_a_field_dropped_from_the_repository_is_removed(repo: Path, cluster: Clu
     assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
     assert "scaleTarget" not in cluster.get(f"{ISVC_PATH}/iris")["spec"]["predictor"]
     assert mlp("diff", "--env", "staging", "--repo", str(repo), cluster=cluster).exit_code == 0
+
+
+def test_local_environment_apply_then_diff(tmp_path: Path) -> None:
+    """A `local` environment goes through the serving helper's LocalTarget (the embedded runtime's state)."""
+    pytest.importorskip("mlp.targets.local", reason="the local target is not installed")
+    import hashlib
+
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = load_iris(return_X_y=True)
+    versions = ""
+    for version, c in ((1, 1.0), (2, 10.0)):
+        path = tmp_path / f"iris-{version}.joblib"
+        joblib.dump(LogisticRegression(C=c, max_iter=500).fit(X, y), path)
+        digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        versions += f"    - {{version: {version}, uri: '{path.as_uri()}', digest: '{digest}'}}\n"
+    repo = tmp_path / "repo"
+    (repo / "specs").mkdir(parents=True)
+    (repo / "environments").mkdir()
+    inputs = ", ".join(f"{{name: {n}, type: float}}" for n in ("sl", "sw", "pl", "pw"))
+    (repo / "specs" / "iris.yaml").write_text(
+        "apiVersion: mlp.dev/v1\nkind: Model\nmetadata: {name: iris}\nspec:\n  framework: sklearn\n"
+        f"  signature:\n    inputs: [{inputs}]\n    outputs: [{{name: species, type: int}}]\n"
+        f"  versions:\n{versions}")
+    env_file = repo / "environments" / "dev.yaml"
+    env_file.write_text("apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n"
+                        "  target: {kind: local}\n  deployments:\n"
+                        "    iris: {version: 1, canary: {version: 2, steps: [20, 100]}}\n")
+    state = ["--repo", str(repo), "--state-dir", str(tmp_path / "state")]
+    assert mlp("diff", "--env", "dev", *state).exit_code == 1
+    res = mlp("apply", "--env", "dev", "--yes", *state)
+    assert res.exit_code == 0, res.output
+    assert "create ModelDeployment/local/iris ... created" in res.output
+    assert mlp("diff", "--env", "dev", *state).exit_code == 0  # a fresh runtime restored from the state folder
+    env_file.write_text(env_file.read_text().replace("steps: [20, 100]", "steps: [20, 100], traffic: 100"))
+    diff = mlp("diff", "--env", "dev", "--format", "json", *state)
+    assert diff.exit_code == 1
+    (item,) = [i for i in json.loads(diff.output)["items"] if i["action"] == "update"]
+    assert {"path": "spec.routes[0].weight", "op": "change", "old": 80, "new": 0} in item["diffs"]
+
+
+def test_prune_with_foreground_deletion_pending(repo: Path, tmp_path: Path) -> None:
+    """Until the garbage collector runs, a pruned object stays with deletionTimestamp: it is
+    neither deleted again nor reported as a change."""
+    _require_target()
+    if REAL:
+        pytest.skip("needs the stand-in's manual garbage collector")
+    from standins.kube_apiserver import KubeApiServer, write_kubeconfig
+
+    with KubeApiServer(prometheus_operator=True, auto_gc=False) as api:
+        cluster = Cluster(write_kubeconfig(tmp_path / "kc", api.url), api)
+        assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
+        env_file = repo / "environments" / "staging.yaml"
+        text = env_file.read_text()
+        env_file.write_text(text[: text.index("    breast-cancer:")])
+        assert mlp("apply", "--env", "staging", "--repo", str(repo), "--prune", "--yes", cluster=cluster).exit_code == 0
+        pending = cluster.get(f"{ISVC_PATH}/breast-cancer")
+        assert pending["metadata"].get("deletionTimestamp") and "foregroundDeletion" in pending["metadata"]["finalizers"]
+        cluster.clear()
+        again = mlp("apply", "--env", "staging", "--repo", str(repo), "--prune", "--yes", cluster=cluster)
+        assert again.exit_code == 0 and "No changes." in again.output
+        assert cluster.writes() == []
+        api.collect_garbage()
+        assert cluster._http("GET", f"{ISVC_PATH}/breast-cancer").status_code == 404
