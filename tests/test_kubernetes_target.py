@@ -647,3 +647,13 @@ def test_a_server_that_never_answers_times_out_in_one_line(tmp_path: Path) -> No
             t.apply(configmap("cfg", "ml-staging"))
         assert str(err.value) == f"cannot reach the Kubernetes API server at {url}: timed out"
         assert time.monotonic() - started < 3
+
+
+def test_get_of_a_kind_that_is_not_served_is_an_error_not_none(cluster: Cluster) -> None:
+    api = cluster.standin("a cluster without the Prometheus Operator CRDs")
+    assert api.resource("monitoring.coreos.com", "v1", "servicemonitors") is None
+    t = cluster.target()
+    with pytest.raises(TargetError, match="^Prometheus Operator is not installed: monitoring.coreos.com/v1 "
+                                          "ServiceMonitor not found$"):
+        t.get(ObjectRef("monitoring.coreos.com/v1", "ServiceMonitor", cluster.namespace, "x"))
+    t.delete(ObjectRef("monitoring.coreos.com/v1", "ServiceMonitor", cluster.namespace, "x"))  # nothing to delete

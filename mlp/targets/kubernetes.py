@@ -142,6 +142,15 @@ def _parse_status(body: bytes, content_type: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("kind") == "Status" else None
 
 
+def _not_served(status: int, body: bytes, content_type: str) -> bool:
+    """A 404 that means the resource type is not served (no CRD), not that an object is missing:
+    the mux's plain-text `404 page not found`, or the Status for an unknown resource of a known group."""
+    if status != 404:
+        return False
+    st = _parse_status(body, content_type)
+    return st is None or st.get("message") == "the server could not find the requested resource"
+
+
 _WEBHOOK = re.compile(r'admission webhook "(?P<hook>[^"]+)" denied the request:?\s*(?P<msg>.*)', re.S)
 _POLICY = re.compile(r"ValidatingAdmissionPolicy '(?P<hook>[^']+)'.*?denied request:?\s*(?P<msg>.*)", re.S)
 _RBAC = re.compile(
@@ -186,8 +195,7 @@ def error_from_response(
             return err(f'forbidden by RBAC: user "{m.group("user")}" cannot {m.group("verb")} {resource}{scope}')
         return err(f"forbidden: {message or 'the API server refused to ' + verb + ' ' + what}")
     if status == 404:
-        served = st is not None and message != "the server could not find the requested resource"
-        if not served:
+        if _not_served(status, body, content_type):
             group = ref.api_version.rpartition("/")[0]
             product = CRD_PRODUCTS.get(group)
             if product:
@@ -416,7 +424,7 @@ class KubernetesTarget:
             if token:
                 query["continue"] = token
             status, ctype, body = self._request("list", "GET", info.collection(self.namespace), query, ref=ref)
-            if status == 404 and _parse_status(body, ctype) is None and not raise_missing:
+            if _not_served(status, body, ctype) and not raise_missing:
                 return []  # the kind is not served (CRD not installed): nothing of it can exist
             if status == 410 and token and not restarted:
                 # the continue token outlived etcd's compaction: start one fresh, consistent list
@@ -493,7 +501,7 @@ class KubernetesTarget:
         namespace = self._namespace_for(info, ref)
         ref = ObjectRef(ref.api_version, ref.kind, namespace, ref.name)
         status, ctype, raw = self._request("get", "GET", info.item(namespace, ref.name), {}, ref=ref)
-        if status == 404 and _parse_status(raw, ctype) is not None:
+        if status == 404 and not _not_served(status, raw, ctype):
             return None
         if status != 200:
             raise error_from_response(status, raw, ctype, ref=ref, verb="get", server=self.server)
