@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import hmac
 import itertools
@@ -90,8 +91,8 @@ class Repo:
     comments: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
 
-    @property
-    def git(self) -> git.Repo:
+    @functools.cached_property
+    def git(self) -> git.Repo:  # one Repo object: each one keeps its own git cat-file processes
         return git.Repo(self.git_dir)
 
     def sha(self, ref: str) -> str:

@@ -15,6 +15,7 @@ Webhooks carry `X-Gitlab-Token`, `X-Gitlab-Event`, `X-Gitlab-Event-UUID` and
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 import threading
@@ -49,8 +50,8 @@ class Project:
     notes: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
-    @property
-    def git(self) -> git.Repo:
+    @functools.cached_property
+    def git(self) -> git.Repo:  # one Repo object: each one keeps its own git cat-file processes
         return git.Repo(self.git_dir)
 
     def sha(self, ref: str) -> str:
