@@ -226,9 +226,7 @@ def version_changes(base: SpecsView | None, head: SpecsView, env: str) -> list[V
     if env not in head.environments:
         return []
     env_spec = head.environments[env].spec
-    gates = (
-        base.environments[env].spec.gates if base is not None and env in base.environments else env_spec.gates
-    )
+    gates = base.environments[env].spec.gates if base is not None and env in base.environments else env_spec.gates
     out: list[VersionChange] = []
     for model in sorted(env_spec.deployments):
         before = _env_versions(base, env, model)
@@ -392,9 +390,7 @@ def evaluate(
             label = f"{change.model} v{change.version} ({change.role})"
             for g in change.gates:
                 if not g.passed:
-                    verdict.requirements.append(
-                        Requirement(env, "gate", False, f"{label}: {g.reason}", hard=True)
-                    )
+                    verdict.requirements.append(Requirement(env, "gate", False, f"{label}: {g.reason}", hard=True))
             if change.gates and change.passed:
                 verdict.requirements.append(Requirement(env, "gate", True, f"{label}: all metric gates pass"))
             if promotes_from:
@@ -462,9 +458,7 @@ def affected_by_specs(base: SpecsView | None, head: SpecsView) -> set[str]:
     changed_models = {
         m for m in set(base.models) | set(head.models) if dump(base.models.get(m)) != dump(head.models.get(m))
     }
-    changed_teams = {
-        t for t in set(base.teams) | set(head.teams) if dump(base.teams.get(t)) != dump(head.teams.get(t))
-    }
+    changed_teams = {t for t in set(base.teams) | set(head.teams) if dump(base.teams.get(t)) != dump(head.teams.get(t))}
     out: set[str] = set()
     for env in set(base.environments) | set(head.environments):
         before, after = base.environments.get(env), head.environments.get(env)
