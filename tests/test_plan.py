@@ -354,3 +354,16 @@ def test_a_field_the_repository_stopped_setting_is_an_update() -> None:
     (item,) = make_plan([isvc("iris")], [live], environment=ENV).items
     assert item.action is Action.UPDATE
     assert [d.path for d in item.diffs] == [f'metadata.annotations["{HASH_ANNOTATION}"]']
+
+
+def test_text_diff_shows_removed_fields() -> None:
+    before = isvc("iris")
+    before["spec"]["predictor"]["scaleTarget"] = 10
+    before["spec"]["predictor"]["containers"] = [{"name": "old", "image": "x"}]
+    live = as_live(stamp(before, environment=ENV, spec="Model.iris", revision="r1"))
+    live["metadata"]["managedFields"] = [{"manager": "mlp", "operation": "Apply", "fieldsV1": {
+        "f:spec": {"f:predictor": {"f:scaleTarget": {},
+                                   "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}, "f:name": {}}}}}}}]
+    text = plan_to_text(make_plan([isvc("iris")], [live], environment=ENV))
+    assert "-    scaleTarget: 10" in text
+    assert "-    containers:\n-    - image: x\n-      name: old" in text

@@ -69,6 +69,8 @@ class FieldDiff:
     path: str
     old: Any
     new: Any
+    # where a removed field sat: keys, and {key: value} matches for list items (for display)
+    steps: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def op(self) -> str:
@@ -200,7 +202,8 @@ def diff_fields(live: Any, desired: Any, path: str = "", keys: tuple[str, ...] =
     return [FieldDiff(path, live, desired)]
 
 
-def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff]) -> None:
+def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff],
+              steps: tuple[Any, ...] = ()) -> None:
     """Walk a `fieldsV1` tree; report owned fields present live but absent from desired."""
     if not isinstance(node, dict):
         return
@@ -213,10 +216,10 @@ def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff
             sub = _key_path(path, name)
             wanted = desired.get(name) if isinstance(desired, dict) else None
             if wanted is None and not (isinstance(child, dict) and set(child) - {"."}):
-                out.append(FieldDiff(sub, live[name], MISSING))  # a leaf mlp owns, no longer set
+                out.append(FieldDiff(sub, live[name], MISSING, (*steps, name)))  # owned leaf, no longer set
             else:
                 # descend: mlp may own only some keys or items under it (others own the rest)
-                _removals(child, live[name], wanted, sub, out)
+                _removals(child, live[name], wanted, sub, out, (*steps, name))
         elif key.startswith("k:") and isinstance(live, list):
             try:
                 match = json.loads(key[2:])
@@ -237,9 +240,9 @@ def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff
             sub = f"{path}[{','.join(f'{a}={b}' for a, b in sorted(match.items()))}]"
             wanted = find(desired)
             if wanted is None:
-                out.append(FieldDiff(sub, item, MISSING))
+                out.append(FieldDiff(sub, item, MISSING, (*steps, match)))
             else:
-                _removals(child, item, wanted, sub, out)
+                _removals(child, item, wanted, sub, out, (*steps, match))
         elif key.startswith("v:") and isinstance(live, list):
             try:
                 value = json.loads(key[2:])

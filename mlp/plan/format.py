@@ -44,8 +44,36 @@ def _sides(item: PlanItem) -> tuple[str, str]:
     assert item.desired is not None
     if item.live is None or item.action is Action.CREATE:
         return "", dump(normalize(item.desired))
-    want, have, _ = compare(item.desired, item.live)
+    want, have, diffs = compare(item.desired, item.live)
+    for d in diffs:  # projection drops fields the repository stopped setting: show them going
+        if d.op == "remove" and d.steps:
+            _put(have, d.steps, d.old)
     return dump(have), dump(want)
+
+
+def _put(node: Any, steps: tuple[Any, ...], value: Any) -> None:
+    """Set `value` at `steps` (keys, or {key: value} matches naming list items) inside `node`."""
+    *parents, last = steps
+    for i, step in enumerate(parents):
+        nxt_is_item = isinstance(steps[i + 1], dict)
+        if isinstance(step, dict):
+            if not isinstance(node, list):
+                return
+            found = next((x for x in node if isinstance(x, dict)
+                          and all(x.get(k) == v for k, v in step.items())), None)
+            if found is None:
+                found = dict(step)
+                node.append(found)
+            node = found
+        else:
+            if not isinstance(node, dict):
+                return
+            node = node.setdefault(step, [] if nxt_is_item else {})
+    if isinstance(last, dict):
+        if isinstance(node, list):
+            node.append(value)
+    elif isinstance(node, dict):
+        node[last] = value
 
 
 def _path(ref: ObjectRef) -> str:
