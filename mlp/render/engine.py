@@ -23,8 +23,9 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from mlp.sources.base import TEMPLATE_DIR
-
+# The repository folder overrides come from (`mlp.sources.base.TEMPLATE_DIR`; render sits below
+# sources in the import layers, so it names the folder itself, for error locations only).
+TEMPLATE_DIR = "templates"
 PACKAGE_DIR = Path(__file__).parent / "templates"
 PACKAGE_PREFIX = "package:"
 
