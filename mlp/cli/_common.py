@@ -45,7 +45,7 @@ def env_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--context", "context", help="kubeconfig context [default: the environment's, then current].")(f)
     f = click.option("--kubeconfig", "kubeconfig", envvar="KUBECONFIG",
-                     type=click.Path(dir_okay=False), help="kubeconfig file [env KUBECONFIG; in-cluster if unset].")(f)
+                     type=click.Path(dir_okay=False), help="kubeconfig file [env KUBECONFIG, then ~/.kube/config, then in-cluster].")(f)
     return click.option("--state-dir", "state_dir", type=click.Path(file_okay=False, path_type=Path),
                         help="local targets: runtime state folder [default: REPO/.mlp/up-ENV, as mlp up].")(f)
 
