@@ -75,7 +75,8 @@ def _wipe_real_cluster(kubeconfig: Path) -> None:
     from mlp.targets.base import ObjectRef, TargetError
     from mlp.targets.kubernetes import KubernetesTarget
 
-    target = KubernetesTarget.from_kubeconfig(str(kubeconfig), namespace=NS)
+    target = KubernetesTarget.from_kubeconfig(str(kubeconfig), context=os.environ.get("MLP_TEST_KUBE_CONTEXT"),
+                                              namespace=NS)
 
     def leftovers() -> list[ObjectRef]:
         refs = [ObjectRef("v1", "ConfigMap", NS, n) for n in ("hand-made", "other-env")
@@ -120,6 +121,8 @@ def repo(tmp_path: Path) -> Path:
 
 def mlp(*args: str, cluster: Cluster | None = None) -> Result:
     extra = ["--kubeconfig", str(cluster.kubeconfig)] if cluster is not None else []
+    if cluster is not None and cluster.api is None and os.environ.get("MLP_TEST_KUBE_CONTEXT"):
+        extra += ["--context", os.environ["MLP_TEST_KUBE_CONTEXT"]]
     return CliRunner().invoke(cli, [*args, *extra], catch_exceptions=False)
 
 
