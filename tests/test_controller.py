@@ -534,3 +534,65 @@ def test_folder_source_and_watcher_drive_the_controller(tmp_path: Path) -> None:
         watcher.stop()
         ctl.stop()
         loop.join(timeout=10)
+
+
+def test_rollback_is_audited_as_rollback(rig: Rig) -> None:
+    edit(rig.repo, "environments/staging.yaml", set_staging_iris(2))
+    commit_all(rig.repo, "iris v2 stable")
+    assert rig.step("staging").outcome == "applied"
+    edit(rig.repo, "environments/staging.yaml", set_staging_iris(1))
+    back = commit_all(rig.repo, "roll iris back to v1", author="Ops Person")
+    assert rig.step("staging").outcome == "applied"
+    last = rig.audit("staging")[-1]
+    assert (last.action, last.revision, last.outcome) == ("rollback", back, "succeeded")
+    assert last.author.startswith("Ops")
+
+
+def test_environment_tracks_its_own_branch(rig: Rig) -> None:
+    # main says: staging follows the `release` branch; the release branch holds another iris version.
+    edit(rig.repo, "environments/staging.yaml", lambda t: t.replace("  tier: staging\n",
+                                                                   "  tier: staging\n  branch: release\n"))
+    commit_all(rig.repo, "staging follows release")
+    rig.repo.git.checkout("-b", "release")
+    edit(rig.repo, "environments/staging.yaml", set_staging_iris(2))
+    release = commit_all(rig.repo, "release: iris v2")
+    rig.repo.git.checkout("main")
+    ctl = Controller(rig.source, rig.reconciler, interval=3600)
+    ctl.refresh()
+    assert ctl.environments()["staging"] == "release"
+    assert rig.reconciler.step("staging").outcome == "applied"
+    st = rig.store.load("staging")
+    assert st is not None and st.synced_revision == release
+    assert [m.served_version for m in st.models if m.model == "iris"] == [2]
+    assert rig.store.load("staging") is not None
+
+
+def test_fetch_failures_are_counted(rig: Rig, tmp_path: Path) -> None:
+    ctl = Controller(rig.source, rig.reconciler, interval=3600, metrics=rig.metrics)
+    ctl.refresh()
+    root = Path(rig.repo.working_tree_dir or ".")
+    shutil.move(str(root), tmp_path / "away")
+    try:
+        ctl.refresh()
+        ctl.refresh()
+    finally:
+        shutil.move(str(tmp_path / "away"), str(root))
+    assert rig.metrics.registry.get_sample_value("mlp_controller_git_fetch_failures_total") == 2
+    assert rig.metrics.registry.get_sample_value("mlp_controller_git_fetch_duration_seconds_count") == 3
+
+
+def test_cli_usage_errors_and_help(tmp_path: Path) -> None:
+    from mlp.cli.main import cli
+
+    runner = CliRunner()
+    for cmd in ("controller", "sync", "status", "audit"):
+        out = runner.invoke(cli, [cmd, "--help"])
+        assert out.exit_code == 0 and "Example" in out.output, cmd
+    out = runner.invoke(cli, ["controller", "--state-dir", str(tmp_path / "s")])
+    assert out.exit_code == 2 and "--repo" in out.output
+    out = runner.invoke(cli, ["sync", "prod", "--state-dir", str(tmp_path / "none")])
+    assert out.exit_code == 2 and "no controller state" in out.output
+    out = runner.invoke(cli, ["controller", "--repo", str(tmp_path / "nothing"), "--state-dir", str(tmp_path / "s"),
+                              "--once", "--metrics-port", "-1"])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "does not appear to be a git repository" in out.output

@@ -96,7 +96,8 @@ def controller(
     from mlp.controller.reconciler import Reconciler, StepResult
     from mlp.controller.store import StateStore
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Warnings reach the user through the progress lines below; the log carries only crashes.
+    logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(repo) == bool(watch_dir):
         click.echo("error: give exactly one of --repo URL|PATH or --watch DIR", err=True)
         sys.exit(2)
@@ -152,7 +153,11 @@ def controller(
 
     if once:
         ctl.refresh()
-        outcomes = [reconciler.step(env, reasons={"manual"}) for env in ctl.environments()]
+        names = ctl.environments()
+        if not names:
+            click.echo(f"error: no environments to reconcile ({source.last_error or 'none declared'})", err=True)
+            sys.exit(1)
+        outcomes = [reconciler.step(env, reasons={"manual"}) for env in names]
         for r in outcomes:
             on_step(r, {"once"})
         sys.exit(0 if outcomes and all(r.outcome in ("synced", "applied") for r in outcomes) else 1)
