@@ -477,3 +477,21 @@ def test_message_admission_webhook_is_not_mistaken_for_rbac() -> None:
             '"inferenceservice.kserve-webhook-server.validator": exactly one of [sklearn, xgboost] must be '
             "specified in predictor"
         )
+
+
+def test_builtin_validation_a_renderer_can_trip(http: httpx.Client) -> None:
+    bad_dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+               "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+                   "metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c"}]}}}}
+    resp = _apply(http, "/apis/apps/v1/namespaces/ml-staging/deployments/d", bad_dep)
+    assert resp.status_code == 422
+    assert sorted(c["field"] for c in resp.json()["details"]["causes"]) == [
+        "spec.template.metadata.labels", "spec.template.spec.containers[0].image"]
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
+            "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+                "containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}}
+    resp = _apply(http, "/apis/batch/v1/namespaces/ml-staging/cronjobs/c", cron)
+    assert resp.status_code == 422
+    assert resp.json()["details"]["causes"][0]["field"] == "spec.jobTemplate.spec.template.spec.restartPolicy"
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "k"}, "data": {"bad key": "x"}}
+    assert _apply(http, f"{CM}/k", cm).status_code == 422

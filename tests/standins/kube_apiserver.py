@@ -891,6 +891,63 @@ def validate_object(res: Resource, obj: Obj) -> list[tuple[str, str, str]]:
             detail = "must be no more than 63 characters" if isinstance(v, str) and len(v) > 63 else _LABEL_MSG
             errors.append(("metadata.labels", "FieldValueInvalid", f'Invalid value: "{shown}": {detail}'))
     _validate_values(obj, res.schema, (), errors, top=True)
+    if not res.custom:
+        errors += _builtin_validation(res.kind, obj)
+    return errors
+
+
+def _go_map(d: dict[str, Any]) -> str:
+    return "map[string]string{" + ", ".join(f'"{k}":"{v}"' for k, v in sorted(d.items())) + "}"
+
+
+def _pod_spec_errors(spec: Obj, where: str) -> list[tuple[str, str, str]]:
+    errors: list[tuple[str, str, str]] = []
+    containers = spec.get("containers") or []
+    if not containers:
+        errors.append((f"{where}.containers", "FieldValueRequired", "Required value"))
+    for i, c in enumerate(containers):
+        if not isinstance(c, dict):
+            continue
+        if not c.get("name"):
+            errors.append((f"{where}.containers[{i}].name", "FieldValueRequired", "Required value"))
+        if not c.get("image"):
+            errors.append((f"{where}.containers[{i}].image", "FieldValueRequired", "Required value"))
+    return errors
+
+
+def _builtin_validation(kind: str, obj: Obj) -> list[tuple[str, str, str]]:
+    """The built-in kinds' own validation rules a renderer can break (a subset of the real ones)."""
+    errors: list[tuple[str, str, str]] = []
+    spec = obj.get("spec") or {}
+    if kind == "Deployment":
+        selector = (spec.get("selector") or {}).get("matchLabels")
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        if not spec.get("selector"):
+            errors.append(("spec.selector", "FieldValueRequired", "Required value"))
+        elif selector and any(labels.get(k) != v for k, v in selector.items()):
+            errors.append(("spec.template.metadata.labels", "FieldValueInvalid",
+                           f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`"))
+        errors += _pod_spec_errors((spec.get("template") or {}).get("spec") or {}, "spec.template.spec")
+    elif kind == "CronJob":
+        if not spec.get("schedule"):
+            errors.append(("spec.schedule", "FieldValueRequired", "Required value"))
+        where = "spec.jobTemplate.spec.template.spec"
+        pod = (((spec.get("jobTemplate") or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+        errors += _pod_spec_errors(pod, where)
+        policy = pod.get("restartPolicy")
+        if policy not in ("OnFailure", "Never"):
+            errors.append((f"{where}.restartPolicy", "FieldValueNotSupported",
+                           f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"'))
+    elif kind == "Service":
+        for i, port in enumerate(spec.get("ports") or []):
+            if isinstance(port, dict) and not port.get("port"):
+                errors.append((f"spec.ports[{i}].port", "FieldValueRequired", "Required value"))
+    elif kind in ("ConfigMap", "Secret"):
+        for key in list(obj.get("data") or {}) + list(obj.get("binaryData") or {}):
+            if not re.fullmatch(r"[-._a-zA-Z0-9]+", key) or len(key) > 253:
+                errors.append((f"data[{key}]", "FieldValueInvalid", f'Invalid value: "{key}": a valid config '
+                               "key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  "
+                               "or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"))
     return errors
 
 
