@@ -115,22 +115,22 @@ def test_depth_bound_is_low_for_ordinary_specs_and_an_upper_bound() -> None:
     ],
 )
 def test_deep_nesting_is_refused_with_its_line(text: str, line: int) -> None:
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ParseError) as info:
         parse(text.encode())
     assert f"nesting deeper than {MAX_DEPTH}" in info.value.message
     assert info.value.line == line
-    assert time.perf_counter() - start < 1
+    assert time.process_time() - start < 1
 
 
 def test_alias_bombs_are_refused_fast() -> None:
     laughs = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
         laughs.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
-    start = time.perf_counter()
+    start = time.process_time()
     with pytest.raises(ParseError, match="alias bomb"):
         parse("\n".join(laughs).encode())
-    assert time.perf_counter() - start < 1
+    assert time.process_time() - start < 1
     # a recursive alias is not a bomb and must not loop
     assert parse(b"a: &a [1, *a]\n")
 
@@ -139,7 +139,7 @@ def test_oversized_bytes_in_a_snapshot_are_refused_unparsed() -> None:
     """Sources list oversized files unread; a snapshot built another way is still bounded."""
     big = b"apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: t}\nspec: {members: [{user: u}]}\n# " + \
         b"x" * MAX_SPEC_BYTES + b"\n"
-    start = time.perf_counter()
+    start = time.process_time()
     result = load(Snapshot(revision="r", files={"specs/big.yaml": big}))
-    assert time.perf_counter() - start < 1
+    assert time.process_time() - start < 1
     assert [(d.path, d.line, "file too large" in d.message) for d in result.diagnostics] == [("specs/big.yaml", 1, True)]
