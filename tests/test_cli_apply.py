@@ -49,14 +49,16 @@ class Cluster:
         return self._http("GET", path).json()
 
     def _http(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        from yaml import safe_load
+        """A raw request with the kubeconfig's credentials (token or client certificate, as kind uses)."""
+        from kubernetes import client, config
 
-        cfg = safe_load(self.kubeconfig.read_text())
-        ctx = next(c for c in cfg["contexts"] if c["name"] == cfg["current-context"])["context"]
-        cluster = next(c for c in cfg["clusters"] if c["name"] == ctx["cluster"])["cluster"]
-        user = next(u for u in cfg["users"] if u["name"] == ctx["user"])["user"]
-        headers = {"Authorization": f"Bearer {user['token']}"} if "token" in user else {}
-        with httpx.Client(base_url=cluster["server"], headers=headers, verify=False) as c:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg, persist_config=False,
+                                context=os.environ.get("MLP_TEST_KUBE_CONTEXT") if self.api is None else None)
+        token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+        headers = {"Authorization": token} if token else {}
+        cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
+        with httpx.Client(base_url=cfg.host, headers=headers, cert=cert, verify=cfg.ssl_ca_cert or False) as c:
             return c.request(method, path, **kw)
 
     def patch(self, path: str, body: dict[str, Any], manager: str) -> httpx.Response:
