@@ -325,3 +325,16 @@ def test_unknown_environment_and_custom_without_image() -> None:
     ).encode()
     with pytest.raises(RenderError, match=r"^specs/models/cu.yaml: Model/cu: framework custom needs custom.image"):
         _render(Snapshot(revision="x", files=files), "k")
+
+
+def test_an_override_may_add_objects_namespaced_or_not() -> None:
+    # a template renders a YAML stream: an override can emit more documents than it replaces
+    override = ("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {{ serviceAccount.name }}\n"
+                "secrets:\n  - name: {{ serviceAccount.secret }}\n---\n"
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mlp-{{ env.name }}\n"
+                "rules: []\n")
+    objs = _render(_snapshot({"kubernetes/serviceaccount.yaml.j2": override}), "k")
+    by = {o["kind"]: o for o in objs}
+    assert by["ServiceAccount"]["metadata"]["namespace"] == "ml-k"  # filled in from the environment
+    assert "namespace" not in by["ClusterRole"]["metadata"]
+    assert by["ClusterRole"]["metadata"]["labels"]["mlp.dev/spec"] == "Environment.k"

@@ -62,6 +62,13 @@ MANAGED_KINDS: dict[str, list[tuple[str, str]]] = {
     "local": [("mlp.dev/v1", "ModelDeployment")],
 }
 
+# Kinds an override may add that live outside namespaces: render never gives them one.
+CLUSTER_SCOPED = frozenset({
+    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
+    "StorageClass", "PersistentVolume", "ClusterServingRuntime", "ClusterStorageContainer",
+    "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "IngressClass", "RuntimeClass",
+})
+
 DEFAULT_SERVICE_ACCOUNT = "mlp-models"
 MONITOR_IMAGE = f"mlp:{__version__}"  # no registry host: set one in a template override
 MONITOR_METRICS_PORT = 9102
@@ -319,7 +326,7 @@ class _Renderer:
                 raise RenderError("rendered a document without apiVersion, kind and metadata.name", path=path)
             namespace = self.env.spec.target.namespace or (LOCAL_NAMESPACE if self.env.spec.target.kind == "local"
                                                            else None)
-            if namespace and "namespace" not in doc["metadata"] and doc["kind"] != "Namespace":
+            if namespace and "namespace" not in doc["metadata"] and doc["kind"] not in CLUSTER_SCOPED:
                 doc["metadata"]["namespace"] = namespace
             self.out.append(stamp(doc, environment=self.env.metadata.name, spec=spec, revision=self.revision))
 
