@@ -378,8 +378,8 @@ def test_wrong_type_in_a_builtin_apply_is_a_500(http: httpx.Client) -> None:
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typed"}, "data": {"threshold": 0.2}}
     resp = _apply(http, f"{CM}/typed", cm)
     assert resp.status_code == 500
-    assert resp.json()["message"].startswith("failed to create typed patch object (ml-staging/typed; v1, "
-                                             "Kind=ConfigMap): .data.threshold: expected string")
+    assert resp.json()["message"] == ("failed to create typed patch object (ml-staging/typed; /v1, Kind=ConfigMap): "
+                                      ".data.threshold: expected string, got &value.valueUnstructured{Value:0.2}")
 
 
 def test_foreground_delete_waits_for_dependents(http: httpx.Client) -> None:
@@ -495,3 +495,16 @@ def test_builtin_validation_a_renderer_can_trip(http: httpx.Client) -> None:
     assert resp.json()["details"]["causes"][0]["field"] == "spec.jobTemplate.spec.template.spec.restartPolicy"
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "k"}, "data": {"bad key": "x"}}
     assert _apply(http, f"{CM}/k", cm).status_code == 422
+
+
+def test_typed_patch_500_is_not_retried_even_with_reason_internal_error() -> None:
+    from mlp.targets.kubernetes import KubernetesTarget
+
+    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "InternalError",
+            "code": 500, "message": "failed to create typed patch object (ml-staging/churn; /v1, Kind=ConfigMap): "
+                                    ".data.x: expected string, got &value.valueUnstructured{Value:1}"}
+    assert not KubernetesTarget._retryable(500, json.dumps(body).encode(), "application/json")
+    transient = {**body, "message": "Internal error occurred: etcdserver: request timed out"}
+    assert KubernetesTarget._retryable(500, json.dumps(transient).encode(), "application/json")
+    assert not KubernetesTarget._retryable(500, json.dumps(_recorded("invalid_type")["response_body"]).encode(),
+                                           "application/json")

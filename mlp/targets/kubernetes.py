@@ -113,6 +113,9 @@ _SERVER_METADATA = ("uid", "creationTimestamp", "generation", "managedFields", "
 # 500s with these Status reasons are the server's own trouble and worth retrying; a 500 without
 # a reason is the "not a metav1.Status" path that a bad apply body takes, and retrying it is futile.
 _TRANSIENT_REASONS = {"InternalError", "ServerTimeout", "Timeout", "ServiceUnavailable", "TooManyRequests"}
+# ...whatever the reason says (servers differ on whether a typed-patch failure carries InternalError).
+_BODY_VERDICT = re.compile(r"failed to create typed patch object|failed to convert .* to typed object|"
+                           r"field not declared in schema|expected (numeric|string|boolean|map|list)")
 
 
 _VERB_WORDS = {"patch": "apply", "discovery": "discover"}
@@ -633,6 +636,8 @@ class KubernetesTarget:
             return True
         if status == 500:
             st = _parse_status(raw, ctype)
+            if st is not None and _BODY_VERDICT.search(str(st.get("message", ""))):
+                return False  # the manifest does not fit the schema: the same answer every time
             return st is None or st.get("reason") in _TRANSIENT_REASONS
         return False
 

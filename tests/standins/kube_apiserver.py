@@ -674,8 +674,11 @@ class TypeWalk:
         if not ok:
             if t in ("integer", "number"):
                 self.errors.append(f"{path_string(path)}: expected numeric (int or float), got {_go_type(value)}")
+            elif t == "boolean":  # structured-merge-diff formats this one with %v, the others with %#v
+                shown = json.dumps(value) if not isinstance(value, str) else value
+                self.errors.append(f"{path_string(path)}: expected boolean, got &{{{shown}}}")
             else:
-                expected = {"int-or-string": "string or int", "boolean": "boolean"}.get(t, t)
+                expected = {"int-or-string": "string or int"}.get(t, t)
                 self.errors.append(f"{path_string(path)}: expected {expected}, got {_go_unstructured(value)}")
             self.type_errors.append((path, t, value))
 
@@ -1863,8 +1866,9 @@ class Server:
         if walk.errors:
             errs = walk.errors
             text = errs[0] if len(errs) == 1 else "errors:\n  " + "\n  ".join(errs)
+            # GroupVersionKind.String(): "serving.kserve.io/v1beta1, Kind=X", "/v1, Kind=ConfigMap"
             msg = (f"failed to create typed patch object ({t.namespace + '/' if t.namespace else ''}{t.name}; "
-                   f"{res.group_version}, Kind={res.kind}): {text}")
+                   f"{res.group}/{res.version}, Kind={res.kind}): {text}")
             raise ApiError(500, status_body(500, None, msg))
         fields = _strip_paths(walk.fields, res)
         key = self._key(t)
