@@ -737,24 +737,61 @@ def merge_apply(live: Any, config: Any, schema: Schema) -> Any:
             child = (schema.properties or {}).get(k) or schema.additional or ANY
             out[k] = merge_apply(live.get(k, _MISSING), v, child)
         return out
-    if schema.type == "array" and isinstance(live, list) and isinstance(config, list):
-        if schema.list_type == "set":
-            return list(live) + [copy.deepcopy(i) for i in config if i not in live]
-        if schema.list_type == "map":
-            items = schema.items or ANY
-            result = []
-            used: list[int] = []
-            for c in config:
-                key = {k: c[k] for k in schema.keys if isinstance(c, dict) and k in c}
-                idx = next((n for n, i in enumerate(live) if n not in used and _match_key(i, key)), None)
-                if idx is None:
-                    result.append(copy.deepcopy(c))
-                else:
-                    used.append(idx)
-                    result.append(merge_apply(live[idx], c, items))
-            result += [copy.deepcopy(i) for n, i in enumerate(live) if n not in used]
-            return result
+    if schema.type == "array" and isinstance(live, list) and isinstance(config, list) and schema.list_type in (
+            "set", "map"):
+        items = schema.items or ANY
+
+        def key_of(item: Any) -> str:
+            if schema.list_type == "set":
+                return _jkey(item)
+            return _jkey({k: item[k] for k in schema.keys if isinstance(item, dict) and k in item})
+
+        lhs = {key_of(i): i for i in live}
+        rhs = {key_of(i): i for i in config}
+        out = []
+        for k, in_lhs, in_rhs in interleave(list(lhs), list(rhs)):
+            if in_lhs and in_rhs:
+                out.append(merge_apply(lhs[k], rhs[k], items))
+            else:
+                out.append(copy.deepcopy(lhs[k] if in_lhs else rhs[k]))
+        return out
     return copy.deepcopy(config)
+
+
+def interleave(lhs: list[str], rhs: list[str]) -> list[tuple[str, bool, bool]]:
+    """The order structured-merge-diff gives a merged associative list: live items keep their
+    places, applied items come in their applied order, items in both are merged where the
+    applied order reaches them. Returns (key, in live, in applied) in output order."""
+    in_l, in_r = set(lhs), set(rhs)
+    shared = [k for k in rhs if k in in_l]
+    next_shared = shared.pop(0) if shared else None
+    out: list[tuple[str, bool, bool]] = []
+    li = ri = 0
+    while li < len(lhs) or ri < len(rhs):
+        if li < len(lhs) and ri < len(rhs):
+            k = lhs[li]
+            if k == rhs[ri]:
+                out.append((k, True, True))
+                li += 1
+                ri += 1
+                next_shared = shared.pop(0) if shared else None
+                continue
+            if k in in_r and next_shared is not None and next_shared != k:
+                li += 1  # a shared item, but not the one due now: it comes with the applied order
+                continue
+        if li < len(lhs) and lhs[li] not in in_r:
+            out.append((lhs[li], True, False))
+            li += 1
+            continue
+        if ri < len(rhs):
+            k = rhs[ri]
+            out.append((k, k in in_l, True))
+            ri += 1
+            if next_shared is not None and next_shared == k:
+                next_shared = shared.pop(0) if shared else None
+            continue
+        li += 1  # a live item already emitted with the applied order
+    return out
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
