@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -301,32 +300,36 @@ FAST_WALL_S = 2.0 * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 MAX_RSS_KIB = 200 * 1024
 
 
+# A small launcher forks the command under the address-space limit and reports that child's
+# own CPU time and peak RSS. Measured from pytest directly, the child's peak RSS would be
+# pytest's: a fork copies the parent's resident size and Linux keeps the peak across exec.
+_LAUNCH = """
+import json, os, resource, sys
+limit, report, cmd = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(cmd[0], cmd)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as f:
+    json.dump([usage.ru_utime + usage.ru_stime, usage.ru_maxrss], f)
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
+
 def run_limited(args: list[str], *, memory: int = 1 << 30, timeout: float = 30) -> Run:
     """Run a process under an address-space limit of `memory` bytes (RLIMIT_AS)."""
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "usage.json"
         start = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=out, stderr=err, preexec_fn=limit,
-                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-        deadline = start + timeout
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(memory), str(report), *args], capture_output=True,
+                              text=True, timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         elapsed = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(out.read().decode(), err.read().decode(), proc.returncode, elapsed,
-                   usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
+        cpu, rss = json.loads(report.read_text()) if report.exists() else (0.0, 0)
+        return Run(proc.stdout, proc.stderr, proc.returncode, elapsed, cpu, rss)
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.hostile], ids=lambda c: c.id)
