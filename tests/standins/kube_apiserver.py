@@ -504,8 +504,19 @@ def fields_from_v1(tree: Obj, prefix: Path_ = ()) -> set[Path_]:
     return out
 
 
+# Key fields the server defaults before it keys an associative list item (a container port
+# applied without `protocol` is the item `{"containerPort":80,"protocol":"TCP"}`).
+KEY_DEFAULTS = {"protocol": "TCP"}
+
+
+def list_key(item: Any, keys: Iterable[str]) -> Obj:
+    if not isinstance(item, dict):
+        return {}
+    return {k: item.get(k, KEY_DEFAULTS.get(k)) for k in keys if k in item or k in KEY_DEFAULTS}
+
+
 def _match_key(item: Any, key: Obj) -> bool:
-    return isinstance(item, dict) and all(item.get(k) == v for k, v in key.items())
+    return isinstance(item, dict) and all(item.get(k, KEY_DEFAULTS.get(k)) == v for k, v in key.items())
 
 
 def get_at(obj: Any, path: Path_) -> Any:
@@ -646,7 +657,7 @@ class TypeWalk:
                     if not isinstance(item, dict):
                         self.errors.append(f"{path_string(path)}: expected map, got {_go_unstructured(item)}")
                         continue
-                    key = {k: item[k] for k in schema.keys if k in item}
+                    key = list_key(item, schema.keys)
                     ek = _jkey(key)
                     if ek in seen_keys:
                         self.errors.append(f"{path_string(path)}: duplicate entries for key {ek}")
@@ -744,7 +755,7 @@ def merge_apply(live: Any, config: Any, schema: Schema) -> Any:
         def key_of(item: Any) -> str:
             if schema.list_type == "set":
                 return _jkey(item)
-            return _jkey({k: item[k] for k in schema.keys if isinstance(item, dict) and k in item})
+            return _jkey(list_key(item, schema.keys))
 
         lhs = {key_of(i): i for i in live}
         rhs = {key_of(i): i for i in config}
@@ -1551,7 +1562,7 @@ def _update_fields(old: Any, new: Any, schema: Schema, path: Path_ = ()) -> set[
                 if item not in old_l:
                     out.add((*path, "v:" + _jkey(item)))
                 continue
-            key = {k: item[k] for k in schema.keys if isinstance(item, dict) and k in item}
+            key = list_key(item, schema.keys)
             kp = (*path, "k:" + _jkey(key))
             prev = next((i for i in old_l if _match_key(i, key)), _MISSING)
             if prev is _MISSING:
@@ -1575,7 +1586,7 @@ def _removed_fields(old: Any, new: Any, schema: Schema, path: Path_ = ()) -> set
                 out |= _removed_fields(v, new[k], child, p)
     elif isinstance(old, list) and isinstance(new, list) and schema.list_type == "map":
         for item in old:
-            key = {k: item[k] for k in schema.keys if isinstance(item, dict) and k in item}
+            key = list_key(item, schema.keys)
             kp = (*path, "k:" + _jkey(key))
             nxt = next((i for i in new if _match_key(i, key)), _MISSING)
             if nxt is _MISSING:
