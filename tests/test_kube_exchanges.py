@@ -508,3 +508,27 @@ def test_typed_patch_500_is_not_retried_even_with_reason_internal_error() -> Non
     assert KubernetesTarget._retryable(500, json.dumps(transient).encode(), "application/json")
     assert not KubernetesTarget._retryable(500, json.dumps(_recorded("invalid_type")["response_body"]).encode(),
                                            "application/json")
+
+
+def test_port_without_protocol_is_keyed_with_the_default(http: httpx.Client) -> None:
+    path = "/api/v1/namespaces/ml-staging/services/s"
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
+           "spec": {"selector": {"app": "s"}, "ports": [{"name": "metrics", "port": 9102}]}}
+    first = _apply(http, path, svc).json()
+    ports = first["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"]
+    assert list(ports) == ['k:{"port":9102,"protocol":"TCP"}']
+    again = _apply(http, path, svc).json()
+    assert again["spec"]["ports"] == [{"name": "metrics", "port": 9102, "protocol": "TCP", "targetPort": 9102}]
+    assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+
+
+def test_merged_list_order_follows_structured_merge_diff() -> None:
+    from standins.kube_apiserver import interleave
+
+    def order(live: list[str], applied: list[str]) -> list[str]:
+        return [k for k, _, _ in interleave(live, applied)]
+
+    assert order(["main", "sidecar"], ["main"]) == ["main", "sidecar"]
+    assert order(["a", "b"], ["b", "a"]) == ["b", "a"]
+    assert order(["a", "x", "b"], ["b", "c", "a"]) == ["x", "b", "c", "a"]
+    assert order([], ["a", "b"]) == ["a", "b"]
