@@ -759,13 +759,13 @@ def merge_apply(live: Any, config: Any, schema: Schema) -> Any:
 
         lhs = {key_of(i): i for i in live}
         rhs = {key_of(i): i for i in config}
-        out = []
+        merged: list[Any] = []
         for k, in_lhs, in_rhs in interleave(list(lhs), list(rhs)):
             if in_lhs and in_rhs:
-                out.append(merge_apply(lhs[k], rhs[k], items))
+                merged.append(merge_apply(lhs[k], rhs[k], items))
             else:
-                out.append(copy.deepcopy(lhs[k] if in_lhs else rhs[k]))
-        return out
+                merged.append(copy.deepcopy(lhs[k] if in_lhs else rhs[k]))
+        return merged
     return copy.deepcopy(config)
 
 
@@ -1073,47 +1073,63 @@ def _split_selector(s: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def _requirement_holds(labels: dict[str, str], key: str, op: str, values: frozenset[str]) -> bool:
+    if op == "=":
+        return labels.get(key) in values
+    if op == "!=":
+        return labels.get(key) not in values  # also true when the label is absent
+    if op == "in":
+        return labels.get(key) in values
+    if op == "notin":
+        return labels.get(key) not in values
+    if op == "exists":
+        return key in labels
+    return key not in labels  # "!key"
+
+
 def parse_label_selector(s: str) -> Callable[[dict[str, str]], bool]:
-    reqs: list[Callable[[dict[str, str]], bool]] = []
+    reqs: list[tuple[str, str, frozenset[str]]] = []
     for term in _split_selector(s):
         if m := re.fullmatch(rf"({_KEY})\s*(==|=|!=)\s*({_VAL})", term):
             k, op, v = m.groups()
-            reqs.append((lambda lb, k=k, v=v: lb.get(k) != v) if op == "!=" else
-                        (lambda lb, k=k, v=v: lb.get(k) == v))
+            reqs.append((k, "!=" if op == "!=" else "=", frozenset([v])))
         elif m := re.fullmatch(rf"({_KEY})\s+(in|notin)\s*\(([^)]*)\)", term):
             k, op, vs = m.groups()
-            values = {x.strip() for x in vs.split(",") if x.strip()}
+            values = frozenset(x.strip() for x in vs.split(",") if x.strip())
             if not values:
-                raise ValueError(f"unable to parse requirement: for 'in', 'notin' operators, values set can't be empty: {term}")
-            if op == "in":
-                reqs.append(lambda lb, k=k, values=values: lb.get(k) in values)
-            else:
-                reqs.append(lambda lb, k=k, values=values: lb.get(k) not in values)
+                raise ValueError("unable to parse requirement: for 'in', 'notin' operators, values set can't be "
+                                 f"empty: {term}")
+            reqs.append((k, op, values))
         elif m := re.fullmatch(rf"!\s*({_KEY})", term):
-            reqs.append(lambda lb, k=m.group(1): k not in lb)
+            reqs.append((m.group(1), "!", frozenset()))
         elif m := re.fullmatch(rf"({_KEY})", term):
-            reqs.append(lambda lb, k=m.group(1): k in lb)
+            reqs.append((m.group(1), "exists", frozenset()))
         else:
             raise ValueError(f"unable to parse requirement: <nil>: Invalid value: \"{term}\": "
                              "found unexpected token in label selector")
-    return lambda labels: all(r(labels) for r in reqs)
+
+    def match(labels: dict[str, str]) -> bool:
+        return all(_requirement_holds(labels, k, op, vs) for k, op, vs in reqs)
+
+    return match
 
 
 def parse_field_selector(s: str) -> Callable[[Obj], bool]:
-    reqs: list[Callable[[Obj], bool]] = []
+    reqs: list[tuple[str, bool, str]] = []  # (metadata key, equal?, value)
     for term in _split_selector(s):
         m = re.fullmatch(r"([A-Za-z.]+)\s*(==|=|!=)\s*(.*)", term)
         if not m:
             raise ValueError(f"invalid selector: '{term}'; can't understand '{term}'")
         f, op, v = m.groups()
         if f not in ("metadata.name", "metadata.namespace"):
-            raise ValueError(f'field label not supported: {f}')
-        key = f.split(".")[1]
-        if op == "!=":
-            reqs.append(lambda o, key=key, v=v: (o.get("metadata") or {}).get(key, "") != v)
-        else:
-            reqs.append(lambda o, key=key, v=v: (o.get("metadata") or {}).get(key, "") == v)
-    return lambda o: all(r(o) for r in reqs)
+            raise ValueError(f"field label not supported: {f}")
+        reqs.append((f.split(".")[1], op != "!=", v))
+
+    def match(obj: Obj) -> bool:
+        meta = obj.get("metadata") or {}
+        return all((meta.get(k, "") == v) == equal for k, equal, v in reqs)
+
+    return match
 
 
 # --------------------------------------------------------------------------------------
@@ -1257,7 +1273,7 @@ class KubeApiServer:
     def url(self) -> str:
         assert self._httpd is not None, "start() the stand-in first"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     # ---- configuration helpers for tests ----
 
@@ -1761,7 +1777,7 @@ class Server:
             if t.name is None:
                 verb = "watch" if q.get("watch") in ("1", "true") else "list"
                 self.authorize(req, verb, t)
-                return 200, self.list(t, q), {}
+                return 200, self.list_objects(t, q), {}
             self.authorize(req, "get", t)
             return 200, self.get(t), {}
         dry_run = q.get("dryRun") == "All"
@@ -1812,7 +1828,7 @@ class Server:
         o.setdefault("kind", res.kind)
         return _sorted(o) if res.custom else o
 
-    def list(self, t: Target_, q: dict[str, str]) -> Obj:
+    def list_objects(self, t: Target_, q: dict[str, str]) -> Obj:
         try:
             label_match = parse_label_selector(q.get("labelSelector", ""))
             field_match = parse_field_selector(q.get("fieldSelector", ""))
@@ -2080,7 +2096,7 @@ class Server:
         new_body["metadata"] = {k: v for k, v in new["metadata"].items() if k != "managedFields"}
         changed = _strip_paths(_update_fields(live_body, new_body, res.schema), res)
         removed = _strip_paths(_removed_fields(live_body, new_body, res.schema), res)
-        out = []
+        out: list[Obj] = []
         mine_idx = None
         for e in entries:
             s = fields_from_v1(e.get("fieldsV1") or {})
