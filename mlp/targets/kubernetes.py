@@ -313,6 +313,7 @@ class KubernetesTarget:
         connect_retries: int = 2,
         request_timeout: tuple[float, float] = (5.0, 30.0),
         page_size: int = 500,
+        discovery_retry_delay: float = 0.5,
         impersonate: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -326,6 +327,7 @@ class KubernetesTarget:
         self.connect_retries = connect_retries
         self.request_timeout = request_timeout
         self.page_size = page_size
+        self.discovery_retry_delay = discovery_retry_delay
         self.bucket = TokenBucket(qps, burst, clock=clock, sleep=sleep)
         self._sleep = sleep
         self.calls: Counter[str] = Counter()
@@ -525,6 +527,11 @@ class KubernetesTarget:
         ref = ObjectRef(api_version, kind, "", "")
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
         status, ctype, raw = self._request("discovery", "GET", path, {}, ref=ref)
+        if status == 404:
+            # just after a CRD is installed, its resources can be served a moment before its
+            # group-version discovery document is (seen on a real v1.32 server): ask once more
+            self._sleep(self.discovery_retry_delay)
+            status, ctype, raw = self._request("discovery", "GET", path, {}, ref=ref)
         if status != 200:
             raise error_from_response(404 if status == 404 else status, raw, ctype if status != 404 else "",
                                       ref=ref, verb="discover", server=self.server)

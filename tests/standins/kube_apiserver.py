@@ -1230,6 +1230,7 @@ class KubeApiServer:
         self.changed = threading.Condition(self.lock)
         self.auto_gc = auto_gc
         self.compacted = 0
+        self.discovery_lag: dict[str, int] = {}  # group/version -> discovery requests still answered 404
         self.faults: list[Fault] = []
         self.webhook_rejections: list[tuple[str, str, str]] = []  # (kind, webhook name, message)
         self.requests: list[Request] = []
@@ -1315,6 +1316,11 @@ class KubeApiServer:
     def reject_with_webhook(self, kind: str, webhook: str, message: str) -> None:
         """Act as if a validating admission webhook denies writes of `kind`."""
         self.webhook_rejections.append((kind, webhook, message))
+
+    def lag_discovery(self, group_version: str, requests: int = 1) -> None:
+        """The race the recording's README describes: right after a CRD is installed its resources
+        are served while `GET /apis/<group>/<version>` still answers `404 page not found`."""
+        self.discovery_lag[group_version] = requests
 
     def compact(self) -> None:
         """Like etcd compaction at the current revision: continue tokens from older revisions expire (410)."""
@@ -1718,6 +1724,10 @@ class Server:
         if parts == ["api", "v1"]:
             return self._resource_list("", "v1")
         if len(parts) == 3 and parts[0] == "apis":
+            lag = self.api.discovery_lag.get(f"{parts[1]}/{parts[2]}", 0)
+            if lag > 0:
+                self.api.discovery_lag[f"{parts[1]}/{parts[2]}"] = lag - 1
+                raise PAGE_NOT_FOUND
             if parts[2] in groups.get(parts[1], []):
                 return self._resource_list(parts[1], parts[2])
             raise PAGE_NOT_FOUND
