@@ -17,6 +17,7 @@ Output shapes are checked against the platforms' documentation:
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
@@ -252,3 +253,28 @@ def test_ci_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
     inside = subprocess.run([*MLP, "validate", "--format", "github"], capture_output=True, text=True, cwd=root,
                             timeout=30)
     assert inside.stdout.startswith("::error file=environments/prod.yaml,line=10,"), inside.stdout
+
+
+def test_imports_stay_light() -> None:
+    """`--help` imports no pydantic or YAML; validating imports none of the extras' heavy libraries.
+
+    The import cost is benchmarked in benchmarks/validate.py; this pins the reason it is low.
+    """
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mlp.cli.main import cli\n"
+        "args = sys.argv[1:]\n"
+        "result = CliRunner().invoke(cli, args)\n"
+        "heavy = ('pydantic', 'ruamel', 'jsonschema', 'git', 'jinja2', 'kubernetes', 'fastapi', 'uvicorn', 'numpy',\n"
+        "         'sklearn', 'xgboost', 'boto3', 'kserve', 'httpx')\n"
+        "print(result.exit_code, sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    help_run = subprocess.run([sys.executable, "-c", probe, "validate", "--help"], capture_output=True, text=True,
+                              timeout=30)
+    assert help_run.stdout.strip() == "0 []", help_run.stdout + help_run.stderr
+    full = subprocess.run([sys.executable, "-c", probe, "validate", str(ROOT)], capture_output=True, text=True,
+                          timeout=30)
+    code, _, loaded = full.stdout.strip().partition(" ")
+    assert code == "0", full.stdout + full.stderr
+    assert set(ast.literal_eval(loaded)) <= {"pydantic", "ruamel"}, loaded  # core dependencies only
