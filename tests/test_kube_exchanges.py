@@ -532,3 +532,13 @@ def test_merged_list_order_follows_structured_merge_diff() -> None:
     assert order(["a", "b"], ["b", "a"]) == ["b", "a"]
     assert order(["a", "x", "b"], ["b", "c", "a"]) == ["x", "b", "c", "a"]
     assert order([], ["a", "b"]) == ["a", "b"]
+
+
+def test_warning_header_of_the_recording_is_parsed() -> None:
+    """#19's header, as the README quotes it."""
+    from urllib3 import HTTPHeaderDict
+
+    from mlp.targets.kubernetes import _warnings
+
+    headers = HTTPHeaderDict({"Warning": '299 - "unknown field \\"spec.predictor.sklearn.storageUrl\\""'})
+    assert _warnings(headers) == ['unknown field "spec.predictor.sklearn.storageUrl"']

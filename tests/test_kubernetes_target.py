@@ -665,3 +665,14 @@ def test_get_of_a_kind_that_is_not_served_is_an_error_not_none(cluster: Cluster)
         t.get(ObjectRef("monitoring.coreos.com/v1", "ServiceMonitor", cluster.namespace, "x"))
     assert str(err.value) == "Prometheus Operator is not installed: monitoring.coreos.com/v1 ServiceMonitor not found"
     t.delete(ObjectRef("monitoring.coreos.com/v1", "ServiceMonitor", cluster.namespace, "x"))  # nothing to delete
+
+
+def test_server_warnings_are_collected_once(cluster: Cluster) -> None:
+    api = cluster.standin("marks an API version deprecated")
+    note = "serving.kserve.io/v1beta1 InferenceService is deprecated in v9.9+; use v1 InferenceService"
+    api.deprecate(ISVC_V, "InferenceService", note)
+    t = cluster.target()
+    t.apply(isvc("iris", cluster.namespace))
+    t.apply(isvc("iris", cluster.namespace))
+    t.apply(configmap("cfg", cluster.namespace))
+    assert t.warnings == [note]

@@ -331,6 +331,8 @@ class KubernetesTarget:
         self.bucket = TokenBucket(qps, burst, clock=clock, sleep=sleep)
         self._sleep = sleep
         self.calls: Counter[str] = Counter()
+        # `Warning` headers the server sent (deprecations, pruned unknown fields), for the CLI to show
+        self.warnings: list[str] = []
         self.retries: Counter[int] = Counter()
         self._lock = threading.Lock()
         self._discovered: dict[tuple[str, str], ResourceInfo] = {}
@@ -626,6 +628,10 @@ class KubernetesTarget:
                                       f"{_connection_reason(exc)}", ref=ref) from None
                 self._sleep(self._backoff(connect_failures - 1, None))
                 continue
+            for warning in _warnings(resp_headers):
+                with self._lock:
+                    if warning not in self.warnings:
+                        self.warnings.append(warning)
             if self._retryable(status, raw, ctype):
                 if attempt >= self.max_retries:
                     raise error_from_response(status, raw, ctype, ref=ref, verb=_VERB_WORDS.get(verb, verb),
@@ -647,6 +653,18 @@ class KubernetesTarget:
                 return False  # the manifest does not fit the schema: the same answer every time
             return st is None or st.get("reason") in _TRANSIENT_REASONS
         return False
+
+
+def _warnings(headers: Any) -> list[str]:
+    """The texts of `Warning: 299 - "text"` headers (RFC 7234 warn-code 299, as the API server sends)."""
+    if not headers:
+        return []
+    values = headers.getlist("Warning") if hasattr(headers, "getlist") else [headers.get("Warning")]
+    out = []
+    for value in values:
+        for m in re.finditer(r'\d{3} \S+ "((?:[^"\\]|\\.)*)"', value or ""):
+            out.append(m.group(1).replace('\\"', '"'))
+    return out
 
 
 def _rv(obj: Manifest) -> str:

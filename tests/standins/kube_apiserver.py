@@ -1230,7 +1230,8 @@ class KubeApiServer:
         self.changed = threading.Condition(self.lock)
         self.auto_gc = auto_gc
         self.compacted = 0
-        self.discovery_lag: dict[str, int] = {}  # group/version -> discovery requests still answered 404
+        self.discovery_lag: dict[str, int] = {}
+        self.deprecations: dict[tuple[str, str], str] = {}  # (apiVersion, kind) -> Warning text  # group/version -> discovery requests still answered 404
         self.faults: list[Fault] = []
         self.webhook_rejections: list[tuple[str, str, str]] = []  # (kind, webhook name, message)
         self.requests: list[Request] = []
@@ -1316,6 +1317,11 @@ class KubeApiServer:
     def reject_with_webhook(self, kind: str, webhook: str, message: str) -> None:
         """Act as if a validating admission webhook denies writes of `kind`."""
         self.webhook_rejections.append((kind, webhook, message))
+
+    def deprecate(self, api_version: str, kind: str, message: str) -> None:
+        """Answer every request for this kind with `Warning: 299 - "message"`, as a real server
+        does for a deprecated API version."""
+        self.deprecations[(api_version, kind)] = message
 
     def lag_discovery(self, group_version: str, requests: int = 1) -> None:
         """The race the recording's README describes: right after a CRD is installed its resources
@@ -2332,6 +2338,10 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             with api.lock:
                 code, out, extra = server.handle(req)
+                t = server.route(req.path)
+                note = api.deprecations.get((t.res.group_version, t.res.kind)) if t else None
+            if note:  # the API server's deprecation warning for a version on its way out
+                extra = {**extra, "Warning": f'299 - "{note}"'}
             self._send(code, out, extra)
         except ApiError as exc:
             self._send(exc.code, exc.body, exc.headers)
