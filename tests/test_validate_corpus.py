@@ -61,6 +61,13 @@ def replace_bytes(path: str, old: bytes, new: bytes) -> Callable[[Files], None]:
     return apply
 
 
+def crlf(path: str) -> Callable[[Files], None]:
+    def apply(files: Files) -> None:
+        files[path] = files[path].replace(b"\n", b"\r\n")
+
+    return apply
+
+
 def add(path: str, data: str | bytes) -> Callable[[Files], None]:
     def apply(files: Files) -> None:
         files[path] = data if isinstance(data, bytes) else data.encode()
@@ -114,6 +121,11 @@ CASES: list[Case] = [
          "binary file", line=3, hostile=True),
     Case("non-utf8", replace_bytes(MODEL, b"name: iris\n", b"name: iris\n  description: caf\xe9 au lait\n"), MODEL,
          "description: caf", "not UTF-8", hostile=True),
+    Case("crlf-line-endings", both(replace(MODEL, "  framework: sklearn\n", "  framework: sklearn\n  owner: bob\n"),
+                                    crlf(MODEL)),
+         MODEL, "owner: bob", "unknown field 'owner'"),
+    Case("utf16-file", add("specs/utf16.yaml", "apiVersion: mlp.dev/v1\n".encode("utf-16")), "specs/utf16.yaml", None,
+         "binary file"),
     Case("alias-bomb", add("specs/bomb.yaml", billion_laughs()), "specs/bomb.yaml", "f: &f", "alias bomb",
          hostile=True),
     Case("deep-flow-nesting", add("specs/deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"),
