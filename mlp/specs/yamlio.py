@@ -22,8 +22,8 @@ are walked event by event (libyaml's parser keeps its own stack, so that walk is
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -52,9 +52,16 @@ class ParseError(Exception):
     col: int = 1
 
 
-@lru_cache(maxsize=1)
+_local = threading.local()
+
+
 def _safe() -> YAML:
-    return YAML(typ="safe", pure=False)
+    # one instance per thread: a YAML object keeps per-load state (stream, doc_infos, tags),
+    # and the controller and webhook workers load snapshots concurrently
+    yaml: YAML | None = getattr(_local, "yaml", None)
+    if yaml is None:
+        yaml = _local.yaml = YAML(typ="safe", pure=False)
+    return yaml
 
 
 def decode(data: bytes) -> str:
