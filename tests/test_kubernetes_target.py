@@ -676,3 +676,22 @@ def test_server_warnings_are_collected_once(cluster: Cluster) -> None:
     t.apply(isvc("iris", cluster.namespace))
     t.apply(configmap("cfg", cluster.namespace))
     assert t.warnings == [note]
+
+
+def test_https_with_the_cluster_ca_and_a_wrong_ca(tmp_path: Path) -> None:
+    from standins.kube_apiserver import self_signed_certificate
+
+    cert, key, ca = self_signed_certificate(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, _, other_ca = self_signed_certificate(tmp_path / "other")
+    with KubeApiServer(tls=(cert, key)) as api:
+        assert api.url.startswith("https://")
+        good = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "good", api.url, ca_pem=ca),
+                                                namespace="ml-staging")
+        assert good.apply(configmap("cfg", "ml-staging")).action == "created"
+        bad = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "bad", api.url, ca_pem=other_ca),
+                                               namespace="ml-staging", backoff_base=0.01)
+        with pytest.raises(TargetError) as err:
+            bad.list_owned("staging")
+        assert str(err.value) == (f"cannot reach the Kubernetes API server at {api.url}: "
+                                  "TLS verification failed (check the cluster CA in the kubeconfig)")

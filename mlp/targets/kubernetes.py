@@ -613,8 +613,16 @@ class KubernetesTarget:
                 status, ctype, raw, resp_headers = (
                     resp.status, resp.headers.get("Content-Type", ""), resp.data, resp.headers)
                 resp.release_conn()
+            except AttributeError as exc:
+                # the client turns a TLS failure into ApiException(status=0) and then trips over its
+                # missing body (`e.body.decode`): what failed is in the exception being handled
+                cause = exc.__context__
+                if isinstance(cause, ApiException) and not cause.status:
+                    raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "
+                                      f"{_connection_reason(Exception(cause.reason))}", ref=ref) from None
+                raise
             except ApiException as exc:
-                if not exc.status:  # the client's wrapper for TLS failures
+                if not exc.status:  # the same TLS wrapper, should a client version get past the decode
                     raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "
                                       f"{_connection_reason(Exception(exc.reason))}", ref=ref) from None
                 resp_headers = exc.headers or {}

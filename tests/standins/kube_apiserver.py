@@ -1218,6 +1218,7 @@ class KubeApiServer:
         fixtures: Path = FIXTURES,
         initial_resource_version: int = 100,
         auto_gc: bool = False,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.fixtures = fixtures
         self.schemas_available = (fixtures / "kserve" / "inferenceservice-v1beta1.schema.json").is_file()
@@ -1229,6 +1230,7 @@ class KubeApiServer:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.auto_gc = auto_gc
+        self.tls = tls  # (certificate, key) files: serve HTTPS like a real API server
         self.compacted = 0
         self.discovery_lag: dict[str, int] = {}
         self.deprecations: dict[tuple[str, str], str] = {}  # (apiVersion, kind) -> Warning text  # group/version -> discovery requests still answered 404
@@ -1252,6 +1254,12 @@ class KubeApiServer:
         handler = type("Handler", (_Handler,), {"api": self})
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
+        if self.tls is not None:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kube-apiserver-standin",
                                         daemon=True)
         self._thread.start()
@@ -1275,7 +1283,7 @@ class KubeApiServer:
     def url(self) -> str:
         assert self._httpd is not None, "start() the stand-in first"
         host, port = self._httpd.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
     # ---- configuration helpers for tests ----
 
@@ -2404,21 +2412,53 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def write_kubeconfig(path: Path, server: str, token: str = ADMIN_TOKEN, *, context: str = "standin",
-                     namespace: str | None = None) -> Path:
-    """A kubeconfig with one cluster / user (bearer token) / context, made current."""
+                     namespace: str | None = None, ca_pem: bytes | None = None) -> Path:
+    """A kubeconfig with one cluster / user (bearer token) / context, made current; `ca_pem` is
+    the cluster's CA for an HTTPS stand-in (see `self_signed_certificate`)."""
     ctx: Obj = {"cluster": context, "user": f"{context}-user"}
     if namespace:
         ctx["namespace"] = namespace
+    cluster: Obj = {"server": server}
+    if ca_pem is not None:
+        cluster["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": context, "cluster": {"server": server}}],
+        "clusters": [{"name": context, "cluster": cluster}],
         "users": [{"name": f"{context}-user", "user": {"token": token}}],
         "contexts": [{"name": context, "context": ctx}],
         "current-context": context,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, bytes]:
+    """A throwaway certificate for `host` (its own CA): (certificate file, key file, PEM)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-standin")])
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5)).not_valid_after(now + _dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    cert_file, key_file = folder / "apiserver.crt", folder / "apiserver.key"
+    cert_file.write_bytes(pem)
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file, pem
 
 
 @contextlib.contextmanager
