@@ -175,6 +175,13 @@ CASES: list[Case] = [
               replace(PROD, "  deployments:\n    iris:\n      version: 1\n      shadow: {version: 2, percent: 10}\n",
                       "  deployments: {}\n")),
          "specs/monitor.yaml", "model: iris", "not deployed in any environment"),
+    Case("monitor-drift-feature-not-input", replace("specs/monitor.yaml", "features: [sepal_length]",
+                                                     "features: [sepal_length, colour]"),
+         "specs/monitor.yaml", "colour", "'colour' is not an input of model 'iris'"),
+    Case("duplicate-model-version", replace(MODEL, "- version: 2", "- version: 1"), MODEL, None,
+         "duplicate version 1", line=20, errors=None),  # line 20: the second `- version:` (v2's now gone too)
+    Case("canary-traffic-not-a-step", replace(STAGING, "steps: [10, 50, 100]}", "steps: [10, 50, 100], traffic: 30}"),
+         STAGING, "canary:", "canary traffic 30 is not one of the steps"),
     Case("environment->model", replace(DEV, "    iris:", "    irsi:"), DEV, "irsi:",
          "deploys model 'irsi', which does not exist"),
     Case("environment->version", replace(PROD, "      version: 1\n", "      version: 5\n"), PROD, "version: 5",
