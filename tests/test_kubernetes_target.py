@@ -695,3 +695,29 @@ def test_https_with_the_cluster_ca_and_a_wrong_ca(tmp_path: Path) -> None:
             bad.list_owned("staging")
         assert str(err.value) == (f"cannot reach the Kubernetes API server at {api.url}: "
                                   "TLS verification failed (check the cluster CA in the kubeconfig)")
+
+
+def test_in_cluster_config_with_a_service_account_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a pod sees: KUBERNETES_SERVICE_HOST/PORT and the mounted token and CA (their paths are
+    the one thing redirected here)."""
+    from kubernetes.config import incluster_config
+    from standins.kube_apiserver import self_signed_certificate
+
+    cert, key, ca = self_signed_certificate(tmp_path)
+    with KubeApiServer(tls=(cert, key)) as api:
+        api.add_user("sa-token", "system:serviceaccount:mlp:controller")
+        api.grant("system:serviceaccount:mlp:controller", ["*"], "*", ["*"], namespace="ml-staging")
+        (tmp_path / "token").write_text("sa-token")
+        (tmp_path / "ca.crt").write_bytes(ca)
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+        port = api.url.rsplit(":", 1)[1]
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+        monkeypatch.delenv("KUBECONFIG", raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config: from_environment picks in-cluster
+        t = KubernetesTarget.from_environment(namespace="ml-staging")
+        assert t.server == api.url
+        assert t.apply(configmap("cfg", "ml-staging")).action == "created"
+        with pytest.raises(TargetError, match='user "system:serviceaccount:mlp:controller" cannot list'):
+            KubernetesTarget.in_cluster(namespace=None).list_owned("staging")
