@@ -143,3 +143,29 @@ def test_models_push_cli_to_s3_and_file(tmp_path: Path, moto_s3: str) -> None:
     assert res.exit_code == 1
     assert "error: file://relative/dir: not a valid destination" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.timeout(60)
+def test_runtime_serves_an_s3_artifact_from_moto_and_refuses_a_wrong_digest(tmp_path: Path, moto_s3: str) -> None:
+    import numpy as np
+
+    from mlp.serving.runtime import Runtime
+    from mlp.serving.testing import deployment, train_iris
+    from mlp.targets.base import TargetError
+    from mlp.targets.local import LocalTarget
+
+    _bucket(moto_s3, "served")
+    path, digest = train_iris(tmp_path / "m", 1.0)
+    store = ArtifactStore(tmp_path / "state" / "cache", s3_endpoint_url=moto_s3)
+    uri, _, _ = store.push(path, "s3://served", "iris", 1)
+    rt = Runtime(tmp_path / "state", store=store, payload_log=False)
+    target = LocalTarget(rt)
+    good = {"version": 1, "uri": uri, "digest": digest, "role": "stable", "weight": 100}
+    assert target.apply(deployment("iris", [good])).action == "created"
+    loaded = rt.models["iris"].versions["1"].loaded
+    assert loaded.predict(np.array([[6.8, 2.8, 4.8, 1.4]])).tolist() == [1]  # type: ignore[union-attr]
+    bad = {**good, "version": 2, "uri": "s3://served/iris/1/model.joblib", "digest": GOOD}
+    with pytest.raises(TargetError, match="sha256 mismatch"):
+        target.apply(deployment("iris", [good | {"weight": 90}, bad | {"role": "canary", "weight": 10}]))
+    assert set(rt.models["iris"].versions) == {"1"}
+    rt.close()
