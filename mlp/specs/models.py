@@ -24,7 +24,10 @@ Quantity = Annotated[str | int | float, Field(description="Kubernetes quantity, 
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    # strict=True: no lax coercion ("1" -> 1, "yes" -> True, "0.9" -> 0.9), so a spec that
+    # validates here also validates against the exported JSON Schemas editors and CI use.
+    # Enums stay lax (Field(strict=False)): YAML gives strings, strict would want Enum instances.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False, strict=True)
 
 
 class Metadata(Strict):
@@ -60,7 +63,7 @@ class DataType(str, Enum):
 
 class Field_(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128)]
-    type: DataType
+    type: Annotated[DataType, Field(strict=False)]
     shape: list[int] | None = Field(default=None, description="Per-example shape; -1 for a variable axis.")
     description: str | None = None
 
@@ -97,7 +100,7 @@ class CustomRuntime(Strict):
 
 
 class ModelSpec(Strict):
-    framework: Framework
+    framework: Annotated[Framework, Field(strict=False)]
     signature: Signature
     features: Name | None = Field(default=None, description="FeatureView the model reads its inputs from.")
     custom: CustomRuntime | None = None
@@ -125,7 +128,7 @@ class Model(Strict):
 
 class EntitySpec(Strict):
     joinKeys: list[str] = Field(min_length=1)
-    valueType: DataType = DataType.string
+    valueType: Annotated[DataType, Field(strict=False)] = DataType.string
 
 
 class Entity(Strict):
