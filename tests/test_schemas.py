@@ -107,3 +107,36 @@ def test_editor_schema_comments_point_at_the_right_schema() -> None:
                 assert resolved == (SCHEMAS / f"{kind.lower()}.json").resolve(), f"{path}: {target} for {kind}"
                 seen += 1
     assert seen >= 5
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "valid"),
+    [
+        ("Environment", ("spec", "deployments", "iris", "version"), "1", False),  # a string is not an int
+        ("Environment", ("spec", "deployments", "iris", "batching"), "yes", False),  # nor a boolean
+        ("Environment", ("spec", "approvals", "required"), 1.5, False),
+        ("Model", ("spec", "versions", 0, "metrics", "accuracy"), "0.9", False),
+        ("Model", ("spec", "versions", 0, "metrics", "accuracy"), 1, True),  # an int is a fine float
+        ("Model", ("spec", "framework"), "sklearn", True),
+        ("Model", ("spec", "framework"), "scikit", False),
+    ],
+)
+def test_mlp_and_the_schema_agree(kind: str, path: tuple[str | int, ...], value: Any, valid: bool) -> None:
+    """A spec mlp accepts is one the exported schema accepts, and the other way round (no lax coercion)."""
+    from mlp.specs.models import KINDS as models
+
+    base = Path(__file__).resolve().parent / "broken" / "base"
+    yaml = YAML(typ="safe", pure=False)
+    docs = [d for p in sorted(base.rglob("*.yaml")) for d in yaml.load_all(p.read_text(encoding="utf-8"))]
+    doc = copy.deepcopy(next(d for d in docs if d["kind"] == kind and (kind != "Environment" or d["metadata"]["name"] == "prod")))
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    node[path[-1]] = value
+    schema_ok = not list(validator(kind).iter_errors(doc))
+    try:
+        models[kind].model_validate(doc)
+        mlp_ok = True
+    except ValueError:
+        mlp_ok = False
+    assert (mlp_ok, schema_ok) == (valid, valid)
