@@ -47,6 +47,13 @@ def test_protocol_apply_list_delete(target: LocalTarget, models: dict[int, tuple
     assert live[0]["status"]["conditions"][0]["status"] == "True"
     assert target.list_owned("prod") == []
     assert target.list_owned("dev", kinds=[("serving.kserve.io/v1beta1", "InferenceService")]) == []
+    relabeled = deployment("iris", [route(1, p1, d1)])
+    relabeled["metadata"]["annotations"] = {"mlp.dev/revision": "abc123"}
+    loaded = target.runtime.models["iris"].versions["1"].loaded
+    assert target.apply(relabeled).action == "configured"  # metadata only: recorded, nothing reloaded
+    assert target.list_owned("dev")[0]["metadata"]["annotations"] == {"mlp.dev/revision": "abc123"}
+    assert target.runtime.models["iris"].versions["1"].loaded is loaded
+    assert target.apply(relabeled).action == "unchanged"
     canary = deployment("iris", [route(1, p1, d1, "stable", 80), route(2, p2, d2, "canary", 20)])
     res = target.apply(canary)
     assert res.action == "configured"
@@ -197,3 +204,11 @@ def test_restart_reloads_from_the_state_folder_and_cache(tmp_path: Path, models:
     target.delete(ObjectRef("mlp.dev/v1", "ModelDeployment", "local", "iris"))
     assert Runtime(state, payload_log=False).restore() == [] and not list((state / "deployments").glob("*.json"))
     second.close()
+
+
+def test_testing_helpers_use_the_real_ownership_labels() -> None:
+    from mlp.serving import testing
+    from mlp.targets import base
+
+    assert (testing.MANAGED_BY, testing.MANAGED_BY_VALUE, testing.ENV_LABEL, testing.SPEC_LABEL) == (
+        base.MANAGED_BY, base.MANAGED_BY_VALUE, base.ENV_LABEL, base.SPEC_LABEL)

@@ -157,3 +157,21 @@ def test_mlp_up_refuses_a_kubernetes_environment_with_one_line(repo: Path, tmp_p
     assert res.returncode == 1
     assert "Environment/prod: target kind is 'kubernetes'" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.timeout(120)
+def test_restart_serves_the_saved_state_even_when_the_repository_is_broken(up: UpProcess, repo: Path,
+                                                                           tmp_path: Path) -> None:
+    with client(up.info["url"]) as c:
+        assert c.post("/v1/models/iris:predict", json={"instances": [ROW]}).status_code == 200
+    assert up.stop() == 0
+    (repo / "environments" / "dev.yaml").write_text("this: [is not, valid\n")
+    again = UpProcess(repo, tmp_path / "state")
+    try:
+        with client(again.info["url"]) as c:
+            r = c.post("/v1/models/iris:predict", json={"instances": [ROW]})
+            assert r.status_code == 200 and r.json() == {"predictions": [1]}
+            assert c.post("/v1/models/breast-cancer:predict", json={"instances": [[1.0] * 30]}).status_code == 200
+    finally:
+        assert again.stop() == 0
+    assert "serving the state restored from" in "".join(again.stderr)

@@ -206,8 +206,12 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
     try:
         loop.step(first=True)
     except UpError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        if not runtime.models:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        # last known good: keep serving what the state folder restored until the repository loads
+        click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}",
+                   err=True)
     app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)))
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)

@@ -19,6 +19,7 @@ serves the last applied state before it has read the repository again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -122,7 +123,12 @@ class Runtime:
             old = self.models.get(name)
             digest = content_hash(obj)
             if old is not None and old.content_hash == digest:
-                return "unchanged"
+                if old.obj.get("metadata") == obj.get("metadata"):
+                    return "unchanged"
+                # labels or annotations only: record them, keep every loaded version as is
+                self.models = {**self.models, name: dataclasses.replace(old, obj=obj)}
+                self._persist(name, obj)
+                return "configured"
             deployed = self._build(name, obj, old, digest)
             self.models = {**self.models, name: deployed}
             self._persist(name, obj)

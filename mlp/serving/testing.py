@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from mlp.serving.artifacts import sha256_file
-from mlp.targets.base import ENV_LABEL, MANAGED_BY, MANAGED_BY_VALUE, SPEC_LABEL
+
+# The ownership labels of mlp.targets.base, spelled out: serving sits below targets in the
+# import layers, so it may not import them.
+MANAGED_BY, MANAGED_BY_VALUE = "app.kubernetes.io/managed-by", "mlp"
+ENV_LABEL, SPEC_LABEL = "mlp.dev/environment", "mlp.dev/spec"
 
 IRIS_INPUTS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 IRIS_SIGNATURE: dict[str, Any] = {
