@@ -212,3 +212,12 @@ def test_testing_helpers_use_the_real_ownership_labels() -> None:
 
     assert (testing.MANAGED_BY, testing.MANAGED_BY_VALUE, testing.ENV_LABEL, testing.SPEC_LABEL) == (
         base.MANAGED_BY, base.MANAGED_BY_VALUE, base.ENV_LABEL, base.SPEC_LABEL)
+
+
+def test_a_signature_that_does_not_fit_the_artifact_is_refused(target: LocalTarget,
+                                                               models: dict[int, tuple[Path, str]]) -> None:
+    sig = {"inputs": [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}],
+           "outputs": [{"name": "species", "type": "int"}]}
+    with pytest.raises(TargetError, match=r"declares 2 input features .* the artifact expects 4"):
+        target.apply(deployment("iris", [route(1, *models[1])], signature=sig))
+    assert target.list_owned("dev") == []

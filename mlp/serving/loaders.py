@@ -34,6 +34,7 @@ class NativeModel:
     input_dtype: Any = np.float64
     batchable: bool = True
     custom: bool = False
+    n_features: int | None = None  # what the artifact expects, when it says
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.impl(x))
@@ -106,8 +107,10 @@ def _load_sklearn(path: Path, proba: bool) -> NativeModel:
     if proba and hasattr(est, "predict_proba") and len(getattr(est, "classes_", ())) == 2:
         def positive(x: np.ndarray) -> np.ndarray:
             return np.asarray(est.predict_proba(x))[:, 1]
-        return NativeModel("sklearn", _linear_fast_path(est, positive, proba=True) or positive)
-    return NativeModel("sklearn", _linear_fast_path(est, est.predict, proba=False) or est.predict)
+        return NativeModel("sklearn", _linear_fast_path(est, positive, proba=True) or positive,
+                           n_features=getattr(est, "n_features_in_", None))
+    return NativeModel("sklearn", _linear_fast_path(est, est.predict, proba=False) or est.predict,
+                       n_features=getattr(est, "n_features_in_", None))
 
 
 def _linear_fast_path(est: Any, reference: Any, *, proba: bool) -> Any:
@@ -174,17 +177,18 @@ def _load_xgboost(path: Path, proba: bool) -> NativeModel:
     booster = xgb.Booster()
     booster.load_model(str(path))
     objective = _xgb_objective(booster)
+    n = booster.num_features()
     if objective.startswith("binary:") and proba:
-        return NativeModel("xgboost", booster.inplace_predict)
+        return NativeModel("xgboost", booster.inplace_predict, n_features=n)
     if objective.startswith("binary:"):
         def binary(x: np.ndarray) -> np.ndarray:
             return (booster.inplace_predict(x) > 0.5).astype(np.int64)
-        return NativeModel("xgboost", binary)
+        return NativeModel("xgboost", binary, n_features=n)
     if objective.startswith("multi:softprob"):
         def softprob(x: np.ndarray) -> np.ndarray:
             return np.argmax(booster.inplace_predict(x), axis=1).astype(np.int64)
-        return NativeModel("xgboost", softprob)
-    return NativeModel("xgboost", booster.inplace_predict)
+        return NativeModel("xgboost", softprob, n_features=n)
+    return NativeModel("xgboost", booster.inplace_predict, n_features=n)
 
 
 def _xgb_objective(booster: Any) -> str:
@@ -202,17 +206,18 @@ def _load_lightgbm(path: Path, proba: bool) -> NativeModel:
 
     booster = lgb.Booster(model_file=str(path))
     objective = str(booster.params.get("objective", ""))
+    n = booster.num_feature()
     if objective.startswith("binary") and proba:
-        return NativeModel("lightgbm", booster.predict)
+        return NativeModel("lightgbm", booster.predict, n_features=n)
     if objective.startswith("binary"):
         def binary(x: np.ndarray) -> np.ndarray:
             return (np.asarray(booster.predict(x)) > 0.5).astype(np.int64)
-        return NativeModel("lightgbm", binary)
+        return NativeModel("lightgbm", binary, n_features=n)
     if objective.startswith(("multiclass", "softmax")):
         def multi(x: np.ndarray) -> np.ndarray:
             return np.argmax(np.asarray(booster.predict(x)), axis=1).astype(np.int64)
-        return NativeModel("lightgbm", multi)
-    return NativeModel("lightgbm", booster.predict)
+        return NativeModel("lightgbm", multi, n_features=n)
+    return NativeModel("lightgbm", booster.predict, n_features=n)
 
 
 def _load_onnx(path: Path, proba: bool) -> NativeModel:
@@ -221,13 +226,16 @@ def _load_onnx(path: Path, proba: bool) -> NativeModel:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # the server is one event loop; don't fight it for cores
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    first = session.get_inputs()[0]
+    input_name = first.name
     output_name = session.get_outputs()[0].name
+    shape = list(first.shape or [])
+    n = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else None
 
     def run(x: np.ndarray) -> np.ndarray:
         return np.asarray(session.run([output_name], {input_name: x.astype(np.float32, copy=False)})[0])
 
-    return NativeModel("onnx", run, input_dtype=np.float32)
+    return NativeModel("onnx", run, input_dtype=np.float32, n_features=n)
 
 
 def _load_custom(model_class: str, name: str, path: Path | None) -> CustomModel:

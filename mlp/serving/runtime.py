@@ -212,6 +212,13 @@ class Runtime:
         first = next(iter(versions.values()))
         input_dtype = getattr(first.loaded, "input_dtype", None)
         sig = Signature.from_spec(spec.get("signature"), input_dtype if input_dtype is not None else float)
+        for vs in versions.values():
+            wants = getattr(vs.loaded, "n_features", None)
+            if sig.width is not None and wants is not None and wants != sig.width:
+                raise DeploymentError(
+                    f"ModelDeployment/{name}: version {vs.version}: the signature declares {sig.width} input "
+                    f"features ({', '.join(sig.inputs)}) but the artifact expects {wants}"
+                )
         if batching:
             for vs in versions.values():
                 if vs.batcher is not None:
