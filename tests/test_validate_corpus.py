@@ -397,3 +397,27 @@ def test_sample_of_corpus_as_real_processes(tmp_path: Path) -> None:
         line = expected_line(case, broken)
         assert any(ln.startswith(f"{case.path}:{line}:") for ln in proc.stdout.splitlines()), (case.id, proc.stdout)
         assert re.fullmatch(r"\d+ errors? in \d+ files?", proc.stdout.rstrip().splitlines()[-1]), proc.stdout
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if not c.id.startswith("deep-flow")], ids=lambda c: c.id)
+def test_ci_formats_are_well_formed_for_every_case(case: Case, tmp_path: Path) -> None:
+    """Every corpus diagnostic survives the github and gitlab encodings (messages hold %, :, ', ...)."""
+    from test_validate_cli import GITHUB_LINE, GITLAB_SEVERITIES, _unescape
+
+    broken = make_repo(tmp_path, case.defect)
+    runner = CliRunner()
+    diagnostics = json.loads(runner.invoke(validate, [str(broken.root), "--format", "json"]).output)["diagnostics"]
+    github = runner.invoke(validate, [str(broken.root), "--format", "github"])
+    assert github.exit_code == 1
+    lines = github.output.splitlines()
+    assert len(lines) == len(diagnostics)
+    for line, d in zip(lines, diagnostics, strict=True):
+        m = GITHUB_LINE.match(line)
+        assert m, line
+        assert (_unescape(m["file"]), int(m["line"]), int(m["col"]), _unescape(m["message"])) == (
+            d["path"], d["line"], d["col"], d["message"])
+    issues = json.loads(runner.invoke(validate, [str(broken.root), "--format", "gitlab"]).output)
+    assert [(i["location"]["path"], i["location"]["lines"]["begin"]) for i in issues] == [
+        (d["path"], d["line"]) for d in diagnostics]
+    assert all(i["severity"] in GITLAB_SEVERITIES and i["check_name"] and i["description"] for i in issues)
+    assert len({i["fingerprint"] for i in issues}) == len(issues)
