@@ -83,7 +83,7 @@ class DataPlane:
                 await _send(send, 200, self.runtime.metrics.render(),
                             [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
             elif path in ("/v2", "/v2/"):
-                await _send(send, 200, codec.dumps({"name": "mlp", "version": "1", "extensions": ["model_repository"]}))
+                await _send(send, 200, codec.dumps({"name": "mlp", "version": "1", "extensions": []}))
             elif path == "/v1/models":
                 await _send(send, 200, codec.dumps({"models": sorted(self.runtime.models)}))
             elif path.startswith("/v1/batch/jobs"):

@@ -21,22 +21,10 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-@dataclass
-class _Record:
-    model: str
-    version: str
-    ts_ms: int
-    inputs: np.ndarray
-    outputs: np.ndarray
-    input_names: Sequence[str]
-    output_names: Sequence[str]
 
 
 class PayloadLog:
@@ -64,6 +52,15 @@ class PayloadLog:
         self._stop = threading.Event()
         self._flushed = threading.Condition()
         self._generation = 0
+        # import pyarrow now, at startup: importing it on the writer thread at the first flush
+        # holds the GIL for ~0.4 s, a stall every in-flight request would see
+        import pyarrow
+        import pyarrow.parquet
+
+        self._pa, self._pq = pyarrow, pyarrow.parquet
+        # and write one tiny table to memory: the first Parquet write initializes lazily (~0.2 s)
+        sample = pyarrow.table({"ts": pyarrow.array(np.zeros(1, dtype="datetime64[ms]")), "x": [1.0], "s": ["a"]})
+        pyarrow.parquet.write_table(sample, pyarrow.BufferOutputStream())
         self._thread = threading.Thread(target=self._run, name="mlp-payload-log", daemon=True)
         self._thread.start()
 
@@ -101,11 +98,14 @@ class PayloadLog:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             stopping = self._stop.is_set()
-            buffers: dict[tuple[str, str], list[_Record]] = defaultdict(list)
+            # Records stay plain tuples (model, version, ts_ms, inputs, outputs, in_names,
+            # out_names): this thread shares the GIL with the event loop, so its per-record
+            # Python work is kept to a few list operations and the rest is vectorized numpy.
+            buffers: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
             q = self._q
             for _ in range(len(q)):
-                rec = _Record(*q.popleft())
-                buffers[(rec.model, rec.version)].append(rec)
+                rec = q.popleft()
+                buffers[(rec[0], rec[1])].append(rec)
             for key, recs in buffers.items():
                 try:
                     self._write(key, recs)
@@ -117,32 +117,34 @@ class PayloadLog:
             if stopping:
                 return
 
-    def _write(self, key: tuple[str, str], recs: list[_Record]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+    def _write(self, key: tuple[str, str], recs: list[tuple[Any, ...]]) -> None:
+        pa, pq = self._pa, self._pq
         model, version = key
-        ts = np.concatenate([np.full(r.inputs.shape[0], r.ts_ms, dtype="int64") for r in recs])
-        n = ts.shape[0]
-        cols: dict[str, pa.Array] = {
+        first = recs[0]
+        inputs = [r[3] for r in recs]
+        rows = np.fromiter((len(x) for x in inputs), dtype=np.int64, count=len(recs))
+        ts = np.repeat(np.fromiter((r[2] for r in recs), dtype=np.int64, count=len(recs)), rows)
+        n = int(ts.shape[0])
+        cols: dict[str, Any] = {
             "ts": pa.array(ts.astype("datetime64[ms]")),
             "model": pa.array([model] * n, pa.string()),
             "version": pa.array([version] * n, pa.string()),
         }
-        first = recs[0]
-        x = np.concatenate([r.inputs.reshape(r.inputs.shape[0], -1) for r in recs])
-        names = list(first.input_names)
+        x = np.concatenate(inputs)
+        x = x.reshape(n, -1)
+        names = list(first[5])
         if names and x.shape[1] == len(names) and x.dtype.kind in "biuf":
+            xf = x.astype(np.float64, copy=False)
             for i, name in enumerate(names):
-                cols[name] = pa.array(x[:, i].astype(np.float64))
+                cols[name] = pa.array(np.ascontiguousarray(xf[:, i]))
         else:
-            cols["input"] = pa.array([row.tolist() for row in x])
-        y = np.concatenate([np.asarray(r.outputs).reshape(r.inputs.shape[0], -1) for r in recs])
-        out_names = list(first.output_names) or ["prediction"]
+            cols["input"] = pa.array(list(x))
+        y = np.concatenate([np.asarray(r[4]) for r in recs]).reshape(n, -1)
+        out_names = list(first[6]) or ["prediction"]
         if y.shape[1] == 1:
-            cols[out_names[0] if out_names[0] not in cols else "prediction"] = pa.array(y[:, 0])
+            cols[out_names[0] if out_names[0] not in cols else "prediction"] = pa.array(np.ascontiguousarray(y[:, 0]))
         else:
-            cols["prediction"] = pa.array([row.tolist() for row in y])
+            cols["prediction"] = pa.array(list(y))
         folder = self.directory / model / version
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{int(time.time() * 1000)}-{next(self._seq):06d}.parquet"

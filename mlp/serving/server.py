@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -45,6 +46,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(app: Any, sock: socket.socket) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers), on an already-bound socket."""
+    # The payload-log writer and batch jobs run in threads beside the event loop; with the
+    # default 5 ms GIL switch interval a busy thread can hold requests for 5 ms at a time.
+    sys.setswitchinterval(0.001)
     # Hand uvicorn the socket object, not its fd: uvicorn treats a bare fd as a UNIX socket,
     # and then the TCP connections lose TCP_NODELAY (40 ms Nagle/delayed-ACK stalls).
     server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", 0))
