@@ -71,3 +71,46 @@ def test_governance_check_cli(tmp_path: Path) -> None:
         assert "Traceback" not in bad.output
     none = runner.invoke(cli, args, env={"GITHUB_TOKEN": "", "MLP_GITHUB_TOKEN": ""})
     assert none.exit_code == 2 and "no API token" in none.stderr
+
+
+def test_governance_check_cli_on_gitlab(tmp_path: Path) -> None:
+    from standins.gitlab_api import GitLabStandIn
+
+    origin = make_origin(tmp_path / "origin")
+    head = bump_prod_iris(origin)
+    standin = GitLabStandIn(TOKENS)
+    project = standin.add_project(REPO, tmp_path / "origin")
+    runner = CliRunner()
+    with serve(standin.app) as url:
+        api = f"{url}/api/v4"
+        iid = httpx.post(
+            f"{api}/projects/{project.id}/merge_requests",
+            headers={"PRIVATE-TOKEN": "t-dave"},
+            json={"source_branch": "bump-iris", "target_branch": "main", "title": "t"},
+        ).json()["iid"]
+        args = [
+            "governance",
+            "check",
+            "--pr",
+            str(iid),
+            "--repo",
+            REPO,
+            "--gitlab-url",
+            api,
+            "--path",
+            str(tmp_path / "origin"),
+            "--now",
+            "2026-11-25T12:00:00Z",
+            "--format",
+            "json",
+        ]
+        env = {"GITLAB_TOKEN": "t-mlp", "MLP_GITLAB_TOKEN": ""}
+        pending = runner.invoke(cli, args, env=env)
+        assert pending.exit_code == 1, pending.output
+        assert json.loads(pending.stdout)["missing"] == ["prod: 0/2 approvals from team:ml-leads"]
+        for token in ("t-alice", "t-bob"):
+            httpx.post(f"{api}/projects/{project.id}/merge_requests/{iid}/approve", headers={"PRIVATE-TOKEN": token})
+        ok = runner.invoke(cli, [*args, "--post"], env=env)
+        assert ok.exit_code == 0, ok.output
+        assert json.loads(ok.stdout)["approvers"] == ["alice", "bob"]
+        assert standin.latest_status(REPO, head, "mlp/governance")["status"] == "success"  # type: ignore[index]
