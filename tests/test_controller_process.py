@@ -171,7 +171,13 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
     try:
         _wait(lambda: (s := _status(state)) is not None and s.sync_status == "Synced", 60, "first sync", proc)
         port = json.loads((state / "controller.json").read_text())["metricsPort"]
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        applied = f'mlp_controller_reconcile_total{{environment="{ENV}",outcome="applied"}} 1.0'
+
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+        _wait(lambda: applied in scrape(), 10, "the step's metrics")  # status is saved just before them
+        text = scrape()
         assert "# TYPE mlp_controller_reconcile_duration_seconds histogram" in text
         assert f'mlp_controller_reconcile_total{{environment="{ENV}",outcome="applied"}} 1.0' in text
         assert f'mlp_controller_last_successful_sync_timestamp_seconds{{environment="{ENV}"}}' in text
