@@ -6,7 +6,9 @@ the same server in a background thread on an ephemeral port, for tests and bench
 
 from __future__ import annotations
 
+import gc
 import importlib.util
+import os
 import socket
 import sys
 import threading
@@ -49,6 +51,11 @@ def serve(app: Any, sock: socket.socket) -> None:
     # The payload-log writer and batch jobs run in threads beside the event loop; with the
     # default 5 ms GIL switch interval a busy thread can hold requests for 5 ms at a time.
     sys.setswitchinterval(0.001)
+    if os.environ.get("MLP_GC_FREEZE", "1") != "0":
+        # Everything loaded so far (libraries, models) is long-lived: move it out of the
+        # collector's reach so a full collection does not walk it while requests wait.
+        gc.collect()
+        gc.freeze()
     # Hand uvicorn the socket object, not its fd: uvicorn treats a bare fd as a UNIX socket,
     # and then the TCP connections lose TCP_NODELAY (40 ms Nagle/delayed-ACK stalls).
     server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", 0))
