@@ -596,3 +596,12 @@ def test_cli_usage_errors_and_help(tmp_path: Path) -> None:
                               "--once", "--metrics-port", "-1"])
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "does not appear to be a git repository" in out.output
+
+
+def test_queue_serves_manual_and_webhook_first() -> None:
+    q = WorkQueue()
+    q.put("dev", "interval")
+    q.put("staging", "git")
+    q.put("prod", "webhook")
+    assert (q.get(timeout=1) or ("",))[0] == "prod"
+    assert (q.get(timeout=1) or ("",))[0] == "dev"

@@ -4,7 +4,7 @@ Threads:
 - the loop (the thread that calls `run()`): every `interval` seconds refreshes the source
   (Git: `ls-remote`, then a shallow fetch of refs that moved) and queues every
   environment; on demand (`trigger()`, or a row `mlp sync` / the webhook receiver wrote
-  into the state database, polled every `poll` seconds) it refreshes at once and queues
+  into the state database, polled every `poll` seconds, 0.5 by default) it refreshes at once and queues
   the named environment;
 - `workers` reconcilers taking environments from a `WorkQueue` (one step per environment
   at a time, different environments in parallel);
@@ -64,7 +64,7 @@ class Controller:
         interval: float = 60.0,
         environments: Iterable[str] | None = None,
         workers: int = 4,
-        poll: float = 1.0,
+        poll: float = 0.5,
         metrics: ControllerMetrics | None = None,
         events: ControllerEvents | None = None,
     ) -> None:

@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+URGENT = frozenset({"manual", "webhook"})
+
 
 class WorkQueue:
     def __init__(self, on_depth: Callable[[int], None] | None = None) -> None:
@@ -36,12 +38,14 @@ class WorkQueue:
             while True:
                 if self._closed:
                     return None
-                for key in self._pending:
-                    if key not in self._running:
-                        reasons = self._pending.pop(key)
-                        self._running.add(key)
-                        self._report()
-                        return key, reasons
+                ready = [k for k in self._pending if k not in self._running]
+                if ready:
+                    # Someone is waiting on a manual sync or a push webhook: those go first.
+                    key = next((k for k in ready if self._pending[k] & URGENT), ready[0])
+                    reasons = self._pending.pop(key)
+                    self._running.add(key)
+                    self._report()
+                    return key, reasons
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None

@@ -175,6 +175,7 @@ class Reconciler:
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, tuple[Snapshot, LoadResult]] = {}
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
+        self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
         self._full_steps = 0
         self._in_sync: dict[str, tuple[str, str, str | None]] = {}  # env -> (revision, live fingerprint, source error)
@@ -193,9 +194,16 @@ class Reconciler:
                 if ref is not None:
                     self._ref_rev[ref] = rev
                 return hit
-        snap = self.source.snapshot(rev)
-        result = load(snap)
+            loading = self._loading.setdefault(rev, threading.Lock())
+        with loading:  # single flight: environments stepping in parallel load a new commit once
+            with self._cache_lock:
+                hit = self._loaded.get(rev)
+            if hit is not None:
+                return hit
+            snap = self.source.snapshot(rev)
+            result = load(snap)
         with self._cache_lock:
+            self._loading.pop(rev, None)
             self._loaded[rev] = (snap, result)
             if ref is not None:
                 self._ref_rev[ref] = rev
