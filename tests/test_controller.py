@@ -10,6 +10,7 @@ API server stand-in over HTTP).
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import threading
@@ -382,8 +383,10 @@ def test_target_failure_is_reported_and_retried(rig: Rig) -> None:
 
 def test_interrupted_apply_is_resumed_and_logged_once(rig: Rig) -> None:
     rev = rig.source.refresh(["main"]).revisions["main"]
-    # A previous process recorded its intent, wrote one object, and died.
-    rig.store.begin_intent(Intent("staging", rev, "apply", ["CREATE everything"], time.time(), pid=999999))
+    # A previous run recorded its intent, wrote one object, and died. Its PID may be ours (PID 1 in a
+    # container): runs are told apart by a run id, not the PID.
+    rig.store.begin_intent(Intent("staging", rev, "apply", ["CREATE everything"], time.time(), pid=os.getpid(),
+                                  run="a-previous-run"))
     res = rig.step("staging")
     assert res.outcome == "applied"
     assert rig.store.intent("staging") is None

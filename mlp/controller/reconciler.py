@@ -33,6 +33,7 @@ import os
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +62,8 @@ from mlp.specs.models import Deployment, Environment
 from mlp.targets.base import Manifest, ObjectRef, Target, TargetError
 
 DEFAULT_REF = "main"
+# Identifies this controller run in intents: an intent written by another run was interrupted.
+RUN_ID = uuid.uuid4().hex
 
 # Step outcomes (also the `outcome` label of mlp_controller_reconcile_total).
 SYNCED_OUTCOME = "synced"  # nothing to do
@@ -88,6 +91,22 @@ def default_renderer(specs: SpecSet, env: str, revision: str, templates: dict[st
     from mlp.render import render
 
     return list(render(specs, env, revision=revision, templates=templates))
+
+
+@dataclass
+class Loaded:
+    """What the controller keeps of a loaded commit: enough to list and check environments cheaply."""
+
+    snapshot: Snapshot
+    ok: bool
+    errors: list[str]
+    environments: dict[str, Environment]
+    result: LoadResult | None = None  # the full spec set; dropped by `Reconciler.trim`
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, result: LoadResult) -> Loaded:
+        errors = [str(d) for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
+        return cls(snapshot, result.ok, errors, dict(result.specs.environments), result)
 
 
 @dataclass
@@ -173,7 +192,8 @@ class Reconciler:
         self.renderer: Renderer = renderer or default_renderer
         self.clock = clock
         self._cache_lock = threading.Lock()
-        self._loaded: dict[str, tuple[Snapshot, LoadResult]] = {}
+        self._loaded: dict[str, Loaded] = {}
+        self._active = 0  # steps in progress (trim waits for none)
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
         self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
@@ -182,11 +202,12 @@ class Reconciler:
 
     # --- sources and caches ------------------------------------------------------------------
 
-    def load_revision(self, rev: str, ref: str | None = None) -> tuple[Snapshot, LoadResult]:
-        """Snapshot and load result of a commit, cached (a commit never changes).
+    def load_revision(self, rev: str, ref: str | None = None) -> Loaded:
+        """A commit, loaded and validated; cached (a commit never changes).
 
-        The cache keeps the newest commit of each ref (a loaded spec set of 1,000 models is
-        ~20 MB): loading a new commit of `ref` evicts that ref's previous one.
+        The cache keeps the newest commit of each ref: loading a new commit of `ref` evicts
+        that ref's previous one. The full spec set (~20 MB for 1,000 models) is dropped when
+        no step is running (`trim`) and loaded again only when a step must render.
         """
         with self._cache_lock:
             hit = self._loaded.get(rev)
@@ -201,16 +222,38 @@ class Reconciler:
             if hit is not None:
                 return hit
             snap = self.source.snapshot(rev)
-            result = load(snap)
+            loaded = Loaded.of(snap, load(snap))
         with self._cache_lock:
             self._loading.pop(rev, None)
-            self._loaded[rev] = (snap, result)
+            self._loaded[rev] = loaded
             if ref is not None:
                 self._ref_rev[ref] = rev
             keep = set(self._ref_rev.values()) | {rev}
             for old in [r for r in self._loaded if r not in keep]:
                 del self._loaded[old]
-        return snap, result
+        return loaded
+
+    def specs_of(self, loaded: Loaded) -> SpecSet:
+        """The full spec set of a loaded commit, loading it again if `trim` dropped it."""
+        with self._cache_lock:
+            result = loaded.result
+        if result is not None:
+            return result.specs
+        with self._loading.setdefault(loaded.snapshot.revision, threading.Lock()):
+            with self._cache_lock:
+                result = loaded.result
+            if result is None:
+                result = load(loaded.snapshot)
+                with self._cache_lock:
+                    loaded.result = result
+        return result.specs
+
+    def trim(self) -> None:
+        """Drop full spec sets while no step runs (an idle controller keeps only summaries)."""
+        with self._cache_lock:
+            if self._active == 0:
+                for loaded in self._loaded.values():
+                    loaded.result = None
 
     def environments(self) -> dict[str, str]:
         """Environments to reconcile -> the branch or tag each tracks.
@@ -224,11 +267,11 @@ class Reconciler:
         if rev is None:
             return {e: self.default_ref for e in envs}
         try:
-            _, result = self.load_revision(rev, self.default_ref)
+            loaded = self.load_revision(rev, self.default_ref)
         except Exception:  # an unreadable commit: keep what we knew
             return {e: self.default_ref for e in envs}
-        found = {name: e.spec.branch for name, e in result.specs.environments.items()}
-        if result.ok:
+        found = {name: e.spec.branch for name, e in loaded.environments.items()}
+        if loaded.ok:
             return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
         merged = {e: self.default_ref for e in envs}
         merged.update({n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()})
@@ -243,6 +286,8 @@ class Reconciler:
         lock = self._env_locks.setdefault(env, threading.Lock())
         start = time.monotonic()
         full_before = self._full_steps
+        with self._cache_lock:
+            self._active += 1
         with lock:
             try:
                 result = self._step(env, set(reasons), ref)
@@ -251,7 +296,11 @@ class Reconciler:
                 status = self.store.load(env) or EnvStatus(env)
                 status.health, status.message = HealthStatus.UNKNOWN.value, result.message
                 self.store.save(status)
+            finally:
+                with self._cache_lock:
+                    self._active -= 1
         if self._full_steps != full_before:
+            self.trim()
             release_memory()
         result.duration = time.monotonic() - start
         if self.metrics is not None:
@@ -273,16 +322,16 @@ class Reconciler:
         source_note = f" (source: {self.source.last_error}; using last fetched revision)" if self.source.last_error \
             else ""
 
-        snap, loaded = self.load_revision(rev, ref)
+        loaded = self.load_revision(rev, ref)
+        snap = loaded.snapshot
         seen_before = (status.sync_status, status.revision)
         status.revision, status.author = rev, snap.author
         if not snap.spec_files():
             return self._refuse(status, snap, [f"{rev[:12]} has no files under specs/ or environments/"],
                                 "empty source (nothing is pruned)")
         if not loaded.ok:
-            errors = [str(d) for d in loaded.diagnostics if getattr(d, "severity", "error") == "error"]
-            return self._refuse(status, snap, errors or ["the snapshot did not load"], "invalid specs")
-        envspec = loaded.specs.environments.get(env)
+            return self._refuse(status, snap, loaded.errors or ["the snapshot did not load"], "invalid specs")
+        envspec = loaded.environments.get(env)
         if envspec is None:
             return self._refuse(status, snap, [f"environment {env!r} is not declared at {rev[:12]}"],
                                 "environment not declared (nothing is pruned)")
@@ -302,7 +351,7 @@ class Reconciler:
         self._in_sync.pop(env, None)
         self._full_steps += 1
         try:
-            desired = self.renderer(loaded.specs, env, rev, snap.templates())
+            desired = self.renderer(self.specs_of(loaded), env, rev, snap.templates())
         except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
             return self._refuse(status, snap, [str(exc)], "render failed")
         try:
@@ -311,7 +360,7 @@ class Reconciler:
             return self._refuse(status, snap, [str(exc)], "unsafe plan")
 
         intent = self.store.intent(env)
-        interrupted = intent is not None and intent.pid != os.getpid()
+        interrupted = intent is not None and intent.run != RUN_ID
         new_revision = rev != status.synced_revision
         changes = plan.changes
 
@@ -361,7 +410,7 @@ class Reconciler:
         writes = [i for i in changes if i.action is not Action.DELETE]
         deletes = [i for i in changes if i.action is Action.DELETE]
         described = [_describe(i.action, i.ref) for i in changes]
-        self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid()))
+        self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid(), RUN_ID))
         changeset = execute(plan, target)
         done = {c.ref for c in changeset.done}
         events: list[AuditEvent] = []

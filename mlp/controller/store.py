@@ -71,7 +71,8 @@ CREATE TABLE IF NOT EXISTS intents (
     action TEXT NOT NULL,
     objects TEXT NOT NULL,
     started_at REAL NOT NULL,
-    pid INTEGER NOT NULL
+    pid INTEGER NOT NULL,
+    run TEXT NOT NULL DEFAULT ''  -- id of the controller run that wrote it (a PID repeats across containers)
 );
 CREATE TABLE IF NOT EXISTS sync_requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -269,6 +270,7 @@ class Intent:
     objects: list[str]
     started_at: float
     pid: int
+    run: str = ""
 
 
 class StateStore(_Db):
@@ -344,9 +346,10 @@ class StateStore(_Db):
     def begin_intent(self, intent: Intent) -> None:
         with self.tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO intents (env, revision, action, objects, started_at, pid) VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO intents (env, revision, action, objects, started_at, pid, run)"
+                " VALUES (?,?,?,?,?,?,?)",
                 (intent.env, intent.revision, intent.action, json.dumps(intent.objects), intent.started_at,
-                 intent.pid),
+                 intent.pid, intent.run),
             )
 
     def intent(self, env: str) -> Intent | None:
@@ -354,7 +357,8 @@ class StateStore(_Db):
         if not rows:
             return None
         r = rows[0]
-        return Intent(r["env"], r["revision"], r["action"], json.loads(r["objects"]), r["started_at"], r["pid"])
+        return Intent(r["env"], r["revision"], r["action"], json.loads(r["objects"]), r["started_at"], r["pid"],
+                      r["run"])
 
     def intents(self) -> list[Intent]:
         return [i for r in self.query("SELECT env FROM intents") if (i := self.intent(r["env"])) is not None]
