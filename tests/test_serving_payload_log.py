@@ -29,7 +29,7 @@ def test_records_become_parquet_with_one_column_per_input(tmp_path: Path) -> Non
 
 
 def test_rotation_keeps_each_version_folder_under_its_bound(tmp_path: Path) -> None:
-    log = PayloadLog(tmp_path, flush_seconds=0.01, max_bytes=20_000)
+    log = PayloadLog(tmp_path, flush_seconds=0.01, file_seconds=0.01, max_bytes=20_000)
     for _ in range(40):
         log.put("m", "1", np.random.default_rng(0).normal(size=(200, 4)), np.zeros(200), NAMES, ("y",))
         time.sleep(0.015)

@@ -1,16 +1,22 @@
 """Payload log: sampled inputs and outputs, written to Parquet off the request path.
 
-The request path only appends a tuple of references to a bounded deque (and drops the
-record, counting it, when the writer is behind: the log is never allowed to slow serving
-down or grow memory without bound). A daemon thread drains it every `flush_seconds` and
-writes one Parquet file per model version per flush:
+The request path only appends a tuple of references to the version's bounded deque (and
+drops the record, counting it, when the writer is behind: the log is never allowed to slow
+serving down or grow memory without bound). A daemon thread wakes every `flush_seconds`
+(0.1 s), turns what arrived into one Arrow table with C-level operations only, and appends
+it as a row group to the version's open Parquet file; every `file_seconds` (10 s) the file
+is closed and renamed into place:
 
-    <dir>/<model>/<version>/<unix_ms>-<seq>.parquet
+    <dir>/<model>/<version>/<unix_ms>-<seq>.parquet      (".<name>" while still open)
 
-with columns `ts` (timestamp, ms, UTC), `model`, `version`, one column per signature
-input (float64) or `input` (list<double>) when the widths disagree, and one column per
-signature output (`prediction` if unnamed). Rotation keeps at most `max_bytes` per model
-version by deleting the oldest files. The monitors read these folders as a dataset.
+Small, frequent appends matter on a 2-core machine: one big write per second was a 5 ms
+burst of CPU and GIL that showed up directly in the data plane's p99.
+
+Columns: `ts` (timestamp, ms, UTC), `model`, `version`, one float64 column per signature
+input (or `input`, a list, when the widths disagree), and one column per signature output
+(`prediction` if unnamed). Rotation keeps at most `max_bytes` of closed files per model
+version by deleting the oldest. The monitors read these folders as a dataset (closed files
+only: names starting with "." are in progress).
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import collections
 import itertools
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,38 +32,56 @@ from typing import Any
 import numpy as np
 
 
+class _Stream:
+    """One model version: its pending records and its open file."""
+
+    __slots__ = ("input_names", "opened", "output_names", "path", "q", "writer")
+
+    def __init__(self, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
+        self.input_names = input_names
+        self.output_names = output_names
+        self.q: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque()
+        self.writer: Any = None
+        self.path: Path | None = None
+        self.opened = 0.0
+
+
 class PayloadLog:
     def __init__(
         self,
         directory: str | Path,
         *,
-        flush_seconds: float = 1.0,
+        flush_seconds: float = 0.1,
+        file_seconds: float = 10.0,
         max_queue: int = 10000,
         max_bytes: int = 64 << 20,
         on_drop: Callable[[], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.flush_seconds = flush_seconds
+        self.file_seconds = file_seconds
         self.max_queue = max_queue
         self.max_bytes = max_bytes
         self.on_drop = on_drop
         self.dropped = 0
         self.written_rows = 0
-        # A deque, not a queue.Queue: append and popleft are atomic without a lock, which keeps
-        # the request path's cost at about a microsecond. The writer polls it every flush.
-        self._q: collections.deque[tuple[Any, ...]] = collections.deque()
+        # One deque per model version, not a queue.Queue: append and popleft are atomic
+        # without a lock, which keeps the request path's cost at about a microsecond, and the
+        # writer needs no grouping. `max_queue` bounds each version's deque.
+        self._streams: dict[tuple[str, str], _Stream] = {}
         self._seq = itertools.count()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._seal = False
         self._flushed = threading.Condition()
         self._generation = 0
-        # import pyarrow now, at startup: importing it on the writer thread at the first flush
-        # holds the GIL for ~0.4 s, a stall every in-flight request would see
+        # Import pyarrow now, at startup: importing it on the writer thread at the first flush
+        # holds the GIL for ~0.4 s, a stall every in-flight request would see; and write one
+        # tiny table to memory, because the first Parquet write initializes lazily (~0.2 s).
         import pyarrow
         import pyarrow.parquet
 
         self._pa, self._pq = pyarrow, pyarrow.parquet
-        # and write one tiny table to memory: the first Parquet write initializes lazily (~0.2 s)
         sample = pyarrow.table({"ts": pyarrow.array(np.zeros(1, dtype="datetime64[ms]")), "x": [1.0], "s": ["a"]})
         pyarrow.parquet.write_table(sample, pyarrow.BufferOutputStream())
         self._thread = threading.Thread(target=self._run, name="mlp-payload-log", daemon=True)
@@ -74,17 +97,22 @@ class PayloadLog:
         output_names: Sequence[str] = (),
     ) -> None:
         """Hand a record to the writer; never blocks (drops and counts when the writer is behind)."""
-        if len(self._q) >= self.max_queue:
+        stream = self._streams.get((model, version))
+        if stream is None:
+            stream = self._streams.setdefault((model, version), _Stream(tuple(input_names), tuple(output_names)))
+        q = stream.q
+        if len(q) >= self.max_queue:
             self.dropped += 1
             if self.on_drop is not None:
                 self.on_drop()
             return
-        self._q.append((model, version, int(time.time() * 1000), inputs, outputs, input_names, output_names))
+        q.append((int(time.time() * 1000), inputs, outputs))
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is on disk (tests, shutdown)."""
+        """Write everything queued so far and close the open files (tests, shutdown)."""
         with self._flushed:
             target = self._generation + 1
+            self._seal = True
             self._wake.set()
             self._flushed.wait_for(lambda: self._generation >= target, timeout=timeout)
 
@@ -93,69 +121,99 @@ class PayloadLog:
         self._wake.set()
         self._thread.join(timeout=10)
 
+    # --- writer thread ------------------------------------------------------------------------
+
     def _run(self) -> None:
         while True:
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             stopping = self._stop.is_set()
-            # Records stay plain tuples (model, version, ts_ms, inputs, outputs, in_names,
-            # out_names): this thread shares the GIL with the event loop, so its per-record
-            # Python work is kept to a few list operations and the rest is vectorized numpy.
-            buffers: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
-            q = self._q
-            for _ in range(len(q)):
-                rec = q.popleft()
-                buffers[(rec[0], rec[1])].append(rec)
-            for key, recs in buffers.items():
+            seal, self._seal = self._seal or stopping, False
+            now = time.monotonic()
+            for key, stream in list(self._streams.items()):
+                q = stream.q
+                # popleft in a loop, not a swap of the deque: a request thread may be between
+                # reading `stream.q` and appending to it, and nothing it appends may be lost
+                items = [q.popleft() for _ in range(len(q))]
                 try:
-                    self._write(key, recs)
+                    if items:
+                        self._append(key, stream, items)
+                    if stream.writer is not None and (seal or now - stream.opened >= self.file_seconds):
+                        self._close_file(stream)
                 except Exception:  # a full disk must not kill the thread; these records are lost
-                    self.dropped += len(recs)
+                    self.dropped += len(items)
+                    self._abandon(stream)
             with self._flushed:
                 self._generation += 1
                 self._flushed.notify_all()
             if stopping:
                 return
 
-    def _write(self, key: tuple[str, str], recs: list[tuple[Any, ...]]) -> None:
-        pa, pq = self._pa, self._pq
+    def _table(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]]) -> Any:
+        # This thread shares the GIL with the event loop: everything here is C-level (zip,
+        # map, numpy, pyarrow), with no Python work per record.
+        pa = self._pa
         model, version = key
-        first = recs[0]
-        inputs = [r[3] for r in recs]
-        rows = np.fromiter((len(x) for x in inputs), dtype=np.int64, count=len(recs))
-        ts = np.repeat(np.fromiter((r[2] for r in recs), dtype=np.int64, count=len(recs)), rows)
+        stamps, inputs, outputs = zip(*items, strict=True)
+        rows = np.fromiter(map(len, inputs), dtype=np.int64, count=len(items))
+        ts = np.repeat(np.array(stamps, dtype=np.int64), rows)
         n = int(ts.shape[0])
         cols: dict[str, Any] = {
             "ts": pa.array(ts.astype("datetime64[ms]")),
-            "model": pa.array([model] * n, pa.string()),
-            "version": pa.array([version] * n, pa.string()),
+            "model": pa.repeat(model, n),
+            "version": pa.repeat(version, n),
         }
-        x = np.concatenate(inputs)
-        x = x.reshape(n, -1)
-        names = list(first[5])
+        x = np.concatenate(inputs).reshape(n, -1)
+        names = stream.input_names
         if names and x.shape[1] == len(names) and x.dtype.kind in "biuf":
             xf = x.astype(np.float64, copy=False)
             for i, name in enumerate(names):
                 cols[name] = pa.array(np.ascontiguousarray(xf[:, i]))
         else:
             cols["input"] = pa.array(list(x))
-        y = np.concatenate([np.asarray(r[4]) for r in recs]).reshape(n, -1)
-        out_names = list(first[6]) or ["prediction"]
+        y = np.concatenate([np.asarray(o) for o in outputs]).reshape(n, -1)
+        out_names = stream.output_names or ("prediction",)
         if y.shape[1] == 1:
             cols[out_names[0] if out_names[0] not in cols else "prediction"] = pa.array(np.ascontiguousarray(y[:, 0]))
         else:
             cols["prediction"] = pa.array(list(y))
-        folder = self.directory / model / version
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{int(time.time() * 1000)}-{next(self._seq):06d}.parquet"
-        tmp = folder / ("." + name)
-        pq.write_table(pa.table(cols), tmp)
-        tmp.rename(folder / name)
-        self.written_rows += n
-        self._rotate(folder)
+        return pa.table(cols)
+
+    def _append(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+        table = self._table(key, stream, items)
+        if stream.writer is not None and not stream.writer.schema.equals(table.schema):
+            self._close_file(stream)  # e.g. a new artifact under the same version answers another dtype
+        if stream.writer is None:
+            folder = self.directory / key[0] / key[1]
+            folder.mkdir(parents=True, exist_ok=True)
+            stream.path = folder / f".{int(time.time() * 1000)}-{next(self._seq):06d}.parquet"
+            stream.writer = self._pq.ParquetWriter(stream.path, table.schema)
+            stream.opened = time.monotonic()
+        stream.writer.write_table(table)
+        self.written_rows += table.num_rows
+
+    def _close_file(self, stream: _Stream) -> None:
+        writer, path = stream.writer, stream.path
+        stream.writer, stream.path = None, None
+        if writer is None or path is None:
+            return
+        writer.close()
+        path.rename(path.with_name(path.name[1:]))
+        self._rotate(path.parent)
+
+    def _abandon(self, stream: _Stream) -> None:
+        writer, path = stream.writer, stream.path
+        stream.writer, stream.path = None, None
+        try:
+            if writer is not None:
+                writer.close()
+        except Exception:
+            pass
+        if path is not None:
+            path.unlink(missing_ok=True)
 
     def _rotate(self, folder: Path) -> None:
-        files = sorted(folder.glob("*.parquet"))
+        files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
         sizes = [f.stat().st_size for f in files]
         total = sum(sizes)
         i = 0
