@@ -180,7 +180,9 @@ def test_version_swaps_under_load_fail_no_request(target: LocalTarget, models: d
     assert load.failures == []
     assert set(load.versions) == {"1", "2", "3"}
     assert sum(load.versions.values()) > 200
+    t0 = time.monotonic()
     target.runtime.wait_drained()
+    assert time.monotonic() - t0 < 2  # every in-flight count came back to zero (drain_seconds is 5)
     assert any("version 2 drained and unloaded" in e for e in events)
     assert set(target.runtime.models["iris"].versions) == {"1"}
 

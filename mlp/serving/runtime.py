@@ -200,7 +200,7 @@ class Runtime:
             reuse = old.versions.get(version) if old is not None else None
             if reuse is not None and reuse.uri == uri and reuse.digest == digest and old is not None \
                     and old.framework == framework and old.obj.get("spec", {}).get("modelClass") == model_class:
-                vs = reuse if reuse.role == role else VersionState(**{**reuse.__dict__, "role": role})
+                vs = reuse if reuse.role == role else VersionState(**{**reuse.__dict__, "role": role, "inflight": 0})
                 versions[version] = vs
                 continue
             versions[version] = self._load_version(name, version, role, framework, model_class, uri, digest,
