@@ -608,3 +608,32 @@ def test_queue_serves_manual_and_webhook_first() -> None:
     q.put("prod", "webhook")
     assert (q.get(timeout=1) or ("",))[0] == "prod"
     assert (q.get(timeout=1) or ("",))[0] == "dev"
+
+
+def test_health_follows_inference_service_conditions(rig: Rig) -> None:
+    rig.step("staging")
+    st = rig.store.load("staging")
+    assert st is not None and st.health == "Progressing"  # nothing has reported readiness yet
+    for obj in rig.target.objects.values():
+        if obj["kind"] == "InferenceService":
+            obj["status"] = {"conditions": [{"type": "Ready", "status": "True"},
+                                            {"type": "PredictorReady", "status": "True"}]}
+        elif obj["kind"] == "Deployment":
+            replicas = obj["spec"].get("replicas", 1)
+            obj["status"] = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                             "availableReplicas": replicas, "readyReplicas": replicas}
+    assert rig.step("staging").outcome == "synced"
+    st = rig.store.load("staging")
+    assert st is not None and st.health == "Healthy", [(o.ref, o.health, o.message) for o in st.objects]
+    iris = rig.target.named("InferenceService", "iris")
+    assert iris is not None
+    iris["status"] = {"conditions": [
+        {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
+        {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"}]}
+    rig.step("staging")
+    st = rig.store.load("staging")
+    assert st is not None and st.health == "Degraded" and st.sync_status == "Synced"
+    obj = next(o for o in st.objects if o.ref == "InferenceService/ml-staging/iris")
+    assert obj.health == "Degraded" and "image pull failed" in obj.message
+    assert rig.metrics.registry.get_sample_value(
+        "mlp_controller_objects", {"environment": "staging", "sync_status": "Synced", "health": "Degraded"}) == 1

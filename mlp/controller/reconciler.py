@@ -194,6 +194,7 @@ class Reconciler:
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
         self._active = 0  # steps in progress (trim waits for none)
+        self._cpu = threading.Lock()  # render + plan, one environment at a time
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
         self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
@@ -350,14 +351,18 @@ class Reconciler:
             return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
         self._in_sync.pop(env, None)
         self._full_steps += 1
-        try:
-            desired = self.renderer(self.specs_of(loaded), env, rev, snap.templates())
-        except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
-            return self._refuse(status, snap, [str(exc)], "render failed")
-        try:
-            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
-        except (PlanRefused, ValueError) as exc:
-            return self._refuse(status, snap, [str(exc)], "unsafe plan")
+        # Render and plan are pure CPU (one core under the GIL whatever the thread count): one
+        # environment at a time, so their transient copies do not pile up into the process's
+        # high-water mark. Listing and applying (I/O) stay parallel across environments.
+        with self._cpu:
+            try:
+                desired = self.renderer(self.specs_of(loaded), env, rev, snap.templates())
+            except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
+                return self._refuse(status, snap, [str(exc)], "render failed")
+            try:
+                plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+            except (PlanRefused, ValueError) as exc:
+                return self._refuse(status, snap, [str(exc)], "unsafe plan")
 
         intent = self.store.intent(env)
         interrupted = intent is not None and intent.run != RUN_ID
@@ -441,7 +446,8 @@ class Reconciler:
         del plan, live  # free the first plan's copies before listing again (peak memory of big environments)
         try:
             live = target.list_owned(env)
-            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+            with self._cpu:
+                plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (TargetError, PlanRefused, ValueError) as exc:
             return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
         result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note,
