@@ -167,11 +167,13 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 @click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between repository checks.")
 @click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL].")
 @click.option("--max-body-mb", default=4.0, show_default=True, type=float, help="Largest request body accepted.")
+@click.option("--max-inflight", default=2048, show_default=True, type=click.IntRange(min=1),
+              help="Concurrent inference requests before answering 503 + Retry-After.")
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: print one JSON line with the URLs when ready.")
 def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, interval: float,
-       s3_endpoint_url: str | None, max_body_mb: float, payload_log: bool, fmt: str) -> None:
+       s3_endpoint_url: str | None, max_body_mb: float, max_inflight: int, payload_log: bool, fmt: str) -> None:
     """Serve an environment's models on this machine (embedded runtime).
 
     \b
@@ -212,7 +214,7 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
         # last known good: keep serving what the state folder restored until the repository loads
         click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}",
                    err=True)
-    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)))
+    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
     if fmt == "json":
