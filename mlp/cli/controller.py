@@ -69,7 +69,8 @@ def _stamp() -> str:
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding an HTTPS token.")
 @click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for the remote.")
 @click.option("--workers", type=int, default=4, show_default=True, help="Environments reconciled in parallel.")
-@click.option("--once", is_flag=True, help="Reconcile every environment once and exit (1 unless all synced).")
+@click.option("--once", is_flag=True, help="Sync every environment once, as a manual sync (policy windows and automated: false do not "
+                   "block it), and exit: 0 when all are synced.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
 def controller(
     repo: str | None, watch_dir: Path | None, branch: str, interval: float, metrics_port: int, metrics_host: str,
