@@ -229,9 +229,9 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
         click.echo(f"mlp up: environment {env} at revision {loop.revision}, serving on {base}")
         for o in objs:
             name = o["metadata"]["name"]
-            click.echo(f"  {name:<16} v1 {base}/v1/models/{name}:predict")
-            click.echo(f"  {'':<16} v2 {base}/v2/models/{name}/infer")
-        click.echo(f"  metrics          {base}/metrics")
+            click.echo(f"  {name:<16} POST {base}/v1/models/{name}:predict   (KServe v1)")
+            click.echo(f"  {'':<16} POST {base}/v2/models/{name}/infer   (Open Inference Protocol v2)")
+        click.echo(f"  {'metrics':<16} GET  {base}/metrics")
         if pick:
             click.echo("  try:")
             click.echo("    " + example_curl(base, pick))
