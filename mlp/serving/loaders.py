@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,6 @@ class NativeModel:
     framework: str
     impl: Any
     input_dtype: Any = np.float64
-    batchable: bool = True
-    custom: bool = False
     n_features: int | None = None  # what the artifact expects, when it says
 
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -46,9 +44,6 @@ class CustomModel:
 
     framework: str
     instance: Any
-    batchable: bool = False
-    custom: bool = True
-    _is_async: bool = field(default=False)
 
     async def infer(self, payload: Any, headers: dict[str, str]) -> Any:
         model = self.instance

@@ -15,7 +15,7 @@ import copy
 import threading
 from typing import Any
 
-from mlp.serving.router import SPLIT_ROLES
+from mlp.serving.router import SPLIT_ROLES, Route
 from mlp.serving.runtime import Deployed, DeploymentError, Runtime
 from mlp.targets.base import (
     ENV_LABEL,
@@ -96,13 +96,8 @@ class LocalTarget:
         }
 
 
-class _R:
-    def __init__(self, version: str, role: str, weight: int) -> None:
-        self.version, self.role, self.weight = version, role, weight
-
-
-def _routes(dep: Deployed) -> list[_R]:
-    return [_R(str(r.get("version")), str(r.get("role")), int(r.get("weight") or 0))
+def _routes(dep: Deployed) -> list[Route]:
+    return [Route(str(r.get("version")), str(r.get("role")), int(r.get("weight") or 0))
             for r in (dep.obj.get("spec") or {}).get("routes") or []]
 
 
