@@ -339,12 +339,10 @@ async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": body})
 
 
-async def _error(send: Any, status: int, message: str, *, version: str | None = None, close: bool = False) -> None:
+async def _error(send: Any, status: int, message: str, *, version: str | None = None) -> None:
     headers = list(JSON_HEADERS)
     if version is not None:
         headers.append((b"x-mlp-model-version", version.encode()))
-    if close:
-        headers.append((b"connection", b"close"))
     await _send(send, status, codec.dumps({"error": message}), headers)
 
 
