@@ -637,3 +637,18 @@ def test_health_follows_inference_service_conditions(rig: Rig) -> None:
     assert obj.health == "Degraded" and "image pull failed" in obj.message
     assert rig.metrics.registry.get_sample_value(
         "mlp_controller_objects", {"environment": "staging", "sync_status": "Synced", "health": "Degraded"}) == 1
+
+
+def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    rig.step("staging")
+    proc = subprocess.Popen([sys.executable, "-m", "mlp.cli.main", "status", "--watch", "--every", "0.2",
+                             "--state-dir", str(rig.store.state_dir)], stdout=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert out.count("ENVIRONMENT") >= 2 and "staging" in out

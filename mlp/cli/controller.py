@@ -68,6 +68,8 @@ def _stamp() -> str:
 @click.option("--token-env", help="Environment variable holding an HTTPS token for the remote.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding an HTTPS token.")
 @click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for the remote.")
+@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False, path_type=Path),
+              help="known_hosts file to verify the SSH host against (default: accept a new host key once).")
 @click.option("--workers", type=int, default=4, show_default=True, help="Environments reconciled in parallel.")
 @click.option("--once", is_flag=True, help="Sync every environment once, as a manual sync (policy windows and automated: false do not "
                    "block it), and exit: 0 when all are synced.")
@@ -75,7 +77,8 @@ def _stamp() -> str:
 def controller(
     repo: str | None, watch_dir: Path | None, branch: str, interval: float, metrics_port: int, metrics_host: str,
     state_dir: Path, envs: tuple[str, ...], kubeconfig: str | None, token_env: str | None,
-    token_file: Path | None, ssh_key: Path | None, workers: int, once: bool, quiet: bool,
+    token_file: Path | None, ssh_key: Path | None, ssh_known_hosts: Path | None, workers: int, once: bool,
+    quiet: bool,
 ) -> None:
     """Keep every environment in step with Git, continuously.
 
@@ -122,7 +125,8 @@ def controller(
         assert repo is not None
         try:
             source = GitSource(repo, state_dir / "git-cache",
-                               auth=GitAuth(token_env=token_env, token_file=token_file, ssh_key_file=ssh_key))
+                               auth=GitAuth(token_env=token_env, token_file=token_file, ssh_key_file=ssh_key,
+                                            ssh_known_hosts=ssh_known_hosts))
         except (GitSourceError, OSError) as exc:
             click.echo(f"error: {repo}: {exc}", err=True)
             sys.exit(2)
