@@ -371,7 +371,9 @@ def test_target_failure_is_reported_and_retried(rig: Rig) -> None:
     st = rig.store.load("staging")
     assert st is not None and st.sync_status == "OutOfSync" and st.synced_revision is None
     failed = rig.audit("staging")[-1]
-    assert failed.outcome == "failed"
+    assert failed.outcome == "failed" and "FAILED at InferenceService/ml-staging/iris" in failed.message
+    assert "CREATE InferenceService/ml-staging/iris" not in failed.objects  # only what was written
+    assert "CREATE ServiceAccount/ml-staging/mlp-models" in failed.objects
     rig.target.fail_on = None
     assert rig.step("staging").outcome == "applied"
     rig.target.down = True

@@ -430,14 +430,16 @@ class Reconciler:
             events.append(AuditEvent(
                 env, action, outcome if changeset.ok or any(i.ref in done for i in writes) else "failed",
                 revision=rev, author=snap.author,
-                objects=[_describe(i.action, i.ref) for i in writes],
+                # what was written; a failed apply lists only what it got done (the message says the rest)
+                objects=[_describe(i.action, i.ref) for i in writes if changeset.ok or i.ref in done],
                 message=(note + changeset.summary()).strip(),
             ))
         if deletes:
             events.append(AuditEvent(
                 env, "prune", "succeeded" if all(i.ref in done for i in deletes) else "failed",
                 revision=rev, author=snap.author,
-                objects=[_describe(i.action, i.ref) for i in deletes], message=note.strip("; "),
+                objects=[_describe(i.action, i.ref) for i in deletes if changeset.ok or i.ref in done],
+                message=note.strip("; "),
             ))
         self.store.finish_intent(env, events)
         if not changeset.ok:
