@@ -153,7 +153,12 @@ class Controller:
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + self.poll
-                    for env, reason in self.reconciler.store.take_sync_requests():
+                    try:
+                        requests = self.reconciler.store.take_sync_requests()
+                    except Exception:  # a locked or broken state file must not stop reconciling
+                        log.exception("cannot read sync requests")
+                        requests = []
+                    for env, reason in requests:
                         self.trigger(None if env == ALL else env, reason)
                 with self._wake:
                     demand, self._demand = self._demand, _Demand()
