@@ -144,6 +144,17 @@ def _describe(action: Action, ref: ObjectRef) -> str:
     return f"{action.value.upper()} {ref}"
 
 
+def _take_warnings(target: Target) -> list[str]:
+    """Server warnings a target collected (deprecations, pruned fields): shown once, then dropped,
+    so a long-running controller does not accumulate them."""
+    warnings = getattr(target, "warnings", None)
+    if not isinstance(warnings, list) or not warnings:
+        return []
+    taken = list(dict.fromkeys(str(w) for w in warnings))
+    warnings.clear()
+    return taken
+
+
 def release_memory() -> None:
     """After a step that rendered and planned (thousands of short-lived dicts), give the memory back.
 
@@ -347,6 +358,7 @@ class Reconciler:
         # 1,000 objects again would cost most of an idle controller's CPU and memory.
         fingerprint = (rev, _fingerprint(live), self.source.last_error)
         if not manual and self._in_sync.get(env) == fingerprint and self.store.intent(env) is None:
+            _take_warnings(target)  # a list's warnings were reported when the state was first seen
             self.store.touch(env)
             return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
         self._in_sync.pop(env, None)
@@ -454,7 +466,7 @@ class Reconciler:
             return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
         result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note,
                               action=action)
-        result.changes = described
+        result.changes = described + [f"warning: {w}" for w in _take_warnings(target)]
         return result
 
     # --- outcomes ------------------------------------------------------------------------------
