@@ -182,3 +182,32 @@ def test_restart_serves_the_saved_state_even_when_the_repository_is_broken(up: U
     finally:
         assert again.stop() == 0
     assert "serving the state restored from" in "".join(again.stderr)
+
+
+@pytest.mark.timeout(120)
+def test_the_printed_curl_line_returns_a_prediction(repo: Path, tmp_path: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_examples
+    finally:
+        sys.path.pop(0)
+    assert train_examples.main([str(repo)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--env", "dev", "--port", "0",
+                             "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.strip().startswith("curl "):
+                break
+        curl = lines[-1].strip()
+        assert curl.startswith("curl ") and "/v1/models/iris:predict" in curl, "".join(lines)
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout) == {"predictions": [1]}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0
