@@ -158,6 +158,15 @@ def test_editing_dev_yaml_swaps_versions_under_load_with_zero_failures(up: UpPro
 
 
 @pytest.mark.timeout(60)
+def test_a_second_mlp_up_on_the_same_state_folder_is_refused(up: UpProcess, repo: Path, tmp_path: Path) -> None:
+    res = subprocess.run([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--port", "0",
+                          "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=50)
+    assert res.returncode == 2 and "state folder in use by another mlp up" in res.stderr
+    with client(up.info["url"]) as c:
+        assert c.post("/v1/models/iris:predict", json={"instances": [ROW]}).status_code == 200
+
+
+@pytest.mark.timeout(60)
 def test_mlp_up_refuses_a_kubernetes_environment_with_one_line(repo: Path, tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--env", "prod", "--port", "0",
                           "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=50)

@@ -131,6 +131,20 @@ class LocalLoop:
         self._stop.set()
 
 
+def _lock_state(state: Path) -> Any:
+    """An exclusive lock on the state folder, held for the life of the process; None if taken."""
+    import fcntl
+
+    state.mkdir(parents=True, exist_ok=True)
+    fh = open(state / ".lock", "w")  # noqa: SIM115 - held open on purpose until exit
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
 def _width(dep: dict[str, Any]) -> int:
     width = 0
     for f in ((dep.get("spec") or {}).get("signature") or {}).get("inputs") or []:
@@ -188,6 +202,10 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
         click.echo(f"error: {repo}: not a platform repository (no environments/ folder)", err=True)
         sys.exit(2)
     state = state_dir or repo / ".mlp" / f"up-{env}"
+    lock = _lock_state(state)
+    if lock is None:
+        click.echo(f"error: {state}: state folder in use by another mlp up (use --state-dir)", err=True)
+        sys.exit(2)
     try:
         sock = bind(host, port)
     except OSError as exc:
