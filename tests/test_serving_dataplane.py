@@ -191,6 +191,8 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/v2/models/iris/versions/7/infer", {"inputs": []}, 404, "no loaded version"),
     ("GET", "/v1/models/iris:predict", None, 405, "POST"),
     ("GET", "/nowhere", None, 404, "no route"),
+    ("POST", "/v1/models/iris:explain", {"instances": [ROW]}, 404, "not served"),
+    ("GET", "/v2/models/iris/infer", None, 405, "POST"),
 ]
 
 

@@ -119,6 +119,8 @@ class DataPlane:
             raise BadRequest(f"model {name!r} is not deployed here (see GET /v1/models)", 404)
         if version is not None and version not in dep.versions:
             raise BadRequest(f"model {name!r} has no loaded version {version!r} (loaded: {', '.join(dep.versions)})", 404)
+        if action not in ("infer", "predict", "ready", ""):
+            raise BadRequest(f"no route for {method} {path} (explain and generate are not served)", 404)
         if action in ("infer", "predict"):
             if method != "POST":
                 raise BadRequest(f"{path} takes POST", 405)
@@ -128,10 +130,8 @@ class DataPlane:
         elif action == "ready" or (not v2 and action == ""):
             body = {"name": name, "ready": True}
             await _send(send, 200, codec.dumps(body))
-        elif action == "":
-            await _send(send, 200, codec.dumps(self.runtime.metadata(dep, version)))
         else:
-            raise BadRequest(f"no route for {method} {path}", 404)
+            await _send(send, 200, codec.dumps(self.runtime.metadata(dep, version)))
 
     async def _infer(
         self, scope: dict[str, Any], receive: Any, send: Any, dep: Deployed, pinned: str | None, v2: bool
