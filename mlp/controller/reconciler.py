@@ -360,6 +360,8 @@ class Reconciler:
         if not manual and self._in_sync.get(env) == fingerprint and self.store.intent(env) is None:
             _take_warnings(target)  # a list's warnings were reported when the state was first seen
             self.store.touch(env)
+            if self.metrics is not None:  # confirmed in sync now: alerts on a stale timestamp stay quiet
+                self.metrics.last_sync.labels(env).set(time.time())
             return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
         self._in_sync.pop(env, None)
         self._full_steps += 1
