@@ -59,7 +59,7 @@ from mlp.render.stamp import canonical_json
 from mlp.sources.base import Snapshot
 from mlp.specs import LoadResult, SpecSet, load
 from mlp.specs.models import Deployment, Environment
-from mlp.targets.base import Manifest, ObjectRef, Target, TargetError
+from mlp.targets.base import ApplyResult, Manifest, ObjectRef, Target, TargetError
 
 DEFAULT_REF = "main"
 # Identifies this controller run in intents: an intent written by another run was interrupted.
@@ -142,6 +142,39 @@ def traffic_of(dep: Deployment) -> dict[str, int]:
 
 def _describe(action: Action, ref: ObjectRef) -> str:
     return f"{action.value.upper()} {ref}"
+
+
+class _Recording:
+    """The target, for one `execute`: remembers what the server answered to each write."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.name = target.name
+        self.applied: dict[ObjectRef, Manifest] = {}
+        self.deleted: set[ObjectRef] = set()
+        self.complete = True  # every apply answered with the live object
+
+    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
+        return self.target.list_owned(environment, kinds)
+
+    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
+        result = self.target.apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
+        if result.live and (result.live.get("metadata") or {}).get("name"):
+            self.applied[result.ref] = result.live
+        else:
+            self.complete = False
+        return result
+
+    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
+        self.target.delete(ref, dry_run=dry_run)
+        self.deleted.add(ref)
+
+    def live_after(self, before: list[Manifest]) -> list[Manifest] | None:
+        """`before` with every write's answer in place; None when a write did not answer with its object."""
+        if not self.complete:
+            return None
+        out = [o for o in before if ObjectRef.of(o) not in self.applied and ObjectRef.of(o) not in self.deleted]
+        return out + list(self.applied.values())
 
 
 def _take_warnings(target: Target) -> list[str]:
@@ -430,7 +463,8 @@ class Reconciler:
         deletes = [i for i in changes if i.action is Action.DELETE]
         described = [_describe(i.action, i.ref) for i in changes]
         self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid(), RUN_ID))
-        changeset = execute(plan, target)
+        recording = _Recording(target)
+        changeset = execute(plan, recording)
         done = {c.ref for c in changeset.done}
         events: list[AuditEvent] = []
         note = ""
@@ -459,9 +493,11 @@ class Reconciler:
         if not changeset.ok:
             return self._fail(status, rev, f"apply failed at {changeset.failed}: {changeset.error}",
                               changes=[_describe(c.action, c.ref) for c in changeset.done])
-        del plan, live  # free the first plan's copies before listing again (peak memory of big environments)
+        after = recording.live_after(live)
+        del plan, live  # free the first plan's copies (peak memory of big environments)
         try:
-            live = target.list_owned(env)
+            # What the server answered to each write is the live state: no second list of every object.
+            live = after if after is not None else target.list_owned(env)
             with self._cpu:
                 plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (TargetError, PlanRefused, ValueError) as exc:
