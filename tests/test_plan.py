@@ -263,6 +263,16 @@ def test_execute_stops_at_first_error_and_reports_the_rest() -> None:
     assert "3/4 iris failed" in seen
 
 
+def test_execute_keep_going_applies_the_rest_and_lists_every_failure() -> None:
+    target = RecordingTarget(fail_on="iris")
+    desired = [sa(), isvc("breast-cancer"), isvc("iris"), isvc("zeta")]
+    changes = execute(make_plan(desired, [], environment=ENV), target, keep_going=True)
+    assert not changes.ok and changes.failed is not None and changes.failed.name == "iris"
+    assert [c.ref.name for c in changes.done] == ["mlp-models", "breast-cancer", "zeta"]
+    assert [ref.name for ref, _ in changes.failures] == ["iris"]
+    assert changes.not_attempted == []
+
+
 def test_dry_run_writes_nothing() -> None:
     target = RecordingTarget()
     changes = execute(make_plan([isvc("iris")], [], environment=ENV), target, dry_run=True)

@@ -23,7 +23,6 @@ import click
 
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
-from mlp.targets.base import TargetError
 from mlp.targets.local import LocalTarget
 
 
@@ -97,21 +96,16 @@ class LocalLoop:
         return [o for o in objs if o.get("kind") == "ModelDeployment"], mirror
 
     def _converge(self, desired: list[dict[str, Any]], revision: str) -> bool:
-        from mlp.plan.core import Action, make_plan
+        from mlp.plan.core import make_plan
+        from mlp.plan.execute import execute
 
         live = self.target.list_owned(self.env)
         plan = make_plan(desired, live, environment=self.env, revision=revision, prune=True, allow_empty=True)
-        errors = []
-        for item in plan.changes:
-            try:
-                if item.action is Action.DELETE:
-                    self.target.delete(item.ref)
-                    self.echo(f"mlp up: removed {item.ref}")
-                else:
-                    assert item.desired is not None
-                    self.target.apply(item.desired)
-            except TargetError as exc:
-                errors.append(f"{item.ref}: {exc}")
+        changes = execute(plan, self.target, keep_going=True)
+        for change in changes.done:
+            if change.result == "deleted":
+                self.echo(f"mlp up: removed {change.ref}")
+        errors = [f"{ref}: {exc}" for ref, exc in changes.failures]
         if errors:
             self.last_error = "\n".join(errors)
             self.failed_at = time.monotonic()

@@ -44,6 +44,8 @@ class ChangeSet:
     failed: ObjectRef | None = None
     error: TargetError | None = None
     not_attempted: list[ObjectRef] = field(default_factory=list)
+    # every failure, in order; with keep_going there may be more than the first (`failed`/`error`)
+    failures: list[tuple[ObjectRef, TargetError]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -88,8 +90,13 @@ def execute(
     dry_run: bool = False,
     force_conflicts: bool = False,
     progress: Progress | None = None,
+    keep_going: bool = False,
 ) -> ChangeSet:
-    """Carry out `plan` on `target` in order, stopping at the first error."""
+    """Carry out `plan` on `target` in order, stopping at the first error.
+
+    With `keep_going` a failed item does not stop the walk: the embedded runtime uses it so
+    that one model's refused artifact does not hold back the other models' changes.
+    """
     out = ChangeSet(environment=plan.environment, revision=plan.revision, dry_run=dry_run)
     work = plan.changes
     for index, item in enumerate(work, start=1):
@@ -106,10 +113,14 @@ def execute(
                 force = force_conflicts or item.reason == "drift"
                 result = target.apply(item.desired, dry_run=dry_run, force_conflicts=force).action
         except TargetError as exc:
-            out.failed, out.error = item.ref, exc
-            out.not_attempted = [i.ref for i in work[index:]]
+            out.failures.append((item.ref, exc))
+            if out.error is None:
+                out.failed, out.error = item.ref, exc
             if progress:
                 progress(index, len(work), item, "failed")
+            if keep_going:
+                continue
+            out.not_attempted = [i.ref for i in work[index:]]
             return out
         out.done.append(Change(item.ref, item.action, result))
         if progress:
