@@ -654,3 +654,33 @@ def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
     assert out.count("ENVIRONMENT") >= 2 and "staging" in out
+
+
+def test_render_and_plan_lock_serves_urgent_steps_first() -> None:
+    from mlp.controller.reconciler import _PriorityLock
+
+    lock = _PriorityLock()
+    order: list[str] = []
+    first = threading.Event()
+    release = threading.Event()
+
+    def run(name: str, urgent: bool) -> None:
+        with lock.hold(urgent=urgent):
+            order.append(name)
+            if name == "holder":
+                first.set()
+                release.wait(5)
+
+    holder = threading.Thread(target=run, args=("holder", False))
+    holder.start()
+    first.wait(5)
+    background = threading.Thread(target=run, args=("interval", False))
+    background.start()
+    time.sleep(0.1)
+    urgent = threading.Thread(target=run, args=("webhook", True))
+    urgent.start()
+    time.sleep(0.1)
+    release.set()
+    for t in (holder, background, urgent):
+        t.join(5)
+    assert order == ["holder", "webhook", "interval"]

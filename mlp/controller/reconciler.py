@@ -34,12 +34,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
 from mlp.controller.metrics import ControllerMetrics
+from mlp.controller.queue import URGENT
 from mlp.controller.store import (
     OUT_OF_SYNC,
     SYNCED,
@@ -144,6 +145,34 @@ def _describe(action: Action, ref: ObjectRef) -> str:
     return f"{action.value.upper()} {ref}"
 
 
+class _PriorityLock:
+    """A lock that hands itself to urgent holders (a manual sync, a push webhook) before others."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+
+    @contextlib.contextmanager
+    def hold(self, *, urgent: bool) -> Iterator[None]:
+        with self._cond:
+            if urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._held or (not urgent and self._urgent_waiting):
+                    self._cond.wait()
+            finally:
+                if urgent:
+                    self._urgent_waiting -= 1
+            self._held = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held = False
+                self._cond.notify_all()
+
+
 class _Recording:
     """The target, for one `execute`: remembers what the server answered to each write."""
 
@@ -238,7 +267,7 @@ class Reconciler:
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
         self._active = 0  # steps in progress (trim waits for none)
-        self._cpu = threading.Lock()  # render + plan, one environment at a time
+        self._cpu = _PriorityLock()  # render + plan, one environment at a time; urgent steps first
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
         self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
@@ -401,7 +430,7 @@ class Reconciler:
         # Render and plan are pure CPU (one core under the GIL whatever the thread count): one
         # environment at a time, so their transient copies do not pile up into the process's
         # high-water mark. Listing and applying (I/O) stay parallel across environments.
-        with self._cpu:
+        with self._cpu.hold(urgent=bool(reasons & URGENT)):
             try:
                 desired = self.renderer(self.specs_of(loaded), env, rev, snap.templates())
             except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
@@ -498,7 +527,7 @@ class Reconciler:
         try:
             # What the server answered to each write is the live state: no second list of every object.
             live = after if after is not None else target.list_owned(env)
-            with self._cpu:
+            with self._cpu.hold(urgent=bool(reasons & URGENT)):
                 plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (TargetError, PlanRefused, ValueError) as exc:
             return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
