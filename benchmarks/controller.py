@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -210,6 +211,7 @@ def main() -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=120)
         api.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     # baseline: the same interpreter with the same imports, sleeping
     base = subprocess.Popen([sys.executable, "-c", "import time, mlp.controller.controller, mlp.cli.controller, "
