@@ -14,6 +14,7 @@ memory target of test_controller.py.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import git
+import httpx
 import pytest
 from test_controller import (
     MemoryTarget,
@@ -98,7 +100,9 @@ def _kube_target(tmp_path: Path) -> tuple[Target, Callable[[], None]] | None:
         return None
     api = standin.KubeApiServer(namespaces=("default", NS), prometheus_operator=True).start()
     kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig", api.url)
-    return KubernetesTarget.from_kubeconfig(str(kubeconfig)), api.stop
+    target = KubernetesTarget.from_kubeconfig(str(kubeconfig))
+    target.standin_url = api.url  # type: ignore[attr-defined]  # lets the test hand-edit like kubectl
+    return target, api.stop
 
 
 @pytest.fixture(params=["kubernetes", "memory"])
@@ -118,19 +122,40 @@ def _live(target: Target, kind: str, name: str) -> Manifest | None:
     return next((o for o in target.list_owned(ENV) if o["kind"] == kind and o["metadata"]["name"] == name), None)
 
 
-def _hand_edit(target: Target, kind: str, name: str, fn: Callable[[Manifest], None]) -> None:
-    """What `kubectl edit` does: change the live object outside Git (keeping mlp's labels)."""
+def _merge(obj: Manifest, patch: Manifest) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(obj.get(key), dict):
+            _merge(obj[key], value)
+        else:
+            obj[key] = value
+
+
+def _hand_edit(target: Target, kind: str, name: str, patch: Manifest) -> None:
+    """What `kubectl edit` does: a merge patch of the live object by another field manager, outside Git."""
     obj = _live(target, kind, name)
     assert obj is not None
     if isinstance(target, MemoryTarget):
-        fn(target.objects[ObjectRef.of(obj)])
+        _merge(target.objects[ObjectRef.of(obj)], patch)
         return
+    url = getattr(target, "standin_url", None)
+    if url is not None:
+        from standins import kube_apiserver as standin  # type: ignore[import-not-found]
+
+        group, version = obj["apiVersion"].split("/")
+        answer = httpx.patch(
+            f"{url}/apis/{group}/{version}/namespaces/{NS}/{kind.lower()}s/{name}",
+            params={"fieldManager": "kubectl-edit"}, content=json.dumps(patch),
+            headers={"Authorization": f"Bearer {standin.ADMIN_TOKEN}",
+                     "Content-Type": "application/merge-patch+json"}, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return
+    # A real cluster (MLP_TEST_KUBECONFIG): apply the edited object.
     for key in ("status",):
         obj.pop(key, None)
     meta = obj["metadata"]
     for key in ("managedFields", "resourceVersion", "uid", "generation", "creationTimestamp"):
         meta.pop(key, None)
-    fn(obj)
+    _merge(obj, patch)
     target.apply(obj, force_conflicts=True)
 
 
@@ -217,8 +242,7 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
 
         # 5. A hand edit is reverted by self-heal within one interval.
         mark = len(rec.seen)
-        _hand_edit(target, "InferenceService", "iris",
-                   lambda o: o["spec"]["predictor"].__setitem__("minReplicas", 9))
+        _hand_edit(target, "InferenceService", "iris", {"spec": {"predictor": {"minReplicas": 9}}})
         took = _wait(lambda: _live(target, "InferenceService", "iris")["spec"]["predictor"].get("minReplicas") != 9,
                      INTERVAL * 3 + 5, "self-heal")
         assert took <= INTERVAL + 2.0
@@ -229,8 +253,7 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         no_heal = commit_all(repo, "staging: no self-heal")
         _wait(lambda: status().synced_revision == no_heal, INTERVAL * 3 + 5, "policy change synced")
         mark = len(rec.seen)
-        _hand_edit(target, "InferenceService", "iris",
-                   lambda o: o["spec"]["predictor"].__setitem__("minReplicas", 9))
+        _hand_edit(target, "InferenceService", "iris", {"spec": {"predictor": {"minReplicas": 9}}})
         _wait(lambda: status().sync_status == "OutOfSync", INTERVAL * 3 + 5, "OutOfSync")
         time.sleep(INTERVAL * 1.5)  # another interval: still not reverted
         assert _live(target, "InferenceService", "iris")["spec"]["predictor"]["minReplicas"] == 9  # type: ignore
