@@ -48,30 +48,41 @@ def write_repo(root: Path, n_models: int) -> None:
     (root / "environments").mkdir()
     (root / "specs" / "teams" / "ml.yaml").write_text(
         "apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: ml}\n"
-        "spec:\n  members:\n    - {user: ada, role: owner}\n    - {user: bob}\n")
+        "spec:\n  members:\n    - {user: ada, role: owner}\n    - {user: bob}\n"
+    )
     for i in range(n_models):
         name = f"m{i:04d}"
         versions = "".join(
             f"    - version: {v}\n      uri: s3://bench/{name}/{v}/model.joblib\n      digest: {DIGEST}\n"
-            f"      metrics: {{accuracy: 0.9{v}}}\n" for v in (1, 2, 3))
+            f"      metrics: {{accuracy: 0.9{v}}}\n"
+            for v in (1, 2, 3)
+        )
         (root / "specs" / "models" / f"{name}.yaml").write_text(
             f"apiVersion: mlp.dev/v1\nkind: Model\nmetadata: {{name: {name}, team: ml}}\nspec:\n"
             "  framework: sklearn\n  signature:\n    inputs: [{name: x, type: float}]\n"
-            "    outputs: [{name: y, type: int}]\n  versions:\n" + versions)
+            "    outputs: [{name: y, type: int}]\n  versions:\n" + versions
+        )
     for env, tier in ENVS.items():
         deployments = "".join(f"    m{i:04d}: {{version: 1}}\n" for i in range(n_models))
         approvals = "  approvals: {required: 1, from: ['team:ml']}\n" if tier == "production" else ""
         (root / "environments" / f"{env}.yaml").write_text(
             f"apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {{name: {env}}}\nspec:\n"
             f"  target: {{kind: kubernetes, namespace: {env}}}\n  tier: {tier}\n{approvals}"
-            "  sync: {automated: true, prune: true, selfHeal: true}\n  deployments:\n" + deployments)
+            "  sync: {automated: true, prune: true, selfHeal: true}\n  deployments:\n" + deployments
+        )
 
 
 def git(root: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-           "GIT_COMMITTER_NAME": "Bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.com",
+        "GIT_COMMITTER_NAME": "Bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.com",
+    }
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -94,8 +105,11 @@ def idle_window(pid: int, seconds: float) -> tuple[float, float]:
 
 
 def status(state: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "mlp.cli.main", "status", "--state-dir", str(state), "--format",
-                          "json"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", "status", "--state-dir", str(state), "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout) if out.stdout.strip().startswith("[") else []
 
 
@@ -128,8 +142,23 @@ def main() -> None:
     api = KubeApiServer(namespaces=("default", *ENVS)).start()
     kubeconfig = write_kubeconfig(tmp / "kubeconfig", api.url)
     interval = max(5.0, args.idle / 2)  # the idle window holds at least one periodic resync
-    cmd = [sys.executable, "-m", "mlp.cli.main", "controller", "--repo", str(repo), "--interval", str(interval),
-           "--metrics-port", "0", "--state-dir", str(state), "--kubeconfig", str(kubeconfig), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlp.cli.main",
+        "controller",
+        "--repo",
+        str(repo),
+        "--interval",
+        str(interval),
+        "--metrics-port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--kubeconfig",
+        str(kubeconfig),
+        "--quiet",
+    ]
     print(f"repo: {args.models} models x {len(ENVS)} environments; interval {interval:g}s", file=sys.stderr)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
@@ -145,8 +174,9 @@ def main() -> None:
         first_sync = time.monotonic() - start
         port = json.loads((state / "controller.json").read_text())["metricsPort"]
         n_objects = sum(len(api.objects("serving.kserve.io", "inferenceservices")) for _ in [0])
-        rows.append(("first sync (cold start, all environments)", f"{first_sync:.1f} s",
-                     f"{n_objects} InferenceServices"))
+        rows.append(
+            ("first sync (cold start, all environments)", f"{first_sync:.1f} s", f"{n_objects} InferenceServices")
+        )
 
         # push -> applied, with an immediate trigger (what a push webhook does)
         latencies = []
@@ -158,8 +188,11 @@ def main() -> None:
             path.write_text(text)
             git(repo, "commit", "-q", "-am", f"{name} v{version} to prod")
             t0 = time.monotonic()
-            subprocess.run([sys.executable, "-m", "mlp.cli.main", "sync", env, "--state-dir", str(state)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "mlp.cli.main", "sync", env, "--state-dir", str(state)],
+                check=True,
+                capture_output=True,
+            )
             want = f"s3://bench/{name}/{version}/model.joblib"
             while True:
                 obj = api.get_object("serving.kserve.io", "inferenceservices", env, name) or {}
@@ -170,25 +203,45 @@ def main() -> None:
                     raise SystemExit(f"push {k} not applied within 120 s")
                 time.sleep(0.01)
             latencies.append(time.monotonic() - t0)
-        rows.append(("push -> applied (trigger at push), median", f"{statistics.median(latencies):.2f} s",
-                     f"max {max(latencies):.2f} s over {len(latencies)} pushes; includes `mlp sync` start-up"))
-        rows.append(("push -> applied by polling alone", f"<= {interval:g} s + above",
-                     "the interval bounds it when no webhook is configured"))
+        rows.append(
+            (
+                "push -> applied (trigger at push), median",
+                f"{statistics.median(latencies):.2f} s",
+                f"max {max(latencies):.2f} s over {len(latencies)} pushes; includes `mlp sync` start-up",
+            )
+        )
+        rows.append(
+            (
+                "push -> applied by polling alone",
+                f"<= {interval:g} s + above",
+                "the interval bounds it when no webhook is configured",
+            )
+        )
 
         # baseline: a reconcile that finds nothing to change (from the histogram)
         time.sleep(1.0)
-        steps0 = metric(port, 'mlp_controller_reconcile_duration_seconds_count')
-        sum0 = metric(port, 'mlp_controller_reconcile_duration_seconds_sum')
+        steps0 = metric(port, "mlp_controller_reconcile_duration_seconds_count")
+        sum0 = metric(port, "mlp_controller_reconcile_duration_seconds_sum")
 
         cpu, peak = idle_window(proc.pid, args.idle)
-        steps = metric(port, 'mlp_controller_reconcile_duration_seconds_count') - steps0
-        spent = metric(port, 'mlp_controller_reconcile_duration_seconds_sum') - sum0
-        rows.append((f"idle controller CPU over {args.idle:g} s", f"{cpu:.2f} % of one core",
-                     f"goal < 2 %; {int(steps)} no-change reconciles in the window"))
+        steps = metric(port, "mlp_controller_reconcile_duration_seconds_count") - steps0
+        spent = metric(port, "mlp_controller_reconcile_duration_seconds_sum") - sum0
+        rows.append(
+            (
+                f"idle controller CPU over {args.idle:g} s",
+                f"{cpu:.2f} % of one core",
+                f"goal < 2 %; {int(steps)} no-change reconciles in the window",
+            )
+        )
         rows.append((f"idle controller peak RSS over {args.idle:g} s", f"{peak:.0f} MiB", "goal < 150 MiB"))
         if steps:
-            rows.append(("baseline: one idle reconcile of an environment", f"{spent / steps:.2f} s",
-                         f"{args.models} live objects listed and compared"))
+            rows.append(
+                (
+                    "baseline: one idle reconcile of an environment",
+                    f"{spent / steps:.2f} s",
+                    f"{args.models} live objects listed and compared",
+                )
+            )
         # a restarted controller (the objects exist already): its first pass plans but writes nothing
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
@@ -200,12 +253,22 @@ def main() -> None:
             if len(st) == len(ENVS) and all(s["updated_at"] and s["updated_at"] >= _iso(restarted) for s in st):
                 break
             time.sleep(0.5)
-        rows.append(("restart: first pass over all environments (no writes)", f"{time.monotonic() - start:.1f} s",
-                     "includes interpreter start-up and the first fetch"))
+        rows.append(
+            (
+                "restart: first pass over all environments (no writes)",
+                f"{time.monotonic() - start:.1f} s",
+                "includes interpreter start-up and the first fetch",
+            )
+        )
         window = min(args.idle, 30.0)
         cpu, peak = idle_window(proc.pid, window)
-        rows.append((f"restarted controller idle over {window:g} s", f"{cpu:.2f} % / {peak:.0f} MiB",
-                     "CPU share of one core / peak RSS"))
+        rows.append(
+            (
+                f"restarted controller idle over {window:g} s",
+                f"{cpu:.2f} % / {peak:.0f} MiB",
+                "CPU share of one core / peak RSS",
+            )
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -214,13 +277,24 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # baseline: the same interpreter with the same imports, sleeping
-    base = subprocess.Popen([sys.executable, "-c", "import time, mlp.controller.controller, mlp.cli.controller, "
-                             "mlp.targets.kubernetes, mlp.render, mlp.specs; time.sleep(1e6)"])
+    base = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time, mlp.controller.controller, mlp.cli.controller, "
+            "mlp.targets.kubernetes, mlp.render, mlp.specs; time.sleep(1e6)",
+        ]
+    )
     time.sleep(3)
     bcpu, bpeak = idle_window(base.pid, min(args.idle, 10.0))
     base.kill()
-    rows.append(("baseline: idle python with the same imports", f"{bcpu:.2f} % / {bpeak:.0f} MiB",
-                 "the floor of any Python controller"))
+    rows.append(
+        (
+            "baseline: idle python with the same imports",
+            f"{bcpu:.2f} % / {bpeak:.0f} MiB",
+            "the floor of any Python controller",
+        )
+    )
 
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)}  {'result':<24}  note")

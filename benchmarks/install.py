@@ -43,8 +43,11 @@ def run(cmd: list[str], **kwargs: object) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--python", default=getattr(sys, "_base_executable", sys.executable),
-                        help="interpreter to create the venv with (default: the one running this)")
+    parser.add_argument(
+        "--python",
+        default=getattr(sys, "_base_executable", sys.executable),
+        help="interpreter to create the venv with (default: the one running this)",
+    )
     parser.add_argument("--cache", action="store_true", help="let pip use its cache (default: --no-cache-dir)")
     args = parser.parse_args()
 
@@ -53,8 +56,21 @@ def main() -> int:
     src = work / "src"
     try:
         # a clean copy of the project (no .venv, build/ or caches), as a fresh clone would be
-        shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
-            ".venv", "build", "*.egg-info", ".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".mlp"))
+        shutil.copytree(
+            ROOT,
+            src,
+            ignore=shutil.ignore_patterns(
+                ".venv",
+                "build",
+                "*.egg-info",
+                ".git",
+                "__pycache__",
+                ".mypy_cache",
+                ".ruff_cache",
+                ".pytest_cache",
+                ".mlp",
+            ),
+        )
         py = str(venv / "bin" / "python")
         t_venv = run([args.python, "-m", "venv", str(venv)])
         empty = du(venv)
@@ -67,8 +83,14 @@ def main() -> int:
         print(f"$ {' '.join(['python', '-m', 'pip', *cmd[3:]])}   (in a copy of the checkout)", file=sys.stderr)
         t_pip = run(cmd, cwd=src)
         full = du(venv)
-        listed = json.loads(subprocess.run([py, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
-                                           check=True, capture_output=True, text=True).stdout)
+        listed = json.loads(
+            subprocess.run(
+                [py, "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         sizes: dict[str, int] = {}
         for entry in site.iterdir():
             if entry.name in preinstalled:
@@ -91,12 +113,19 @@ def main() -> int:
     print(f"| `python -m venv venv` | {t_venv:.1f} |")
     print(f"| `pip install {'' if args.cache else '--no-cache-dir '}.` | {t_pip:.1f} |")
     print(f"| total | {t_venv + t_pip:.1f} |")
-    print(f"\nvenv size: {full / 1e6:.1f} MB ({empty / 1e6:.1f} MB empty venv + {(full - empty) / 1e6:.1f} MB installed); "
-          f"{len(listed)} distributions")
-    print("largest added: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:8]))
-    print(f"`mlp validate` on the example repository from this venv: exit {smoke.returncode} in {t_validate:.2f}s "
-          f"({smoke.stdout.strip().splitlines()[-1] if smoke.stdout.strip() else smoke.stderr.strip()[-200:]}); "
-          f"`--help` {t_help:.2f}s")
+    print(
+        f"\nvenv size: {full / 1e6:.1f} MB ({empty / 1e6:.1f} MB empty venv + {(full - empty) / 1e6:.1f} MB installed); "
+        f"{len(listed)} distributions"
+    )
+    print(
+        "largest added: "
+        + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:8])
+    )
+    print(
+        f"`mlp validate` on the example repository from this venv: exit {smoke.returncode} in {t_validate:.2f}s "
+        f"({smoke.stdout.strip().splitlines()[-1] if smoke.stdout.strip() else smoke.stderr.strip()[-200:]}); "
+        f"`--help` {t_help:.2f}s"
+    )
     return 0 if smoke.returncode == 0 else 1
 
 

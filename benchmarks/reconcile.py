@@ -66,16 +66,22 @@ spec:
     - {{version: 2, uri: "s3://models/{name}/2/model", digest: "{DIGEST}"}}
 """.encode()
         version = 2 if i < bump else 1
-        deployments.append(f"    {name}: {{version: {version}, autoscaling: {{minReplicas: 1, maxReplicas: 3}}, "
-                           f"resources: {{requests: {{cpu: 100m, memory: 256Mi}}}}}}")
-    files["environments/bench.yaml"] = ("""apiVersion: mlp.dev/v1
+        deployments.append(
+            f"    {name}: {{version: {version}, autoscaling: {{minReplicas: 1, maxReplicas: 3}}, "
+            f"resources: {{requests: {{cpu: 100m, memory: 256Mi}}}}}}"
+        )
+    files["environments/bench.yaml"] = (
+        """apiVersion: mlp.dev/v1
 kind: Environment
 metadata: {name: bench}
 spec:
   target: {kind: kubernetes, namespace: ml-bench}
   storageSecret: s3
   deployments:
-""" + "\n".join(deployments) + "\n").encode()
+"""
+        + "\n".join(deployments)
+        + "\n"
+    ).encode()
     return Snapshot(revision="bench", files=files)
 
 
@@ -92,17 +98,27 @@ def as_live(obj: dict[str, Any], i: int) -> dict[str, Any]:
     """What the API server returns for an applied object: bookkeeping, defaults, status."""
     live = copy.deepcopy(obj)
     meta = live["metadata"]
-    meta.update(uid=f"uid-{i}", resourceVersion=str(1000 + i), generation=1,
-                creationTimestamp="2026-01-01T00:00:00Z",
-                managedFields=[{"manager": "mlp", "operation": "Apply", "apiVersion": obj["apiVersion"],
-                                "fieldsType": "FieldsV1",
-                                "fieldsV1": fields_v1({k: v for k, v in obj.items()
-                                                       if k not in ("apiVersion", "kind")})}])
+    meta.update(
+        uid=f"uid-{i}",
+        resourceVersion=str(1000 + i),
+        generation=1,
+        creationTimestamp="2026-01-01T00:00:00Z",
+        managedFields=[
+            {
+                "manager": "mlp",
+                "operation": "Apply",
+                "apiVersion": obj["apiVersion"],
+                "fieldsType": "FieldsV1",
+                "fieldsV1": fields_v1({k: v for k, v in obj.items() if k not in ("apiVersion", "kind")}),
+            }
+        ],
+    )
     if live["kind"] == "InferenceService":
         live["spec"]["predictor"]["model"].setdefault("name", "kserve-container")
-        live["status"] = {"conditions": [{"type": "Ready", "status": "True"},
-                                         {"type": "PredictorReady", "status": "True"}],
-                          "url": f"http://{meta['name']}.ml-bench.example"}
+        live["status"] = {
+            "conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}],
+            "url": f"http://{meta['name']}.ml-bench.example",
+        }
     return live
 
 
@@ -149,8 +165,10 @@ def api_calls_noop(models: int) -> dict[str, Any] | str:
 
     result = load(snapshot(models))
     desired = render(result.specs, "bench", revision="bench")
-    with KubeApiServer(namespaces=("default", "ml-bench"), prometheus_operator=True) as api, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        KubeApiServer(namespaces=("default", "ml-bench"), prometheus_operator=True) as api,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(Path(tmp) / "kubeconfig", api.url)))
         kinds = kinds_to_list("kubernetes", desired)
         first = execute(make_plan(desired, target.list_owned("bench", kinds), environment="bench"), target)
@@ -161,9 +179,15 @@ def api_calls_noop(models: int) -> dict[str, Any] | str:
         changes = execute(plan, target)
         elapsed = time.perf_counter() - t0
         calls = [(r.method, r.path) for r in api.requests]
-    return {"calls": len(calls), "lists": sum(1 for m, _ in calls if m == "GET"),
-            "writes": sum(1 for m, _ in calls if m != "GET"), "kinds": len(kinds),
-            "planned_changes": len(plan.changes), "executed": changes.writes, "seconds": elapsed}
+    return {
+        "calls": len(calls),
+        "lists": sum(1 for m, _ in calls if m == "GET"),
+        "writes": sum(1 for m, _ in calls if m != "GET"),
+        "kinds": len(kinds),
+        "planned_changes": len(plan.changes),
+        "executed": changes.writes,
+        "seconds": elapsed,
+    }
 
 
 def main() -> None:
@@ -182,7 +206,7 @@ def main() -> None:
     live_src = render(old.specs, "bench", revision="old")
     live = [as_live(o, i) for i, o in enumerate(live_src)]
     isvc_idx = [i for i, o in enumerate(live) if o["kind"] == "InferenceService"]
-    for i in isvc_idx[n - changed // 2:]:
+    for i in isvc_idx[n - changed // 2 :]:
         live[i]["spec"]["predictor"]["minReplicas"] = 4  # hand edit (drift)
     new_snap = snapshot(n, bump=changed - changed // 2)
     t_load, new = timed(lambda: load(new_snap), 1)
@@ -191,10 +215,10 @@ def main() -> None:
         return render(new.specs, "bench", revision="new")
 
     t_render, desired = timed(do_render, args.repeat)
-    t_plan, plan = timed(lambda: make_plan(desired, live, environment="bench", revision="new", prune=True),
-                         args.repeat)
-    t_both, _ = timed(lambda: make_plan(do_render(), live, environment="bench", revision="new", prune=True),
-                      args.repeat)
+    t_plan, plan = timed(lambda: make_plan(desired, live, environment="bench", revision="new", prune=True), args.repeat)
+    t_both, _ = timed(
+        lambda: make_plan(do_render(), live, environment="bench", revision="new", prune=True), args.repeat
+    )
     t_floor, floor_changed = timed(lambda: floor_compare(desired, live), args.repeat)
     mem_both = peak_mib(lambda: make_plan(do_render(), live, environment="bench", revision="new", prune=True))
     counts = plan.counts()
@@ -213,15 +237,19 @@ def main() -> None:
     for name, secs, note in rows:
         print(f"{name:<28} {secs:>9.3f}  {note}")
     print(f"{'plan / floor':<28} {t_plan / t_floor:>9.1f}x")
-    print(f"{'Flux anchor / render+plan':<28} {FLUX_ANCHOR_S / t_both:>9.0f}x  "
-          f"(Flux kustomize-controller: 1,000 apps in {FLUX_ANCHOR_S:.0f} s, includes cluster I/O)")
+    print(
+        f"{'Flux anchor / render+plan':<28} {FLUX_ANCHOR_S / t_both:>9.0f}x  "
+        f"(Flux kustomize-controller: 1,000 apps in {FLUX_ANCHOR_S:.0f} s, includes cluster I/O)"
+    )
     api = api_calls_noop(args.api_models)
     if isinstance(api, str):
         print(f"no-op reconcile API calls: {api}")
     else:
-        print(f"no-op reconcile against the stand-in ({args.api_models} models, {api['kinds']} kinds): "
-              f"{api['calls']} HTTP calls, {api['lists']} GET (list), {api['writes']} writes, "
-              f"{api['seconds']:.3f} s (goal: list calls only, zero writes)")
+        print(
+            f"no-op reconcile against the stand-in ({args.api_models} models, {api['kinds']} kinds): "
+            f"{api['calls']} HTTP calls, {api['lists']} GET (list), {api['writes']} writes, "
+            f"{api['seconds']:.3f} s (goal: list calls only, zero writes)"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,11 @@ def _serve_hello(port: int) -> None:
     import uvicorn
 
     body = b'{"predictions":[1]}'
-    start = {"type": "http.response.start", "status": 200,
-             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}
+    start = {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
     done = {"type": "http.response.body", "body": body}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -68,8 +71,16 @@ def _serve_hello(port: int) -> None:
         await send(start)
         await send(done)
 
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", lifespan="off",
-                access_log=False, log_level="warning")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def _serve_mlp(port: int, model_dir: str) -> None:
@@ -82,10 +93,14 @@ def _serve_mlp(port: int, model_dir: str) -> None:
     m1, m2 = Path(model_dir) / "1" / "model.joblib", Path(model_dir) / "2" / "model.joblib"
     state = tempfile.mkdtemp(prefix="mlp-bench-")
     rt = Runtime(state, payload_log=True)
-    rt.apply(deployment("iris", [route(1, m1, sha256_file(m1), "stable", 90),
-                                 route(2, m2, sha256_file(m2), "canary", 10)], payload_rate=1.0,
-                            batching={"maxBatchSize": 32,
-                                      "maxLatencyMs": float(os.environ.get("MLP_BENCH_MAX_LATENCY_MS", "1"))}))
+    rt.apply(
+        deployment(
+            "iris",
+            [route(1, m1, sha256_file(m1), "stable", 90), route(2, m2, sha256_file(m2), "canary", 10)],
+            payload_rate=1.0,
+            batching={"maxBatchSize": 32, "maxLatencyMs": float(os.environ.get("MLP_BENCH_MAX_LATENCY_MS", "1"))},
+        )
+    )
     try:
         serve(DataPlane(rt), bind("127.0.0.1", port))
     finally:
@@ -116,9 +131,11 @@ def _serve_kserve(port: int, model_dir: str) -> None:
             if isinstance(payload, InferRequest):
                 x = payload.inputs[0].as_numpy()
                 out = np.asarray(self.model.predict(x))
-                return InferResponse(model_name=self.name, response_id=payload.id or "",
-                                     infer_outputs=[InferOutput(name="output-0", shape=list(out.shape),
-                                                                datatype="INT64", data=out)])
+                return InferResponse(
+                    model_name=self.name,
+                    response_id=payload.id or "",
+                    infer_outputs=[InferOutput(name="output-0", shape=list(out.shape), datatype="INT64", data=out)],
+                )
             return {"predictions": self.model.predict(np.asarray(payload["instances"])).tolist()}
 
     model = SKLearnModel("iris", str(Path(model_dir) / "1" / "model.joblib"))
@@ -140,8 +157,14 @@ class _Conn(asyncio.Protocol):
     time). Closed loop: the next request goes out as soon as the previous answer is complete.
     """
 
-    def __init__(self, stats: _Stats, request: bytes, closed_loop: bool,
-                 backlog: collections.deque[float], idle: collections.deque[_Conn]) -> None:
+    def __init__(
+        self,
+        stats: _Stats,
+        request: bytes,
+        closed_loop: bool,
+        backlog: collections.deque[float],
+        idle: collections.deque[_Conn],
+    ) -> None:
         self.buf = bytearray()
         self.stats = stats
         self.request = request
@@ -217,8 +240,9 @@ async def _load(port: int, request: bytes, conns: int, duration: float, warmup: 
     backlog: collections.deque[float] = collections.deque()
     idle: collections.deque[_Conn] = collections.deque()
     for _ in range(conns):
-        _, proto = await loop.create_connection(lambda: _Conn(stats, request, rate <= 0, backlog, idle),
-                                                "127.0.0.1", port)
+        _, proto = await loop.create_connection(
+            lambda: _Conn(stats, request, rate <= 0, backlog, idle), "127.0.0.1", port
+        )
         protos.append(proto)
         idle.append(proto)
     await asyncio.sleep(max(0.0, t_start - time.perf_counter()))
@@ -246,8 +270,9 @@ async def _load(port: int, request: bytes, conns: int, duration: float, warmup: 
             await asyncio.sleep(0.001)
     # let the answers of requests sent inside the window arrive (late ones count as late)
     deadline = time.perf_counter() + 10
-    while any(p.busy_since is not None and p.busy_since < stats.t_end for p in protos) \
-            and time.perf_counter() < deadline:
+    while (
+        any(p.busy_since is not None and p.busy_since < stats.t_end for p in protos) and time.perf_counter() < deadline
+    ):
         await asyncio.sleep(0.01)
     for p in protos:
         p.transport.close()
@@ -258,16 +283,24 @@ async def _load(port: int, request: bytes, conns: int, duration: float, warmup: 
     def pct(q: float) -> float:
         return lat[min(n - 1, int(q * n))] * 1000 if n else float("nan")
 
-    return {"rps": n / duration, "ok_rps": ok / duration, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
-            "n": n, "codes": {str(k): v for k, v in stats.codes.items()}}
+    return {
+        "rps": n / duration,
+        "ok_rps": ok / duration,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "n": n,
+        "codes": {str(k): v for k, v in stats.codes.items()},
+    }
 
 
 def _load_main(args: argparse.Namespace) -> None:
     import uvloop
 
     body = Path(args.body).read_bytes()
-    request = (f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    request = (
+        f"POST {args.path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     result = uvloop.run(_load(args.port, request, args.conns, args.duration, args.warmup, args.rate))
     print(json.dumps(result))
 
@@ -282,8 +315,11 @@ def _free_port() -> int:
 
 
 def _start(kind: str, port: int, model_dir: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, __file__, "_serve", kind, str(port), model_dir],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "_serve", kind, str(port), model_dir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -297,18 +333,40 @@ def _start(kind: str, port: int, model_dir: str) -> subprocess.Popen[bytes]:
 
 
 def _check(port: int, path: str, body: bytes) -> str:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body,
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, headers={"content-type": "application/json"}
+    )
     with urllib.request.urlopen(req, timeout=5) as r:
         return r.read().decode()
 
 
-def _run_load(port: int, path: str, body_file: str, conns: int, duration: float, warmup: float,
-              rate: float = 0.0) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, __file__, "_load", "--port", str(port), "--path", path,
-                          "--body", body_file, "--conns", str(conns), "--duration", str(duration),
-                          "--warmup", str(warmup), "--rate", str(rate)],
-                         capture_output=True, text=True, check=True)
+def _run_load(
+    port: int, path: str, body_file: str, conns: int, duration: float, warmup: float, rate: float = 0.0
+) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "_load",
+            "--port",
+            str(port),
+            "--path",
+            path,
+            "--body",
+            body_file,
+            "--conns",
+            str(conns),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--rate",
+            str(rate),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dict(json.loads(out.stdout))
 
 
@@ -316,10 +374,15 @@ def _wrk(port: int, path: str, body: bytes, conns: int, duration: float) -> floa
     if shutil.which("wrk") is None:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
-                 'wrk.headers["Content-Type"] = "application/json"\n')
-    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "-s", fh.name,
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
+        fh.write(
+            f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "-s", fh.name, f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        text=True,
+    )
     os.unlink(fh.name)
     for line in out.stdout.splitlines():
         if line.startswith("Requests/sec:"):
@@ -349,8 +412,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median run is reported")
     ap.add_argument("--conns", type=int, default=32, help="connections per run")
     ap.add_argument("--only", nargs="*", default=["hello", "mlp", "kserve"])
-    ap.add_argument("--levels", nargs="*", type=float, default=[0.35, 0.7],
-                    help="open-loop rates as fractions of the measured saturation")
+    ap.add_argument(
+        "--levels",
+        nargs="*",
+        type=float,
+        default=[0.35, 0.7],
+        help="open-loop rates as fractions of the measured saturation",
+    )
     ap.add_argument("--wrk", action="store_true", help="also measure saturation with wrk (if installed)")
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args()
@@ -359,9 +427,12 @@ def main() -> None:
     _train(tmp)
     (tmp / "v1.json").write_bytes(V1_BODY)
     (tmp / "v2.json").write_bytes(V2_BODY)
-    print(f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; load generator: 1 Python process; "
-          f"{args.conns} connections; {args.duration:.0f}s measured after {args.warmup:.1f}s warm-up; "
-          f"{args.rounds} interleaved rounds, median reported", file=sys.stderr)
+    print(
+        f"# {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; load generator: 1 Python process; "
+        f"{args.conns} connections; {args.duration:.0f}s measured after {args.warmup:.1f}s warm-up; "
+        f"{args.rounds} interleaved rounds, median reported",
+        file=sys.stderr,
+    )
     plans = {
         "hello": [("-", "/v1/models/iris:predict", "v1.json")],
         "mlp": [("v1", "/v1/models/iris:predict", "v1.json"), ("v2", "/v2/models/iris/infer", "v2.json")],
@@ -383,8 +454,9 @@ def main() -> None:
         sat_runs: dict[tuple[str, str], list[dict[str, Any]]] = {(k, p): [] for k, p, _, _ in cases}
         for _ in range(args.rounds):
             for kind, proto, path, body in cases:
-                sat_runs[(kind, proto)].append(_run_load(procs[kind][1], path, body, args.conns, args.duration,
-                                                         args.warmup))
+                sat_runs[(kind, proto)].append(
+                    _run_load(procs[kind][1], path, body, args.conns, args.duration, args.warmup)
+                )
         sat = {key: _median_run(runs) for key, runs in sat_runs.items()}
         for (kind, proto), r in sat.items():
             row = {"server": kind, "protocol": proto, "load": "saturation", **r}
@@ -394,8 +466,7 @@ def main() -> None:
             rows.append(row)
             print(_fmt(row), file=sys.stderr)
         for level in args.levels:
-            open_runs: dict[tuple[str, str], list[dict[str, Any]]] = {
-                (k, p): [] for k, p, _, _ in cases}
+            open_runs: dict[tuple[str, str], list[dict[str, Any]]] = {(k, p): [] for k, p, _, _ in cases}
             for _ in range(args.rounds):
                 for kind, proto, path, body in cases:
                     target = level * sat[(kind, proto)]["ok_rps"]
@@ -405,8 +476,12 @@ def main() -> None:
             for (kind, proto), runs in open_runs.items():
                 r = _median_run(runs)
                 kept = r["ok_rps"] >= 0.95 * r["target"]
-                row = {"server": kind, "protocol": proto,
-                       "load": f"{level:.0%} ({r['target']:,.0f}/s){'' if kept else ' NOT SUSTAINED'}", **r}
+                row = {
+                    "server": kind,
+                    "protocol": proto,
+                    "load": f"{level:.0%} ({r['target']:,.0f}/s){'' if kept else ' NOT SUSTAINED'}",
+                    **r,
+                }
                 rows.append(row)
                 print(_fmt(row), file=sys.stderr)
     finally:
@@ -424,23 +499,30 @@ def main() -> None:
 
 
 def _fmt(r: dict[str, Any]) -> str:
-    return (f"  {r['server']:<7} {r['protocol']:<3} {r['load']:<20} {r['ok_rps']:>9,.0f} req/s  "
-            f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  codes {r['codes']}")
+    return (
+        f"  {r['server']:<7} {r['protocol']:<3} {r['load']:<20} {r['ok_rps']:>9,.0f} req/s  "
+        f"p50 {r['p50_ms']:>7.2f} ms  p99 {r['p99_ms']:>7.2f} ms  codes {r['codes']}"
+    )
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| server | protocol | load | requests/s (200) | p50 ms | p99 ms | non-200 | every round (req/s) |",
-             "|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        "| server | protocol | load | requests/s (200) | p50 ms | p99 ms | non-200 | every round (req/s) |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
         bad = sum(v for k, v in r["codes"].items() if k != "200")
-        lines.append(f"| {r['server']} | {r['protocol']} | {r['load']} | {r['ok_rps']:,.0f} | {r['p50_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {bad} | {', '.join(f'{x:,}' for x in r.get('all_rps', []))} |")
+        lines.append(
+            f"| {r['server']} | {r['protocol']} | {r['load']} | {r['ok_rps']:,.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {bad} | {', '.join(f'{x:,}' for x in r.get('all_rps', []))} |"
+        )
     lines.append("")
     sat = {(r["server"], r["protocol"]): r["ok_rps"] for r in rows if r["load"] == "saturation"}
     for proto in ("v1", "v2"):
         if ("mlp", proto) in sat and ("kserve", proto) in sat and sat[("kserve", proto)]:
-            lines.append(f"mlp / kserve throughput at saturation, {proto}: "
-                         f"{sat[('mlp', proto)] / sat[('kserve', proto)]:.2f}x")
+            lines.append(
+                f"mlp / kserve throughput at saturation, {proto}: {sat[('mlp', proto)] / sat[('kserve', proto)]:.2f}x"
+            )
     if ("hello", "-") in sat and ("mlp", "v1") in sat:
         lines.append(f"mlp v1 / hello-world ceiling: {sat[('mlp', 'v1')] / sat[('hello', '-')]:.0%}")
     return "\n".join(lines)
@@ -450,8 +532,11 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_serve":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         kind, port, model_dir = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-        {"hello": lambda: _serve_hello(port), "mlp": lambda: _serve_mlp(port, model_dir),
-         "kserve": lambda: _serve_kserve(port, model_dir)}[kind]()
+        {
+            "hello": lambda: _serve_hello(port),
+            "mlp": lambda: _serve_mlp(port, model_dir),
+            "kserve": lambda: _serve_kserve(port, model_dir),
+        }[kind]()
     elif len(sys.argv) > 1 and sys.argv[1] == "_load":
         p = argparse.ArgumentParser()
         p.add_argument("_cmd")

@@ -34,8 +34,20 @@ def _mlp() -> list[str]:
 def check(repo: Path, port: int, timeout: float) -> int:
     """Start `mlp up`, send one request to the curl URL it prints, print the prediction."""
     with tempfile.TemporaryDirectory(prefix="mlp-demo-") as state:
-        cmd = [*_mlp(), "up", str(repo), "--env", "dev", "--port", str(port), "--state-dir", state,
-               "--format", "json", "--no-payload-log"]
+        cmd = [
+            *_mlp(),
+            "up",
+            str(repo),
+            "--env",
+            "dev",
+            "--port",
+            str(port),
+            "--state-dir",
+            state,
+            "--format",
+            "json",
+            "--no-payload-log",
+        ]
         proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None

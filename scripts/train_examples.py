@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe = RECIPES.get((name, number))
             if recipe is None or not uri.startswith(BUCKET_PREFIX):
                 continue
-            out = mirror / uri[len(BUCKET_PREFIX):]
+            out = mirror / uri[len(BUCKET_PREFIX) :]
             if ".." in out.relative_to(mirror).parts:
                 print(f"{spec_path}: {name} v{number}: uri escapes the mirror, skipped", file=sys.stderr)
                 continue
@@ -133,8 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{name} v{number}: digest in {spec_path.name} differs from {out.name}")
                     problems += 1
                     continue
-                print(f"{spec_path.relative_to(repo)}: {name} v{number} digest {str(v['digest'])[:19]}... -> "
-                      f"{digest[:19]}... (this machine's trained artifact)", file=sys.stderr)
+                print(
+                    f"{spec_path.relative_to(repo)}: {name} v{number} digest {str(v['digest'])[:19]}... -> "
+                    f"{digest[:19]}... (this machine's trained artifact)",
+                    file=sys.stderr,
+                )
                 v["digest"] = digest
                 changed = True
         if changed:

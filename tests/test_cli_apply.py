@@ -53,8 +53,12 @@ class Cluster:
         from kubernetes import client, config
 
         cfg = client.Configuration()
-        config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=cfg, persist_config=False,
-                                context=os.environ.get("MLP_TEST_KUBE_CONTEXT") if self.api is None else None)
+        config.load_kube_config(
+            config_file=str(self.kubeconfig),
+            client_configuration=cfg,
+            persist_config=False,
+            context=os.environ.get("MLP_TEST_KUBE_CONTEXT") if self.api is None else None,
+        )
         token = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
         headers = {"Authorization": token} if token else {}
         cert = (cfg.cert_file, cfg.key_file) if cfg.cert_file else None
@@ -62,8 +66,13 @@ class Cluster:
             return c.request(method, path, **kw)
 
     def patch(self, path: str, body: dict[str, Any], manager: str) -> httpx.Response:
-        return self._http("PATCH", path, params={"fieldManager": manager}, content=json.dumps(body),
-                          headers={"Content-Type": "application/merge-patch+json"})
+        return self._http(
+            "PATCH",
+            path,
+            params={"fieldManager": manager},
+            content=json.dumps(body),
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
 
     def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         return self._http("POST", path, json=body)
@@ -77,12 +86,16 @@ def _wipe_real_cluster(kubeconfig: Path) -> None:
     from mlp.targets.base import ObjectRef, TargetError
     from mlp.targets.kubernetes import KubernetesTarget
 
-    target = KubernetesTarget.from_kubeconfig(str(kubeconfig), context=os.environ.get("MLP_TEST_KUBE_CONTEXT"),
-                                              namespace=NS)
+    target = KubernetesTarget.from_kubeconfig(
+        str(kubeconfig), context=os.environ.get("MLP_TEST_KUBE_CONTEXT"), namespace=NS
+    )
 
     def leftovers() -> list[ObjectRef]:
-        refs = [ObjectRef("v1", "ConfigMap", NS, n) for n in ("hand-made", "other-env")
-                if target.get(ObjectRef("v1", "ConfigMap", NS, n)) is not None]
+        refs = [
+            ObjectRef("v1", "ConfigMap", NS, n)
+            for n in ("hand-made", "other-env")
+            if target.get(ObjectRef("v1", "ConfigMap", NS, n)) is not None
+        ]
         for env in ("staging", "prod"):
             for kind in MANAGED_KINDS["kubernetes"]:
                 try:
@@ -106,6 +119,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         _wipe_real_cluster(Path(REAL))
         return
     from standins import kube_apiserver as standin  # type: ignore[import-not-found]
+
     with standin.KubeApiServer(prometheus_operator=True, auto_gc=True) as api:
         kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig", api.url)
         yield Cluster(kubeconfig, api)
@@ -156,9 +170,12 @@ def test_render_yaml_json_and_out(repo: Path, tmp_path: Path) -> None:
 
 def test_render_errors_are_located_one_liners(repo: Path) -> None:
     res = mlp("render", "--env", "nope", "--repo", str(repo))
-    assert res.exit_code == 2 and res.output.strip() == "error: unknown environment 'nope' (declared: dev, prod, staging)"
+    assert (
+        res.exit_code == 2 and res.output.strip() == "error: unknown environment 'nope' (declared: dev, prod, staging)"
+    )
     (repo / "environments" / "staging.yaml").write_text(
-        (repo / "environments" / "staging.yaml").read_text().replace("version: 2\n", "version: 9\n", 1))
+        (repo / "environments" / "staging.yaml").read_text().replace("version: 2\n", "version: 9\n", 1)
+    )
     res = mlp("render", "--env", "staging", "--repo", str(repo))
     assert res.exit_code == 2
     assert "environments/staging.yaml:" in res.output and "Traceback" not in res.output
@@ -198,8 +215,7 @@ def test_hand_edit_shows_in_diff_and_apply_reverts_it(repo: Path, cluster: Clust
     assert diff.exit_code == 1
     assert "update InferenceService/ml-staging/iris (drift)" in diff.output
     assert "-    minReplicas: 7\n+    minReplicas: 1" in diff.output
-    data = json.loads(mlp("diff", "--env", "staging", "--repo", str(repo), "--format", "json",
-                          cluster=cluster).output)
+    data = json.loads(mlp("diff", "--env", "staging", "--repo", str(repo), "--format", "json", cluster=cluster).output)
     (upd,) = [i for i in data["items"] if i["action"] == "update"]
     assert upd["diffs"] == [{"path": "spec.predictor.minReplicas", "op": "change", "old": 7, "new": 1}]
     cluster.clear()
@@ -215,11 +231,21 @@ def test_prune_deletes_exactly_the_removed_models_objects(repo: Path, cluster: C
     _require_target()
     assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
     # objects mlp does not own in the same namespace: hand-made, and another environment's
-    hand = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "hand-made", "namespace": NS},
-            "data": {"a": "b"}}
-    other = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
-        "name": "other-env", "namespace": NS,
-        "labels": {"app.kubernetes.io/managed-by": "mlp", "mlp.dev/environment": "prod", "mlp.dev/spec": "Model.x"}}}
+    hand = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "hand-made", "namespace": NS},
+        "data": {"a": "b"},
+    }
+    other = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "other-env",
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "mlp", "mlp.dev/environment": "prod", "mlp.dev/spec": "Model.x"},
+        },
+    }
     for obj in (hand, other):
         assert cluster.post(f"/api/v1/namespaces/{NS}/configmaps", obj).status_code == 201
     env_file = repo / "environments" / "staging.yaml"
@@ -234,8 +260,9 @@ def test_prune_deletes_exactly_the_removed_models_objects(repo: Path, cluster: C
     assert res.exit_code == 0, res.output
     if cluster.api is not None:
         assert cluster.writes() == [f"DELETE {ISVC_PATH}/breast-cancer"]
-    names = {o["metadata"]["name"] for o in cluster.get(ISVC_PATH)["items"]
-             if not o["metadata"].get("deletionTimestamp")}
+    names = {
+        o["metadata"]["name"] for o in cluster.get(ISVC_PATH)["items"] if not o["metadata"].get("deletionTimestamp")
+    }
     assert names == {"iris"}
     cms = {o["metadata"]["name"] for o in cluster.get(f"/api/v1/namespaces/{NS}/configmaps")["items"]}
     assert {"hand-made", "other-env", "iris-drift-monitor"} <= cms
@@ -263,15 +290,27 @@ def test_template_override_errors_stop_before_the_cluster(repo: Path, cluster: C
     override = repo / "templates" / "kubernetes" / "inferenceservice.yaml.j2"
     override.parent.mkdir(parents=True, exist_ok=True)
     for body, where in [
-        ("apiVersion: v1\nkind: X\n{% for x in %}\n", "templates/kubernetes/inferenceservice.yaml.j2:3: template syntax error"),
-        ("apiVersion: v1\nkind: X\nmetadata:\n  name: {{ isvc.nmae }}\n",
-         "templates/kubernetes/inferenceservice.yaml.j2:4: undefined variable"),
+        (
+            "apiVersion: v1\nkind: X\n{% for x in %}\n",
+            "templates/kubernetes/inferenceservice.yaml.j2:3: template syntax error",
+        ),
+        (
+            "apiVersion: v1\nkind: X\nmetadata:\n  name: {{ isvc.nmae }}\n",
+            "templates/kubernetes/inferenceservice.yaml.j2:4: undefined variable",
+        ),
     ]:
         override.write_text(body)
         cluster.clear()
         for cmd in (["apply", "--yes"], ["diff"], ["render"]):
-            res = mlp(cmd[0], "--env", "staging", "--repo", str(repo), *cmd[1:],
-                      cluster=cluster if cmd[0] != "render" else None)
+            res = mlp(
+                cmd[0],
+                "--env",
+                "staging",
+                "--repo",
+                str(repo),
+                *cmd[1:],
+                cluster=cluster if cmd[0] != "render" else None,
+            )
             assert res.exit_code == 2, res.output
             assert res.output.startswith(f"error: {where}"), res.output
             assert len(res.output.strip().splitlines()) == 1
@@ -291,8 +330,11 @@ def test_unreachable_cluster_is_one_line_exit_2(repo: Path, tmp_path: Path) -> N
 
     kubeconfig = write_kubeconfig(tmp_path / "dead", f"http://127.0.0.1:{_free_port()}")
     for cmd in (["diff"], ["apply", "--yes"]):
-        res = CliRunner().invoke(cli, [cmd[0], "--env", "staging", "--repo", str(repo), *cmd[1:],
-                                       "--kubeconfig", str(kubeconfig)], catch_exceptions=False)
+        res = CliRunner().invoke(
+            cli,
+            [cmd[0], "--env", "staging", "--repo", str(repo), *cmd[1:], "--kubeconfig", str(kubeconfig)],
+            catch_exceptions=False,
+        )
         assert res.exit_code == 2, res.output
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), res.output
@@ -308,23 +350,32 @@ def test_forbidden_is_one_line_and_partial_apply_is_reported(repo: Path, tmp_pat
     with KubeApiServer(prometheus_operator=True) as api:
         api.add_user("nobody-token", "nobody")
         kubeconfig = write_kubeconfig(tmp_path / "nobody", api.url, token="nobody-token")
-        res = CliRunner().invoke(cli, ["diff", "--env", "staging", "--repo", str(repo), "--kubeconfig",
-                                       str(kubeconfig)], catch_exceptions=False)
+        res = CliRunner().invoke(
+            cli,
+            ["diff", "--env", "staging", "--repo", str(repo), "--kubeconfig", str(kubeconfig)],
+            catch_exceptions=False,
+        )
         assert res.exit_code == 2
         lines = res.output.strip().splitlines()
         assert len(lines) == 1 and "forbidden" in lines[0].lower(), res.output
 
         # may read everything and write core objects, but not InferenceServices
         api.add_user("partial-token", "partial")
-        for group, resources in (("", ["serviceaccounts", "configmaps", "services"]), ("apps", ["deployments"]),
-                                 ("serving.kserve.io", ["inferenceservices"]),
-                                 ("monitoring.coreos.com", ["prometheusrules", "servicemonitors"])):
+        for group, resources in (
+            ("", ["serviceaccounts", "configmaps", "services"]),
+            ("apps", ["deployments"]),
+            ("serving.kserve.io", ["inferenceservices"]),
+            ("monitoring.coreos.com", ["prometheusrules", "servicemonitors"]),
+        ):
             api.grant("partial", ["get", "list", "watch"], group, resources)
             if group != "serving.kserve.io":
                 api.grant("partial", ["create", "patch", "update", "delete"], group, resources)
         kubeconfig = write_kubeconfig(tmp_path / "partial", api.url, token="partial-token")
-        res = CliRunner().invoke(cli, ["apply", "--env", "staging", "--repo", str(repo), "--yes", "--kubeconfig",
-                                       str(kubeconfig)], catch_exceptions=False)
+        res = CliRunner().invoke(
+            cli,
+            ["apply", "--env", "staging", "--repo", str(repo), "--yes", "--kubeconfig", str(kubeconfig)],
+            catch_exceptions=False,
+        )
         assert res.exit_code == 2, res.output
         assert "applied before the failure: created ServiceAccount/ml-staging/mlp-models" in res.output
         assert "forbidden" in res.output.lower()
@@ -350,15 +401,31 @@ def test_conflict_with_another_manager_needs_force(repo: Path, cluster: Cluster)
     _require_target()
     assert mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster).exit_code == 0
     # someone else takes minReplicas, and the repository changes the same object (maxReplicas)
-    assert cluster.patch(f"{ISVC_PATH}/iris", {"spec": {"predictor": {"minReplicas": 2}}},
-                         manager="kubectl-edit").status_code == 200
+    assert (
+        cluster.patch(
+            f"{ISVC_PATH}/iris", {"spec": {"predictor": {"minReplicas": 2}}}, manager="kubectl-edit"
+        ).status_code
+        == 200
+    )
     env_file = repo / "environments" / "staging.yaml"
-    env_file.write_text(env_file.read_text().replace("minReplicas: 1, maxReplicas: 3", "minReplicas: 1, maxReplicas: 4"))
+    env_file.write_text(
+        env_file.read_text().replace("minReplicas: 1, maxReplicas: 3", "minReplicas: 1, maxReplicas: 4")
+    )
     res = mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", cluster=cluster)
     assert res.exit_code == 2, res.output
     assert "kubectl-edit" in res.output and "--force-conflicts" in res.output, res.output
-    res = mlp("apply", "--env", "staging", "--repo", str(repo), "--yes", "--force-conflicts", "--format", "json",
-              cluster=cluster)
+    res = mlp(
+        "apply",
+        "--env",
+        "staging",
+        "--repo",
+        str(repo),
+        "--yes",
+        "--force-conflicts",
+        "--format",
+        "json",
+        cluster=cluster,
+    )
     assert res.exit_code == 0, res.output
     changes = json.loads(res.stdout)
     assert changes["ok"] and [d["ref"]["name"] for d in changes["done"]] == ["iris"]
@@ -404,11 +471,14 @@ def test_local_environment_apply_then_diff(tmp_path: Path) -> None:
     (repo / "specs" / "iris.yaml").write_text(
         "apiVersion: mlp.dev/v1\nkind: Model\nmetadata: {name: iris}\nspec:\n  framework: sklearn\n"
         f"  signature:\n    inputs: [{inputs}]\n    outputs: [{{name: species, type: int}}]\n"
-        f"  versions:\n{versions}")
+        f"  versions:\n{versions}"
+    )
     env_file = repo / "environments" / "dev.yaml"
-    env_file.write_text("apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n"
-                        "  target: {kind: local}\n  deployments:\n"
-                        "    iris: {version: 1, canary: {version: 2, steps: [20, 100]}}\n")
+    env_file.write_text(
+        "apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n"
+        "  target: {kind: local}\n  deployments:\n"
+        "    iris: {version: 1, canary: {version: 2, steps: [20, 100]}}\n"
+    )
     state = ["--repo", str(repo), "--state-dir", str(tmp_path / "state")]
     assert mlp("diff", "--env", "dev", *state).exit_code == 1
     res = mlp("apply", "--env", "dev", "--yes", *state)
@@ -438,7 +508,9 @@ def test_prune_with_foreground_deletion_pending(repo: Path, tmp_path: Path) -> N
         env_file.write_text(text[: text.index("    breast-cancer:")])
         assert mlp("apply", "--env", "staging", "--repo", str(repo), "--prune", "--yes", cluster=cluster).exit_code == 0
         pending = cluster.get(f"{ISVC_PATH}/breast-cancer")
-        assert pending["metadata"].get("deletionTimestamp") and "foregroundDeletion" in pending["metadata"]["finalizers"]
+        assert (
+            pending["metadata"].get("deletionTimestamp") and "foregroundDeletion" in pending["metadata"]["finalizers"]
+        )
         cluster.clear()
         again = mlp("apply", "--env", "staging", "--repo", str(repo), "--prune", "--yes", cluster=cluster)
         assert again.exit_code == 0 and "No changes." in again.output

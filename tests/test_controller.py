@@ -59,9 +59,12 @@ class MemoryTarget:
         if self.down:
             raise TargetError("connection refused")
         with self.lock:
-            return [copy.deepcopy(o) for o in self.objects.values()
-                    if (o["metadata"].get("labels") or {}).get(ENV_LABEL) == environment
-                    and (o["metadata"].get("labels") or {}).get(MANAGED_BY) == "mlp"]
+            return [
+                copy.deepcopy(o)
+                for o in self.objects.values()
+                if (o["metadata"].get("labels") or {}).get(ENV_LABEL) == environment
+                and (o["metadata"].get("labels") or {}).get(MANAGED_BY) == "mlp"
+            ]
 
     def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
         ref = ObjectRef.of(obj)
@@ -113,9 +116,11 @@ def edit(repo: git.Repo, rel: str, fn: Callable[[str], str]) -> None:
 
 def set_staging_iris(version: int) -> Callable[[str], str]:
     """Rewrite staging's iris stable version (and drop its canary so any declared version is valid)."""
+
     def fn(text: str) -> str:
         text = re.sub(r"(\n    iris:\n      version: )\d+", rf"\g<1>{version}", text)
         return re.sub(r"\n      canary:\n(        .*\n)+", "\n", text)
+
     return fn
 
 
@@ -129,7 +134,7 @@ def add_iris_version(repo: git.Repo, version: int) -> None:
     first = re.search(r"    - version: 1\n((?:      .*\n)+)", text)
     assert first
     entry = f"    - version: {version}\n" + first.group(1).replace("/1/", f"/{version}/")
-    path.write_text(text[: block.end()] + entry + text[block.end():])
+    path.write_text(text[: block.end()] + entry + text[block.end() :])
 
 
 @pytest.fixture()
@@ -145,8 +150,9 @@ class Rig:
         self.store = StateStore(state)
         self.metrics = ControllerMetrics()
         kwargs: dict[str, Any] = {"clock": now} if now else {}
-        self.reconciler = Reconciler(self.source, lambda env, spec: self.target, self.store,
-                                     metrics=self.metrics, **kwargs)
+        self.reconciler = Reconciler(
+            self.source, lambda env, spec: self.target, self.store, metrics=self.metrics, **kwargs
+        )
 
     def step(self, env: str, *reasons: str) -> Any:
         self.source.refresh(["main"])
@@ -177,10 +183,25 @@ def test_store_roundtrip_intents_and_sync_requests(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     from mlp.controller.store import EnvStatus, ModelStatus, ObjectStatus
 
-    st = EnvStatus("prod", "OutOfSync", "Progressing", revision="a" * 40, errors=["x.yaml:1:2: Model/a: bad"],
-                   objects=[ObjectStatus("InferenceService/ml-prod/iris", "InferenceService", "ml-prod", "iris",
-                                         "OutOfSync", "Progressing", "drift: spec.x")],
-                   models=[ModelStatus("iris", 2, {"2": 90, "3": 10})])
+    st = EnvStatus(
+        "prod",
+        "OutOfSync",
+        "Progressing",
+        revision="a" * 40,
+        errors=["x.yaml:1:2: Model/a: bad"],
+        objects=[
+            ObjectStatus(
+                "InferenceService/ml-prod/iris",
+                "InferenceService",
+                "ml-prod",
+                "iris",
+                "OutOfSync",
+                "Progressing",
+                "drift: spec.x",
+            )
+        ],
+        models=[ModelStatus("iris", 2, {"2": 90, "3": 10})],
+    )
     store.save(st)
     again = StateStore(tmp_path).load("prod")  # a second connection (another process) sees it
     assert again is not None and again.errors == st.errors and again.models[0].traffic == {"2": 90, "3": 10}
@@ -201,8 +222,19 @@ def test_store_roundtrip_intents_and_sync_requests(tmp_path: Path) -> None:
 
 def test_audit_append_api_for_webhooks(tmp_path: Path) -> None:
     log = AuditLog(tmp_path)
-    log.append(AuditEvent("prod", "merge", "succeeded", revision="c" * 40, author="Ada", pr="42",
-                          approvers=["bob", "eve"], merge_commit="c" * 40, objects=["environments/prod.yaml"]))
+    log.append(
+        AuditEvent(
+            "prod",
+            "merge",
+            "succeeded",
+            revision="c" * 40,
+            author="Ada",
+            pr="42",
+            approvers=["bob", "eve"],
+            merge_commit="c" * 40,
+            objects=["environments/prod.yaml"],
+        )
+    )
     log.append(AuditEvent("dev", "apply", "succeeded", time=time.time() - 7200))
     assert [e.pr for e in log.events(env="prod")] == ["42"]
     assert [e.environment for e in log.events(since=time.time() - 3600)] == ["prod"]
@@ -317,8 +349,11 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     assert "selfHeal is off" in st.message
     rig.step("staging")  # still drifted: reported, logged once
     drift = [e for e in rig.audit("staging") if e.action == "drift"]
-    assert len(drift) == 1 and drift[0].outcome == "skipped" and drift[0].objects == [
-        "UPDATE InferenceService/ml-staging/iris"]
+    assert (
+        len(drift) == 1
+        and drift[0].outcome == "skipped"
+        and drift[0].objects == ["UPDATE InferenceService/ml-staging/iris"]
+    )
     # A manual sync reverts it even without self-heal.
     assert rig.step("staging", "manual").outcome == "applied"
     assert rig.store.load("staging").sync_status == "Synced"  # type: ignore[union-attr]
@@ -327,8 +362,7 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
 def test_prune_policy_and_never_prune_everything(rig: Rig) -> None:
     rig.step("staging")
     # Remove breast-cancer from staging: prune is on, so its InferenceService is deleted and audited.
-    edit(rig.repo, "environments/staging.yaml",
-         lambda t: re.sub(r"\n    breast-cancer:\n(      .*\n)+", "\n", t))
+    edit(rig.repo, "environments/staging.yaml", lambda t: re.sub(r"\n    breast-cancer:\n(      .*\n)+", "\n", t))
     commit_all(rig.repo, "retire breast-cancer from staging")
     res = rig.step("staging")
     assert res.outcome == "applied", res.message
@@ -387,8 +421,9 @@ def test_interrupted_apply_is_resumed_and_logged_once(rig: Rig) -> None:
     rev = rig.source.refresh(["main"]).revisions["main"]
     # A previous run recorded its intent, wrote one object, and died. Its PID may be ours (PID 1 in a
     # container): runs are told apart by a run id, not the PID.
-    rig.store.begin_intent(Intent("staging", rev, "apply", ["CREATE everything"], time.time(), pid=os.getpid(),
-                                  run="a-previous-run"))
+    rig.store.begin_intent(
+        Intent("staging", rev, "apply", ["CREATE everything"], time.time(), pid=os.getpid(), run="a-previous-run")
+    )
     res = rig.step("staging")
     assert res.outcome == "applied"
     assert rig.store.intent("staging") is None
@@ -451,9 +486,9 @@ def test_controller_loop_triggers_and_metrics_over_http(rig: Rig) -> None:
         assert m['mlp_controller_reconcile_total{environment="staging",outcome="synced"}'] >= 1
         assert m['mlp_controller_reconcile_duration_seconds_count{environment="staging"}'] >= 2
         assert m['mlp_controller_objects{environment="staging",health="Progressing",sync_status="Synced"}'] >= 2
-        assert m['mlp_controller_git_fetch_duration_seconds_count'] >= 1
-        assert m['mlp_controller_git_fetch_failures_total'] == 0
-        assert 'mlp_controller_queue_depth' in m
+        assert m["mlp_controller_git_fetch_duration_seconds_count"] >= 1
+        assert m["mlp_controller_git_fetch_failures_total"] == 0
+        assert "mlp_controller_queue_depth" in m
         assert abs(m['mlp_controller_last_successful_sync_timestamp_seconds{environment="prod"}'] - time.time()) < 60
         health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read()
         assert health == b"ok\n"
@@ -505,8 +540,9 @@ def test_folder_source_and_watcher_drive_the_controller(tmp_path: Path) -> None:
     assert first.changed == ["main"] and source.refresh(["main"]).changed == []
     target = MemoryTarget()
     store = StateStore(tmp_path / "state")
-    ctl = Controller(source, Reconciler(source, lambda e, s: target, store), interval=3600, poll=0.05,
-                     environments=["staging"])
+    ctl = Controller(
+        source, Reconciler(source, lambda e, s: target, store), interval=3600, poll=0.05, environments=["staging"]
+    )
     fired = threading.Event()
 
     def changed() -> None:
@@ -555,8 +591,11 @@ def test_rollback_is_audited_as_rollback(rig: Rig) -> None:
 
 def test_environment_tracks_its_own_branch(rig: Rig) -> None:
     # main says: staging follows the `release` branch; the release branch holds another iris version.
-    edit(rig.repo, "environments/staging.yaml", lambda t: t.replace("  tier: staging\n",
-                                                                   "  tier: staging\n  branch: release\n"))
+    edit(
+        rig.repo,
+        "environments/staging.yaml",
+        lambda t: t.replace("  tier: staging\n", "  tier: staging\n  branch: release\n"),
+    )
     commit_all(rig.repo, "staging follows release")
     rig.repo.git.checkout("-b", "release")
     edit(rig.repo, "environments/staging.yaml", set_staging_iris(2))
@@ -597,8 +636,19 @@ def test_cli_usage_errors_and_help(tmp_path: Path) -> None:
     assert out.exit_code == 2 and "--repo" in out.output
     out = runner.invoke(cli, ["sync", "prod", "--state-dir", str(tmp_path / "none")])
     assert out.exit_code == 2 and "no controller state" in out.output
-    out = runner.invoke(cli, ["controller", "--repo", str(tmp_path / "nothing"), "--state-dir", str(tmp_path / "s"),
-                              "--once", "--metrics-port", "-1"])
+    out = runner.invoke(
+        cli,
+        [
+            "controller",
+            "--repo",
+            str(tmp_path / "nothing"),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--once",
+            "--metrics-port",
+            "-1",
+        ],
+    )
     assert out.exit_code == 1 and "Traceback" not in out.output
     assert "does not appear to be a git repository" in out.output
 
@@ -618,27 +668,40 @@ def test_health_follows_inference_service_conditions(rig: Rig) -> None:
     assert st is not None and st.health == "Progressing"  # nothing has reported readiness yet
     for obj in rig.target.objects.values():
         if obj["kind"] == "InferenceService":
-            obj["status"] = {"conditions": [{"type": "Ready", "status": "True"},
-                                            {"type": "PredictorReady", "status": "True"}]}
+            obj["status"] = {
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]
+            }
         elif obj["kind"] == "Deployment":
             replicas = obj["spec"].get("replicas", 1)
-            obj["status"] = {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
-                             "availableReplicas": replicas, "readyReplicas": replicas}
+            obj["status"] = {
+                "observedGeneration": 1,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "availableReplicas": replicas,
+                "readyReplicas": replicas,
+            }
     assert rig.step("staging").outcome == "synced"
     st = rig.store.load("staging")
     assert st is not None and st.health == "Healthy", [(o.ref, o.health, o.message) for o in st.objects]
     iris = rig.target.named("InferenceService", "iris")
     assert iris is not None
-    iris["status"] = {"conditions": [
-        {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
-        {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"}]}
+    iris["status"] = {
+        "conditions": [
+            {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
+            {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
+        ]
+    }
     rig.step("staging")
     st = rig.store.load("staging")
     assert st is not None and st.health == "Degraded" and st.sync_status == "Synced"
     obj = next(o for o in st.objects if o.ref == "InferenceService/ml-staging/iris")
     assert obj.health == "Degraded" and "image pull failed" in obj.message
-    assert rig.metrics.registry.get_sample_value(
-        "mlp_controller_objects", {"environment": "staging", "sync_status": "Synced", "health": "Degraded"}) == 1
+    assert (
+        rig.metrics.registry.get_sample_value(
+            "mlp_controller_objects", {"environment": "staging", "sync_status": "Synced", "health": "Degraded"}
+        )
+        == 1
+    )
 
 
 def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
@@ -647,8 +710,21 @@ def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
     import sys
 
     rig.step("staging")
-    proc = subprocess.Popen([sys.executable, "-m", "mlp.cli.main", "status", "--watch", "--every", "0.2",
-                             "--state-dir", str(rig.store.state_dir)], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "status",
+            "--watch",
+            "--every",
+            "0.2",
+            "--state-dir",
+            str(rig.store.state_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.5)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=10)

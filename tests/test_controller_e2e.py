@@ -144,9 +144,11 @@ def _hand_edit(target: Target, kind: str, name: str, patch: Manifest) -> None:
         group, version = obj["apiVersion"].split("/")
         answer = httpx.patch(
             f"{url}/apis/{group}/{version}/namespaces/{NS}/{kind.lower()}s/{name}",
-            params={"fieldManager": "kubectl-edit"}, content=json.dumps(patch),
-            headers={"Authorization": f"Bearer {standin.ADMIN_TOKEN}",
-                     "Content-Type": "application/merge-patch+json"}, timeout=10)
+            params={"fieldManager": "kubectl-edit"},
+            content=json.dumps(patch),
+            headers={"Authorization": f"Bearer {standin.ADMIN_TOKEN}", "Content-Type": "application/merge-patch+json"},
+            timeout=10,
+        )
         assert answer.status_code == 200, answer.text
         return
     # A real cluster (MLP_TEST_KUBECONFIG): apply the edited object.
@@ -243,8 +245,11 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         # 5. A hand edit is reverted by self-heal within one interval.
         mark = len(rec.seen)
         _hand_edit(target, "InferenceService", "iris", {"spec": {"predictor": {"minReplicas": 9}}})
-        took = _wait(lambda: _live(target, "InferenceService", "iris")["spec"]["predictor"].get("minReplicas") != 9,
-                     INTERVAL * 3 + 5, "self-heal")
+        took = _wait(
+            lambda: _live(target, "InferenceService", "iris")["spec"]["predictor"].get("minReplicas") != 9,
+            INTERVAL * 3 + 5,
+            "self-heal",
+        )
         assert took <= INTERVAL + 2.0
         _wait(lambda: any(e.action == "self-heal" for e in audit.events(env=ENV)), 5, "self-heal audit")
 

@@ -81,10 +81,28 @@ def slow_api() -> Iterator[SlowApi]:
 
 
 def _start(repo: Path, state: Path, kubeconfig: Path, *extra: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "mlp.cli.main", "controller", "--repo", str(repo), "--interval", "1",
-           "--metrics-port", "0", "--state-dir", str(state), "--env", ENV, "--kubeconfig", str(kubeconfig), *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlp.cli.main",
+        "controller",
+        "--repo",
+        str(repo),
+        "--interval",
+        "1",
+        "--metrics-port",
+        "0",
+        "--state-dir",
+        str(state),
+        "--env",
+        ENV,
+        "--kubeconfig",
+        str(kubeconfig),
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
 
 
 def _wait(pred: Any, timeout: float, what: str, proc: subprocess.Popen[str] | None = None) -> None:
@@ -143,8 +161,16 @@ def test_sigkill_mid_apply_then_restart_converges(slow_api: SlowApi, tmp_path: P
     slow_api.delay = 0.0
     proc = _start(Path(repo.working_tree_dir or "."), state, kubeconfig)
     try:
-        _wait(lambda: (s := _status(state)) is not None and s.sync_status == "Synced"
-              and s.synced_revision == repo.head.commit.hexsha, 60, "convergence after restart", proc)
+        _wait(
+            lambda: (
+                (s := _status(state)) is not None
+                and s.sync_status == "Synced"
+                and s.synced_revision == repo.head.commit.hexsha
+            ),
+            60,
+            "convergence after restart",
+            proc,
+        )
     finally:
         err = _stop(proc)
     assert proc.returncode == 0, err
@@ -186,9 +212,25 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
         # A new commit, then `mlp sync --wait`: applied at once although the interval is 30 s.
         edit(repo, "environments/staging.yaml", set_staging_iris(2))
         new = commit_all(repo, "iris v2 stable in staging")
-        out = subprocess.run([sys.executable, "-m", "mlp.cli.main", "sync", ENV, "--state-dir", str(state),
-                              "--wait", "--timeout", "30", "--format", "json"],
-                             capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mlp.cli.main",
+                "sync",
+                ENV,
+                "--state-dir",
+                str(state),
+                "--wait",
+                "--timeout",
+                "30",
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)[0]["synced_revision"] == new
 
@@ -197,8 +239,12 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
         edit(repo, "environments/staging.yaml", lambda t: t.replace("maxReplicas: 3", "maxReplicas: 4"))
         edit(repo, "environments/staging.yaml", lambda t: t.replace("maxReplicas: 2", "maxReplicas: 5"))
         last = commit_all(repo, "scale staging")
-        subprocess.run([sys.executable, "-m", "mlp.cli.main", "sync", ENV, "--state-dir", str(state)], check=True,
-                       capture_output=True, timeout=30)
+        subprocess.run(
+            [sys.executable, "-m", "mlp.cli.main", "sync", ENV, "--state-dir", str(state)],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
         _wait(lambda: StateStore(state).intent(ENV) is not None, 30, "apply in progress", proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -212,9 +258,17 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
     assert st is not None and st.synced_revision == last and st.sync_status == "Synced"
     assert StateStore(state).intent(ENV) is None
 
-    status = subprocess.run([sys.executable, "-m", "mlp.cli.main", "status", ENV, "--state-dir", str(state)],
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", "status", ENV, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "Synced" in status.stdout and "InferenceService/ml-staging/iris" in status.stdout
-    audit = subprocess.run([sys.executable, "-m", "mlp.cli.main", "audit", "--state-dir", str(state), "--format",
-                            "json"], capture_output=True, text=True, timeout=60)
+    audit = subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", "audit", "--state-dir", str(state), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert [e["action"] for e in json.loads(audit.stdout)] == ["apply", "apply", "apply"]

@@ -35,8 +35,16 @@ def _commit(repo: git.Repo, files: dict[str, str | bytes | None], message: str, 
 @pytest.fixture()
 def upstream(tmp_path: Path) -> git.Repo:
     repo = git.Repo.init(tmp_path / "upstream", initial_branch="main")
-    _commit(repo, {"specs/a.yaml": "kind: Model\n", "environments/dev.yaml": "kind: Environment\n",
-                   "templates/isvc.yaml.j2": "x", "README.md": "not a spec"}, "first")
+    _commit(
+        repo,
+        {
+            "specs/a.yaml": "kind: Model\n",
+            "environments/dev.yaml": "kind: Environment\n",
+            "templates/isvc.yaml.j2": "x",
+            "README.md": "not a spec",
+        },
+        "first",
+    )
     return repo
 
 
@@ -143,8 +151,9 @@ def http_repo(upstream: git.Repo, tmp_path: Path) -> Iterator[str]:
     server.shutdown()
 
 
-def test_https_token_from_env_and_file(http_repo: str, upstream: git.Repo, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_token_from_env_and_file(
+    http_repo: str, upstream: git.Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Without the token the server refuses and the error is a clear line, not a prompt or a hang.
     src = GitSource(http_repo, tmp_path / "c1")
     res = src.refresh(["main"])

@@ -15,9 +15,16 @@ def test_init_then_validate_is_clean(tmp_path: Path) -> None:
     target = tmp_path / "platform"
     created = run_mlp("init", str(target))
     assert created.returncode == 0, created.stderr
-    for rel in ("specs/models/example.yaml", "environments/dev.yaml", "environments/staging.yaml",
-                "environments/prod.yaml", "schemas/model.json", ".github/workflows/mlp.yml", ".gitlab-ci.yml",
-                "templates/README.md"):
+    for rel in (
+        "specs/models/example.yaml",
+        "environments/dev.yaml",
+        "environments/staging.yaml",
+        "environments/prod.yaml",
+        "schemas/model.json",
+        ".github/workflows/mlp.yml",
+        ".gitlab-ci.yml",
+        "templates/README.md",
+    ):
         assert (target / rel).is_file(), rel
     assert "mlp validate . --format github" in (target / ".github/workflows/mlp.yml").read_text()
     assert "codequality" in (target / ".gitlab-ci.yml").read_text()

@@ -231,8 +231,7 @@ def test_message_unauthorized_and_forbidden() -> None:
         "check the kubeconfig user or token"
     )
     assert str(_error("forbidden", verb="list")) == (
-        'forbidden by RBAC: user "nobody" cannot list inferenceservices.serving.kserve.io '
-        'in namespace "ml-staging"'
+        'forbidden by RBAC: user "nobody" cannot list inferenceservices.serving.kserve.io in namespace "ml-staging"'
     )
 
 
@@ -249,16 +248,21 @@ ISVCS = "/apis/serving.kserve.io/v1beta1/namespaces/ml-staging/inferenceservices
 
 @pytest.fixture
 def http() -> Any:
-    with KubeApiServer() as api, httpx.Client(base_url=api.url, timeout=10,
-                                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+    with (
+        KubeApiServer() as api,
+        httpx.Client(base_url=api.url, timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client,
+    ):
         client.api = api  # type: ignore[attr-defined]
         yield client
 
 
-def _apply(client: httpx.Client, path: str, obj: dict[str, Any], manager: str = "mlp",
-           **query: str) -> httpx.Response:
-    return client.patch(path, params={"fieldManager": manager, **query}, content=yaml.safe_dump(obj).encode(),
-                        headers={"Content-Type": "application/apply-patch+yaml"})
+def _apply(client: httpx.Client, path: str, obj: dict[str, Any], manager: str = "mlp", **query: str) -> httpx.Response:
+    return client.patch(
+        path,
+        params={"fieldManager": manager, **query},
+        content=yaml.safe_dump(obj).encode(),
+        headers={"Content-Type": "application/apply-patch+yaml"},
+    )
 
 
 def _cm(name: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -266,8 +270,12 @@ def _cm(name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 
 def test_label_selector_operators(http: httpx.Client) -> None:
-    for name, labels in (("a", {"env": "staging", "tier": "1"}), ("b", {"env": "prod"}), ("c", {"env": "dev"}),
-                         ("d", {})):
+    for name, labels in (
+        ("a", {"env": "staging", "tier": "1"}),
+        ("b", {"env": "prod"}),
+        ("c", {"env": "dev"}),
+        ("d", {}),
+    ):
         assert _apply(http, f"{CM}/{name}", _cm(name, labels)).status_code == 201
 
     def names(selector: str) -> list[str]:
@@ -286,8 +294,9 @@ def test_label_selector_operators(http: httpx.Client) -> None:
     assert names("") == ["a", "b", "c", "d"]
     bad = http.get(CM, params={"labelSelector": "env=(oops"})
     assert bad.status_code == 400 and bad.json()["reason"] == "BadRequest"
-    assert [i["metadata"]["name"] for i in http.get(CM, params={"fieldSelector": "metadata.name=c"}).json()
-            ["items"]] == ["c"]
+    assert [
+        i["metadata"]["name"] for i in http.get(CM, params={"fieldSelector": "metadata.name=c"}).json()["items"]
+    ] == ["c"]
 
 
 def test_builtin_list_items_carry_no_kind_but_custom_ones_do(http: httpx.Client) -> None:
@@ -338,20 +347,30 @@ def test_post_creates_with_an_update_manager_and_refuses_duplicates(http: httpx.
 
 
 def test_apply_needs_a_field_manager_and_custom_resources_refuse_strategic_merge(http: httpx.Client) -> None:
-    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
-            "spec": {"predictor": {"sklearn": {"storageUri": "s3://m/x/1"}}}}
-    resp = http.patch(f"{ISVCS}/x", content=yaml.safe_dump(isvc).encode(),
-                      headers={"Content-Type": "application/apply-patch+yaml"})
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "x"},
+        "spec": {"predictor": {"sklearn": {"storageUri": "s3://m/x/1"}}},
+    }
+    resp = http.patch(
+        f"{ISVCS}/x", content=yaml.safe_dump(isvc).encode(), headers={"Content-Type": "application/apply-patch+yaml"}
+    )
     assert resp.status_code == 400
     assert _apply(http, f"{ISVCS}/x", isvc).status_code == 201
-    smp = http.patch(f"{ISVCS}/x", json={"spec": {}}, headers={"Content-Type":
-                                                              "application/strategic-merge-patch+json"})
+    smp = http.patch(
+        f"{ISVCS}/x", json={"spec": {}}, headers={"Content-Type": "application/strategic-merge-patch+json"}
+    )
     assert smp.status_code == 415
 
 
 def test_put_on_a_custom_resource_needs_the_current_resource_version(http: httpx.Client) -> None:
-    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "x"},
-            "spec": {"predictor": {"minReplicas": 1, "sklearn": {"storageUri": "s3://m/x/1"}}}}
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "x"},
+        "spec": {"predictor": {"minReplicas": 1, "sklearn": {"storageUri": "s3://m/x/1"}}},
+    }
     live = _apply(http, f"{ISVCS}/x", isvc).json()
     body = {**live, "spec": {"predictor": {"minReplicas": 2, "sklearn": {"storageUri": "s3://m/x/1"}}}}
     no_rv = {**body, "metadata": {k: v for k, v in live["metadata"].items() if k != "resourceVersion"}}
@@ -378,16 +397,25 @@ def test_wrong_type_in_a_builtin_apply_is_a_500(http: httpx.Client) -> None:
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typed"}, "data": {"threshold": 0.2}}
     resp = _apply(http, f"{CM}/typed", cm)
     assert resp.status_code == 500
-    assert resp.json()["message"] == ("failed to create typed patch object (ml-staging/typed; /v1, Kind=ConfigMap): "
-                                      ".data.threshold: expected string, got &value.valueUnstructured{Value:0.2}")
+    assert resp.json()["message"] == (
+        "failed to create typed patch object (ml-staging/typed; /v1, Kind=ConfigMap): "
+        ".data.threshold: expected string, got &value.valueUnstructured{Value:0.2}"
+    )
 
 
 def test_foreground_delete_waits_for_dependents(http: httpx.Client) -> None:
     api = http.api  # type: ignore[attr-defined]
     owner = _apply(http, f"{CM}/owner", _cm("owner", {})).json()
     dep = _cm("dep", {})
-    dep["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
-                                           "uid": owner["metadata"]["uid"], "blockOwnerDeletion": True}]
+    dep["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "name": "owner",
+            "uid": owner["metadata"]["uid"],
+            "blockOwnerDeletion": True,
+        }
+    ]
     _apply(http, f"{CM}/dep", dep)
     deleted = http.request("DELETE", f"{CM}/owner", json={"propagationPolicy": "Foreground"})
     assert deleted.status_code == 200 and deleted.json()["metadata"]["finalizers"] == ["foregroundDeletion"]
@@ -398,8 +426,10 @@ def test_foreground_delete_waits_for_dependents(http: httpx.Client) -> None:
 
 
 def test_auto_gc_finishes_foreground_deletion_like_a_full_cluster() -> None:
-    with KubeApiServer(auto_gc=True) as api, httpx.Client(
-            base_url=api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
+    with (
+        KubeApiServer(auto_gc=True) as api,
+        httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http,
+    ):
         _apply(http, f"{CM}/gone", _cm("gone", {}))
         assert http.request("DELETE", f"{CM}/gone", json={"propagationPolicy": "Foreground"}).status_code == 200
         assert http.get(f"{CM}/gone").status_code == 404
@@ -418,20 +448,34 @@ def test_openapi_value_validation_of_custom_resources(http: httpx.Client) -> Non
     """Constraints of the real CRD schemas that a renderer can trip over: 422 Invalid."""
     if not (FIXTURES / "kserve").is_dir():
         pytest.skip("needs the real KServe CRD schema from ../shared/fixtures/kserve")
-    isvc = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "v"},
-            "spec": {"predictor": {"canaryTrafficPercent": 150, "sklearn": {
-                "storageUri": "s3://m/v/1", "resources": {"limits": {"cpu": "one", "memory": "1Gi"}}}}}}
+    isvc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "v"},
+        "spec": {
+            "predictor": {
+                "canaryTrafficPercent": 150,
+                "sklearn": {"storageUri": "s3://m/v/1", "resources": {"limits": {"cpu": "one", "memory": "1Gi"}}},
+            }
+        },
+    }
     resp = _apply(http, f"{ISVCS}/v", isvc)
     assert resp.status_code == 422, resp.text
     body = resp.json()
     assert body["reason"] == "Invalid"
     # the CRD sets no maximum on canaryTrafficPercent (KServe's webhook checks it, not the API server)
     assert [c["field"] for c in body["details"]["causes"]] == ["spec.predictor.sklearn.resources.limits.cpu"]
-    assert body["message"].startswith('InferenceService.serving.kserve.io "v" is invalid: '
-                                      'spec.predictor.sklearn.resources.limits.cpu: Invalid value: "one": ')
+    assert body["message"].startswith(
+        'InferenceService.serving.kserve.io "v" is invalid: '
+        'spec.predictor.sklearn.resources.limits.cpu: Invalid value: "one": '
+    )
     assert http.get(f"{ISVCS}/v").status_code == 404  # nothing stored
-    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule", "metadata": {"name": "r"},
-            "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": "10 m"}]}]}}
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "r"},
+        "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up == 0", "for": "10 m"}]}]},
+    }
     http.api.install_prometheus_operator()  # type: ignore[attr-defined]
     resp = _apply(http, "/apis/monitoring.coreos.com/v1/namespaces/ml-staging/prometheusrules/r", rule)
     assert resp.status_code == 422 and "spec.groups[0].rules[0].for" in resp.json()["message"]
@@ -441,10 +485,18 @@ def test_associative_list_items_merge_by_key_and_dropped_items_go(http: httpx.Cl
     path = "/apis/apps/v1/namespaces/ml-staging/deployments/d"
 
     def deployment(env: list[dict[str, str]]) -> dict[str, Any]:
-        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-                "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "d"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "d"}},
+                "template": {
                     "metadata": {"labels": {"app": "d"}},
-                    "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "env": env}]}}}}
+                    "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "env": env}]},
+                },
+            },
+        }
 
     first = _apply(http, path, deployment([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]))
     assert first.status_code == 201
@@ -452,11 +504,31 @@ def test_associative_list_items_merge_by_key_and_dropped_items_go(http: httpx.Cl
     container = mf["f:spec"]["f:template"]["f:spec"]["f:containers"]['k:{"name":"main"}']
     assert container["."] == {} and 'k:{"name":"B"}' in container["f:env"]
     # someone else adds a sidecar container (operation Update)
-    sidecar = {"spec": {"template": {"spec": {"containers": [
-        {"name": "main", "image": "busybox:1.36", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
-        {"name": "sidecar", "image": "envoy:1"}]}}}}
-    assert http.patch(path, json=sidecar, headers={"Content-Type": "application/merge-patch+json"},
-                      params={"fieldManager": "injector"}).status_code == 200
+    sidecar = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "busybox:1.36",
+                            "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
+                        },
+                        {"name": "sidecar", "image": "envoy:1"},
+                    ]
+                }
+            }
+        }
+    }
+    assert (
+        http.patch(
+            path,
+            json=sidecar,
+            headers={"Content-Type": "application/merge-patch+json"},
+            params={"fieldManager": "injector"},
+        ).status_code
+        == 200
+    )
     after = _apply(http, path, deployment([{"name": "A", "value": "1"}])).json()
     containers = {c["name"]: c for c in after["spec"]["template"]["spec"]["containers"]}
     assert [e["name"] for e in containers["main"]["env"]] == ["A"]  # mlp dropped B: gone
@@ -465,31 +537,52 @@ def test_associative_list_items_merge_by_key_and_dropped_items_go(http: httpx.Cl
 
 def test_message_admission_webhook_is_not_mistaken_for_rbac() -> None:
     for code, reason in ((403, "Forbidden"), (400, None)):
-        body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": code,
-                "message": 'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the '
-                           "request: exactly one of [sklearn, xgboost] must be specified in predictor"}
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "code": code,
+            "message": 'admission webhook "inferenceservice.kserve-webhook-server.validator" denied the '
+            "request: exactly one of [sklearn, xgboost] must be specified in predictor",
+        }
         if reason:
             body["reason"] = reason
-        err = error_from_response(code, json.dumps(body).encode(), "application/json", ref=ISVC, verb="apply",
-                                  server="https://10.0.0.1:6443")
+        err = error_from_response(
+            code, json.dumps(body).encode(), "application/json", ref=ISVC, verb="apply", server="https://10.0.0.1:6443"
+        )
         assert str(err) == (
-            'InferenceService/ml-staging/churn rejected by admission webhook '
+            "InferenceService/ml-staging/churn rejected by admission webhook "
             '"inferenceservice.kserve-webhook-server.validator": exactly one of [sklearn, xgboost] must be '
             "specified in predictor"
         )
 
 
 def test_builtin_validation_a_renderer_can_trip(http: httpx.Client) -> None:
-    bad_dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-               "spec": {"selector": {"matchLabels": {"app": "d"}}, "template": {
-                   "metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c"}]}}}}
+    bad_dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": {"metadata": {"labels": {"app": "other"}}, "spec": {"containers": [{"name": "c"}]}},
+        },
+    }
     resp = _apply(http, "/apis/apps/v1/namespaces/ml-staging/deployments/d", bad_dep)
     assert resp.status_code == 422
     assert sorted(c["field"] for c in resp.json()["details"]["causes"]) == [
-        "spec.template.metadata.labels", "spec.template.spec.containers[0].image"]
-    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
-            "spec": {"schedule": "*/5 * * * *", "jobTemplate": {"spec": {"template": {"spec": {
-                "containers": [{"name": "c", "image": "busybox:1.36"}]}}}}}}
+        "spec.template.metadata.labels",
+        "spec.template.spec.containers[0].image",
+    ]
+    cron = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "c"},
+        "spec": {
+            "schedule": "*/5 * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}},
+        },
+    }
     resp = _apply(http, "/apis/batch/v1/namespaces/ml-staging/cronjobs/c", cron)
     assert resp.status_code == 422
     assert resp.json()["details"]["causes"][0]["field"] == "spec.jobTemplate.spec.template.spec.restartPolicy"
@@ -500,20 +593,32 @@ def test_builtin_validation_a_renderer_can_trip(http: httpx.Client) -> None:
 def test_typed_patch_500_is_not_retried_even_with_reason_internal_error() -> None:
     from mlp.targets.kubernetes import KubernetesTarget
 
-    body = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "reason": "InternalError",
-            "code": 500, "message": "failed to create typed patch object (ml-staging/churn; /v1, Kind=ConfigMap): "
-                                    ".data.x: expected string, got &value.valueUnstructured{Value:1}"}
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "reason": "InternalError",
+        "code": 500,
+        "message": "failed to create typed patch object (ml-staging/churn; /v1, Kind=ConfigMap): "
+        ".data.x: expected string, got &value.valueUnstructured{Value:1}",
+    }
     assert not KubernetesTarget._retryable(500, json.dumps(body).encode(), "application/json")
     transient = {**body, "message": "Internal error occurred: etcdserver: request timed out"}
     assert KubernetesTarget._retryable(500, json.dumps(transient).encode(), "application/json")
-    assert not KubernetesTarget._retryable(500, json.dumps(_recorded("invalid_type")["response_body"]).encode(),
-                                           "application/json")
+    assert not KubernetesTarget._retryable(
+        500, json.dumps(_recorded("invalid_type")["response_body"]).encode(), "application/json"
+    )
 
 
 def test_port_without_protocol_is_keyed_with_the_default(http: httpx.Client) -> None:
     path = "/api/v1/namespaces/ml-staging/services/s"
-    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
-           "spec": {"selector": {"app": "s"}, "ports": [{"name": "metrics", "port": 9102}]}}
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s"},
+        "spec": {"selector": {"app": "s"}, "ports": [{"name": "metrics", "port": 9102}]},
+    }
     first = _apply(http, path, svc).json()
     ports = first["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:ports"]
     assert list(ports) == ['k:{"port":9102,"protocol":"TCP"}']

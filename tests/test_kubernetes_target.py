@@ -87,8 +87,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def isvc(name: str, ns: str, *, env: str = "staging", min_replicas: int = 1, **predictor: Any) -> dict[str, Any]:
-    pred: dict[str, Any] = {"minReplicas": min_replicas, "maxReplicas": 3, "serviceAccountName": "mlp-models",
-                            "sklearn": {"storageUri": f"s3://models/{name}/1"}}
+    pred: dict[str, Any] = {
+        "minReplicas": min_replicas,
+        "maxReplicas": 3,
+        "serviceAccountName": "mlp-models",
+        "sklearn": {"storageUri": f"s3://models/{name}/1"},
+    }
     pred.update(predictor)
     return {
         "apiVersion": ISVC_V,
@@ -103,19 +107,29 @@ def isvc(name: str, ns: str, *, env: str = "staging", min_replicas: int = 1, **p
     }
 
 
-def configmap(name: str, ns: str, *, env: str = "staging", data: dict[str, str] | None = None,
-              owned: bool = True) -> dict[str, Any]:
+def configmap(
+    name: str, ns: str, *, env: str = "staging", data: dict[str, str] | None = None, owned: bool = True
+) -> dict[str, Any]:
     labels = {MANAGED_BY: "mlp", ENV_LABEL: env, SPEC_LABEL: f"Monitor.{name}"} if owned else {"app": name}
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "data": data or {"threshold": "0.2"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "data": data or {"threshold": "0.2"},
+    }
 
 
 def service_account(ns: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": "mlp-models", "namespace": ns,
-                         "labels": {MANAGED_BY: "mlp", ENV_LABEL: "staging", SPEC_LABEL: "Environment.staging"},
-                         "annotations": {"mlp.dev/storage-secret": "models-s3"}}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {
+            "name": "mlp-models",
+            "namespace": ns,
+            "labels": {MANAGED_BY: "mlp", ENV_LABEL: "staging", SPEC_LABEL: "Environment.staging"},
+            "annotations": {"mlp.dev/storage-secret": "models-s3"},
+        },
+    }
 
 
 def ref_of(obj: dict[str, Any]) -> ObjectRef:
@@ -126,9 +140,13 @@ def hand_edit(target: KubernetesTarget, ref: ObjectRef, patch: dict[str, Any], m
     """What `kubectl edit` does: a merge patch under another field manager (operation Update)."""
     info = target.resource_for(ref.api_version, ref.kind)
     resp = target.api.call_api(
-        info.item(ref.namespace, ref.name), "PATCH", query_params=[("fieldManager", manager)],
+        info.item(ref.namespace, ref.name),
+        "PATCH",
+        query_params=[("fieldManager", manager)],
         header_params={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
-        body=patch, auth_settings=["BearerToken"], _preload_content=False,
+        body=patch,
+        auth_settings=["BearerToken"],
+        _preload_content=False,
     )
     assert resp.status == 200
 
@@ -148,8 +166,11 @@ def test_is_a_target(cluster: Cluster) -> None:
 
 def test_apply_creates_then_noop_apply_keeps_resource_version(cluster: Cluster) -> None:
     t = cluster.target()
-    for obj in (service_account(cluster.namespace), configmap("drift-iris", cluster.namespace),
-                isvc("iris", cluster.namespace)):
+    for obj in (
+        service_account(cluster.namespace),
+        configmap("drift-iris", cluster.namespace),
+        isvc("iris", cluster.namespace),
+    ):
         first = t.apply(obj)
         assert first.action == "created", obj["kind"]
         assert first.live["metadata"]["uid"]
@@ -280,8 +301,13 @@ def test_resource_version_precondition_is_a_stale_conflict(cluster: Cluster) -> 
 def test_list_owned_returns_only_this_environments_owned_objects(cluster: Cluster) -> None:
     t = cluster.target()
     ns = cluster.namespace
-    for obj in (isvc("iris", ns), isvc("churn", ns, env="prod"), configmap("drift-iris", ns),
-                configmap("someone-elses", ns, owned=False), service_account(ns)):
+    for obj in (
+        isvc("iris", ns),
+        isvc("churn", ns, env="prod"),
+        configmap("drift-iris", ns),
+        configmap("someone-elses", ns, owned=False),
+        service_account(ns),
+    ):
         t.apply(obj)
     unowned = isvc("hand-made", ns)
     unowned["metadata"]["labels"] = {"app": "hand-made"}
@@ -354,8 +380,9 @@ def test_delete_is_foreground_and_missing_is_fine(cluster: Cluster) -> None:
 
 def test_unreachable_cluster_is_one_line_and_quick(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
-    t = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "dead", url), namespace="ml-staging",
-                                         backoff_base=0.05)
+    t = KubernetesTarget.from_kubeconfig(
+        write_kubeconfig(tmp_path / "dead", url), namespace="ml-staging", backoff_base=0.05
+    )
     started = time.monotonic()
     with pytest.raises(TargetError) as err:
         t.list_owned("staging")
@@ -376,8 +403,9 @@ def test_bad_token_is_401(cluster: Cluster, tmp_path: Path) -> None:
     with pytest.raises(TargetError) as err:
         t.list_owned("staging")
     assert err.value.status == 401
-    assert str(err.value) == (f"the API server at {t.server} rejected the credentials (401 Unauthorized): "
-                              "check the kubeconfig user or token")
+    assert str(err.value) == (
+        f"the API server at {t.server} rejected the credentials (401 Unauthorized): check the kubeconfig user or token"
+    )
 
 
 def test_forbidden_names_user_verb_resource_namespace(cluster: Cluster) -> None:
@@ -400,8 +428,9 @@ def test_partial_rbac_grants(cluster: Cluster, tmp_path: Path) -> None:
     api = cluster.standin("creates users with chosen RBAC grants")
     api.add_user("reader-token", "reader")
     api.grant("reader", ["get", "list", "watch"], "*", ["*"], namespace=cluster.namespace)
-    t = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "reader", api.url, token="reader-token"),
-                                         namespace=cluster.namespace)
+    t = KubernetesTarget.from_kubeconfig(
+        write_kubeconfig(tmp_path / "reader", api.url, token="reader-token"), namespace=cluster.namespace
+    )
     assert t.list_owned("staging") == []
     with pytest.raises(TargetError, match=r'user "reader" cannot patch inferenceservices.serving.kserve.io'):
         t.apply(isvc("iris", cluster.namespace))
@@ -420,12 +449,17 @@ def test_crd_missing_says_kserve_is_not_installed(tmp_path: Path) -> None:
 
 def test_unknown_kind_is_discovered_or_reported(cluster: Cluster) -> None:
     t = cluster.target(discovery_retry_delay=0.05)
-    widget = {"apiVersion": "widgets.mlp-test.dev/v1", "kind": "Widget",
-              "metadata": {"name": "w", "namespace": cluster.namespace}, "spec": {}}
+    widget = {
+        "apiVersion": "widgets.mlp-test.dev/v1",
+        "kind": "Widget",
+        "metadata": {"name": "w", "namespace": cluster.namespace},
+        "spec": {},
+    }
     with pytest.raises(TargetError) as err:
         t.apply(widget)
-    assert str(err.value) == (f"widgets.mlp-test.dev/v1 Widget is not served by the API server at {t.server} "
-                              "(is its CRD installed?)")
+    assert str(err.value) == (
+        f"widgets.mlp-test.dev/v1 Widget is not served by the API server at {t.server} (is its CRD installed?)"
+    )
     if cluster.api is None:
         return
     assert t.calls["discovery"] == 2  # asked twice: discovery can lag just after a CRD is installed
@@ -456,13 +490,16 @@ def test_namespace_missing(cluster: Cluster) -> None:
 
 def test_admission_webhook_rejection_shows_the_message(cluster: Cluster) -> None:
     api = cluster.standin("installs a rejecting admission webhook")
-    api.reject_with_webhook("InferenceService", "inferenceservice.kserve-webhook-server.validator",
-                            "the InferenceService \"iris\" is invalid: exactly one predictor must be specified")
+    api.reject_with_webhook(
+        "InferenceService",
+        "inferenceservice.kserve-webhook-server.validator",
+        'the InferenceService "iris" is invalid: exactly one predictor must be specified',
+    )
     t = cluster.target()
     with pytest.raises(TargetError) as err:
         t.apply(isvc("iris", cluster.namespace))
     assert str(err.value) == (
-        f'InferenceService/{cluster.namespace}/iris rejected by admission webhook '
+        f"InferenceService/{cluster.namespace}/iris rejected by admission webhook "
         '"inferenceservice.kserve-webhook-server.validator": the InferenceService "iris" is invalid: '
         "exactly one predictor must be specified"
     )
@@ -547,19 +584,42 @@ def test_builtin_kinds_round_trip_with_server_defaults(cluster: Cluster) -> None
     the same manifest is still a no-op (the defaults are nobody's fields)."""
     ns = cluster.namespace
     labels = {MANAGED_BY: "mlp", ENV_LABEL: "staging", SPEC_LABEL: "Monitor.drift-iris"}
-    pod = {"containers": [{"name": "monitor", "image": "ghcr.io/example/mlp-monitor:1.0",
-                           "args": ["--monitor", "drift-iris"], "ports": [{"containerPort": 8080}]}]}
+    pod = {
+        "containers": [
+            {
+                "name": "monitor",
+                "image": "ghcr.io/example/mlp-monitor:1.0",
+                "args": ["--monitor", "drift-iris"],
+                "ports": [{"containerPort": 8080}],
+            }
+        ]
+    }
     objs = [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "drift-iris", "namespace": ns,
-                                                                      "labels": labels},
-         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "drift-iris"}},
-                  "template": {"metadata": {"labels": {"app": "drift-iris"}}, "spec": pod}}},
-        {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "perf-iris", "namespace": ns,
-                                                                    "labels": labels},
-         "spec": {"schedule": "*/15 * * * *",
-                  "jobTemplate": {"spec": {"template": {"spec": {**pod, "restartPolicy": "OnFailure"}}}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "drift-iris", "namespace": ns, "labels": labels},
-         "spec": {"selector": {"app": "drift-iris"}, "ports": [{"name": "metrics", "port": 8080}]}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "drift-iris", "namespace": ns, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "drift-iris"}},
+                "template": {"metadata": {"labels": {"app": "drift-iris"}}, "spec": pod},
+            },
+        },
+        {
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": {"name": "perf-iris", "namespace": ns, "labels": labels},
+            "spec": {
+                "schedule": "*/15 * * * *",
+                "jobTemplate": {"spec": {"template": {"spec": {**pod, "restartPolicy": "OnFailure"}}}},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "drift-iris", "namespace": ns, "labels": labels},
+            "spec": {"selector": {"app": "drift-iris"}, "ports": [{"name": "metrics", "port": 8080}]},
+        },
     ]
     t = cluster.target()
     for obj in objs:
@@ -648,8 +708,12 @@ def test_a_server_that_never_answers_times_out_in_one_line(tmp_path: Path) -> No
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        t = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "silent", url), namespace="ml-staging",
-                                             request_timeout=(0.3, 0.3), backoff_base=0.01)
+        t = KubernetesTarget.from_kubeconfig(
+            write_kubeconfig(tmp_path / "silent", url),
+            namespace="ml-staging",
+            request_timeout=(0.3, 0.3),
+            backoff_base=0.01,
+        )
         started = time.monotonic()
         with pytest.raises(TargetError) as err:
             t.apply(configmap("cfg", "ml-staging"))
@@ -686,15 +750,19 @@ def test_https_with_the_cluster_ca_and_a_wrong_ca(tmp_path: Path) -> None:
     _, _, other_ca = self_signed_certificate(tmp_path / "other")
     with KubeApiServer(tls=(cert, key)) as api:
         assert api.url.startswith("https://")
-        good = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "good", api.url, ca_pem=ca),
-                                                namespace="ml-staging")
+        good = KubernetesTarget.from_kubeconfig(
+            write_kubeconfig(tmp_path / "good", api.url, ca_pem=ca), namespace="ml-staging"
+        )
         assert good.apply(configmap("cfg", "ml-staging")).action == "created"
-        bad = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "bad", api.url, ca_pem=other_ca),
-                                               namespace="ml-staging", backoff_base=0.01)
+        bad = KubernetesTarget.from_kubeconfig(
+            write_kubeconfig(tmp_path / "bad", api.url, ca_pem=other_ca), namespace="ml-staging", backoff_base=0.01
+        )
         with pytest.raises(TargetError) as err:
             bad.list_owned("staging")
-        assert str(err.value) == (f"cannot reach the Kubernetes API server at {api.url}: "
-                                  "TLS verification failed (check the cluster CA in the kubeconfig)")
+        assert str(err.value) == (
+            f"cannot reach the Kubernetes API server at {api.url}: "
+            "TLS verification failed (check the cluster CA in the kubeconfig)"
+        )
 
 
 def test_in_cluster_config_with_a_service_account_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

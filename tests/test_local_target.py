@@ -88,7 +88,9 @@ def test_plan_and_execute_converge_then_nothing_to_do(target: LocalTarget, model
         (lambda o: o["spec"].update(routes=[]), "stable"),
     ],
 )
-def test_malformed_objects_are_refused(target: LocalTarget, models: dict[int, tuple[Path, str]], mutate, message) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_objects_are_refused(
+    target: LocalTarget, models: dict[int, tuple[Path, str]], mutate, message
+) -> None:  # type: ignore[no-untyped-def]
     obj = deployment("iris", [route(1, *models[1])])
     mutate(obj)
     with pytest.raises(TargetError, match=message):
@@ -213,13 +215,20 @@ def test_testing_helpers_use_the_real_ownership_labels() -> None:
     from mlp.targets import base
 
     assert (testing.MANAGED_BY, testing.MANAGED_BY_VALUE, testing.ENV_LABEL, testing.SPEC_LABEL) == (
-        base.MANAGED_BY, base.MANAGED_BY_VALUE, base.ENV_LABEL, base.SPEC_LABEL)
+        base.MANAGED_BY,
+        base.MANAGED_BY_VALUE,
+        base.ENV_LABEL,
+        base.SPEC_LABEL,
+    )
 
 
-def test_a_signature_that_does_not_fit_the_artifact_is_refused(target: LocalTarget,
-                                                               models: dict[int, tuple[Path, str]]) -> None:
-    sig = {"inputs": [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}],
-           "outputs": [{"name": "species", "type": "int"}]}
+def test_a_signature_that_does_not_fit_the_artifact_is_refused(
+    target: LocalTarget, models: dict[int, tuple[Path, str]]
+) -> None:
+    sig = {
+        "inputs": [{"name": "a", "type": "float"}, {"name": "b", "type": "float"}],
+        "outputs": [{"name": "species", "type": "int"}],
+    }
     with pytest.raises(TargetError, match=r"declares 2 input features .* the artifact expects 4"):
         target.apply(deployment("iris", [route(1, *models[1])], signature=sig))
     assert target.list_owned("dev") == []

@@ -40,18 +40,27 @@ def isvc(name: str, uri: str = "s3://m/1", min_replicas: int = 1, rev: str = "r1
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
         "metadata": {"name": name, "namespace": "ml-staging"},
-        "spec": {"predictor": {
-            "minReplicas": min_replicas,
-            "model": {"modelFormat": {"name": "sklearn"}, "storageUri": uri,
-                      "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
-        }},
+        "spec": {
+            "predictor": {
+                "minReplicas": min_replicas,
+                "model": {
+                    "modelFormat": {"name": "sklearn"},
+                    "storageUri": uri,
+                    "resources": {"requests": {"cpu": "1", "memory": "1Gi"}},
+                },
+            }
+        },
     }
     return stamp(obj, environment=ENV, spec=f"Model.{name}", revision=rev)
 
 
 def sa(name: str = "mlp-models", rev: str = "r1") -> Manifest:
-    obj = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": "ml-staging"},
-           "secrets": [{"name": "storage"}]}
+    obj = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": "ml-staging"},
+        "secrets": [{"name": "storage"}],
+    }
     return stamp(obj, environment=ENV, spec="Environment.staging", revision=rev)
 
 
@@ -59,8 +68,13 @@ def as_live(obj: Manifest, rv: str = "100") -> Manifest:
     """What an API server returns: server metadata, status, defaults and foreign labels added."""
     live = copy.deepcopy(obj)
     meta = live["metadata"]
-    meta.update(uid="u-1", resourceVersion=rv, generation=1, creationTimestamp="2026-01-01T00:00:00Z",
-                managedFields=[{"manager": "mlp", "operation": "Apply"}])
+    meta.update(
+        uid="u-1",
+        resourceVersion=rv,
+        generation=1,
+        creationTimestamp="2026-01-01T00:00:00Z",
+        managedFields=[{"manager": "mlp", "operation": "Apply"}],
+    )
     meta["labels"]["other.tool/label"] = "x"
     meta.setdefault("annotations", {})["kubectl.kubernetes.io/last-applied-configuration"] = "{}"
     if live["kind"] == "InferenceService":
@@ -117,16 +131,41 @@ def test_removed_field_and_label_shown() -> None:
 def test_create_order_and_deletes_last_in_reverse() -> None:
     live = [as_live(isvc("old")), as_live(sa("old-sa"))]
     desired = [isvc("iris"), sa()]
-    desired.append(stamp({"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-                          "metadata": {"name": "r", "namespace": "ml-staging"}, "spec": {"groups": []}},
-                         environment=ENV, spec="Monitor.m", revision="r1"))
-    desired.append(stamp({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "ml-staging"},
-                          "data": {"a": "b"}}, environment=ENV, spec="Monitor.m", revision="r1"))
+    desired.append(
+        stamp(
+            {
+                "apiVersion": "monitoring.coreos.com/v1",
+                "kind": "PrometheusRule",
+                "metadata": {"name": "r", "namespace": "ml-staging"},
+                "spec": {"groups": []},
+            },
+            environment=ENV,
+            spec="Monitor.m",
+            revision="r1",
+        )
+    )
+    desired.append(
+        stamp(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "ml-staging"},
+                "data": {"a": "b"},
+            },
+            environment=ENV,
+            spec="Monitor.m",
+            revision="r1",
+        )
+    )
     plan = make_plan(desired, live, environment=ENV, prune=True, allow_empty=True)
     order = [(i.action.value, i.ref.kind) for i in plan.items]
     assert order == [
-        ("create", "ServiceAccount"), ("create", "ConfigMap"), ("create", "InferenceService"),
-        ("create", "PrometheusRule"), ("delete", "InferenceService"), ("delete", "ServiceAccount"),
+        ("create", "ServiceAccount"),
+        ("create", "ConfigMap"),
+        ("create", "InferenceService"),
+        ("create", "PrometheusRule"),
+        ("delete", "InferenceService"),
+        ("delete", "ServiceAccount"),
     ]
 
 
@@ -180,9 +219,15 @@ def test_duplicate_desired_is_an_error() -> None:
 
 def test_associative_lists_ignore_foreign_items_atomic_lists_do_not() -> None:
     desired = {"spec": {"containers": [{"name": "main", "image": "a"}], "args": ["x"]}}
-    live = {"spec": {"containers": [{"name": "istio-proxy", "image": "p"},
-                                    {"name": "main", "image": "a", "terminationMessagePath": "/dev/t"}],
-                     "args": ["x", "y"]}}
+    live = {
+        "spec": {
+            "containers": [
+                {"name": "istio-proxy", "image": "p"},
+                {"name": "main", "image": "a", "terminationMessagePath": "/dev/t"},
+            ],
+            "args": ["x", "y"],
+        }
+    }
     assert project(live, desired) == {"spec": {"containers": [{"name": "main", "image": "a"}], "args": ["x", "y"]}}
 
 
@@ -254,8 +299,11 @@ def test_execute_stops_at_first_error_and_reports_the_rest() -> None:
     target = RecordingTarget(fail_on="iris")
     desired = [sa(), isvc("breast-cancer"), isvc("iris"), isvc("zeta")]
     seen: list[str] = []
-    changes = execute(make_plan(desired, [], environment=ENV), target,
-                      progress=lambda i, n, item, what: seen.append(f"{i}/{n} {item.ref.name} {what}"))
+    changes = execute(
+        make_plan(desired, [], environment=ENV),
+        target,
+        progress=lambda i, n, item, what: seen.append(f"{i}/{n} {item.ref.name} {what}"),
+    )
     assert not changes.ok and changes.failed is not None and changes.failed.name == "iris"
     assert [c.ref.name for c in changes.done] == ["mlp-models", "breast-cancer"]
     assert [r.name for r in changes.not_attempted] == ["zeta"]
@@ -283,8 +331,9 @@ def test_dry_run_writes_nothing() -> None:
 def _drift_plan() -> Any:
     live = as_live(isvc("iris"))
     live["spec"]["predictor"]["minReplicas"] = 3
-    return make_plan([isvc("iris"), sa()], [live, as_live(isvc("old"))], environment=ENV, prune=True,
-                     revision="0123456789abcdef0123")
+    return make_plan(
+        [isvc("iris"), sa()], [live, as_live(isvc("old"))], environment=ENV, prune=True, revision="0123456789abcdef0123"
+    )
 
 
 def test_text_format_is_a_unified_diff() -> None:
@@ -310,8 +359,10 @@ def test_markdown_format_is_stable() -> None:
     lines = md.splitlines()
     assert lines[0] == "### mlp plan: `staging` at `0123456789ab`"
     assert lines[1] == "**1 to create, 1 to update, 1 to delete, 0 unchanged**"
-    assert "| update | `InferenceService/ml-staging/iris` | drift from the cluster: " \
-           "`spec.predictor.minReplicas`: 3 → 1 |" in lines
+    assert (
+        "| update | `InferenceService/ml-staging/iris` | drift from the cluster: "
+        "`spec.predictor.minReplicas`: 3 → 1 |" in lines
+    )
     assert "| delete | `InferenceService/ml-staging/old` | no longer declared |" in lines
     assert md.count("```diff") == 3
     cut = plan_to_markdown(_drift_plan(), max_chars=900)
@@ -324,14 +375,24 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
     from mlp.sources.base import Snapshot
     from mlp.specs import load
 
-    bad = Snapshot(revision="r", files={"environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
-                                                                  b"metadata: {name: e}\nspec: {target: {kind: nope}}\n"})
+    bad = Snapshot(
+        revision="r",
+        files={
+            "environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
+            b"metadata: {name: e}\nspec: {target: {kind: nope}}\n"
+        },
+    )
     result = load(bad)
     assert not result.ok
     with pytest.raises(PlanRefused, match="failed validation"):
         plan_environment(result, "e", [as_live(isvc("iris"))], prune=True)
-    good = Snapshot(revision="r", files={"environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
-                                                                   b"metadata: {name: e}\nspec: {target: {kind: local}}\n"})
+    good = Snapshot(
+        revision="r",
+        files={
+            "environments/e.yaml": b"apiVersion: mlp.dev/v1\nkind: Environment\n"
+            b"metadata: {name: e}\nspec: {target: {kind: local}}\n"
+        },
+    )
     plan = plan_environment(load(good), "e", [], prune=True)
     assert plan.items == [] and plan.revision == "r"
     kinds = kinds_to_list("kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}])
@@ -346,10 +407,21 @@ def test_a_field_the_repository_stopped_setting_is_an_update() -> None:
     live = as_live(before)
     # what server-side apply records for manager mlp (fieldsV1), plus another manager's field
     live["metadata"]["managedFields"] = [
-        {"manager": "mlp", "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": {
-            "f:metadata": {"f:labels": {f"f:{MANAGED_BY}": {}}},
-            "f:spec": {"f:predictor": {"f:minReplicas": {}, "f:scaleTarget": {},
-                                       "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}}}}}}},
+        {
+            "manager": "mlp",
+            "operation": "Apply",
+            "fieldsType": "FieldsV1",
+            "fieldsV1": {
+                "f:metadata": {"f:labels": {f"f:{MANAGED_BY}": {}}},
+                "f:spec": {
+                    "f:predictor": {
+                        "f:minReplicas": {},
+                        "f:scaleTarget": {},
+                        "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}}},
+                    }
+                },
+            },
+        },
         {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:predictor": {"f:timeout": {}}}}},
     ]
     live["spec"]["predictor"]["containers"] = [{"name": "old", "image": "x"}, {"name": "sidecar", "image": "y"}]
@@ -357,8 +429,10 @@ def test_a_field_the_repository_stopped_setting_is_an_update() -> None:
     (item,) = make_plan([isvc("iris")], [live], environment=ENV).items
     assert item.action is Action.UPDATE and item.reason == "changed"
     removed = {d.path: d.old for d in item.diffs if d.op == "remove"}
-    assert removed == {"spec.predictor.scaleTarget": 10,
-                       "spec.predictor.containers[name=old]": {"name": "old", "image": "x"}}
+    assert removed == {
+        "spec.predictor.scaleTarget": 10,
+        "spec.predictor.containers[name=old]": {"name": "old", "image": "x"},
+    }
     # without managedFields (the local target) the content hash still says it changed
     del live["metadata"]["managedFields"]
     (item,) = make_plan([isvc("iris")], [live], environment=ENV).items
@@ -371,9 +445,20 @@ def test_text_diff_shows_removed_fields() -> None:
     before["spec"]["predictor"]["scaleTarget"] = 10
     before["spec"]["predictor"]["containers"] = [{"name": "old", "image": "x"}]
     live = as_live(stamp(before, environment=ENV, spec="Model.iris", revision="r1"))
-    live["metadata"]["managedFields"] = [{"manager": "mlp", "operation": "Apply", "fieldsV1": {
-        "f:spec": {"f:predictor": {"f:scaleTarget": {},
-                                   "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}, "f:name": {}}}}}}}]
+    live["metadata"]["managedFields"] = [
+        {
+            "manager": "mlp",
+            "operation": "Apply",
+            "fieldsV1": {
+                "f:spec": {
+                    "f:predictor": {
+                        "f:scaleTarget": {},
+                        "f:containers": {'k:{"name":"old"}': {".": {}, "f:image": {}, "f:name": {}}},
+                    }
+                }
+            },
+        }
+    ]
     text = plan_to_text(make_plan([isvc("iris")], [live], environment=ENV))
     assert "-    scaleTarget: 10" in text
     assert "-    containers:\n-    - image: x\n-      name: old" in text

@@ -8,8 +8,12 @@ from mlp.plan.health import Health, HealthStatus, assess, worst
 
 
 def isvc(status: dict[str, Any] | None, generation: int = 1) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-                           "metadata": {"name": "iris", "generation": generation}, "spec": {}}
+    obj: dict[str, Any] = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "iris", "generation": generation},
+        "spec": {},
+    }
     if status is not None:
         obj["status"] = status
     return obj
@@ -22,38 +26,54 @@ def cond(ctype: str, status: str, reason: str = "", message: str = "") -> dict[s
 def test_inference_service_states() -> None:
     assert assess(None).status is HealthStatus.MISSING
     assert assess(isvc(None)).status is HealthStatus.PROGRESSING
-    ready = {"conditions": [cond("PredictorReady", "True"), cond("Ready", "True")], "observedGeneration": 1,
-             "modelStatus": {"transitionStatus": "UpToDate"}}
+    ready = {
+        "conditions": [cond("PredictorReady", "True"), cond("Ready", "True")],
+        "observedGeneration": 1,
+        "modelStatus": {"transitionStatus": "UpToDate"},
+    }
     assert assess(isvc(ready)) == Health(HealthStatus.HEALTHY)
     assert assess(isvc(ready, generation=2)).status is HealthStatus.PROGRESSING  # spec not observed yet
     rolling = {**ready, "modelStatus": {"transitionStatus": "InProgress"}}
     assert assess(isvc(rolling)).status is HealthStatus.PROGRESSING
     waiting = {"conditions": [cond("PredictorReady", "Unknown", "RevisionMissing"), cond("Ready", "Unknown")]}
     assert assess(isvc(waiting)).status is HealthStatus.PROGRESSING
-    failed = {"conditions": [cond("PredictorReady", "False", "RevisionFailed", "Container failed"),
-                             cond("Ready", "False")]}
+    failed = {
+        "conditions": [cond("PredictorReady", "False", "RevisionFailed", "Container failed"), cond("Ready", "False")]
+    }
     health = assess(isvc(failed))
     assert health.status is HealthStatus.DEGRADED and "RevisionFailed: Container failed" in health.message
-    load_failed = {"conditions": [cond("Ready", "True")],
-                   "modelStatus": {"transitionStatus": "BlockedByFailedLoad",
-                                   "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "bad digest"}}}
+    load_failed = {
+        "conditions": [cond("Ready", "True")],
+        "modelStatus": {
+            "transitionStatus": "BlockedByFailedLoad",
+            "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "bad digest"},
+        },
+    }
     health = assess(isvc(load_failed))
     assert health.status is HealthStatus.DEGRADED and "bad digest" in health.message
 
 
 def deployment(want: int, **status: Any) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "m", "generation": 2},
-            "spec": {"replicas": want}, "status": {"observedGeneration": 2, **status}}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "m", "generation": 2},
+        "spec": {"replicas": want},
+        "status": {"observedGeneration": 2, **status},
+    }
 
 
 def test_deployment_rollout_rules() -> None:
     assert assess(deployment(2, replicas=2, updatedReplicas=2, availableReplicas=2)).status is HealthStatus.HEALTHY
     assert "1 of 2 replicas updated" in assess(deployment(2, replicas=2, updatedReplicas=1)).message
     assert "old replicas" in assess(deployment(2, replicas=3, updatedReplicas=2, availableReplicas=2)).message
-    assert assess(deployment(2, replicas=2, updatedReplicas=2, availableReplicas=1)).status \
-        is HealthStatus.PROGRESSING
-    stuck = deployment(2, replicas=2, updatedReplicas=1,
-                       conditions=[cond("Progressing", "False", "ProgressDeadlineExceeded", "timed out")])
+    assert assess(deployment(2, replicas=2, updatedReplicas=2, availableReplicas=1)).status is HealthStatus.PROGRESSING
+    stuck = deployment(
+        2,
+        replicas=2,
+        updatedReplicas=1,
+        conditions=[cond("Progressing", "False", "ProgressDeadlineExceeded", "timed out")],
+    )
     assert assess(stuck).status is HealthStatus.DEGRADED
     stale = deployment(2, replicas=2, updatedReplicas=2, availableReplicas=2)
     stale["status"]["observedGeneration"] = 1

@@ -36,8 +36,11 @@ def _strict(schema: Any) -> Any:
     `properties` and neither allows extra properties nor preserves unknown fields."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
-        if "properties" in out and "additionalProperties" not in out \
-                and not out.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in out
+            and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")
+        ):
             out["additionalProperties"] = False
         return out
     if isinstance(schema, list):
@@ -69,7 +72,12 @@ def _prom_validator(kind: str) -> jsonschema.protocols.Validator:
 
 # A repository exercising every framework, canary, A/B, shadow, resources and a monitor.
 MODELS = {
-    "sk": "sklearn", "xg": "xgboost", "lg": "lightgbm", "ox": "onnx", "pt": "pytorch", "tf": "tensorflow",
+    "sk": "sklearn",
+    "xg": "xgboost",
+    "lg": "lightgbm",
+    "ox": "onnx",
+    "pt": "pytorch",
+    "tf": "tensorflow",
     "cu": "custom",
 }
 
@@ -222,8 +230,12 @@ def test_kubernetes_environment_contents() -> None:
         assert o["metadata"]["namespace"] == "ml-k"
         assert o["metadata"]["annotations"][HASH_ANNOTATION].startswith("sha256:")
     kinds = [o["kind"] for o in objs]
-    assert kinds.index("ServiceAccount") < kinds.index("ConfigMap") < kinds.index("InferenceService") \
+    assert (
+        kinds.index("ServiceAccount")
+        < kinds.index("ConfigMap")
+        < kinds.index("InferenceService")
         < kinds.index("PrometheusRule")
+    )
     rule = by[("PrometheusRule", "sk-watch-monitor")]["spec"]["groups"][0]["rules"]
     assert {r["labels"]["severity"] for r in rule} == {"critical", "info"}
     assert any("latency-p99" in r["expr"] and "> 0.25" in r["expr"] for r in rule)
@@ -240,8 +252,10 @@ def test_local_environment_matches_the_model_deployment_contract() -> None:
         assert sum(r["weight"] for r in routes if r["role"] != "shadow") == 100
         assert routes[0]["role"] == "stable"
         assert set(routes[0]) == set(MODEL_DEPLOYMENT_EXAMPLE["spec"]["routes"][0])
-    assert [(r["role"], r["version"], r["weight"]) for r in by["sk"]["spec"]["routes"]] == \
-        [("stable", 1, 75), ("canary", 2, 25)]
+    assert [(r["role"], r["version"], r["weight"]) for r in by["sk"]["spec"]["routes"]] == [
+        ("stable", 1, 75),
+        ("canary", 2, 25),
+    ]
     assert by["xg"]["spec"]["sticky"] == {"header": "x-user"}
     assert [(r["role"], r["weight"]) for r in by["lg"]["spec"]["routes"]] == [("stable", 100), ("shadow", 5)]
     assert by["lg"]["spec"]["batching"] is None
@@ -251,13 +265,19 @@ def test_output_is_deterministic_and_revision_does_not_change_the_hash() -> None
     a = dump_all(_render(_snapshot(), "k", revision="r1"))
     assert a == dump_all(_render(_snapshot(), "k", revision="r1"))
     b = _render(_snapshot(), "k", revision="r2")
-    assert [o["metadata"]["annotations"][HASH_ANNOTATION] for o in load_all(a)] == \
-        [o["metadata"]["annotations"][HASH_ANNOTATION] for o in b]
+    assert [o["metadata"]["annotations"][HASH_ANNOTATION] for o in load_all(a)] == [
+        o["metadata"]["annotations"][HASH_ANNOTATION] for o in b
+    ]
 
 
 def _golden_cases() -> list[tuple[str, str]]:
-    return [("frameworks-k", "k"), ("frameworks-l", "l"), ("example-dev", "dev"), ("example-staging", "staging"),
-            ("example-prod", "prod")]
+    return [
+        ("frameworks-k", "k"),
+        ("frameworks-l", "l"),
+        ("example-dev", "dev"),
+        ("example-staging", "staging"),
+        ("example-prod", "prod"),
+    ]
 
 
 @pytest.mark.parametrize(("name", "env"), _golden_cases())
@@ -282,24 +302,33 @@ def test_example_override_is_used() -> None:
     if "kubernetes/inferenceservice.yaml.j2" not in snap.templates():
         pytest.skip("the example repository has no InferenceService override")
     result = load(snap)
-    isvc = next(o for o in render(result.specs, "prod", templates=snap.templates())
-                if o["kind"] == "InferenceService")
+    isvc = next(o for o in render(result.specs, "prod", templates=snap.templates()) if o["kind"] == "InferenceService")
     assert isvc["spec"]["predictor"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 OVERRIDE = "kubernetes/inferenceservice.yaml.j2"
 
 
-@pytest.mark.parametrize(("template", "expected"), [
-    ("apiVersion: v1\n{% if %}\n", "templates/kubernetes/inferenceservice.yaml.j2:2: template syntax error"),
-    ("apiVersion: v1\nkind: X\nmetadata: {name: {{ isvc.nmae }}}\n",
-     "templates/kubernetes/inferenceservice.yaml.j2:3: undefined variable: 'dict object' has no attribute 'nmae'"),
-    ("# a comment\n\nname: {{ modle.name }}\n",
-     "templates/kubernetes/inferenceservice.yaml.j2:3: undefined variable: 'modle' is undefined"),
-    ("{{ isvc.__class__.__mro__ }}\n", "templates/kubernetes/inferenceservice.yaml.j2:1: not allowed in a template"),
-    ("a: [\n", "templates/kubernetes/inferenceservice.yaml.j2: rendered output is not valid YAML"),
-    ("{% extends 'package:kubernetes/nope.yaml.j2' %}\n", "template not found"),
-])
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("apiVersion: v1\n{% if %}\n", "templates/kubernetes/inferenceservice.yaml.j2:2: template syntax error"),
+        (
+            "apiVersion: v1\nkind: X\nmetadata: {name: {{ isvc.nmae }}}\n",
+            "templates/kubernetes/inferenceservice.yaml.j2:3: undefined variable: 'dict object' has no attribute 'nmae'",
+        ),
+        (
+            "# a comment\n\nname: {{ modle.name }}\n",
+            "templates/kubernetes/inferenceservice.yaml.j2:3: undefined variable: 'modle' is undefined",
+        ),
+        (
+            "{{ isvc.__class__.__mro__ }}\n",
+            "templates/kubernetes/inferenceservice.yaml.j2:1: not allowed in a template",
+        ),
+        ("a: [\n", "templates/kubernetes/inferenceservice.yaml.j2: rendered output is not valid YAML"),
+        ("{% extends 'package:kubernetes/nope.yaml.j2' %}\n", "template not found"),
+    ],
+)
 def test_template_errors_are_located(template: str, expected: str) -> None:
     snap = _snapshot({OVERRIDE: template})
     with pytest.raises(RenderError) as err:
@@ -309,8 +338,12 @@ def test_template_errors_are_located(template: str, expected: str) -> None:
 
 
 def test_errors_in_package_templates_name_the_package_file() -> None:
-    snap = _snapshot({"kubernetes/serviceaccount.yaml.j2": "{% extends 'package:kubernetes/serviceaccount.yaml.j2' %}"
-                                                           "{% block x %}{{ nope }}{% endblock %}\n"})
+    snap = _snapshot(
+        {
+            "kubernetes/serviceaccount.yaml.j2": "{% extends 'package:kubernetes/serviceaccount.yaml.j2' %}"
+            "{% block x %}{{ nope }}{% endblock %}\n"
+        }
+    )
     # a block the parent does not define is never rendered: no error, same output as the package
     assert _render(snap, "k") == _render(_snapshot(), "k")
 
@@ -320,19 +353,25 @@ def test_unknown_environment_and_custom_without_image() -> None:
         _render(_snapshot(), "nope")
     snap = _snapshot()
     files = dict(snap.files)
-    files["specs/models/cu.yaml"] = _model("cu", "custom").replace(
-        "custom: {image: 'example/custom-model:1.0', args: [--workers, '2']}", "custom: {modelClass: 'pkg.mod:Cls'}"
-    ).encode()
+    files["specs/models/cu.yaml"] = (
+        _model("cu", "custom")
+        .replace(
+            "custom: {image: 'example/custom-model:1.0', args: [--workers, '2']}", "custom: {modelClass: 'pkg.mod:Cls'}"
+        )
+        .encode()
+    )
     with pytest.raises(RenderError, match=r"^specs/models/cu.yaml: Model/cu: framework custom needs custom.image"):
         _render(Snapshot(revision="x", files=files), "k")
 
 
 def test_an_override_may_add_objects_namespaced_or_not() -> None:
     # a template renders a YAML stream: an override can emit more documents than it replaces
-    override = ("apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {{ serviceAccount.name }}\n"
-                "secrets:\n  - name: {{ serviceAccount.secret }}\n---\n"
-                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mlp-{{ env.name }}\n"
-                "rules: []\n")
+    override = (
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {{ serviceAccount.name }}\n"
+        "secrets:\n  - name: {{ serviceAccount.secret }}\n---\n"
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: mlp-{{ env.name }}\n"
+        "rules: []\n"
+    )
     objs = _render(_snapshot({"kubernetes/serviceaccount.yaml.j2": override}), "k")
     by = {o["kind"]: o for o in objs}
     assert by["ServiceAccount"]["metadata"]["namespace"] == "ml-k"  # filled in from the environment

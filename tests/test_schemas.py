@@ -98,7 +98,9 @@ def test_schema_rejects_a_typo_field_and_a_wrong_type() -> None:
 
 
 def test_editor_schema_comments_point_at_the_right_schema() -> None:
-    pattern = re.compile(r"^# yaml-language-server: \$schema=(\S+)\n(?:#.*\n)*apiVersion: .*\nkind: (\w+)", re.MULTILINE)
+    pattern = re.compile(
+        r"^# yaml-language-server: \$schema=(\S+)\n(?:#.*\n)*apiVersion: .*\nkind: (\w+)", re.MULTILINE
+    )
     seen = 0
     for top in ("specs", "environments"):
         for path in (ROOT / top).rglob("*.y*ml"):
@@ -128,7 +130,9 @@ def test_mlp_and_the_schema_agree(kind: str, path: tuple[str | int, ...], value:
     base = Path(__file__).resolve().parent / "broken" / "base"
     yaml = YAML(typ="safe", pure=False)
     docs = [d for p in sorted(base.rglob("*.yaml")) for d in yaml.load_all(p.read_text(encoding="utf-8"))]
-    doc = copy.deepcopy(next(d for d in docs if d["kind"] == kind and (kind != "Environment" or d["metadata"]["name"] == "prod")))
+    doc = copy.deepcopy(
+        next(d for d in docs if d["kind"] == kind and (kind != "Environment" or d["metadata"]["name"] == "prod"))
+    )
     node = doc
     for part in path[:-1]:
         node = node[part]

@@ -129,12 +129,32 @@ def test_models_push_cli_to_s3_and_file(tmp_path: Path, moto_s3: str) -> None:
     _bucket(moto_s3, "cli-models")
     src, digest = _file(tmp_path, b"weights", name="model.json")
     runner = CliRunner()
-    res = runner.invoke(cli, ["models", "push", str(src), "--model", "breast-cancer", "--version", "3",
-                              "--to", "s3://cli-models", "--format", "json", "--s3-endpoint-url", moto_s3])
+    res = runner.invoke(
+        cli,
+        [
+            "models",
+            "push",
+            str(src),
+            "--model",
+            "breast-cancer",
+            "--version",
+            "3",
+            "--to",
+            "s3://cli-models",
+            "--format",
+            "json",
+            "--s3-endpoint-url",
+            moto_s3,
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
-    assert out == {"model": "breast-cancer", "version": 3, "uri": "s3://cli-models/breast-cancer/3/model.json",
-                   "digest": digest}
+    assert out == {
+        "model": "breast-cancer",
+        "version": 3,
+        "uri": "s3://cli-models/breast-cancer/3/model.json",
+        "digest": digest,
+    }
     res = runner.invoke(cli, ["models", "push", str(src), "--model", "bc", "--to", f"file://{tmp_path}/store"])
     assert res.exit_code == 0, res.output
     assert f"uri:    file://{tmp_path}/store/bc/1/model.json" in res.output

@@ -51,8 +51,7 @@ def test_a_failing_request_does_not_fail_its_batch_mates() -> None:
 
     async def main() -> list[object]:
         b = Batcher(predict)
-        return await asyncio.gather(*(b.submit(np.array([[v]])) for v in (1.0, -1.0, 2.0)),
-                                    return_exceptions=True)
+        return await asyncio.gather(*(b.submit(np.array([[v]])) for v in (1.0, -1.0, 2.0)), return_exceptions=True)
 
     ok1, bad, ok2 = asyncio.run(main())
     assert isinstance(bad, ValueError)

@@ -37,8 +37,7 @@ try:
             if isinstance(payload, InferRequest):
                 assert payload.inputs[0].datatype == "UINT32"
                 assert payload.inputs[0].as_numpy().shape == (2, 2)
-                out = InferOutput(name="output0", shape=[3, 2], datatype="FP32",
-                                  data=[1.0, 1.1, 2.0, 2.1, 3.0, 3.1])
+                out = InferOutput(name="output0", shape=[3, 2], datatype="FP32", data=[1.0, 1.1, 2.0, 2.1, 3.0, 3.1])
                 return InferResponse(response_id=payload.id, model_name=self.name, infer_outputs=[out])
             return {"predictions": [sum(row) for row in payload["instances"]]}
 
@@ -69,7 +68,9 @@ def iris_models(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Pat
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory, iris_models: dict[int, tuple[Path, str]]) -> Iterator[tuple[Runtime, str]]:
+def plane(
+    tmp_path_factory: pytest.TempPathFactory, iris_models: dict[int, tuple[Path, str]]
+) -> Iterator[tuple[Runtime, str]]:
     (p1, d1), (p2, d2) = iris_models[1], iris_models[2]
     rt = Runtime(tmp_path_factory.mktemp("state"))
     rt.apply(deployment("iris", [route(1, p1, d1, "stable", 90), route(2, p2, d2, "canary", 10)], payload_rate=1.0))
@@ -77,8 +78,14 @@ def plane(tmp_path_factory: pytest.TempPathFactory, iris_models: dict[int, tuple
     rt.apply(deployment("iris-ab", [route(1, p1, d1, "stable", 50), route(2, p2, d2, "ab", 50)], sticky="x-mlp-key"))
     rt.apply(deployment("iris-shadow", [route(1, p1, d1, "stable", 100), route(2, p2, d2, "shadow", 100)]))
     if kserve is not None:
-        rt.apply(deployment("mymodel", [{"version": 1, "role": "stable", "weight": 100}], framework="custom",
-                            model_class=f"{__name__}:SpecExampleModel"))
+        rt.apply(
+            deployment(
+                "mymodel",
+                [{"version": 1, "role": "stable", "weight": 100}],
+                framework="custom",
+                model_class=f"{__name__}:SpecExampleModel",
+            )
+        )
     with ServerThread(DataPlane(rt, max_body_bytes=4 << 20)) as server:
         yield rt, server.url
     rt.close()
@@ -155,8 +162,10 @@ def test_v1_predict_and_readiness_and_metadata(client: httpx.Client) -> None:
     assert client.get("/v2/models/iris/versions/2").json()["versions"] == ["2"]
     assert "iris" in client.get("/v1/models").json()["models"]
     # one v2 tensor per named input, each [rows]
-    cols = [{"name": n, "shape": [1], "datatype": "FP64", "data": [v]}
-            for n, v in zip(["sepal_length", "sepal_width", "petal_length", "petal_width"], ROW, strict=True)]
+    cols = [
+        {"name": n, "shape": [1], "datatype": "FP64", "data": [v]}
+        for n, v in zip(["sepal_length", "sepal_width", "petal_length", "petal_width"], ROW, strict=True)
+    ]
     r = client.post("/v2/models/sklearn-irisv2/infer", json={"inputs": cols})
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1]
 
@@ -173,18 +182,48 @@ BAD: list[tuple[str, str, Any, int, str]] = [
     ("POST", "/v1/models/iris:predict", {"rows": [[1, 2, 3, 4]]}, 400, "instances"),
     ("POST", "/v1/models/iris:predict", [1, 2], 400, "JSON object"),
     ("POST", "/v1/models/iris:predict", {"instances": [[1, 2, 3, float("nan")]]}, 400, "JSON"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES",
-                                                   "data": ["a", "b", "c", "d"]}]}, 400, "BYTES"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99",
-                                                   "data": [1, 2, 3, 4]}]}, 400, "datatype"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
-                                                   "data": [1, 2, 3, 4]}]}, 400, "shape"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
-                                                   "data": ["1", "2", "3", "x"]}]}, 400, "strings"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
-                                                   "data": [1, 2, 3]}]}, 400, "expected 4 features"),
-    ("POST", "/v2/models/iris/infer", {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT8",
-                                                   "data": [1, 2, 3, 999]}]}, 400, "INT8"),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BYTES", "data": ["a", "b", "c", "d"]}]},
+        400,
+        "BYTES",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP99", "data": [1, 2, 3, 4]}]},
+        400,
+        "datatype",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]},
+        400,
+        "shape",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": ["1", "2", "3", "x"]}]},
+        400,
+        "strings",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]},
+        400,
+        "expected 4 features",
+    ),
+    (
+        "POST",
+        "/v2/models/iris/infer",
+        {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "INT8", "data": [1, 2, 3, 999]}]},
+        400,
+        "INT8",
+    ),
     ("POST", "/v2/models/iris/infer", {"inputs": []}, 400, "inputs"),
     ("POST", "/v2/models/nope/infer", {"inputs": []}, 404, "not deployed"),
     ("POST", "/v1/models/nope:predict", {"instances": [ROW]}, 404, "not deployed"),
@@ -337,9 +376,16 @@ def test_batch_job_endpoint(plane: tuple[Runtime, str], client: httpx.Client) ->
 @pytest.mark.timeout(60)
 def test_overload_gives_503_with_retry_after_and_recovers(tmp_path: Path) -> None:
     rt = Runtime(tmp_path / "state", payload_log=False)
-    rt.apply(deployment("slow", [{"version": 1, "role": "stable", "weight": 100}], framework="custom",
-                        model_class=f"{__name__}:SyncSlowModel"))
+    rt.apply(
+        deployment(
+            "slow",
+            [{"version": 1, "role": "stable", "weight": 100}],
+            framework="custom",
+            model_class=f"{__name__}:SyncSlowModel",
+        )
+    )
     with ServerThread(DataPlane(rt, max_inflight=2)) as server:
+
         def one(_: int) -> httpx.Response:
             with httpx.Client(base_url=server.url, timeout=10) as c:
                 return c.post("/v1/models/slow:predict", json={"instances": [[1]]})

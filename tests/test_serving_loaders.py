@@ -124,30 +124,92 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
     big.to_parquet(tmp_path / "in.parquet")
     big.head(300).to_json(tmp_path / "in.jsonl", orient="records", lines=True)
     runner = CliRunner()
-    res = runner.invoke(cli, ["predict", str(repo), "--model", "iris", "--env", "dev", "--input",
-                              str(tmp_path / "in.csv"), "--output", str(tmp_path / "out.parquet"),
-                              "--chunk-rows", "4000", "--format", "json"])
+    res = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(repo),
+            "--model",
+            "iris",
+            "--env",
+            "dev",
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--output",
+            str(tmp_path / "out.parquet"),
+            "--chunk-rows",
+            "4000",
+            "--format",
+            "json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["rows"] == 25_000 and summary["version"] == 1
     assert res.output.count("rows/s") >= 6  # progress per chunk on stderr
     table = pq.read_table(tmp_path / "out.parquet")
     assert table.num_rows == 25_000 and table.column_names[-1] == "species"
-    res = runner.invoke(cli, ["predict", str(repo), "--model", "iris", "--input", str(tmp_path / "in.parquet"),
-                              "--output", str(tmp_path / "out.csv")])
+    res = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(repo),
+            "--model",
+            "iris",
+            "--input",
+            str(tmp_path / "in.parquet"),
+            "--output",
+            str(tmp_path / "out.csv"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "iris v2: 25,000 rows" in res.output  # without --env: the newest version
-    res = runner.invoke(cli, ["predict", str(repo), "--model", "iris", "--input", str(tmp_path / "in.jsonl"),
-                              "--output", str(tmp_path / "out.jsonl")])
+    res = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(repo),
+            "--model",
+            "iris",
+            "--input",
+            str(tmp_path / "in.jsonl"),
+            "--output",
+            str(tmp_path / "out.jsonl"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert set(first) == {"sepal_length", "sepal_width", "petal_length", "petal_width", "species"}
     (tmp_path / "bad.csv").write_text("sepal_length,petal_width\n1,2\n")
-    res = runner.invoke(cli, ["predict", str(repo), "--model", "iris", "--input", str(tmp_path / "bad.csv"),
-                              "--output", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(repo),
+            "--model",
+            "iris",
+            "--input",
+            str(tmp_path / "bad.csv"),
+            "--output",
+            str(tmp_path / "o.csv"),
+        ],
+    )
     assert res.exit_code == 1 and "missing input column" in res.output and "Traceback" not in res.output
-    res = runner.invoke(cli, ["predict", str(repo), "--model", "iris", "--version", "7", "--input",
-                              str(tmp_path / "in.csv"), "--output", str(tmp_path / "o.csv")])
+    res = runner.invoke(
+        cli,
+        [
+            "predict",
+            str(repo),
+            "--model",
+            "iris",
+            "--version",
+            "7",
+            "--input",
+            str(tmp_path / "in.csv"),
+            "--output",
+            str(tmp_path / "o.csv"),
+        ],
+    )
     assert res.exit_code == 1 and "Model/iris: no version 7" in res.output
 
 

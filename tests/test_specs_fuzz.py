@@ -17,8 +17,35 @@ from mlp.specs import load
 pytestmark = pytest.mark.timeout(60)
 
 BASE = Path(__file__).resolve().parent / "broken" / "base"
-TOKENS = [b":", b"-", b" ", b"\n", b"[", b"]", b"{", b"}", b"&a ", b"*a", b"!!", b"'", b'"', b"#", b"\t", b"0", b"-1",
-          b"null", b"---\n", b"? ", b"<<: ", b"\xff", b"%YAML 1.1\n", b"..", b"%2e", b"token: x", b"AKIAIOSFODNN7EXAMPLE"]
+TOKENS = [
+    b":",
+    b"-",
+    b" ",
+    b"\n",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"&a ",
+    b"*a",
+    b"!!",
+    b"'",
+    b'"',
+    b"#",
+    b"\t",
+    b"0",
+    b"-1",
+    b"null",
+    b"---\n",
+    b"? ",
+    b"<<: ",
+    b"\xff",
+    b"%YAML 1.1\n",
+    b"..",
+    b"%2e",
+    b"token: x",
+    b"AKIAIOSFODNN7EXAMPLE",
+]
 
 
 def damage(data: bytes, rng: random.Random) -> bytes:
@@ -28,7 +55,7 @@ def damage(data: bytes, rng: random.Random) -> bytes:
         if op < 0.45:
             buf[pos:pos] = rng.choice(TOKENS)
         elif op < 0.75:
-            del buf[pos:pos + rng.randint(1, 8)]
+            del buf[pos : pos + rng.randint(1, 8)]
         else:
             lines = bytes(buf).split(b"\n")
             i, j = rng.randrange(len(lines)), rng.randrange(len(lines))

@@ -19,14 +19,64 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[1]
 
 SCALARS = [
-    "a: 1", "a: -0", "a: +7", "a: 010", "a: 0o17", "a: 0x1F", "a: 0b101", "a: 1_000", "a: 1.5", "a: -2.", "a: 1e3",
-    "a: 1.0e-3", "a: .5", "a: .inf", "a: -.Inf", "a: true", "a: False", "a: TRUE", "a: yes", "a: no", "a: on",
-    "a: ~", "a: null", "a: Null", "a:", "a: ''", "a: '1'", 'a: "true"', "a: 2024-01-31", "a: 2024-01-31T10:00:00Z",
-    "a: !!str 1", "a: !!int '3'", "a: !!float 1", "a: s3://bucket/key", "a: 'x: y'", "a: [1, two, 3.0, null]",
-    "a: {b: {c: [d]}}", "a: |\n  line\n  two\n", "a: >\n  folded\n  text\n", "? [1, 2]\n: x", "1: one\n2: two",
-    "true: t", "null: n", "1.5: f", "a: &x [1]\nb: *x", "base: &b {x: 1}\nd:\n  <<: *b\n  y: 2",
-    "%YAML 1.1\n---\na: yes", "a: 1\n---\nb: 2\n---\n", "--- x", "- a\n- b", "a: 1\na: 2", "a: !custom x",
-    "a: !!set {x, y}", "a: !!binary aGVsbG8=", "a: 12:30", "a: 1:20:30", "a: 'it''s'", "a: \"\\t\\u00e9\"",
+    "a: 1",
+    "a: -0",
+    "a: +7",
+    "a: 010",
+    "a: 0o17",
+    "a: 0x1F",
+    "a: 0b101",
+    "a: 1_000",
+    "a: 1.5",
+    "a: -2.",
+    "a: 1e3",
+    "a: 1.0e-3",
+    "a: .5",
+    "a: .inf",
+    "a: -.Inf",
+    "a: true",
+    "a: False",
+    "a: TRUE",
+    "a: yes",
+    "a: no",
+    "a: on",
+    "a: ~",
+    "a: null",
+    "a: Null",
+    "a:",
+    "a: ''",
+    "a: '1'",
+    'a: "true"',
+    "a: 2024-01-31",
+    "a: 2024-01-31T10:00:00Z",
+    "a: !!str 1",
+    "a: !!int '3'",
+    "a: !!float 1",
+    "a: s3://bucket/key",
+    "a: 'x: y'",
+    "a: [1, two, 3.0, null]",
+    "a: {b: {c: [d]}}",
+    "a: |\n  line\n  two\n",
+    "a: >\n  folded\n  text\n",
+    "? [1, 2]\n: x",
+    "1: one\n2: two",
+    "true: t",
+    "null: n",
+    "1.5: f",
+    "a: &x [1]\nb: *x",
+    "base: &b {x: 1}\nd:\n  <<: *b\n  y: 2",
+    "%YAML 1.1\n---\na: yes",
+    "a: 1\n---\nb: 2\n---\n",
+    "--- x",
+    "- a\n- b",
+    "a: 1\na: 2",
+    "a: !custom x",
+    "a: !!set {x, y}",
+    "a: !!binary aGVsbG8=",
+    "a: 12:30",
+    "a: 1:20:30",
+    "a: 'it''s'",
+    'a: "\\t\\u00e9"',
 ]
 
 
@@ -71,8 +121,12 @@ def test_fast_path_matches_ruamel_safe_loader(text: str) -> None:
 
 
 def test_fast_path_matches_on_every_spec_of_the_example_repositories() -> None:
-    paths = [p for top in ("specs", "environments") for base in (ROOT, ROOT / "tests" / "broken" / "base")
-             for p in (base / top).rglob("*.yaml")]
+    paths = [
+        p
+        for top in ("specs", "environments")
+        for base in (ROOT, ROOT / "tests" / "broken" / "base")
+        for p in (base / top).rglob("*.yaml")
+    ]
     assert len(paths) >= 10
     for path in paths:
         text = path.read_text(encoding="utf-8")
@@ -137,9 +191,14 @@ def test_alias_bombs_are_refused_fast() -> None:
 
 def test_oversized_bytes_in_a_snapshot_are_refused_unparsed() -> None:
     """Sources list oversized files unread; a snapshot built another way is still bounded."""
-    big = b"apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: t}\nspec: {members: [{user: u}]}\n# " + \
-        b"x" * MAX_SPEC_BYTES + b"\n"
+    big = (
+        b"apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: t}\nspec: {members: [{user: u}]}\n# "
+        + b"x" * MAX_SPEC_BYTES
+        + b"\n"
+    )
     start = time.process_time()
     result = load(Snapshot(revision="r", files={"specs/big.yaml": big}))
     assert time.process_time() - start < 1
-    assert [(d.path, d.line, "file too large" in d.message) for d in result.diagnostics] == [("specs/big.yaml", 1, True)]
+    assert [(d.path, d.line, "file too large" in d.message) for d in result.diagnostics] == [
+        ("specs/big.yaml", 1, True)
+    ]

@@ -35,8 +35,12 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.mark.timeout(120)
 def test_readme_demo_check_brings_the_example_up_and_answers(repo: Path) -> None:
-    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py"), "--check", "--repo", str(repo)],
-                         capture_output=True, text=True, timeout=110)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--check", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
     assert res.returncode == 0, res.stderr
     assert re.search(r'-> \{"predictions": \[\d\]\} \(answered by version \d\)', res.stdout), res.stdout
     # the trainer wrote the artifacts into the mirror and the digests into the specs
@@ -47,17 +51,38 @@ def test_readme_demo_check_brings_the_example_up_and_answers(repo: Path) -> None
     changed = [(a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
     assert all("digest: sha256:" in a and "digest: sha256:" in b for a, b in changed)
     assert before.splitlines()[0] == after.splitlines()[0]  # the schema comment survives
-    check = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_examples.py"), str(repo), "--check"],
-                           capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_examples.py"), str(repo), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert check.returncode == 0, check.stdout
 
 
 class UpProcess:
     def __init__(self, repo: Path, state: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--env", "dev", "--port", "0",
-             "--state-dir", str(state), "--interval", "0.2", "--format", "json"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "mlp.cli.main",
+                "up",
+                str(repo),
+                "--env",
+                "dev",
+                "--port",
+                "0",
+                "--state-dir",
+                str(state),
+                "--interval",
+                "0.2",
+                "--format",
+                "json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -133,8 +158,10 @@ def test_editing_dev_yaml_swaps_versions_under_load_with_zero_failures(up: UpPro
         deadline = time.monotonic() + 20
         with client(url) as c:
             while time.monotonic() < deadline:
-                versions = {c.post("/v1/models/iris:predict", json={"instances": [ROW]}).headers[
-                    "x-mlp-model-version"] for _ in range(20)}
+                versions = {
+                    c.post("/v1/models/iris:predict", json={"instances": [ROW]}).headers["x-mlp-model-version"]
+                    for _ in range(20)
+                }
                 if versions == {"2"}:
                     break
                 time.sleep(0.1)
@@ -143,8 +170,10 @@ def test_editing_dev_yaml_swaps_versions_under_load_with_zero_failures(up: UpPro
         _set_iris(repo, "      version: 9\n")
         time.sleep(1.0)
         with client(url) as c:
-            assert {c.post("/v1/models/iris:predict", json={"instances": [ROW]}).headers[
-                "x-mlp-model-version"] for _ in range(20)} == {"2"}
+            assert {
+                c.post("/v1/models/iris:predict", json={"instances": [ROW]}).headers["x-mlp-model-version"]
+                for _ in range(20)
+            } == {"2"}
     finally:
         stop.set()
         for t in threads:
@@ -159,8 +188,12 @@ def test_editing_dev_yaml_swaps_versions_under_load_with_zero_failures(up: UpPro
 
 @pytest.mark.timeout(60)
 def test_a_second_mlp_up_on_the_same_state_folder_is_refused(up: UpProcess, repo: Path, tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--port", "0",
-                          "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=50)
+    res = subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--port", "0", "--state-dir", str(tmp_path / "state")],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert res.returncode == 2 and "state folder in use by another mlp up" in res.stderr
     with client(up.info["url"]) as c:
         assert c.post("/v1/models/iris:predict", json={"instances": [ROW]}).status_code == 200
@@ -168,16 +201,33 @@ def test_a_second_mlp_up_on_the_same_state_folder_is_refused(up: UpProcess, repo
 
 @pytest.mark.timeout(60)
 def test_mlp_up_refuses_a_kubernetes_environment_with_one_line(repo: Path, tmp_path: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--env", "prod", "--port", "0",
-                          "--state-dir", str(tmp_path / "s")], capture_output=True, text=True, timeout=50)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "up",
+            str(repo),
+            "--env",
+            "prod",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
     assert res.returncode == 1
     assert "Environment/prod: target kind is 'kubernetes'" in res.stderr
     assert "Traceback" not in res.stderr
 
 
 @pytest.mark.timeout(120)
-def test_restart_serves_the_saved_state_even_when_the_repository_is_broken(up: UpProcess, repo: Path,
-                                                                           tmp_path: Path) -> None:
+def test_restart_serves_the_saved_state_even_when_the_repository_is_broken(
+    up: UpProcess, repo: Path, tmp_path: Path
+) -> None:
     with client(up.info["url"]) as c:
         assert c.post("/v1/models/iris:predict", json={"instances": [ROW]}).status_code == 200
     assert up.stop() == 0
@@ -203,9 +253,24 @@ def test_the_printed_curl_line_returns_a_prediction(repo: Path, tmp_path: Path) 
     finally:
         sys.path.pop(0)
     assert train_examples.main([str(repo)]) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--env", "dev", "--port", "0",
-                             "--state-dir", str(tmp_path / "state")],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "up",
+            str(repo),
+            "--env",
+            "dev",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         lines = []

@@ -63,12 +63,17 @@ def many_defects(tmp_path: Path) -> tuple[Path, set[tuple[str, str]]]:
     edit(root, "specs/teams.yaml", "user: bob", "user: bob, rol: owner")  # unknown field
     edit(root, "specs/experiment.yaml", "modelVersion: 2", "modelVersion: 7")  # dangling run -> version
     edit(root, "specs/monitor.yaml", "[staging]", "[stagign]")  # dangling monitor -> env
-    edit(root, "environments/dev.yaml", "  target: {kind: local}\n",
-         "  target: {kind: local}\n  promotesFrom: staging\n")  # cycle dev <-> staging
+    edit(
+        root, "environments/dev.yaml", "  target: {kind: local}\n", "  target: {kind: local}\n  promotesFrom: staging\n"
+    )  # cycle dev <-> staging
     edit(root, "environments/staging.yaml", "steps: [10, 50, 100]", "steps: [10, 50]")  # canary not to 100
     edit(root, "environments/prod.yaml", "team:leads", "team:leeds")  # dangling approvals team
-    edit(root, "environments/prod.yaml", "  team: leads\n",
-         "  team: leads\n  annotations: {pager_token: abc123, note: 'has a, comma: and 100%'}\n")  # secret
+    edit(
+        root,
+        "environments/prod.yaml",
+        "  team: leads\n",
+        "  team: leads\n  annotations: {pager_token: abc123, note: 'has a, comma: and 100%'}\n",
+    )  # secret
     (root / "specs" / "broken.yaml").write_text("apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: x\n")  # syntax
     expected = {
         ("specs/teams.yaml", "unknown field 'rol'"),
@@ -175,8 +180,7 @@ def test_json_format(many_defects: tuple[Path, set[tuple[str, str]]]) -> None:
 
 
 def _unescape(text: str) -> str:
-    return (text.replace("%2C", ",").replace("%3A", ":").replace("%0A", "\n").replace("%0D", "\r")
-            .replace("%25", "%"))
+    return text.replace("%2C", ",").replace("%3A", ":").replace("%0A", "\n").replace("%0D", "\r").replace("%25", "%")
 
 
 def test_github_format(many_defects: tuple[Path, set[tuple[str, str]]]) -> None:
@@ -194,7 +198,9 @@ def test_github_format(many_defects: tuple[Path, set[tuple[str, str]]]) -> None:
         assert (int(m["line"]), int(m["col"])) == (d["line"], d["col"])
         assert _unescape(m["message"]) == d["message"]
         assert _unescape(m["title"]).startswith("mlp ")
-    assert not any(line.startswith("::error") for line in run("validate", str(BASE), "--format", "github").stdout.splitlines())
+    assert not any(
+        line.startswith("::error") for line in run("validate", str(BASE), "--format", "github").stdout.splitlines()
+    )
 
 
 def test_github_escaping() -> None:
@@ -231,8 +237,10 @@ def test_gitlab_format(many_defects: tuple[Path, set[tuple[str, str]]], tmp_path
 
 def test_gitlab_fingerprints_unique_and_stable() -> None:
     """Identical messages at two places still get distinct fingerprints; moving lines keeps them."""
-    same = [Diagnostic("specs/m.yaml", 5, 3, "Model", "m", "plaintext secret in 'token': x", "policy"),
-            Diagnostic("specs/m.yaml", 9, 3, "Model", "m", "plaintext secret in 'token': x", "policy")]
+    same = [
+        Diagnostic("specs/m.yaml", 5, 3, "Model", "m", "plaintext secret in 'token': x", "policy"),
+        Diagnostic("specs/m.yaml", 9, 3, "Model", "m", "plaintext secret in 'token': x", "policy"),
+    ]
     first = [i["fingerprint"] for i in json.loads(report_module.as_gitlab(same))]
     assert len(set(first)) == 2
     moved = [Diagnostic(d.path, d.line + 10, d.col, d.kind, d.name, d.message, d.rule) for d in same]
@@ -244,14 +252,17 @@ def test_ci_paths_are_relative_to_the_workspace(tmp_path: Path) -> None:
     root = tmp_path / "platform"
     shutil.copytree(BASE, root)
     edit(root, "environments/prod.yaml", "team:leads", "team:leeds")
-    github = subprocess.run([*MLP, "validate", "platform", "--format", "github"], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=30)
+    github = subprocess.run(
+        [*MLP, "validate", "platform", "--format", "github"], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
     assert github.stdout.startswith("::error file=platform/environments/prod.yaml,line=10,col=35,"), github.stdout
-    gitlab = subprocess.run([*MLP, "validate", "platform/", "--format", "gitlab"], capture_output=True, text=True,
-                            cwd=tmp_path, timeout=30)
+    gitlab = subprocess.run(
+        [*MLP, "validate", "platform/", "--format", "gitlab"], capture_output=True, text=True, cwd=tmp_path, timeout=30
+    )
     assert [i["location"]["path"] for i in json.loads(gitlab.stdout)] == ["platform/environments/prod.yaml"]
-    inside = subprocess.run([*MLP, "validate", "--format", "github"], capture_output=True, text=True, cwd=root,
-                            timeout=30)
+    inside = subprocess.run(
+        [*MLP, "validate", "--format", "github"], capture_output=True, text=True, cwd=root, timeout=30
+    )
     assert inside.stdout.startswith("::error file=environments/prod.yaml,line=10,"), inside.stdout
 
 
@@ -270,11 +281,13 @@ def test_imports_stay_light() -> None:
         "         'sklearn', 'xgboost', 'boto3', 'kserve', 'httpx')\n"
         "print(result.exit_code, sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
     )
-    help_run = subprocess.run([sys.executable, "-c", probe, "validate", "--help"], capture_output=True, text=True,
-                              timeout=30)
+    help_run = subprocess.run(
+        [sys.executable, "-c", probe, "validate", "--help"], capture_output=True, text=True, timeout=30
+    )
     assert help_run.stdout.strip() == "0 []", help_run.stdout + help_run.stderr
-    full = subprocess.run([sys.executable, "-c", probe, "validate", str(ROOT)], capture_output=True, text=True,
-                          timeout=30)
+    full = subprocess.run(
+        [sys.executable, "-c", probe, "validate", str(ROOT)], capture_output=True, text=True, timeout=30
+    )
     code, _, loaded = full.stdout.strip().partition(" ")
     assert code == "0", full.stdout + full.stderr
     assert set(ast.literal_eval(loaded)) <= {"pydantic", "ruamel"}, loaded  # core dependencies only

@@ -103,138 +103,401 @@ class Case:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-MODEL, DEV, STAGING, PROD = "specs/model.yaml", "environments/dev.yaml", "environments/staging.yaml", "environments/prod.yaml"
+MODEL, DEV, STAGING, PROD = (
+    "specs/model.yaml",
+    "environments/dev.yaml",
+    "environments/staging.yaml",
+    "environments/prod.yaml",
+)
 V1_URI = "s3://models/iris/1/model.joblib"
 
 CASES: list[Case] = [
     # YAML
-    Case("syntax-error", replace(MODEL, "framework: sklearn", "framework: sklearn: x"), MODEL,
-         "framework: sklearn: x", "YAML syntax error"),
-    Case("tab-indentation", replace(MODEL, "  framework: sklearn", "\tframework: sklearn"), MODEL,
-         "\tframework", "tabs are not allowed"),
-    Case("duplicate-key", replace(MODEL, "  team: ds\n", "  team: ds\n  team: ml\n"), MODEL, "team: ml",
-         "duplicate key"),
+    Case(
+        "syntax-error",
+        replace(MODEL, "framework: sklearn", "framework: sklearn: x"),
+        MODEL,
+        "framework: sklearn: x",
+        "YAML syntax error",
+    ),
+    Case(
+        "tab-indentation",
+        replace(MODEL, "  framework: sklearn", "\tframework: sklearn"),
+        MODEL,
+        "\tframework",
+        "tabs are not allowed",
+    ),
+    Case(
+        "duplicate-key", replace(MODEL, "  team: ds\n", "  team: ds\n  team: ml\n"), MODEL, "team: ml", "duplicate key"
+    ),
     Case("empty-file", add("specs/empty.yaml", ""), "specs/empty.yaml", None, "empty file"),
-    Case("only-comments", add("specs/comment.yaml", "# nothing here\n---\n"), "specs/comment.yaml", None,
-         "empty file"),
-    Case("binary-file", add("specs/blob.yaml", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"), "specs/blob.yaml", None,
-         "binary file", line=3, hostile=True),
-    Case("non-utf8", replace_bytes(MODEL, b"name: iris\n", b"name: iris\n  description: caf\xe9 au lait\n"), MODEL,
-         "description: caf", "not UTF-8", hostile=True),
-    Case("crlf-line-endings", both(replace(MODEL, "  framework: sklearn\n", "  framework: sklearn\n  owner: bob\n"),
-                                    crlf(MODEL)),
-         MODEL, "owner: bob", "unknown field 'owner'"),
-    Case("utf16-file", add("specs/utf16.yaml", "apiVersion: mlp.dev/v1\n".encode("utf-16")), "specs/utf16.yaml", None,
-         "binary file"),
-    Case("alias-bomb", add("specs/bomb.yaml", billion_laughs()), "specs/bomb.yaml", "f: &f", "alias bomb",
-         hostile=True),
-    Case("deep-flow-nesting", add("specs/deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"),
-         "specs/deep.yaml", None, "nesting deeper than", hostile=True),
-    Case("deep-block-nesting", add("specs/deep.yaml", "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + " " * 400 + "v\n"),
-         "specs/deep.yaml", "k64:", "nesting deeper than", hostile=True),
-    Case("not-a-mapping", add("specs/list.yaml", "- apiVersion: mlp.dev/v1\n- kind: Model\n"), "specs/list.yaml",
-         None, "expected a mapping"),
+    Case("only-comments", add("specs/comment.yaml", "# nothing here\n---\n"), "specs/comment.yaml", None, "empty file"),
+    Case(
+        "binary-file",
+        add("specs/blob.yaml", b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR"),
+        "specs/blob.yaml",
+        None,
+        "binary file",
+        line=3,
+        hostile=True,
+    ),
+    Case(
+        "non-utf8",
+        replace_bytes(MODEL, b"name: iris\n", b"name: iris\n  description: caf\xe9 au lait\n"),
+        MODEL,
+        "description: caf",
+        "not UTF-8",
+        hostile=True,
+    ),
+    Case(
+        "crlf-line-endings",
+        both(replace(MODEL, "  framework: sklearn\n", "  framework: sklearn\n  owner: bob\n"), crlf(MODEL)),
+        MODEL,
+        "owner: bob",
+        "unknown field 'owner'",
+    ),
+    Case(
+        "utf16-file",
+        add("specs/utf16.yaml", "apiVersion: mlp.dev/v1\n".encode("utf-16")),
+        "specs/utf16.yaml",
+        None,
+        "binary file",
+    ),
+    Case(
+        "alias-bomb", add("specs/bomb.yaml", billion_laughs()), "specs/bomb.yaml", "f: &f", "alias bomb", hostile=True
+    ),
+    Case(
+        "deep-flow-nesting",
+        add("specs/deep.yaml", "a: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        "specs/deep.yaml",
+        None,
+        "nesting deeper than",
+        hostile=True,
+    ),
+    Case(
+        "deep-block-nesting",
+        add("specs/deep.yaml", "".join(f"{'  ' * i}k{i}:\n" for i in range(200)) + " " * 400 + "v\n"),
+        "specs/deep.yaml",
+        "k64:",
+        "nesting deeper than",
+        hostile=True,
+    ),
+    Case(
+        "not-a-mapping",
+        add("specs/list.yaml", "- apiVersion: mlp.dev/v1\n- kind: Model\n"),
+        "specs/list.yaml",
+        None,
+        "expected a mapping",
+    ),
     # schema
-    Case("wrong-type", replace(MODEL, "- version: 2", "- version: two"), MODEL, "version: two",
-         "valid integer"),
-    Case("unknown-field", replace(MODEL, "  framework: sklearn\n", "  framework: sklearn\n  owner: bob\n"), MODEL,
-         "owner: bob", "unknown field 'owner'"),
-    Case("missing-field", replace(MODEL, "  framework: sklearn\n", ""), MODEL, "spec:",
-         "missing required field 'framework'"),
-    Case("bad-name", replace(MODEL, "name: iris", "name: Iris_Model"), MODEL, "name: Iris_Model",
-         "DNS-1123", errors=None),
-    Case("wrong-api-version", replace(MODEL, "apiVersion: mlp.dev/v1", "apiVersion: mlp.dev/v2"), MODEL,
-         "apiVersion", "expected 'mlp.dev/v1'", errors=None),
-    Case("unknown-kind", replace("specs/experiment.yaml", "kind: Experiment", "kind: Experimant"),
-         "specs/experiment.yaml", "kind: Experimant", "unknown kind"),
-    Case("duplicate-name", add("specs/zz-model-copy.yaml", (BASE / MODEL).read_text()), "specs/zz-model-copy.yaml",
-         "name: iris", "duplicate Model name 'iris'"),
+    Case("wrong-type", replace(MODEL, "- version: 2", "- version: two"), MODEL, "version: two", "valid integer"),
+    Case(
+        "unknown-field",
+        replace(MODEL, "  framework: sklearn\n", "  framework: sklearn\n  owner: bob\n"),
+        MODEL,
+        "owner: bob",
+        "unknown field 'owner'",
+    ),
+    Case(
+        "missing-field",
+        replace(MODEL, "  framework: sklearn\n", ""),
+        MODEL,
+        "spec:",
+        "missing required field 'framework'",
+    ),
+    Case(
+        "bad-name", replace(MODEL, "name: iris", "name: Iris_Model"), MODEL, "name: Iris_Model", "DNS-1123", errors=None
+    ),
+    Case(
+        "wrong-api-version",
+        replace(MODEL, "apiVersion: mlp.dev/v1", "apiVersion: mlp.dev/v2"),
+        MODEL,
+        "apiVersion",
+        "expected 'mlp.dev/v1'",
+        errors=None,
+    ),
+    Case(
+        "unknown-kind",
+        replace("specs/experiment.yaml", "kind: Experiment", "kind: Experimant"),
+        "specs/experiment.yaml",
+        "kind: Experimant",
+        "unknown kind",
+    ),
+    Case(
+        "duplicate-name",
+        add("specs/zz-model-copy.yaml", (BASE / MODEL).read_text()),
+        "specs/zz-model-copy.yaml",
+        "name: iris",
+        "duplicate Model name 'iris'",
+    ),
     # references
-    Case("model->featureview", replace(MODEL, "features: iris-measurements", "features: iris-measure"), MODEL,
-         "features: iris-measure", "feature view 'iris-measure' does not exist"),
-    Case("featureview->entity", replace("specs/features.yaml", "entities: [flower]", "entities: [tree]"),
-         "specs/features.yaml", "entities: [tree]", "entity 'tree' does not exist"),
-    Case("experiment->model", replace("specs/experiment.yaml", "model: iris", "model: irsi"),
-         "specs/experiment.yaml", "model: irsi", "model 'irsi' does not exist"),
-    Case("experiment-run->version", replace("specs/experiment.yaml", "modelVersion: 2", "modelVersion: 7"),
-         "specs/experiment.yaml", "modelVersion: 7", "has no version 7"),
-    Case("monitor->model", replace("specs/monitor.yaml", "model: iris", "model: rose"), "specs/monitor.yaml",
-         "model: rose", "model 'rose' does not exist"),
-    Case("monitor->environment", replace("specs/monitor.yaml", "[staging]", "[stagign]"), "specs/monitor.yaml",
-         "[stagign]", "environment 'stagign' does not exist"),
-    Case("monitor-not-deployed-in-env",
-         replace(STAGING, "  deployments:\n    iris:\n      version: 1\n      canary: {version: 2, steps: [10, 50, 100]}\n",
-                 "  deployments: {}\n"),
-         "specs/monitor.yaml", "[staging]", "not deployed in environment 'staging'"),
-    Case("monitor-not-deployed-anywhere",
-         both(replace("specs/monitor.yaml", "  environments: [staging]\n", ""),
-              replace(DEV, "  deployments:\n    iris:\n      version: 1\n      abTest: {version: 2, share: 20}\n",
-                      "  deployments: {}\n"),
-              replace(STAGING, "  deployments:\n    iris:\n      version: 1\n      canary: {version: 2, steps: [10, 50, 100]}\n",
-                      "  deployments: {}\n"),
-              replace(PROD, "  deployments:\n    iris:\n      version: 1\n      shadow: {version: 2, percent: 10}\n",
-                      "  deployments: {}\n")),
-         "specs/monitor.yaml", "model: iris", "not deployed in any environment"),
-    Case("monitor-drift-feature-not-input", replace("specs/monitor.yaml", "features: [sepal_length]",
-                                                     "features: [sepal_length, colour]"),
-         "specs/monitor.yaml", "colour", "'colour' is not an input of model 'iris'"),
-    Case("duplicate-model-version", replace(MODEL, "- version: 2", "- version: 1"), MODEL, None,
-         "duplicate version 1", line=20, errors=None),  # line 20: the second `- version:` (v2's now gone too)
-    Case("canary-traffic-not-a-step", replace(STAGING, "steps: [10, 50, 100]}", "steps: [10, 50, 100], traffic: 30}"),
-         STAGING, "canary:", "canary traffic 30 is not one of the steps"),
-    Case("environment->model", replace(DEV, "    iris:", "    irsi:"), DEV, "irsi:",
-         "deploys model 'irsi', which does not exist"),
-    Case("environment->version", replace(PROD, "      version: 1\n", "      version: 5\n"), PROD, "version: 5",
-         "version 5 of model 'iris' does not exist"),
-    Case("canary-version-missing", replace(STAGING, "canary: {version: 2", "canary: {version: 9"), STAGING,
-         "canary:", "canary version 9 of model 'iris' does not exist"),
-    Case("canary-equals-stable", replace(STAGING, "canary: {version: 2", "canary: {version: 1"), STAGING,
-         "canary:", "same as the stable version"),
-    Case("canary-steps-decrease", replace(STAGING, "steps: [10, 50, 100]", "steps: [50, 10, 100]"), STAGING,
-         "steps:", "canary steps must increase and end at 100"),
-    Case("canary-steps-not-100", replace(STAGING, "steps: [10, 50, 100]", "steps: [10, 50]"), STAGING,
-         "steps:", "canary steps must increase and end at 100"),
-    Case("abtest-version-missing", replace(DEV, "abTest: {version: 2", "abTest: {version: 8"), DEV, "abTest:",
-         "abTest version 8 of model 'iris' does not exist"),
-    Case("shadow-version-missing", replace(PROD, "shadow: {version: 2", "shadow: {version: 8"), PROD, "shadow:",
-         "shadow version 8 of model 'iris' does not exist"),
-    Case("promotesfrom-missing", replace(STAGING, "promotesFrom: dev", "promotesFrom: qa"), STAGING,
-         "promotesFrom: qa", "environment 'qa' does not exist"),
-    Case("approvals-team-missing", replace(PROD, "team:leads", "team:leeds"), PROD, "team:leeds",
-         "team 'leeds' does not exist"),
-    Case("metadata-team-missing", replace(MODEL, "team: ds", "team: dz"), MODEL, "team: dz",
-         "team 'dz' does not exist"),
-    Case("signature-type-vs-featureview",
-         replace(MODEL, "{name: petal_length, type: float}", "{name: petal_length, type: int}"), MODEL,
-         "petal_length, type: int", "declares it float"),
-    Case("signature-name-vs-featureview",
-         replace(MODEL, "{name: petal_length, type: float}", "{name: petal_len, type: float}"), MODEL,
-         "petal_len,", "'petal_len' is not a feature of feature view 'iris-measurements'"),
-    Case("promotion-cycle-2", replace(DEV, "  target: {kind: local}\n", "  target: {kind: local}\n  promotesFrom: staging\n"),
-         DEV, "promotesFrom: staging", "promotion cycle: dev -> staging -> dev"),
-    Case("promotion-cycle-3", replace(DEV, "  target: {kind: local}\n", "  target: {kind: local}\n  promotesFrom: prod\n"),
-         DEV, "promotesFrom: prod", "promotion cycle: dev -> prod -> staging -> dev"),
+    Case(
+        "model->featureview",
+        replace(MODEL, "features: iris-measurements", "features: iris-measure"),
+        MODEL,
+        "features: iris-measure",
+        "feature view 'iris-measure' does not exist",
+    ),
+    Case(
+        "featureview->entity",
+        replace("specs/features.yaml", "entities: [flower]", "entities: [tree]"),
+        "specs/features.yaml",
+        "entities: [tree]",
+        "entity 'tree' does not exist",
+    ),
+    Case(
+        "experiment->model",
+        replace("specs/experiment.yaml", "model: iris", "model: irsi"),
+        "specs/experiment.yaml",
+        "model: irsi",
+        "model 'irsi' does not exist",
+    ),
+    Case(
+        "experiment-run->version",
+        replace("specs/experiment.yaml", "modelVersion: 2", "modelVersion: 7"),
+        "specs/experiment.yaml",
+        "modelVersion: 7",
+        "has no version 7",
+    ),
+    Case(
+        "monitor->model",
+        replace("specs/monitor.yaml", "model: iris", "model: rose"),
+        "specs/monitor.yaml",
+        "model: rose",
+        "model 'rose' does not exist",
+    ),
+    Case(
+        "monitor->environment",
+        replace("specs/monitor.yaml", "[staging]", "[stagign]"),
+        "specs/monitor.yaml",
+        "[stagign]",
+        "environment 'stagign' does not exist",
+    ),
+    Case(
+        "monitor-not-deployed-in-env",
+        replace(
+            STAGING,
+            "  deployments:\n    iris:\n      version: 1\n      canary: {version: 2, steps: [10, 50, 100]}\n",
+            "  deployments: {}\n",
+        ),
+        "specs/monitor.yaml",
+        "[staging]",
+        "not deployed in environment 'staging'",
+    ),
+    Case(
+        "monitor-not-deployed-anywhere",
+        both(
+            replace("specs/monitor.yaml", "  environments: [staging]\n", ""),
+            replace(
+                DEV,
+                "  deployments:\n    iris:\n      version: 1\n      abTest: {version: 2, share: 20}\n",
+                "  deployments: {}\n",
+            ),
+            replace(
+                STAGING,
+                "  deployments:\n    iris:\n      version: 1\n      canary: {version: 2, steps: [10, 50, 100]}\n",
+                "  deployments: {}\n",
+            ),
+            replace(
+                PROD,
+                "  deployments:\n    iris:\n      version: 1\n      shadow: {version: 2, percent: 10}\n",
+                "  deployments: {}\n",
+            ),
+        ),
+        "specs/monitor.yaml",
+        "model: iris",
+        "not deployed in any environment",
+    ),
+    Case(
+        "monitor-drift-feature-not-input",
+        replace("specs/monitor.yaml", "features: [sepal_length]", "features: [sepal_length, colour]"),
+        "specs/monitor.yaml",
+        "colour",
+        "'colour' is not an input of model 'iris'",
+    ),
+    Case(
+        "duplicate-model-version",
+        replace(MODEL, "- version: 2", "- version: 1"),
+        MODEL,
+        None,
+        "duplicate version 1",
+        line=20,
+        errors=None,
+    ),  # line 20: the second `- version:` (v2's now gone too)
+    Case(
+        "canary-traffic-not-a-step",
+        replace(STAGING, "steps: [10, 50, 100]}", "steps: [10, 50, 100], traffic: 30}"),
+        STAGING,
+        "canary:",
+        "canary traffic 30 is not one of the steps",
+    ),
+    Case(
+        "environment->model",
+        replace(DEV, "    iris:", "    irsi:"),
+        DEV,
+        "irsi:",
+        "deploys model 'irsi', which does not exist",
+    ),
+    Case(
+        "environment->version",
+        replace(PROD, "      version: 1\n", "      version: 5\n"),
+        PROD,
+        "version: 5",
+        "version 5 of model 'iris' does not exist",
+    ),
+    Case(
+        "canary-version-missing",
+        replace(STAGING, "canary: {version: 2", "canary: {version: 9"),
+        STAGING,
+        "canary:",
+        "canary version 9 of model 'iris' does not exist",
+    ),
+    Case(
+        "canary-equals-stable",
+        replace(STAGING, "canary: {version: 2", "canary: {version: 1"),
+        STAGING,
+        "canary:",
+        "same as the stable version",
+    ),
+    Case(
+        "canary-steps-decrease",
+        replace(STAGING, "steps: [10, 50, 100]", "steps: [50, 10, 100]"),
+        STAGING,
+        "steps:",
+        "canary steps must increase and end at 100",
+    ),
+    Case(
+        "canary-steps-not-100",
+        replace(STAGING, "steps: [10, 50, 100]", "steps: [10, 50]"),
+        STAGING,
+        "steps:",
+        "canary steps must increase and end at 100",
+    ),
+    Case(
+        "abtest-version-missing",
+        replace(DEV, "abTest: {version: 2", "abTest: {version: 8"),
+        DEV,
+        "abTest:",
+        "abTest version 8 of model 'iris' does not exist",
+    ),
+    Case(
+        "shadow-version-missing",
+        replace(PROD, "shadow: {version: 2", "shadow: {version: 8"),
+        PROD,
+        "shadow:",
+        "shadow version 8 of model 'iris' does not exist",
+    ),
+    Case(
+        "promotesfrom-missing",
+        replace(STAGING, "promotesFrom: dev", "promotesFrom: qa"),
+        STAGING,
+        "promotesFrom: qa",
+        "environment 'qa' does not exist",
+    ),
+    Case(
+        "approvals-team-missing",
+        replace(PROD, "team:leads", "team:leeds"),
+        PROD,
+        "team:leeds",
+        "team 'leeds' does not exist",
+    ),
+    Case(
+        "metadata-team-missing", replace(MODEL, "team: ds", "team: dz"), MODEL, "team: dz", "team 'dz' does not exist"
+    ),
+    Case(
+        "signature-type-vs-featureview",
+        replace(MODEL, "{name: petal_length, type: float}", "{name: petal_length, type: int}"),
+        MODEL,
+        "petal_length, type: int",
+        "declares it float",
+    ),
+    Case(
+        "signature-name-vs-featureview",
+        replace(MODEL, "{name: petal_length, type: float}", "{name: petal_len, type: float}"),
+        MODEL,
+        "petal_len,",
+        "'petal_len' is not a feature of feature view 'iris-measurements'",
+    ),
+    Case(
+        "promotion-cycle-2",
+        replace(DEV, "  target: {kind: local}\n", "  target: {kind: local}\n  promotesFrom: staging\n"),
+        DEV,
+        "promotesFrom: staging",
+        "promotion cycle: dev -> staging -> dev",
+    ),
+    Case(
+        "promotion-cycle-3",
+        replace(DEV, "  target: {kind: local}\n", "  target: {kind: local}\n  promotesFrom: prod\n"),
+        DEV,
+        "promotesFrom: prod",
+        "promotion cycle: dev -> prod -> staging -> dev",
+    ),
     # policy
-    Case("secret-password", replace(MODEL, "  team: ds\n", "  team: ds\n  annotations: {db_password: hunter2}\n"),
-         MODEL, "db_password", "plaintext secret in 'db_password'"),
-    Case("secret-token", replace(DEV, "  team: ds\n", "  team: ds\n  labels:\n    slack_token: xoxb-1234\n"),
-         DEV, "slack_token", "plaintext secret in 'slack_token'"),
-    Case("secret-aws-key-id", replace(MODEL, "  team: ds\n", "  team: ds\n  description: uses AKIAIOSFODNN7EXAMPLE\n"),
-         MODEL, "AKIAIOSFODNN7EXAMPLE", "AWS access key id"),
-    Case("uri-dotdot", replace(MODEL, V1_URI, "s3://models/iris/../../secrets/model.joblib"), MODEL,
-         "secrets/model.joblib", "path traversal"),
-    Case("uri-dotdot-encoded", replace(MODEL, V1_URI, "s3://models/iris/%2e%2e/%2E%2E/secrets/model.joblib"), MODEL,
-         "secrets/model.joblib", "path traversal"),
-    Case("uri-double-encoded", replace(MODEL, V1_URI, "s3://models/iris/%252e%252e/x/model.joblib"), MODEL,
-         "x/model.joblib", "path traversal"),
-    Case("uri-scheme", replace(MODEL, V1_URI, "ftp://models/iris/1/model.joblib"), MODEL, "ftp://",
-         "uses ftp://"),
-    Case("uri-local-for-kubernetes", replace(MODEL, V1_URI, "file:///models/iris/1/model.joblib"), PROD,
-         "      version: 1", "has a local artifact URI", errors=2),  # prod and staging deploy v1 on kubernetes
-    Case("uri-credentials", replace(MODEL, V1_URI, "https://user:pw@models.example/iris/1/model.joblib"), MODEL,
-         "user:pw@", "embeds credentials"),
-    Case("production-without-approvals", replace(PROD, '  approvals: {required: 1, from: ["team:leads"]}\n', ""),
-         PROD, "tier: production", "must require at least one approval"),
+    Case(
+        "secret-password",
+        replace(MODEL, "  team: ds\n", "  team: ds\n  annotations: {db_password: hunter2}\n"),
+        MODEL,
+        "db_password",
+        "plaintext secret in 'db_password'",
+    ),
+    Case(
+        "secret-token",
+        replace(DEV, "  team: ds\n", "  team: ds\n  labels:\n    slack_token: xoxb-1234\n"),
+        DEV,
+        "slack_token",
+        "plaintext secret in 'slack_token'",
+    ),
+    Case(
+        "secret-aws-key-id",
+        replace(MODEL, "  team: ds\n", "  team: ds\n  description: uses AKIAIOSFODNN7EXAMPLE\n"),
+        MODEL,
+        "AKIAIOSFODNN7EXAMPLE",
+        "AWS access key id",
+    ),
+    Case(
+        "uri-dotdot",
+        replace(MODEL, V1_URI, "s3://models/iris/../../secrets/model.joblib"),
+        MODEL,
+        "secrets/model.joblib",
+        "path traversal",
+    ),
+    Case(
+        "uri-dotdot-encoded",
+        replace(MODEL, V1_URI, "s3://models/iris/%2e%2e/%2E%2E/secrets/model.joblib"),
+        MODEL,
+        "secrets/model.joblib",
+        "path traversal",
+    ),
+    Case(
+        "uri-double-encoded",
+        replace(MODEL, V1_URI, "s3://models/iris/%252e%252e/x/model.joblib"),
+        MODEL,
+        "x/model.joblib",
+        "path traversal",
+    ),
+    Case("uri-scheme", replace(MODEL, V1_URI, "ftp://models/iris/1/model.joblib"), MODEL, "ftp://", "uses ftp://"),
+    Case(
+        "uri-local-for-kubernetes",
+        replace(MODEL, V1_URI, "file:///models/iris/1/model.joblib"),
+        PROD,
+        "      version: 1",
+        "has a local artifact URI",
+        errors=2,
+    ),  # prod and staging deploy v1 on kubernetes
+    Case(
+        "uri-credentials",
+        replace(MODEL, V1_URI, "https://user:pw@models.example/iris/1/model.joblib"),
+        MODEL,
+        "user:pw@",
+        "embeds credentials",
+    ),
+    Case(
+        "production-without-approvals",
+        replace(PROD, '  approvals: {required: 1, from: ["team:leads"]}\n', ""),
+        PROD,
+        "tier: production",
+        "must require at least one approval",
+    ),
 ]
 
 
@@ -347,8 +610,13 @@ def run_limited(args: list[str], *, memory: int = 1 << 30, timeout: float = 30) 
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "usage.json"
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(memory), str(report), *args], capture_output=True,
-                              text=True, timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        proc = subprocess.run(
+            [sys.executable, "-c", _LAUNCH, str(memory), str(report), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
         elapsed = time.perf_counter() - start
         cpu, rss = json.loads(report.read_text()) if report.exists() else (0.0, 0)
         return Run(proc.stdout, proc.stderr, proc.returncode, elapsed, cpu, rss)
@@ -361,7 +629,9 @@ def test_hostile_input_as_real_process(case: Case, tmp_path: Path) -> None:
     assert "Traceback" not in run.stdout + run.stderr
     assert run.code == 1, run.stdout + run.stderr
     line = expected_line(case, broken)
-    assert any(ln.startswith(f"{case.path}:{line}:") and case.message in ln for ln in run.stdout.splitlines()), run.stdout
+    assert any(ln.startswith(f"{case.path}:{line}:") and case.message in ln for ln in run.stdout.splitlines()), (
+        run.stdout
+    )
     run.check_fast_and_small()
 
 
@@ -370,7 +640,10 @@ def huge_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The valid base plus one 50 MB spec file, written once for the module."""
     root = tmp_path_factory.mktemp("huge") / "repo"
     shutil.copytree(BASE, root)
-    chunk = b"apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: t}\nspec:\n  members:\n" + b"    - {user: someone}\n" * 4096
+    chunk = (
+        b"apiVersion: mlp.dev/v1\nkind: Team\nmetadata: {name: t}\nspec:\n  members:\n"
+        + b"    - {user: someone}\n" * 4096
+    )
     with (root / "specs" / "huge.yaml").open("wb") as f:
         written = 0
         while written < 50 * 1024 * 1024:
@@ -382,8 +655,9 @@ def test_huge_file_is_refused_fast_in_bounded_memory(huge_repo: Path) -> None:
     run = run_limited([*MLP, "validate", str(huge_repo)])
     assert "Traceback" not in run.stdout + run.stderr
     assert run.code == 1, run.stdout + run.stderr
-    assert any(ln.startswith("specs/huge.yaml:1:1:") and "file too large" in ln for ln in run.stdout.splitlines()), \
+    assert any(ln.startswith("specs/huge.yaml:1:1:") and "file too large" in ln for ln in run.stdout.splitlines()), (
         run.stdout
+    )
     run.check_fast_and_small()
 
 
@@ -415,9 +689,14 @@ def test_ci_formats_are_well_formed_for_every_case(case: Case, tmp_path: Path) -
         m = GITHUB_LINE.match(line)
         assert m, line
         assert (_unescape(m["file"]), int(m["line"]), int(m["col"]), _unescape(m["message"])) == (
-            d["path"], d["line"], d["col"], d["message"])
+            d["path"],
+            d["line"],
+            d["col"],
+            d["message"],
+        )
     issues = json.loads(runner.invoke(validate, [str(broken.root), "--format", "gitlab"]).output)
     assert [(i["location"]["path"], i["location"]["lines"]["begin"]) for i in issues] == [
-        (d["path"], d["line"]) for d in diagnostics]
+        (d["path"], d["line"]) for d in diagnostics
+    ]
     assert all(i["severity"] in GITLAB_SEVERITIES and i["check_name"] and i["description"] for i in issues)
     assert len({i["fingerprint"] for i in issues}) == len(issues)

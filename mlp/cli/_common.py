@@ -33,9 +33,14 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def repo_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--repo", "repo", default=".", show_default=True,
-                        type=click.Path(file_okay=False, path_type=Path),
-                        help="Platform repository folder (holds specs/, environments/, templates/).")(f)
+    return click.option(
+        "--repo",
+        "repo",
+        default=".",
+        show_default=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Platform repository folder (holds specs/, environments/, templates/).",
+    )(f)
 
 
 def env_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,10 +49,19 @@ def env_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def cluster_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--context", "context", help="kubeconfig context [default: the environment's, then current].")(f)
-    f = click.option("--kubeconfig", "kubeconfig", envvar="KUBECONFIG",
-                     type=click.Path(dir_okay=False), help="kubeconfig file [env KUBECONFIG, then ~/.kube/config, then in-cluster].")(f)
-    return click.option("--state-dir", "state_dir", type=click.Path(file_okay=False, path_type=Path),
-                        help="local targets: runtime state folder [default: REPO/.mlp/up-ENV, as mlp up].")(f)
+    f = click.option(
+        "--kubeconfig",
+        "kubeconfig",
+        envvar="KUBECONFIG",
+        type=click.Path(dir_okay=False),
+        help="kubeconfig file [env KUBECONFIG, then ~/.kube/config, then in-cluster].",
+    )(f)
+    return click.option(
+        "--state-dir",
+        "state_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="local targets: runtime state folder [default: REPO/.mlp/up-ENV, as mlp up].",
+    )(f)
 
 
 def load_repo(repo: Path) -> tuple[Snapshot, LoadResult]:
@@ -64,8 +78,10 @@ def load_repo(repo: Path) -> tuple[Snapshot, LoadResult]:
     if not result.ok:
         for diag in result.errors:
             click.echo(str(diag), err=True)
-        fail(f"{len(result.errors)} errors in the specs: nothing rendered, planned or applied "
-             "(run `mlp validate` for the full report)")
+        fail(
+            f"{len(result.errors)} errors in the specs: nothing rendered, planned or applied "
+            "(run `mlp validate` for the full report)"
+        )
     return snapshot, result
 
 
@@ -89,8 +105,9 @@ def render_env(snapshot: Snapshot, result: LoadResult, env: str) -> list[Manifes
         fail(str(exc))
 
 
-def make_target(env: Environment, *, repo: Path, kubeconfig: str | None, context: str | None,
-                state_dir: Path | None) -> Target:
+def make_target(
+    env: Environment, *, repo: Path, kubeconfig: str | None, context: str | None, state_dir: Path | None
+) -> Target:
     """The target an environment's spec names: kubernetes or the local runtime."""
     from mlp.targets.base import TargetError
 
@@ -103,11 +120,14 @@ def make_target(env: Environment, *, repo: Path, kubeconfig: str | None, context
         try:
             # namespaced: list calls stay inside the environment's namespace (and its RBAC)
             return KubernetesTarget.from_environment(  # type: ignore[no-any-return]
-                kubeconfig, context=context or spec.context, namespace=spec.namespace)
+                kubeconfig, context=context or spec.context, namespace=spec.namespace
+            )
         except TargetError as exc:
             fail(str(exc))
         except Exception as exc:  # kubeconfig parse errors come in many types; say it in one line
-            fail(f"cannot load cluster configuration: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            fail(
+                f"cannot load cluster configuration: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            )
     try:
         from mlp.serving.runtime import Runtime
         from mlp.targets.local import LocalTarget
@@ -121,8 +141,9 @@ def make_target(env: Environment, *, repo: Path, kubeconfig: str | None, context
     return LocalTarget(runtime)  # type: ignore[no-any-return]
 
 
-def read_live(target: Target, environment: str, kinds: list[tuple[str, str]],
-              needed: set[tuple[str, str]]) -> list[Manifest]:
+def read_live(
+    target: Target, environment: str, kinds: list[tuple[str, str]], needed: set[tuple[str, str]]
+) -> list[Manifest]:
     """Owned objects of `environment`, kind by kind.
 
     A kind the cluster does not serve (its CRD is not installed: 404) cannot hold objects,

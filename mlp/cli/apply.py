@@ -32,12 +32,29 @@ from mlp.cli._common import (
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that deletes every object mlp owns in the environment.")
 @click.option("--force-conflicts", is_flag=True, help="Take ownership of fields another field manager owns.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: print the change set as JSON on stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: print the change set as JSON on stdout.",
+)
 @repo_option
 @cluster_options
-def apply(env: str, prune: bool, dry_run: bool, yes: bool, allow_empty: bool, force_conflicts: bool, fmt: str,
-          repo: Path, kubeconfig: str | None, context: str | None, state_dir: Path | None) -> None:
+def apply(
+    env: str,
+    prune: bool,
+    dry_run: bool,
+    yes: bool,
+    allow_empty: bool,
+    force_conflicts: bool,
+    fmt: str,
+    repo: Path,
+    kubeconfig: str | None,
+    context: str | None,
+    state_dir: Path | None,
+) -> None:
     """Converge an environment with the repository (server-side apply, field manager mlp).
 
     Prints the plan, asks for confirmation (unless --yes or --dry-run), then applies it
@@ -63,8 +80,9 @@ def apply(env: str, prune: bool, dry_run: bool, yes: bool, allow_empty: bool, fo
     kinds = kinds_to_list(env_spec.spec.target.kind, desired)
     live = read_live(target, env, kinds, {(o["apiVersion"], o["kind"]) for o in desired})
     try:
-        plan = make_plan(desired, live, environment=env, revision=snapshot.revision, prune=prune,
-                         allow_empty=allow_empty)
+        plan = make_plan(
+            desired, live, environment=env, revision=snapshot.revision, prune=prune, allow_empty=allow_empty
+        )
     except (PlanRefused, ValueError) as exc:
         fail(str(exc))
 
@@ -73,8 +91,12 @@ def apply(env: str, prune: bool, dry_run: bool, yes: bool, allow_empty: bool, fo
     echo(plan_to_text(plan, color=sys.stdout.isatty() and text_out))
     if not plan.has_changes:
         if not text_out:
-            click.echo(json.dumps({"environment": env, "revision": snapshot.revision, "ok": True, "done": [],
-                                   "dryRun": dry_run}, sort_keys=True))
+            click.echo(
+                json.dumps(
+                    {"environment": env, "revision": snapshot.revision, "ok": True, "done": [], "dryRun": dry_run},
+                    sort_keys=True,
+                )
+            )
         sys.exit(EXIT_OK)
     if not yes and not dry_run:
         if not sys.stdin.isatty():
@@ -82,8 +104,7 @@ def apply(env: str, prune: bool, dry_run: bool, yes: bool, allow_empty: bool, fo
         if not click.confirm(f"Apply these changes to {env}?", default=False, err=True):
             fail("aborted; nothing applied")
 
-    changes = execute(plan, target, dry_run=dry_run, force_conflicts=force_conflicts,
-                      progress=progress_printer(True))
+    changes = execute(plan, target, dry_run=dry_run, force_conflicts=force_conflicts, progress=progress_printer(True))
     if not text_out:
         click.echo(json.dumps(changes.to_dict(), sort_keys=True, indent=2))
     if changes.ok:

@@ -39,8 +39,10 @@ def _make_targets(kubeconfig: str | None, state_dir: Path) -> Callable[[str, Env
             else:
                 # The embedded runtime serves models in the process that owns it: `mlp up` runs the
                 # same reconcile loop for local environments; a separate controller cannot reach it.
-                raise TargetError(f"environment {env!r} has a local target: it is served and reconciled by "
-                                  f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)")
+                raise TargetError(
+                    f"environment {env!r} has a local target: it is served and reconciled by "
+                    f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)"
+                )
         return cache[key]
 
     return factory
@@ -67,32 +69,74 @@ def _stamp() -> str:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--repo", help="Git URL (https://, ssh, git@host:path) or a local repository path.")
-@click.option("--watch", "watch_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Reconcile a local folder instead of Git and re-sync on every file change (development).")
-@click.option("--branch", default="main", show_default=True,
-              help="Branch (or tag) holding the environment list; each environment may track its own (spec.branch).")
-@click.option("--interval", type=float, default=60.0, show_default=True,
-              help="Seconds between fetches and full reconciles (self-heal happens within one interval).")
-@click.option("--metrics-port", type=int, default=9464, show_default=True,
-              help="Port of the Prometheus /metrics endpoint on 127.0.0.1 (0: pick a free one; -1: none).")
+@click.option(
+    "--watch",
+    "watch_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Reconcile a local folder instead of Git and re-sync on every file change (development).",
+)
+@click.option(
+    "--branch",
+    default="main",
+    show_default=True,
+    help="Branch (or tag) holding the environment list; each environment may track its own (spec.branch).",
+)
+@click.option(
+    "--interval",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds between fetches and full reconciles (self-heal happens within one interval).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=9464,
+    show_default=True,
+    help="Port of the Prometheus /metrics endpoint on 127.0.0.1 (0: pick a free one; -1: none).",
+)
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
-              show_default=True, help="Status, audit log and Git cache; `mlp status --state-dir` reads it.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/controller"),
+    show_default=True,
+    help="Status, audit log and Git cache; `mlp status --state-dir` reads it.",
+)
 @click.option("--env", "envs", multiple=True, help="Only these environments (repeatable). Default: all.")
 @click.option("--kubeconfig", type=click.Path(dir_okay=False), help="kubeconfig for kubernetes targets.")
 @click.option("--token-env", help="Environment variable holding an HTTPS token for the remote.")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path), help="File holding an HTTPS token.")
 @click.option("--ssh-key", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key for the remote.")
-@click.option("--ssh-known-hosts", type=click.Path(dir_okay=False, path_type=Path),
-              help="known_hosts file to verify the SSH host against (default: accept a new host key once).")
+@click.option(
+    "--ssh-known-hosts",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="known_hosts file to verify the SSH host against (default: accept a new host key once).",
+)
 @click.option("--workers", type=int, default=4, show_default=True, help="Environments reconciled in parallel.")
-@click.option("--once", is_flag=True, help="Sync every environment once, as a manual sync (policy windows and automated: false do not "
-                   "block it), and exit: 0 when all are synced.")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Sync every environment once, as a manual sync (policy windows and automated: false do not "
+    "block it), and exit: 0 when all are synced.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
 def controller(
-    repo: str | None, watch_dir: Path | None, branch: str, interval: float, metrics_port: int, metrics_host: str,
-    state_dir: Path, envs: tuple[str, ...], kubeconfig: str | None, token_env: str | None,
-    token_file: Path | None, ssh_key: Path | None, ssh_known_hosts: Path | None, workers: int, once: bool,
+    repo: str | None,
+    watch_dir: Path | None,
+    branch: str,
+    interval: float,
+    metrics_port: int,
+    metrics_host: str,
+    state_dir: Path,
+    envs: tuple[str, ...],
+    kubeconfig: str | None,
+    token_env: str | None,
+    token_file: Path | None,
+    ssh_key: Path | None,
+    ssh_known_hosts: Path | None,
+    workers: int,
+    once: bool,
     quiet: bool,
 ) -> None:
     """Keep every environment in step with Git, continuously.
@@ -140,24 +184,30 @@ def controller(
 
         assert repo is not None
         try:
-            source = GitSource(repo, state_dir / "git-cache",
-                               auth=GitAuth(token_env=token_env, token_file=token_file, ssh_key_file=ssh_key,
-                                            ssh_known_hosts=ssh_known_hosts))
+            source = GitSource(
+                repo,
+                state_dir / "git-cache",
+                auth=GitAuth(
+                    token_env=token_env, token_file=token_file, ssh_key_file=ssh_key, ssh_known_hosts=ssh_known_hosts
+                ),
+            )
         except (GitSourceError, OSError) as exc:
             click.echo(f"error: {repo}: {exc}", err=True)
             sys.exit(2)
 
     store = StateStore(state_dir)
     metrics = ControllerMetrics()
-    reconciler = Reconciler(source, _make_targets(kubeconfig, state_dir), store, metrics=metrics,
-                            default_ref=branch)
+    reconciler = Reconciler(source, _make_targets(kubeconfig, state_dir), store, metrics=metrics, default_ref=branch)
 
     def on_step(result: StepResult, reasons: set[str]) -> None:
         if quiet and result.outcome in ("synced",):
             return
         rev = (result.revision or "-")[:12]
-        click.echo(f"{_stamp()} {result.env}: {result.outcome} {rev} ({', '.join(sorted(reasons))}, "
-                   f"{result.duration:.2f}s) {result.message}", err=True)
+        click.echo(
+            f"{_stamp()} {result.env}: {result.outcome} {rev} ({', '.join(sorted(reasons))}, "
+            f"{result.duration:.2f}s) {result.message}",
+            err=True,
+        )
         for change in result.changes[:20]:
             click.echo(f"    {change}", err=True)
         if len(result.changes) > 20:
@@ -169,8 +219,15 @@ def controller(
         elif result.changed and not quiet:
             click.echo(f"{_stamp()} source: new commits on {', '.join(result.changed)}", err=True)
 
-    ctl = Controller(source, reconciler, interval=interval, environments=envs or None, workers=workers,
-                     metrics=metrics, events=ControllerEvents(on_step=on_step, on_refresh=on_refresh))
+    ctl = Controller(
+        source,
+        reconciler,
+        interval=interval,
+        environments=envs or None,
+        workers=workers,
+        metrics=metrics,
+        events=ControllerEvents(on_step=on_step, on_refresh=on_refresh),
+    )
 
     if once:
         ctl.refresh()
@@ -221,8 +278,13 @@ def controller(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("env")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
-              show_default=True, help="State folder of the running controller.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/controller"),
+    show_default=True,
+    help="State folder of the running controller.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait until the controller has reconciled ENV.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -240,8 +302,9 @@ def sync(env: str, state_dir: Path, wait: bool, timeout: float, fmt: str) -> Non
     from mlp.controller.store import StateStore, request_sync
 
     if not (state_dir / "state.db").exists():
-        click.echo(f"error: {state_dir}: no controller state here (start `mlp controller --state-dir {state_dir}`)",
-                   err=True)
+        click.echo(
+            f"error: {state_dir}: no controller state here (start `mlp controller --state-dir {state_dir}`)", err=True
+        )
         sys.exit(2)
     asked = time.time()
     request_sync(state_dir, "*" if env == "all" else env, "manual")

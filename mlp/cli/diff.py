@@ -25,14 +25,28 @@ from mlp.cli._common import (
 
 @click.command("diff", context_settings=CONTEXT)
 @env_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True, help="text: coloured unified diff per object; json for scripts; markdown for PRs.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="text: coloured unified diff per object; json for scripts; markdown for PRs.",
+)
 @click.option("--prune", is_flag=True, help="Include deletions of owned objects no longer declared (as apply --prune).")
 @click.option("--color/--no-color", "color", default=None, help="Colour the text diff [default: when a terminal].")
 @repo_option
 @cluster_options
-def diff(env: str, fmt: str, prune: bool, color: bool | None, repo: Path, kubeconfig: str | None,
-         context: str | None, state_dir: Path | None) -> None:
+def diff(
+    env: str,
+    fmt: str,
+    prune: bool,
+    color: bool | None,
+    repo: Path,
+    kubeconfig: str | None,
+    context: str | None,
+    state_dir: Path | None,
+) -> None:
     """Show what apply would change in an environment, comparing only the fields mlp sets.
 
     Exit 0 when the environment is up to date, 1 when there are changes, 2 on error

@@ -26,7 +26,9 @@ def models() -> None:
 @click.option("--model", "model", required=True, help="Model name (the spec's metadata.name).")
 @click.option("--version", "version", type=click.IntRange(min=1), help="Version number [default: next free].")
 @click.option("--to", "dest", required=True, help="Destination prefix: s3://bucket[/prefix] or file:///abs/dir.")
-@click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL].")
+@click.option(
+    "--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL]."
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def push(file: Path, model: str, version: int | None, dest: str, s3_endpoint_url: str | None, fmt: str) -> None:
     """Upload FILE to <to>/<model>/<version>/model.<ext>; print its uri and sha256 digest.

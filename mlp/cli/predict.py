@@ -21,17 +21,38 @@ def _fail(msg: str) -> None:
 @click.option("--model", "model", required=True, help="Model name declared under specs/models/.")
 @click.option("--version", "version", type=int, help="Version [default: the one --env deploys, else the newest].")
 @click.option("--env", "env", help="Environment whose stable version (and artifact mirror) to use.")
-@click.option("--input", "input_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Input file: .csv, .parquet or .jsonl.")
-@click.option("--output", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file: .csv, .parquet or .jsonl (input columns + prediction).")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Input file: .csv, .parquet or .jsonl.",
+)
+@click.option(
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file: .csv, .parquet or .jsonl (input columns + prediction).",
+)
 @click.option("--chunk-rows", default=10000, show_default=True, type=click.IntRange(min=1))
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Artifact cache folder [default: REPO/.mlp].")
+@click.option(
+    "--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Artifact cache folder [default: REPO/.mlp]."
+)
 @click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint [env MLP_S3_ENDPOINT_URL].")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def predict(repo: Path, model: str, version: int | None, env: str | None, input_path: Path, output_path: Path,
-            chunk_rows: int, state_dir: Path | None, s3_endpoint_url: str | None, fmt: str) -> None:
+def predict(
+    repo: Path,
+    model: str,
+    version: int | None,
+    env: str | None,
+    input_path: Path,
+    output_path: Path,
+    chunk_rows: int,
+    state_dir: Path | None,
+    s3_endpoint_url: str | None,
+    fmt: str,
+) -> None:
     """Run batch inference over a file, streaming in chunks (progress on stderr).
 
     \b
@@ -69,7 +90,9 @@ def predict(repo: Path, model: str, version: int | None, env: str | None, input_
         version = max(v.version for v in spec.spec.versions)
     mv = spec.spec.version(version)
     if mv is None:
-        _fail(f"Model/{model}: no version {version} (declared: {', '.join(str(v.version) for v in spec.spec.versions)})")
+        _fail(
+            f"Model/{model}: no version {version} (declared: {', '.join(str(v.version) for v in spec.spec.versions)})"
+        )
         return
     store = ArtifactStore((state_dir or repo / ".mlp") / "cache", mirror=mirror, s3_endpoint_url=s3_endpoint_url)
     sig_spec: dict[str, Any] = spec.spec.signature.model_dump(mode="json", exclude_none=True)
@@ -77,8 +100,9 @@ def predict(repo: Path, model: str, version: int | None, env: str | None, input_
     try:
         path = store.fetch(mv.uri, mv.digest)
         custom = spec.spec.custom
-        loaded = load_model(spec.spec.framework.value, path, name=model, proba=proba,
-                            model_class=custom.modelClass if custom else None)
+        loaded = load_model(
+            spec.spec.framework.value, path, name=model, proba=proba, model_class=custom.modelClass if custom else None
+        )
     except (ArtifactError, LoadError) as exc:
         _fail(f"Model/{model} v{version}: {exc}")
         return
@@ -105,7 +129,16 @@ def predict(repo: Path, model: str, version: int | None, env: str | None, input_
         click.echo("", err=True)
     seconds = time.monotonic() - started
     if fmt == "json":
-        click.echo(json.dumps({"model": model, "version": version, "rows": rows, "output": str(output_path),
-                               "seconds": round(seconds, 3)}))
+        click.echo(
+            json.dumps(
+                {
+                    "model": model,
+                    "version": version,
+                    "rows": rows,
+                    "output": str(output_path),
+                    "seconds": round(seconds, 3),
+                }
+            )
+        )
     else:
         click.echo(f"{model} v{version}: {rows:,} rows -> {output_path} in {seconds:.2f}s")

@@ -15,11 +15,21 @@ _RENDERED = re.compile(r"^\d+-[a-z0-9]+-[a-z0-9.-]+\.(yaml|json)$")
 
 @click.command("render", context_settings=CONTEXT)
 @env_option
-@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
-              help="yaml: a multi-document stream; json: a v1 List with items.")
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
-              help="Write one file per object into this folder (NN-kind-name.yaml) instead of stdout; "
-                   "files an earlier render wrote there (NN-*.yaml/json) are removed first.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["yaml", "json"]),
+    default="yaml",
+    show_default=True,
+    help="yaml: a multi-document stream; json: a v1 List with items.",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write one file per object into this folder (NN-kind-name.yaml) instead of stdout; "
+    "files an earlier render wrote there (NN-*.yaml/json) are removed first.",
+)
 @repo_option
 def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
     """Render an environment into Kubernetes manifests (no cluster needed).
@@ -40,8 +50,11 @@ def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
     objs = render_env(snapshot, result, env)
     if out is None:
         if fmt == "json":
-            click.echo(json.dumps({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": objs},
-                                  indent=2, sort_keys=True))
+            click.echo(
+                json.dumps(
+                    {"apiVersion": "v1", "kind": "List", "metadata": {}, "items": objs}, indent=2, sort_keys=True
+                )
+            )
         else:
             click.echo(dump_all(objs), nl=False)
         return

@@ -19,8 +19,14 @@ def schemas() -> None:
 
 
 @schemas.command("export")
-@click.option("--out", "out", default="schemas", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to write one <kind>.json per kind into.")
+@click.option(
+    "--out",
+    "out",
+    default="schemas",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write one <kind>.json per kind into.",
+)
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if any file in --out is missing or stale.")
 def export(out: Path, check: bool) -> None:
     """Write one JSON Schema per kind (model.json, environment.json, ...).
@@ -36,8 +42,11 @@ def export(out: Path, check: bool) -> None:
     from mlp.specs.schema import exported
 
     files = exported()
-    stale = [name for name, text in files.items()
-             if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text]
+    stale = [
+        name
+        for name, text in files.items()
+        if not (out / name).is_file() or (out / name).read_text(encoding="utf-8") != text
+    ]
     if check:
         for name in stale:
             click.echo(f"{out / name}: stale or missing; run `mlp schemas export --out {out}`", err=True)

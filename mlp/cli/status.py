@@ -39,8 +39,9 @@ def _open(state_dir: Path):  # type: ignore[no-untyped-def]
     from mlp.controller.store import StateStore
 
     if not (state_dir / "state.db").exists():
-        click.echo(f"error: {state_dir}: no controller state here (run `mlp controller --state-dir {state_dir}`)",
-                   err=True)
+        click.echo(
+            f"error: {state_dir}: no controller state here (run `mlp controller --state-dir {state_dir}`)", err=True
+        )
         sys.exit(2)
     return StateStore(state_dir)
 
@@ -67,8 +68,17 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
         return "no environments reconciled yet", 1
     rows = [["ENVIRONMENT", "SYNC", "HEALTH", "REVISION", "SYNCED", "LAST SYNC", "MESSAGE"]]
     for s in statuses:
-        rows.append([s.env, s.sync_status, s.health, (s.revision or "-")[:12], (s.synced_revision or "-")[:12],
-                     _age(s.synced_at), s.message])
+        rows.append(
+            [
+                s.env,
+                s.sync_status,
+                s.health,
+                (s.revision or "-")[:12],
+                (s.synced_revision or "-")[:12],
+                _age(s.synced_at),
+                s.message,
+            ]
+        )
     out = [_table(rows)]
     if env:
         s = statuses[0]
@@ -90,8 +100,13 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("env", required=False)
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
-              show_default=True, help=STATE_DIR_HELP)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/controller"),
+    show_default=True,
+    help=STATE_DIR_HELP,
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--watch", "-w", is_flag=True, help="Redraw every --every seconds until interrupted.")
 @click.option("--every", type=float, default=2.0, show_default=True, help="Seconds between redraws with --watch.")
@@ -147,11 +162,15 @@ def parse_since(text: str) -> float:
 @click.option("--since", help="Only events after this: a duration ago (30m, 2h, 7d) or an ISO time.")
 @click.option("--action", help="Only this action (apply, prune, self-heal, refused, rollback, merge, ...).")
 @click.option("--limit", type=int, help="Only the newest N events.")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/controller"),
-              show_default=True, help=STATE_DIR_HELP)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/controller"),
+    show_default=True,
+    help=STATE_DIR_HELP,
+)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def audit(env: str | None, since: str | None, action: str | None, limit: int | None, state_dir: Path,
-          fmt: str) -> None:
+def audit(env: str | None, since: str | None, action: str | None, limit: int | None, state_dir: Path, fmt: str) -> None:
     """Show the audit log: every apply, prune, self-heal, refused revision, rollback and merge.
 
     \b
@@ -184,9 +203,16 @@ def audit(env: str | None, since: str | None, action: str | None, limit: int | N
             extra = f" PR {e.pr}"
             if e.approvers:
                 extra += f" approved by {', '.join(e.approvers)}"
-        rows.append([
-            datetime.fromtimestamp(e.time, UTC).strftime("%Y-%m-%d %H:%M:%S"), e.environment, e.action, e.outcome,
-            (e.revision or "-")[:12], (e.author or "-").split(" <")[0], str(len(e.objects)),
-            (e.message + extra)[:160],
-        ])
+        rows.append(
+            [
+                datetime.fromtimestamp(e.time, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                e.environment,
+                e.action,
+                e.outcome,
+                (e.revision or "-")[:12],
+                (e.author or "-").split(" <")[0],
+                str(len(e.objects)),
+                (e.message + extra)[:160],
+            ]
+        )
     click.echo(_table(rows))

@@ -33,8 +33,16 @@ class UpError(Exception):
 class LocalLoop:
     """Converge one local environment from a repository folder, step by step."""
 
-    def __init__(self, repo: Path, env: str, target: LocalTarget, *, echo: Any = None, retry_seconds: float = 10.0,
-                 s3_endpoint_url: str | None = None) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        env: str,
+        target: LocalTarget,
+        *,
+        echo: Any = None,
+        retry_seconds: float = 10.0,
+        s3_endpoint_url: str | None = None,
+    ) -> None:
         self.repo = repo
         self.env = env
         self.target = target
@@ -73,8 +81,10 @@ class LocalLoop:
 
         result = load(snap)
         if not result.ok:
-            raise UpError("\n".join(str(d) for d in result.diagnostics if getattr(d, "severity", "error") == "error")
-                          or "\n".join(str(d) for d in result.diagnostics))
+            raise UpError(
+                "\n".join(str(d) for d in result.diagnostics if getattr(d, "severity", "error") == "error")
+                or "\n".join(str(d) for d in result.diagnostics)
+            )
         env = result.specs.environments.get(self.env)
         if env is None:
             known = ", ".join(sorted(result.specs.environments)) or "none"
@@ -170,18 +180,45 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 @click.option("--env", "env", default="dev", show_default=True, help="Environment to serve (target kind local).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=int, help="Port (0 picks a free one).")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Runtime state: artifact cache, deployments, payload log [default: REPO/.mlp/up-ENV].")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Runtime state: artifact cache, deployments, payload log [default: REPO/.mlp/up-ENV].",
+)
 @click.option("--interval", default=1.0, show_default=True, type=float, help="Seconds between repository checks.")
-@click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL].")
+@click.option(
+    "--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL]."
+)
 @click.option("--max-body-mb", default=4.0, show_default=True, type=float, help="Largest request body accepted.")
-@click.option("--max-inflight", default=2048, show_default=True, type=click.IntRange(min=1),
-              help="Concurrent inference requests before answering 503 + Retry-After.")
+@click.option(
+    "--max-inflight",
+    default=2048,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Concurrent inference requests before answering 503 + Retry-After.",
+)
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: print one JSON line with the URLs when ready.")
-def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, interval: float,
-       s3_endpoint_url: str | None, max_body_mb: float, max_inflight: int, payload_log: bool, fmt: str) -> None:
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: print one JSON line with the URLs when ready.",
+)
+def up(
+    repo: Path,
+    env: str,
+    host: str,
+    port: int,
+    state_dir: Path | None,
+    interval: float,
+    s3_endpoint_url: str | None,
+    max_body_mb: float,
+    max_inflight: int,
+    payload_log: bool,
+    fmt: str,
+) -> None:
     """Serve an environment's models on this machine (embedded runtime).
 
     \b
@@ -210,8 +247,12 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
     def event(msg: str) -> None:
         click.echo(f"mlp up: {msg}", err=True)
 
-    runtime = Runtime(state, store=ArtifactStore(state / "cache", s3_endpoint_url=s3_endpoint_url),
-                      payload_log=payload_log, on_event=event)
+    runtime = Runtime(
+        state,
+        store=ArtifactStore(state / "cache", s3_endpoint_url=s3_endpoint_url),
+        payload_log=payload_log,
+        on_event=event,
+    )
     target = LocalTarget(runtime)
     for line in runtime.restore():
         event(f"could not restore {line}")
@@ -224,19 +265,30 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
         # last known good: keep serving what the state folder restored until the repository loads
-        click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}",
-                   err=True)
+        click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}", err=True)
     app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
     if fmt == "json":
-        click.echo(json.dumps({
-            "url": base, "metrics": f"{base}/metrics", "environment": env, "revision": loop.revision,
-            "models": {o["metadata"]["name"]: {"v1": f"{base}/v1/models/{o['metadata']['name']}:predict",
-                                                "v2": f"{base}/v2/models/{o['metadata']['name']}/infer"}
-                       for o in objs},
-            "curl": example_curl(base, pick) if pick else None,
-        }), nl=True)
+        click.echo(
+            json.dumps(
+                {
+                    "url": base,
+                    "metrics": f"{base}/metrics",
+                    "environment": env,
+                    "revision": loop.revision,
+                    "models": {
+                        o["metadata"]["name"]: {
+                            "v1": f"{base}/v1/models/{o['metadata']['name']}:predict",
+                            "v2": f"{base}/v2/models/{o['metadata']['name']}/infer",
+                        }
+                        for o in objs
+                    },
+                    "curl": example_curl(base, pick) if pick else None,
+                }
+            ),
+            nl=True,
+        )
     else:
         click.echo(f"mlp up: environment {env} at revision {loop.revision}, serving on {base}")
         for o in objs:
@@ -259,4 +311,3 @@ def up(repo: Path, env: str, host: str, port: int, state_dir: Path | None, inter
         loop.stop()
         runtime.close()
         click.echo("mlp up: stopped", err=True)
-

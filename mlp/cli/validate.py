@@ -33,12 +33,21 @@ def _workspace_relative(diagnostics: list[Diagnostic], path: Path) -> list[Diagn
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", default=".", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "github", "gitlab"]), default="text",
-              show_default=True,
-              help="text for people; json for scripts; github/gitlab for CI annotations (their paths are "
-                   "relative to the current directory, the CI workspace).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report to a file (e.g. gl-code-quality-report.json) instead of stdout.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "github", "gitlab"]),
+    default="text",
+    show_default=True,
+    help="text for people; json for scripts; github/gitlab for CI annotations (their paths are "
+    "relative to the current directory, the CI workspace).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to a file (e.g. gl-code-quality-report.json) instead of stdout.",
+)
 def validate(path: Path, fmt: str, output: Path | None) -> None:
     """Validate every spec under PATH/specs and PATH/environments.
 
@@ -73,8 +82,11 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
     except Exception as exc:  # a bug in mlp, not in the specs: exit 2 so CI does not call the specs invalid
         if os.environ.get("MLP_DEBUG"):
             raise
-        click.echo(f"error: internal error while validating {path}: {type(exc).__name__}: {exc} "
-                   "(set MLP_DEBUG=1 for a traceback)", err=True)
+        click.echo(
+            f"error: internal error while validating {path}: {type(exc).__name__}: {exc} "
+            "(set MLP_DEBUG=1 for a traceback)",
+            err=True,
+        )
         sys.exit(2)
     docs = len(result.specs)
     if fmt == "text":

@@ -22,31 +22,45 @@ class ControllerMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.reconcile_duration = Histogram(
-            "mlp_controller_reconcile_duration_seconds", "Time of one reconcile step of an environment.",
-            ["environment"], buckets=_DURATION_BUCKETS, registry=r,
+            "mlp_controller_reconcile_duration_seconds",
+            "Time of one reconcile step of an environment.",
+            ["environment"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
         )
         self.reconcile_results = Counter(
             "mlp_controller_reconcile_total",
             "Reconcile steps by outcome (synced, applied, out_of_sync, refused, failed, skipped).",
-            ["environment", "outcome"], registry=r,
+            ["environment", "outcome"],
+            registry=r,
         )
         self.objects = Gauge(
-            "mlp_controller_objects", "Objects of an environment by sync and health status.",
-            ["environment", "sync_status", "health"], registry=r,
+            "mlp_controller_objects",
+            "Objects of an environment by sync and health status.",
+            ["environment", "sync_status", "health"],
+            registry=r,
         )
         self.git_fetch_duration = Histogram(
-            "mlp_controller_git_fetch_duration_seconds", "Time to check the remote and fetch moved refs.",
-            buckets=_DURATION_BUCKETS, registry=r,
+            "mlp_controller_git_fetch_duration_seconds",
+            "Time to check the remote and fetch moved refs.",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
         )
         self.git_fetch_failures = Counter(
-            "mlp_controller_git_fetch_failures_total", "Failed refreshes of the Git remote.", registry=r,
+            "mlp_controller_git_fetch_failures_total",
+            "Failed refreshes of the Git remote.",
+            registry=r,
         )
         self.queue_depth = Gauge(
-            "mlp_controller_queue_depth", "Environments waiting for a reconcile.", registry=r,
+            "mlp_controller_queue_depth",
+            "Environments waiting for a reconcile.",
+            registry=r,
         )
         self.last_sync = Gauge(
             "mlp_controller_last_successful_sync_timestamp_seconds",
-            "Unix time of the last step that left the environment Synced.", ["environment"], registry=r,
+            "Unix time of the last step that left the environment Synced.",
+            ["environment"],
+            registry=r,
         )
         self._object_series: dict[str, set[tuple[str, str]]] = {}
         self._lock = threading.Lock()
@@ -85,7 +99,8 @@ def serve_metrics(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1"
         return result
 
     server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 1.0}, daemon=True,
-                              name="mlp-metrics")
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 1.0}, daemon=True, name="mlp-metrics"
+    )
     thread.start()
     return server, int(server.server_port)

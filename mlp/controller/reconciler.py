@@ -393,22 +393,31 @@ class Reconciler:
             status.message = f"no revision of {ref}: {why}"
             self.store.save(status)
             return StepResult(env, FAILED, message=status.message)
-        source_note = f" (source: {self.source.last_error}; using last fetched revision)" if self.source.last_error \
-            else ""
+        source_note = (
+            f" (source: {self.source.last_error}; using last fetched revision)" if self.source.last_error else ""
+        )
 
         loaded = self.load_revision(rev, ref)
         snap = loaded.snapshot
         seen_before = (status.sync_status, status.revision)
         status.revision, status.author = rev, snap.author
         if not snap.spec_files():
-            return self._refuse(status, snap, [f"{rev[:12]} has no files under specs/ or environments/"],
-                                "empty source (nothing is pruned)")
+            return self._refuse(
+                status,
+                snap,
+                [f"{rev[:12]} has no files under specs/ or environments/"],
+                "empty source (nothing is pruned)",
+            )
         if not loaded.ok:
             return self._refuse(status, snap, loaded.errors or ["the snapshot did not load"], "invalid specs")
         envspec = loaded.environments.get(env)
         if envspec is None:
-            return self._refuse(status, snap, [f"environment {env!r} is not declared at {rev[:12]}"],
-                                "environment not declared (nothing is pruned)")
+            return self._refuse(
+                status,
+                snap,
+                [f"environment {env!r} is not declared at {rev[:12]}"],
+                "environment not declared (nothing is pruned)",
+            )
         policy = envspec.spec.sync
         try:
             target = self.targets(env, envspec)
@@ -448,17 +457,33 @@ class Reconciler:
         if not changes:
             if interrupted and intent is not None:
                 # The crashed process wrote everything but died before logging it: log it now, once.
-                self.store.finish_intent(env, [AuditEvent(
-                    env, intent.action, "succeeded", revision=intent.revision, author=snap.author,
-                    objects=intent.objects, message="completed before the controller stopped; verified on restart",
-                )])
+                self.store.finish_intent(
+                    env,
+                    [
+                        AuditEvent(
+                            env,
+                            intent.action,
+                            "succeeded",
+                            revision=intent.revision,
+                            author=snap.author,
+                            objects=intent.objects,
+                            message="completed before the controller stopped; verified on restart",
+                        )
+                    ],
+                )
             elif status.refused_revision is not None and not plan.orphans:
                 # A fix (often a revert) after a refused revision: record that the environment recovered.
-                self.store.append_audit(AuditEvent(
-                    env, "recovered", "succeeded", revision=rev, author=snap.author,
-                    message=f"{rev[:12]} is valid again after refused {status.refused_revision[:12]}; "
-                            "live state already matches",
-                ))
+                self.store.append_audit(
+                    AuditEvent(
+                        env,
+                        "recovered",
+                        "succeeded",
+                        revision=rev,
+                        author=snap.author,
+                        message=f"{rev[:12]} is valid again after refused {status.refused_revision[:12]}; "
+                        "live state already matches",
+                    )
+                )
             return self._report(status, envspec, plan, live, rev, applied=False, source_note=source_note)
 
         # Decide whether policy lets this step write.
@@ -478,10 +503,17 @@ class Reconciler:
         if not allowed:
             if seen_before != (OUT_OF_SYNC, rev):
                 # Logged when the environment goes out of sync, not at every interval it stays so.
-                self.store.append_audit(AuditEvent(
-                    env, "drift" if not new_revision else "hold", "skipped", revision=rev, author=snap.author,
-                    objects=described_changes(changes), message=why,
-                ))
+                self.store.append_audit(
+                    AuditEvent(
+                        env,
+                        "drift" if not new_revision else "hold",
+                        "skipped",
+                        revision=rev,
+                        author=snap.author,
+                        objects=described_changes(changes),
+                        message=why,
+                    )
+                )
             return self._report(status, envspec, plan, live, rev, applied=False, hold=why, source_note=source_note)
 
         if new_revision or manual:
@@ -498,30 +530,46 @@ class Reconciler:
         events: list[AuditEvent] = []
         note = ""
         if interrupted and intent is not None:
-            note = f"resumed an apply of {intent.revision[:12]} interrupted at " \
-                   f"{datetime.fromtimestamp(intent.started_at, UTC):%H:%M:%S} (pid {intent.pid}); "
+            note = (
+                f"resumed an apply of {intent.revision[:12]} interrupted at "
+                f"{datetime.fromtimestamp(intent.started_at, UTC):%H:%M:%S} (pid {intent.pid}); "
+            )
         if manual:
             note += "manual sync; "
         outcome = "succeeded" if changeset.ok else "failed"
         if writes:
-            events.append(AuditEvent(
-                env, action, outcome if changeset.ok or any(i.ref in done for i in writes) else "failed",
-                revision=rev, author=snap.author,
-                # what was written; a failed apply lists only what it got done (the message says the rest)
-                objects=[_describe(i.action, i.ref) for i in writes if changeset.ok or i.ref in done],
-                message=(note + changeset.summary()).strip(),
-            ))
+            events.append(
+                AuditEvent(
+                    env,
+                    action,
+                    outcome if changeset.ok or any(i.ref in done for i in writes) else "failed",
+                    revision=rev,
+                    author=snap.author,
+                    # what was written; a failed apply lists only what it got done (the message says the rest)
+                    objects=[_describe(i.action, i.ref) for i in writes if changeset.ok or i.ref in done],
+                    message=(note + changeset.summary()).strip(),
+                )
+            )
         if deletes:
-            events.append(AuditEvent(
-                env, "prune", "succeeded" if all(i.ref in done for i in deletes) else "failed",
-                revision=rev, author=snap.author,
-                objects=[_describe(i.action, i.ref) for i in deletes if changeset.ok or i.ref in done],
-                message=note.strip("; "),
-            ))
+            events.append(
+                AuditEvent(
+                    env,
+                    "prune",
+                    "succeeded" if all(i.ref in done for i in deletes) else "failed",
+                    revision=rev,
+                    author=snap.author,
+                    objects=[_describe(i.action, i.ref) for i in deletes if changeset.ok or i.ref in done],
+                    message=note.strip("; "),
+                )
+            )
         self.store.finish_intent(env, events)
         if not changeset.ok:
-            return self._fail(status, rev, f"apply failed at {changeset.failed}: {changeset.error}",
-                              changes=[_describe(c.action, c.ref) for c in changeset.done])
+            return self._fail(
+                status,
+                rev,
+                f"apply failed at {changeset.failed}: {changeset.error}",
+                changes=[_describe(c.action, c.ref) for c in changeset.done],
+            )
         after = recording.live_after(live)
         del plan, live  # free the first plan's copies (peak memory of big environments)
         try:
@@ -531,8 +579,7 @@ class Reconciler:
                 plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (TargetError, PlanRefused, ValueError) as exc:
             return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
-        result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note,
-                              action=action)
+        result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note, action=action)
         result.changes = described + [f"warning: {w}" for w in _take_warnings(target)]
         return result
 
@@ -557,10 +604,17 @@ class Reconciler:
         status.message = f"refused {rev[:12]}: {what} ({len(errors)} error{'s' * (len(errors) != 1)}){kept}"
         self.store.save(status)
         if first_time:
-            self.store.append_audit(AuditEvent(
-                status.env, "refused", "refused", revision=rev, author=snap.author, objects=[],
-                message=f"{what}: " + "; ".join(errors[:20]),
-            ))
+            self.store.append_audit(
+                AuditEvent(
+                    status.env,
+                    "refused",
+                    "refused",
+                    revision=rev,
+                    author=snap.author,
+                    objects=[],
+                    message=f"{what}: " + "; ".join(errors[:20]),
+                )
+            )
         return StepResult(status.env, REFUSED, rev, message=status.message)
 
     def _fail(
@@ -603,12 +657,30 @@ class Reconciler:
             else:
                 fields = ", ".join(d.path for d in item.diffs[:5])
                 sync, msg = OUT_OF_SYNC, f"{'drift' if item.reason == 'drift' else 'changed'}: {fields}"
-            objects.append(ObjectStatus(str(item.ref), item.ref.kind, item.ref.namespace, item.ref.name, sync,
-                                        health.status.value, msg or health.message))
+            objects.append(
+                ObjectStatus(
+                    str(item.ref),
+                    item.ref.kind,
+                    item.ref.namespace,
+                    item.ref.name,
+                    sync,
+                    health.status.value,
+                    msg or health.message,
+                )
+            )
         for ref in plan.orphans:
             health = assess(live_by_ref.get(ref))
-            objects.append(ObjectStatus(str(ref), ref.kind, ref.namespace, ref.name, OUT_OF_SYNC,
-                                        health.status.value, "no longer declared; prune is off"))
+            objects.append(
+                ObjectStatus(
+                    str(ref),
+                    ref.kind,
+                    ref.namespace,
+                    ref.name,
+                    OUT_OF_SYNC,
+                    health.status.value,
+                    "no longer declared; prune is off",
+                )
+            )
         in_sync = all(o.sync_status == SYNCED for o in objects)
         status.objects = objects
         status.sync_status = SYNCED if in_sync else OUT_OF_SYNC
@@ -627,8 +699,9 @@ class Reconciler:
             status.message = (f"{action} {rev[:12]}" if applied else f"synced at {rev[:12]}") + source_note
         else:
             n = sum(1 for o in objects if o.sync_status != SYNCED)
-            status.message = f"{n} object{'s' * (n != 1)} out of sync at {rev[:12]}" + (f": {hold}" if hold else "") \
-                + source_note
+            status.message = (
+                f"{n} object{'s' * (n != 1)} out of sync at {rev[:12]}" + (f": {hold}" if hold else "") + source_note
+            )
         self.store.save(status)
         if self.metrics is not None:
             self.metrics.set_objects(status.env, [(o.sync_status, o.health) for o in objects])

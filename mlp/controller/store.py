@@ -174,8 +174,17 @@ def _insert_audit(conn: sqlite3.Connection, e: AuditEvent) -> int:
         "INSERT INTO audit (time, environment, action, revision, author, objects, outcome, message, pr,"
         " approvers, merge_commit) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         (
-            e.time, e.environment, e.action, e.revision, e.author, json.dumps(e.objects), e.outcome, e.message,
-            e.pr, json.dumps(e.approvers) if e.approvers is not None else None, e.merge_commit,
+            e.time,
+            e.environment,
+            e.action,
+            e.revision,
+            e.author,
+            json.dumps(e.objects),
+            e.outcome,
+            e.message,
+            e.pr,
+            json.dumps(e.approvers) if e.approvers is not None else None,
+            e.merge_commit,
         ),
     )
     return int(cur.lastrowid or 0)
@@ -183,10 +192,18 @@ def _insert_audit(conn: sqlite3.Connection, e: AuditEvent) -> int:
 
 def _row_to_event(row: sqlite3.Row) -> AuditEvent:
     return AuditEvent(
-        id=row["id"], time=row["time"], environment=row["environment"], action=row["action"],
-        revision=row["revision"], author=row["author"], objects=json.loads(row["objects"]),
-        outcome=row["outcome"], message=row["message"], pr=row["pr"],
-        approvers=json.loads(row["approvers"]) if row["approvers"] else None, merge_commit=row["merge_commit"],
+        id=row["id"],
+        time=row["time"],
+        environment=row["environment"],
+        action=row["action"],
+        revision=row["revision"],
+        author=row["author"],
+        objects=json.loads(row["objects"]),
+        outcome=row["outcome"],
+        message=row["message"],
+        pr=row["pr"],
+        approvers=json.loads(row["approvers"]) if row["approvers"] else None,
+        merge_commit=row["merge_commit"],
     )
 
 
@@ -284,17 +301,27 @@ class StateStore(_Db):
                 "INSERT OR REPLACE INTO environments (env, sync_status, health, revision, synced_revision, synced_at,"
                 " author, message, errors, refused_revision, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    status.env, status.sync_status, status.health, status.revision, status.synced_revision,
-                    status.synced_at, status.author, status.message, json.dumps(status.errors),
-                    status.refused_revision, status.updated_at,
+                    status.env,
+                    status.sync_status,
+                    status.health,
+                    status.revision,
+                    status.synced_revision,
+                    status.synced_at,
+                    status.author,
+                    status.message,
+                    json.dumps(status.errors),
+                    status.refused_revision,
+                    status.updated_at,
                 ),
             )
             conn.execute("DELETE FROM objects WHERE env = ?", (status.env,))
             conn.executemany(
                 "INSERT INTO objects (env, ref, kind, namespace, name, sync_status, health, message)"
                 " VALUES (?,?,?,?,?,?,?,?)",
-                [(status.env, o.ref, o.kind, o.namespace, o.name, o.sync_status, o.health, o.message)
-                 for o in status.objects],
+                [
+                    (status.env, o.ref, o.kind, o.namespace, o.name, o.sync_status, o.health, o.message)
+                    for o in status.objects
+                ],
             )
             conn.execute("DELETE FROM models WHERE env = ?", (status.env,))
             conn.executemany(
@@ -316,15 +343,23 @@ class StateStore(_Db):
             return None
         r = rows[0]
         status = EnvStatus(
-            env=r["env"], sync_status=r["sync_status"], health=r["health"], revision=r["revision"],
-            synced_revision=r["synced_revision"], synced_at=r["synced_at"], author=r["author"],
-            message=r["message"] or "", errors=json.loads(r["errors"]), refused_revision=r["refused_revision"],
+            env=r["env"],
+            sync_status=r["sync_status"],
+            health=r["health"],
+            revision=r["revision"],
+            synced_revision=r["synced_revision"],
+            synced_at=r["synced_at"],
+            author=r["author"],
+            message=r["message"] or "",
+            errors=json.loads(r["errors"]),
+            refused_revision=r["refused_revision"],
             updated_at=r["updated_at"],
         )
         if details:
             status.objects = [
-                ObjectStatus(o["ref"], o["kind"], o["namespace"], o["name"], o["sync_status"], o["health"],
-                             o["message"])
+                ObjectStatus(
+                    o["ref"], o["kind"], o["namespace"], o["name"], o["sync_status"], o["health"], o["message"]
+                )
                 for o in self.query("SELECT * FROM objects WHERE env = ? ORDER BY kind, namespace, name", (env,))
             ]
             status.models = [
@@ -348,8 +383,15 @@ class StateStore(_Db):
             conn.execute(
                 "INSERT OR REPLACE INTO intents (env, revision, action, objects, started_at, pid, run)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (intent.env, intent.revision, intent.action, json.dumps(intent.objects), intent.started_at,
-                 intent.pid, intent.run),
+                (
+                    intent.env,
+                    intent.revision,
+                    intent.action,
+                    json.dumps(intent.objects),
+                    intent.started_at,
+                    intent.pid,
+                    intent.run,
+                ),
             )
 
     def intent(self, env: str) -> Intent | None:
@@ -357,8 +399,9 @@ class StateStore(_Db):
         if not rows:
             return None
         r = rows[0]
-        return Intent(r["env"], r["revision"], r["action"], json.loads(r["objects"]), r["started_at"], r["pid"],
-                      r["run"])
+        return Intent(
+            r["env"], r["revision"], r["action"], json.loads(r["objects"]), r["started_at"], r["pid"], r["run"]
+        )
 
     def intents(self) -> list[Intent]:
         return [i for r in self.query("SELECT env FROM intents") if (i := self.intent(r["env"])) is not None]

@@ -140,6 +140,7 @@ def _order_key(item: PlanItem) -> tuple[int, int, str, str, str]:
 
 # --- identity --------------------------------------------------------------------------------
 
+
 def _identity(obj: Manifest) -> tuple[str, str, str, str]:
     """(group, kind, namespace, name): the API version within a group does not change identity."""
     group = obj.get("apiVersion", "").rpartition("/")[0]
@@ -157,6 +158,7 @@ def is_terminating(obj: Manifest) -> bool:
 
 
 # --- field diff ------------------------------------------------------------------------------
+
 
 def _key_path(path: str, key: str) -> str:
     if key.replace("_", "a").replace("-", "a").isalnum():
@@ -202,8 +204,7 @@ def diff_fields(live: Any, desired: Any, path: str = "", keys: tuple[str, ...] =
     return [FieldDiff(path, live, desired)]
 
 
-def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff],
-              steps: tuple[Any, ...] = ()) -> None:
+def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff], steps: tuple[Any, ...] = ()) -> None:
     """Walk a `fieldsV1` tree; report owned fields present live but absent from desired."""
     if not isinstance(node, dict):
         return
@@ -231,8 +232,9 @@ def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff
             def find(items: Any, match: dict[str, Any] = match) -> Any:
                 if not isinstance(items, list):
                     return None
-                return next((i for i in items if isinstance(i, dict)
-                             and all(i.get(a) == b for a, b in match.items())), None)
+                return next(
+                    (i for i in items if isinstance(i, dict) and all(i.get(a) == b for a, b in match.items())), None
+                )
 
             item = find(live)
             if item is None:
@@ -252,12 +254,20 @@ def _removals(node: Any, live: Any, desired: Any, path: str, out: list[FieldDiff
                 out.append(FieldDiff(f"{path}[{json.dumps(value)}]", value, MISSING))
 
 
-def removed_fields(desired: Manifest, live: Manifest, manager: str = FIELD_MANAGER, *,
-                   normalized: tuple[Manifest, Manifest] | None = None) -> list[FieldDiff]:
+def removed_fields(
+    desired: Manifest,
+    live: Manifest,
+    manager: str = FIELD_MANAGER,
+    *,
+    normalized: tuple[Manifest, Manifest] | None = None,
+) -> list[FieldDiff]:
     """Fields `manager` owns on the live object (server-side apply `managedFields`) that the
     desired object no longer sets: applying it will remove them."""
-    entries = [e for e in (live.get("metadata") or {}).get("managedFields") or []
-               if isinstance(e, dict) and e.get("manager") == manager and e.get("operation") == "Apply"]
+    entries = [
+        e
+        for e in (live.get("metadata") or {}).get("managedFields") or []
+        if isinstance(e, dict) and e.get("manager") == manager and e.get("operation") == "Apply"
+    ]
     if not entries:
         return []
     want, have = normalized or (normalize(desired), normalize(live))
@@ -276,6 +286,7 @@ def compare(desired: Manifest, live: Manifest) -> tuple[Manifest, Manifest, list
 
 
 # --- the plan --------------------------------------------------------------------------------
+
 
 def make_plan(
     desired: Iterable[Manifest],

@@ -59,8 +59,7 @@ def _put(node: Any, steps: tuple[Any, ...], value: Any) -> None:
         if isinstance(step, dict):
             if not isinstance(node, list):
                 return
-            found = next((x for x in node if isinstance(x, dict)
-                          and all(x.get(k) == v for k, v in step.items())), None)
+            found = next((x for x in node if isinstance(x, dict) and all(x.get(k) == v for k, v in step.items())), None)
             if found is None:
                 found = dict(step)
                 node.append(found)
@@ -86,12 +85,16 @@ def item_diff_lines(item: PlanItem) -> list[str]:
         return []
     old, new = _sides(item)
     name = _path(item.ref)
-    return list(difflib.unified_diff(
-        old.splitlines(), new.splitlines(),
-        fromfile=f"live/{name}" if old else "/dev/null",
-        tofile=f"desired/{name}" if new else "/dev/null",
-        lineterm="", n=3,
-    ))
+    return list(
+        difflib.unified_diff(
+            old.splitlines(),
+            new.splitlines(),
+            fromfile=f"live/{name}" if old else "/dev/null",
+            tofile=f"desired/{name}" if new else "/dev/null",
+            lineterm="",
+            n=3,
+        )
+    )
 
 
 def _colour(line: str) -> str:
@@ -111,8 +114,7 @@ def summary_line(plan: Plan) -> str:
     if not plan.has_changes:
         text = f"No changes. {c['unchanged']} objects up to date."
     else:
-        text = (f"{c['create']} to create, {c['update']} to update, {c['delete']} to delete, "
-                f"{c['unchanged']} unchanged.")
+        text = f"{c['create']} to create, {c['update']} to update, {c['delete']} to delete, {c['unchanged']} unchanged."
     if plan.orphans:
         text += f" {len(plan.orphans)} owned objects no longer declared (deleted with --prune)."
     return text
@@ -197,15 +199,17 @@ def _detail(item: PlanItem) -> str:
     return ("drift from the cluster: " if item.reason == "drift" else "") + text
 
 
-def plan_to_markdown(plan: Plan, *, title: str | None = None, max_chars: int = 60000,
-                     show_unchanged: bool = False) -> str:
+def plan_to_markdown(
+    plan: Plan, *, title: str | None = None, max_chars: int = 60000, show_unchanged: bool = False
+) -> str:
     """The plan as a pull-request comment (format documented in the module docstring)."""
     rev = plan.revision[:12] if plan.revision else "working tree"
     lines = [title or f"### mlp plan: `{plan.environment}` at `{rev}`"]
     c = plan.counts()
     if plan.has_changes:
-        lines.append(f"**{c['create']} to create, {c['update']} to update, {c['delete']} to delete, "
-                     f"{c['unchanged']} unchanged**")
+        lines.append(
+            f"**{c['create']} to create, {c['update']} to update, {c['delete']} to delete, {c['unchanged']} unchanged**"
+        )
     else:
         lines.append(f"**No changes.** {c['unchanged']} objects up to date.")
     rows = [i for i in plan.items if i.changed or show_unchanged]
@@ -213,8 +217,11 @@ def plan_to_markdown(plan: Plan, *, title: str | None = None, max_chars: int = 6
         lines += ["", "| Action | Object | Detail |", "|---|---|---|"]
         lines += [f"| {i.action.value} | `{i.ref}` | {_detail(i)} |" for i in rows]
     if plan.orphans:
-        lines += ["", f"{len(plan.orphans)} owned objects are no longer declared and would be deleted "
-                  "with --prune: " + ", ".join(f"`{r}`" for r in plan.orphans)]
+        lines += [
+            "",
+            f"{len(plan.orphans)} owned objects are no longer declared and would be deleted "
+            "with --prune: " + ", ".join(f"`{r}`" for r in plan.orphans),
+        ]
     if plan.changes:
         body: list[str] = []
         for item in plan.changes:
@@ -226,6 +233,5 @@ def plan_to_markdown(plan: Plan, *, title: str | None = None, max_chars: int = 6
             if text.count("```") % 2:  # cut inside a block: close it
                 text += "\n```"
             text += f"\n\n_(diff cut to fit the comment; run `mlp diff --env {plan.environment}` for all of it)_"
-        lines += ["", f"<details><summary>Diff of {len(plan.changes)} objects</summary>", "", text, "",
-                  "</details>"]
+        lines += ["", f"<details><summary>Diff of {len(plan.changes)} objects</summary>", "", text, "", "</details>"]
     return "\n".join(lines) + "\n"

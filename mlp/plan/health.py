@@ -40,8 +40,13 @@ class HealthStatus(str, Enum):
         return _ORDER.index(self)
 
 
-_ORDER = [HealthStatus.HEALTHY, HealthStatus.PROGRESSING, HealthStatus.MISSING, HealthStatus.DEGRADED,
-          HealthStatus.UNKNOWN]
+_ORDER = [
+    HealthStatus.HEALTHY,
+    HealthStatus.PROGRESSING,
+    HealthStatus.MISSING,
+    HealthStatus.DEGRADED,
+    HealthStatus.UNKNOWN,
+]
 
 
 @dataclass(frozen=True)
@@ -70,9 +75,20 @@ def _cond_text(cond: dict[str, Any]) -> str:
 
 _ISVC_FAILED_TRANSITIONS = {"BlockedByFailedLoad", "InvalidSpec"}
 # Condition reasons that mean "will not get better by waiting".
-_FAILURE_REASONS = {"RevisionFailed", "RevisionMissing", "ContainerMissing", "ExitCode", "InvalidSpec",
-                    "BlockedByFailedLoad", "ModelLoadFailed", "ServerlessModeRejected", "CrashLoopBackOff",
-                    "ImagePullBackOff", "ErrImagePull", "ProgressDeadlineExceeded"}
+_FAILURE_REASONS = {
+    "RevisionFailed",
+    "RevisionMissing",
+    "ContainerMissing",
+    "ExitCode",
+    "InvalidSpec",
+    "BlockedByFailedLoad",
+    "ModelLoadFailed",
+    "ServerlessModeRejected",
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ProgressDeadlineExceeded",
+}
 
 
 def _stale(obj: Manifest) -> bool:
@@ -89,8 +105,10 @@ def _inference_service(obj: Manifest) -> Health:
     transition = model_status.get("transitionStatus")
     if transition in _ISVC_FAILED_TRANSITIONS:
         failure = model_status.get("lastFailureInfo") or {}
-        return Health(HealthStatus.DEGRADED,
-                      f"{transition}: {failure.get('message') or failure.get('reason') or 'model failed to load'}")
+        return Health(
+            HealthStatus.DEGRADED,
+            f"{transition}: {failure.get('message') or failure.get('reason') or 'model failed to load'}",
+        )
     conds = _conditions(obj)
     for ctype in ("PredictorReady", "Ready"):
         cond = conds.get(ctype)

@@ -96,15 +96,31 @@ def project(live: Any, desired: Any) -> Any:
             by_name = {i.get("name"): i for i in live if isinstance(i, dict)}
             wanted = {d["name"]: d for d in desired}
             # keep the live order of the items mlp declares; ignore items it does not
-            return [project(by_name[n], wanted[n]) for n in [i.get("name") for i in live if isinstance(i, dict)]
-                    if n in wanted]
+            return [
+                project(by_name[n], wanted[n])
+                for n in [i.get("name") for i in live if isinstance(i, dict)]
+                if n in wanted
+            ]
         return [project(lv, desired[i]) if i < len(desired) else lv for i, lv in enumerate(live)]
     return live
 
 
 _SUFFIXES: dict[str, int | Decimal] = {
-    "": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "n": Decimal("1e-9"),
+    "": 1,
+    "m": Decimal("0.001"),
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+    "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
 }
 
@@ -143,7 +159,11 @@ def values_equal(a: Any, b: Any, path: tuple[str, ...] = ()) -> bool:
         qa, qb = parse_quantity(a), parse_quantity(b)
         return qa is not None and qa == qb
     # 1 and 1.0 are the same JSON number
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool) \
-            and not isinstance(b, bool):
+    if (
+        isinstance(a, int | float)
+        and isinstance(b, int | float)
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+    ):
         return a == b
     return False

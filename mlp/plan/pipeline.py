@@ -16,14 +16,16 @@ from mlp.specs import LoadResult
 from mlp.targets.base import Manifest
 
 
-def desired_state(result: LoadResult, environment: str, *, revision: str | None = None,
-                  templates: Mapping[str, str] | None = None) -> list[Manifest]:
+def desired_state(
+    result: LoadResult, environment: str, *, revision: str | None = None, templates: Mapping[str, str] | None = None
+) -> list[Manifest]:
     """Render `environment` from a load result; raises `PlanRefused` if the load had errors
     and `RenderError` if rendering fails."""
     if not result.ok:
         errors = result.errors
-        raise PlanRefused(f"refusing to plan from specs that failed validation ({len(errors)} errors; "
-                          f"first: {errors[0]})")
+        raise PlanRefused(
+            f"refusing to plan from specs that failed validation ({len(errors)} errors; first: {errors[0]})"
+        )
     return render(result.specs, environment, revision=revision, templates=templates)
 
 
@@ -38,9 +40,16 @@ def kinds_to_list(target_kind: str, desired: Iterable[Manifest] = ()) -> list[tu
     return kinds
 
 
-def plan_environment(result: LoadResult, environment: str, live: Iterable[Manifest], *,
-                     revision: str | None = None, templates: Mapping[str, str] | None = None,
-                     prune: bool = False, allow_empty: bool = False) -> Plan:
+def plan_environment(
+    result: LoadResult,
+    environment: str,
+    live: Iterable[Manifest],
+    *,
+    revision: str | None = None,
+    templates: Mapping[str, str] | None = None,
+    prune: bool = False,
+    allow_empty: bool = False,
+) -> Plan:
     """`desired_state` then `make_plan`."""
     desired = desired_state(result, environment, revision=revision, templates=templates)
     rev = revision if revision is not None else result.specs.revision

@@ -8,5 +8,14 @@ from mlp.render.core import KIND_RANK, MANAGED_KINDS, kind_rank, render, sort_ma
 from mlp.render.engine import RenderError, package_templates
 from mlp.render.stamp import content_hash, stamp
 
-__all__ = ["KIND_RANK", "MANAGED_KINDS", "RenderError", "content_hash", "kind_rank", "package_templates", "render",
-           "sort_manifests", "stamp"]
+__all__ = [
+    "KIND_RANK",
+    "MANAGED_KINDS",
+    "RenderError",
+    "content_hash",
+    "kind_rank",
+    "package_templates",
+    "render",
+    "sort_manifests",
+    "stamp",
+]

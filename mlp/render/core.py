@@ -45,9 +45,21 @@ from mlp.targets.base import Manifest
 
 # Apply order by kind (lower first): what others reference before what uses it, monitoring last.
 KIND_RANK: dict[str, int] = {
-    "Namespace": 0, "ServiceAccount": 1, "Secret": 2, "ConfigMap": 3, "Role": 4, "RoleBinding": 4,
-    "Service": 5, "InferenceService": 6, "ModelDeployment": 6, "Deployment": 6, "CronJob": 6, "Job": 6,
-    "PrometheusRule": 8, "ServiceMonitor": 8, "PodMonitor": 8,
+    "Namespace": 0,
+    "ServiceAccount": 1,
+    "Secret": 2,
+    "ConfigMap": 3,
+    "Role": 4,
+    "RoleBinding": 4,
+    "Service": 5,
+    "InferenceService": 6,
+    "ModelDeployment": 6,
+    "Deployment": 6,
+    "CronJob": 6,
+    "Job": 6,
+    "PrometheusRule": 8,
+    "ServiceMonitor": 8,
+    "PodMonitor": 8,
 }
 DEFAULT_RANK = 7
 
@@ -55,19 +67,35 @@ DEFAULT_RANK = 7
 # target must list to find objects to prune, even when nothing of a kind is rendered now.
 MANAGED_KINDS: dict[str, list[tuple[str, str]]] = {
     "kubernetes": [
-        ("v1", "ServiceAccount"), ("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "Deployment"),
+        ("v1", "ServiceAccount"),
+        ("v1", "ConfigMap"),
+        ("v1", "Service"),
+        ("apps/v1", "Deployment"),
         ("serving.kserve.io/v1beta1", "InferenceService"),
-        ("monitoring.coreos.com/v1", "PrometheusRule"), ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ],
     "local": [("mlp.dev/v1", "ModelDeployment")],
 }
 
 # Kinds an override may add that live outside namespaces: render never gives them one.
-CLUSTER_SCOPED = frozenset({
-    "Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "PriorityClass",
-    "StorageClass", "PersistentVolume", "ClusterServingRuntime", "ClusterStorageContainer",
-    "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration", "IngressClass", "RuntimeClass",
-})
+CLUSTER_SCOPED = frozenset(
+    {
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "PriorityClass",
+        "StorageClass",
+        "PersistentVolume",
+        "ClusterServingRuntime",
+        "ClusterStorageContainer",
+        "ValidatingWebhookConfiguration",
+        "MutatingWebhookConfiguration",
+        "IngressClass",
+        "RuntimeClass",
+    }
+)
 
 DEFAULT_SERVICE_ACCOUNT = "mlp-models"
 MONITOR_IMAGE = f"mlp:{__version__}"  # no registry host: set one in a template override
@@ -114,34 +142,41 @@ def _resources(dep: Deployment) -> dict[str, Any]:
 def _version_info(model: Model, number: int, specs: SpecSet, env_name: str) -> dict[str, Any]:
     version = model.spec.version(number)
     if version is None:
-        raise RenderError(f"Environment/{env_name}: model {model.metadata.name!r} has no version {number}",
-                          path=_where(specs, "Environment", env_name))
+        raise RenderError(
+            f"Environment/{env_name}: model {model.metadata.name!r} has no version {number}",
+            path=_where(specs, "Environment", env_name),
+        )
     return {"version": version.version, "uri": version.uri, "digest": version.digest, "format": version.format}
 
 
 def _base_labels(model: Model, role: str) -> dict[str, str]:
     labels = dict(model.metadata.labels)
-    labels.update({"app.kubernetes.io/name": model.metadata.name, "mlp.dev/model": model.metadata.name,
-                   "mlp.dev/role": role})
+    labels.update(
+        {"app.kubernetes.io/name": model.metadata.name, "mlp.dev/model": model.metadata.name, "mlp.dev/role": role}
+    )
     if model.metadata.team:
         labels["mlp.dev/team"] = model.metadata.team
     return labels
 
 
-def _isvc_contexts(specs: SpecSet, env: Environment, name: str, dep: Deployment,
-                   service_account: str | None) -> list[dict[str, Any]]:
+def _isvc_contexts(
+    specs: SpecSet, env: Environment, name: str, dep: Deployment, service_account: str | None
+) -> list[dict[str, Any]]:
     env_name = env.metadata.name
     model = specs.models.get(name)
     if model is None:
-        raise RenderError(f"Environment/{env_name}: deploys unknown model {name!r}",
-                          path=_where(specs, "Environment", env_name))
+        raise RenderError(
+            f"Environment/{env_name}: deploys unknown model {name!r}", path=_where(specs, "Environment", env_name)
+        )
     framework = model.spec.framework
     custom = None
     if framework is Framework.custom:
         runtime = model.spec.custom
         if runtime is None or not runtime.image:
-            raise RenderError(f"Model/{name}: framework custom needs custom.image to run on Kubernetes",
-                              path=_where(specs, "Model", name))
+            raise RenderError(
+                f"Model/{name}: framework custom needs custom.image to run on Kubernetes",
+                path=_where(specs, "Model", name),
+            )
         custom = {"image": runtime.image, "args": list(runtime.args)}
     model_format, protocol = MODEL_FORMATS.get(framework, ("", "v1"))
     stable = _version_info(model, dep.version, specs, env_name)
@@ -150,14 +185,18 @@ def _isvc_contexts(specs: SpecSet, env: Environment, name: str, dep: Deployment,
     if dep.canary is not None:
         canary = _version_info(model, dep.canary.version, specs, env_name)
         served, canary_percent = canary, dep.canary.current
-        annotations.update({
-            "mlp.dev/canary-version": str(canary["version"]), "mlp.dev/canary-digest": canary["digest"],
-            "mlp.dev/canary-steps": ",".join(str(s) for s in dep.canary.steps),
-        })
+        annotations.update(
+            {
+                "mlp.dev/canary-version": str(canary["version"]),
+                "mlp.dev/canary-digest": canary["digest"],
+                "mlp.dev/canary-steps": ",".join(str(s) for s in dep.canary.steps),
+            }
+        )
     scaling = dep.autoscaling
 
-    def ctx(role: str, version: dict[str, Any], canary_pct: int | None, extra: dict[str, str],
-            suffix: str) -> dict[str, Any]:
+    def ctx(
+        role: str, version: dict[str, Any], canary_pct: int | None, extra: dict[str, str], suffix: str
+    ) -> dict[str, Any]:
         return {
             "name": name + suffix,
             "role": role,
@@ -175,15 +214,25 @@ def _isvc_contexts(specs: SpecSet, env: Environment, name: str, dep: Deployment,
             "resources": _resources(dep),
             "serviceAccountName": service_account,
             "labels": _base_labels(model, role),
-            "annotations": {**extra, "mlp.dev/model-version": str(version["version"]),
-                            "mlp.dev/model-digest": version["digest"]},
+            "annotations": {
+                **extra,
+                "mlp.dev/model-version": str(version["version"]),
+                "mlp.dev/model-digest": version["digest"],
+            },
         }
 
     out = [ctx("primary", served, canary_percent, annotations, "")]
     if dep.abTest is not None:
         ab = _version_info(model, dep.abTest.version, specs, env_name)
-        out.append(ctx("ab", ab, None, {"mlp.dev/ab-share": str(dep.abTest.share),
-                                        "mlp.dev/ab-sticky-header": dep.abTest.stickyHeader}, "-ab"))
+        out.append(
+            ctx(
+                "ab",
+                ab,
+                None,
+                {"mlp.dev/ab-share": str(dep.abTest.share), "mlp.dev/ab-sticky-header": dep.abTest.stickyHeader},
+                "-ab",
+            )
+        )
     if dep.shadow is not None:
         shadow = _version_info(model, dep.shadow.version, specs, env_name)
         out.append(ctx("shadow", shadow, None, {"mlp.dev/shadow-percent": str(dep.shadow.percent)}, "-shadow"))
@@ -191,14 +240,21 @@ def _isvc_contexts(specs: SpecSet, env: Environment, name: str, dep: Deployment,
 
 
 def _model_ctx(model: Model) -> dict[str, Any]:
-    return {"name": model.metadata.name, "team": model.metadata.team, "framework": model.spec.framework.value,
-            "description": model.metadata.description}
+    return {
+        "name": model.metadata.name,
+        "team": model.metadata.team,
+        "framework": model.spec.framework.value,
+        "description": model.metadata.description,
+    }
 
 
 def _monitors_for(specs: SpecSet, env: Environment) -> list[Monitor]:
     env_name = env.metadata.name
-    return [m for _, m in sorted(specs.monitors.items())
-            if m.spec.model in env.spec.deployments and (not m.spec.environments or env_name in m.spec.environments)]
+    return [
+        m
+        for _, m in sorted(specs.monitors.items())
+        if m.spec.model in env.spec.deployments and (not m.spec.environments or env_name in m.spec.environments)
+    ]
 
 
 def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str, Any]:
@@ -206,8 +262,7 @@ def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str
     name = monitor.metadata.name
     env_name = env.metadata.name
     selector = f'monitor="{name}",environment="{env_name}"'
-    alerts = [a.model_dump(by_alias=True) for a in spec.alerts] or [{"severity": "warning", "for": "5m",
-                                                                     "route": None}]
+    alerts = [a.model_dump(by_alias=True) for a in spec.alerts] or [{"severity": "warning", "for": "5m", "route": None}]
     rules: list[dict[str, Any]] = []
     camel = "".join(p.capitalize() for p in name.split("-"))
     for alert in alerts:
@@ -216,29 +271,42 @@ def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str
         if alert.get("route"):
             labels["route"] = alert["route"]
         if spec.drift is not None:
-            rules.append({
-                "alert": f"{camel}DataDrift{sev.capitalize()}",
-                "expr": f"max(mlp_monitor_drift_detected{{{selector}}}) > 0",
-                "for": alert["for"], "labels": labels,
-                "annotations": {"summary": f"Input drift on model {spec.model} in {env_name}",
-                                "description": f"Monitor {name} ({spec.drift.detector}, threshold "
-                                               f"{spec.drift.threshold}) detected drift."},
-            })
+            rules.append(
+                {
+                    "alert": f"{camel}DataDrift{sev.capitalize()}",
+                    "expr": f"max(mlp_monitor_drift_detected{{{selector}}}) > 0",
+                    "for": alert["for"],
+                    "labels": labels,
+                    "annotations": {
+                        "summary": f"Input drift on model {spec.model} in {env_name}",
+                        "description": f"Monitor {name} ({spec.drift.detector}, threshold "
+                        f"{spec.drift.threshold}) detected drift.",
+                    },
+                }
+            )
         for check in spec.performance:
             for bound, op in (("min", "<"), ("max", ">")):
                 value = getattr(check, bound)
                 if value is None:
                     continue
                 metric = "".join(p.capitalize() for p in check.metric.replace("_", "-").split("-"))
-                rules.append({
-                    "alert": f"{camel}{metric}{'Low' if bound == 'min' else 'High'}{sev.capitalize()}",
-                    "expr": f'mlp_monitor_metric{{{selector},metric="{check.metric}"}} {op} {value}',
-                    "for": alert["for"], "labels": labels,
-                    "annotations": {"summary": f"{check.metric} of model {spec.model} in {env_name} "
-                                               f"is {'below' if bound == 'min' else 'above'} {value}"},
-                })
+                rules.append(
+                    {
+                        "alert": f"{camel}{metric}{'Low' if bound == 'min' else 'High'}{sev.capitalize()}",
+                        "expr": f'mlp_monitor_metric{{{selector},metric="{check.metric}"}} {op} {value}',
+                        "for": alert["for"],
+                        "labels": labels,
+                        "annotations": {
+                            "summary": f"{check.metric} of model {spec.model} in {env_name} "
+                            f"is {'below' if bound == 'min' else 'above'} {value}"
+                        },
+                    }
+                )
     config = {
-        "monitor": name, "environment": env_name, "model": spec.model, "namespace": namespace,
+        "monitor": name,
+        "environment": env_name,
+        "model": spec.model,
+        "namespace": namespace,
         "endpoint": f"http://{spec.model}-predictor.{namespace}.svc.cluster.local",
         "schedule": spec.schedule,
         "drift": spec.drift.model_dump() if spec.drift else None,
@@ -261,8 +329,9 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> 
     env_name = env.metadata.name
     model = specs.models.get(name)
     if model is None:
-        raise RenderError(f"Environment/{env_name}: deploys unknown model {name!r}",
-                          path=_where(specs, "Environment", env_name))
+        raise RenderError(
+            f"Environment/{env_name}: deploys unknown model {name!r}", path=_where(specs, "Environment", env_name)
+        )
     stable = _version_info(model, dep.version, specs, env_name)
     routes: list[dict[str, Any]] = []
     stable_weight = 100
@@ -321,18 +390,25 @@ class _Renderer:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise RenderError(f"rendered output is not valid YAML{line}: {problem}", path=path) from None
         for doc in docs:
-            if not isinstance(doc, dict) or not doc.get("apiVersion") or not doc.get("kind") \
-                    or not isinstance(doc.get("metadata"), dict) or not doc["metadata"].get("name"):
+            if (
+                not isinstance(doc, dict)
+                or not doc.get("apiVersion")
+                or not doc.get("kind")
+                or not isinstance(doc.get("metadata"), dict)
+                or not doc["metadata"].get("name")
+            ):
                 raise RenderError("rendered a document without apiVersion, kind and metadata.name", path=path)
-            namespace = self.env.spec.target.namespace or (LOCAL_NAMESPACE if self.env.spec.target.kind == "local"
-                                                           else None)
+            namespace = self.env.spec.target.namespace or (
+                LOCAL_NAMESPACE if self.env.spec.target.kind == "local" else None
+            )
             if namespace and "namespace" not in doc["metadata"] and doc["kind"] not in CLUSTER_SCOPED:
                 doc["metadata"]["namespace"] = namespace
             self.out.append(stamp(doc, environment=self.env.metadata.name, spec=spec, revision=self.revision))
 
 
-def render(specs: SpecSet, environment: str, *, revision: str | None = None,
-           templates: Mapping[str, str] | None = None) -> list[Manifest]:
+def render(
+    specs: SpecSet, environment: str, *, revision: str | None = None, templates: Mapping[str, str] | None = None
+) -> list[Manifest]:
     """Every object `environment` declares, stamped, sorted and with sorted keys.
 
     `templates` are the repository's overrides (`Snapshot.templates()`); `revision` defaults
@@ -344,31 +420,49 @@ def render(specs: SpecSet, environment: str, *, revision: str | None = None,
         raise RenderError(f"unknown environment {environment!r} (declared: {known})")
     rev = revision if revision is not None else specs.revision
     r = _Renderer(templates, env, rev)
-    env_ctx = {"name": environment, "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
-               "tier": env.spec.tier, "target": env.spec.target.kind}
+    env_ctx = {
+        "name": environment,
+        "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
+        "tier": env.spec.tier,
+        "target": env.spec.target.kind,
+    }
     env_spec = f"Environment.{environment}"
 
     if env.spec.target.kind == "local":
         for name, dep in sorted(env.spec.deployments.items()):
             md = _local_ctx(specs, env, name, dep)
-            r.emit("local/modeldeployment.yaml.j2", f"Model.{name}",
-                   {"env": env_ctx, "model": _model_ctx(specs.models[name]), "deployment": md})
+            r.emit(
+                "local/modeldeployment.yaml.j2",
+                f"Model.{name}",
+                {"env": env_ctx, "model": _model_ctx(specs.models[name]), "deployment": md},
+            )
     else:
         service_account = env.spec.serviceAccount
         if env.spec.storageSecret:
             service_account = service_account or DEFAULT_SERVICE_ACCOUNT
-            r.emit("kubernetes/serviceaccount.yaml.j2", env_spec,
-                   {"env": env_ctx, "serviceAccount": {"name": service_account, "secret": env.spec.storageSecret}})
+            r.emit(
+                "kubernetes/serviceaccount.yaml.j2",
+                env_spec,
+                {"env": env_ctx, "serviceAccount": {"name": service_account, "secret": env.spec.storageSecret}},
+            )
         for name, dep in sorted(env.spec.deployments.items()):
             for isvc in _isvc_contexts(specs, env, name, dep, service_account):
-                r.emit("kubernetes/inferenceservice.yaml.j2", f"Model.{name}",
-                       {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc})
+                r.emit(
+                    "kubernetes/inferenceservice.yaml.j2",
+                    f"Model.{name}",
+                    {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc},
+                )
         namespace = env_ctx["namespace"]
         for monitor in _monitors_for(specs, env):
             mctx = {"env": env_ctx, "monitor": _monitor_ctx(monitor, env, namespace)}
             spec = f"Monitor.{monitor.metadata.name}"
-            for template in ("monitor-configmap", "monitor-deployment", "monitor-service", "servicemonitor",
-                             "prometheusrule"):
+            for template in (
+                "monitor-configmap",
+                "monitor-deployment",
+                "monitor-service",
+                "servicemonitor",
+                "prometheusrule",
+            ):
                 r.emit(f"kubernetes/{template}.yaml.j2", spec, mctx)
     objs = [sort_keys(o) for o in r.out]
     seen: set[tuple[str, str, str]] = set()

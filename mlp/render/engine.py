@@ -115,22 +115,26 @@ def render_template(env: SandboxedEnvironment, name: str, context: Mapping[str, 
         template = env.get_template(name)
         return template.render(**context)
     except jinja2.TemplateSyntaxError as exc:
-        raise RenderError(f"template syntax error: {exc.message}",
-                          path=exc.filename or display_path(env, exc.name or name), line=exc.lineno) from None
+        raise RenderError(
+            f"template syntax error: {exc.message}",
+            path=exc.filename or display_path(env, exc.name or name),
+            line=exc.lineno,
+        ) from None
     except jinja2.TemplateNotFound as exc:
         raise RenderError(f"template not found: {exc.name}", path=display_path(env, name)) from None
     except jinja2.UndefinedError as exc:
         where, line = _template_line(exc)
-        raise RenderError(f"undefined variable: {exc.message}", path=where or display_path(env, name),
-                          line=line) from None
+        raise RenderError(
+            f"undefined variable: {exc.message}", path=where or display_path(env, name), line=line
+        ) from None
     except jinja2.exceptions.SecurityError as exc:
         where, line = _template_line(exc)
-        raise RenderError(f"not allowed in a template: {exc}", path=where or display_path(env, name),
-                          line=line) from None
+        raise RenderError(
+            f"not allowed in a template: {exc}", path=where or display_path(env, name), line=line
+        ) from None
     except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
         where, line = _template_line(exc)
-        raise RenderError(f"{type(exc).__name__}: {exc}", path=where or display_path(env, name),
-                          line=line) from None
+        raise RenderError(f"{type(exc).__name__}: {exc}", path=where or display_path(env, name), line=line) from None
     except jinja2.TemplateError as exc:
         where, line = _template_line(exc)
         raise RenderError(f"template error: {exc}", path=where or display_path(env, name), line=line) from None

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-RENAMES = {"gitignore": ".gitignore", "gitlab-ci.yml": ".gitlab-ci.yml", "github/workflows/mlp.yml": ".github/workflows/mlp.yml"}
+RENAMES = {
+    "gitignore": ".gitignore",
+    "gitlab-ci.yml": ".gitlab-ci.yml",
+    "github/workflows/mlp.yml": ".github/workflows/mlp.yml",
+}
 
 
 def files() -> dict[str, str]:

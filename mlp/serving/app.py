@@ -80,8 +80,12 @@ class DataPlane:
                 ready = path != "/v2/health/ready" or all(self.runtime.models.values())
                 await _send(send, 200 if ready else 503, b'{"live":true}' if "live" in path else b'{"ready":true}')
             elif path == "/metrics":
-                await _send(send, 200, self.runtime.metrics.render(),
-                            [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")])
+                await _send(
+                    send,
+                    200,
+                    self.runtime.metrics.render(),
+                    [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                )
             elif path in ("/v2", "/v2/"):
                 await _send(send, 200, codec.dumps({"name": "mlp", "version": "1", "extensions": []}))
             elif path == "/v1/models":
@@ -118,7 +122,9 @@ class DataPlane:
         if dep is None:
             raise BadRequest(f"model {name!r} is not deployed here (see GET /v1/models)", 404)
         if version is not None and version not in dep.versions:
-            raise BadRequest(f"model {name!r} has no loaded version {version!r} (loaded: {', '.join(dep.versions)})", 404)
+            raise BadRequest(
+                f"model {name!r} has no loaded version {version!r} (loaded: {', '.join(dep.versions)})", 404
+            )
         if action not in ("infer", "predict", "ready", ""):
             raise BadRequest(f"no route for {method} {path} (explain and generate are not served)", 404)
         if action in ("infer", "predict"):
@@ -176,15 +182,20 @@ class DataPlane:
                 pred = await vs.batcher.submit(x)
             except Overloaded as exc:
                 self.runtime.metrics.rejected.labels("503").inc()
-                await _send(send, 503, codec.dumps({"error": f"model {dep.name} v{version} overloaded: {exc}"}),
-                            [*JSON_HEADERS, (b"retry-after", b"1")])
+                await _send(
+                    send,
+                    503,
+                    codec.dumps({"error": f"model {dep.name} v{version} overloaded: {exc}"}),
+                    [*JSON_HEADERS, (b"retry-after", b"1")],
+                )
                 return
             except Exception as exc:
                 vs.metrics.failed.inc()
                 vs.metrics.model_errors.inc()
                 log.warning("model %s v%s failed: %s", dep.name, version, exc)
-                await _error(send, 500, f"model {dep.name} v{version} failed: {type(exc).__name__}: {exc}",
-                             version=version)
+                await _error(
+                    send, 500, f"model {dep.name} v{version} failed: {type(exc).__name__}: {exc}", version=version
+                )
                 return
             finally:
                 vs.inflight -= 1
@@ -192,21 +203,25 @@ class DataPlane:
                 out = codec.encode_v2(dep.signature, dep.name, version, pred, body.get("id"))
             else:
                 out = codec.encode_v1(pred)
-            await send({
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(out)).encode()),
-                    (b"x-mlp-model-version", version.encode()),
-                    (b"x-mlp-route", vs.role.encode()),
-                ],
-            })
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(out)).encode()),
+                        (b"x-mlp-model-version", version.encode()),
+                        (b"x-mlp-route", vs.role.encode()),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": out})
             vs.metrics.ok.inc()
             vs.metrics.latency.observe(time.perf_counter() - t0)
-            if dep.payload_rate > 0 and self.runtime.payloads is not None and (
-                dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate
+            if (
+                dep.payload_rate > 0
+                and self.runtime.payloads is not None
+                and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
                 self.runtime.payloads.put(dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs)
             if pinned is None and dep.router.shadow is not None:
@@ -235,8 +250,15 @@ class DataPlane:
             vs.inflight -= 1
 
     async def _infer_custom(
-        self, send: Any, dep: Deployed, vs: VersionState, body: Any, raw: bytes, scope: dict[str, Any],
-        v2: bool, t0: float,
+        self,
+        send: Any,
+        dep: Deployed,
+        vs: VersionState,
+        body: Any,
+        raw: bytes,
+        scope: dict[str, Any],
+        v2: bool,
+        t0: float,
     ) -> None:
         assert isinstance(vs.loaded, CustomModel)
         hdrs = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
@@ -259,7 +281,9 @@ class DataPlane:
             (vs.metrics.bad if status == 400 else vs.metrics.failed).inc()
             if status == 500:
                 vs.metrics.model_errors.inc()
-            await _error(send, status, f"model {dep.name} v{vs.version}: {type(exc).__name__}: {exc}", version=vs.version)
+            await _error(
+                send, status, f"model {dep.name} v{vs.version}: {type(exc).__name__}: {exc}", version=vs.version
+            )
             return
         finally:
             vs.inflight -= 1
@@ -271,8 +295,12 @@ class DataPlane:
             if not result.get("id") and isinstance(body, dict) and body.get("id"):
                 result["id"] = body["id"]
         out = codec.dumps(result)
-        await _send(send, 200, out, [*JSON_HEADERS, (b"x-mlp-model-version", vs.version.encode()),
-                                     (b"x-mlp-route", vs.role.encode())])
+        await _send(
+            send,
+            200,
+            out,
+            [*JSON_HEADERS, (b"x-mlp-model-version", vs.version.encode()), (b"x-mlp-route", vs.role.encode())],
+        )
         vs.metrics.ok.inc()
         vs.metrics.latency.observe(time.perf_counter() - t0)
 
@@ -317,8 +345,9 @@ class DataPlane:
             if vs is None or isinstance(vs.loaded, CustomModel):
                 raise BadRequest(f"model {dep.name} has no loaded native version {version!r}", 404)
             try:
-                job = self.jobs.submit(dep.name, version, vs.loaded.predict, dep.signature,
-                                       body.get("input"), body.get("output"))
+                job = self.jobs.submit(
+                    dep.name, version, vs.loaded.predict, dep.signature, body.get("input"), body.get("output")
+                )
             except BatchError as exc:
                 raise BadRequest(str(exc)) from None
             await _send(send, 202, codec.dumps(job.to_dict()))
@@ -331,11 +360,13 @@ class DataPlane:
 
 
 async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*(headers or JSON_HEADERS), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

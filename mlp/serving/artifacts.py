@@ -246,7 +246,7 @@ class ArtifactStore:
         key_prefix = (base_key + "/" if base_key else "") + model + "/"
         resp = self._client().list_objects_v2(Bucket=prefix.bucket, Prefix=key_prefix, Delimiter="/")
         for cp in resp.get("CommonPrefixes", []):
-            part = cp["Prefix"][len(key_prefix):].strip("/")
+            part = cp["Prefix"][len(key_prefix) :].strip("/")
             if part.isdigit():
                 yield int(part)
 

@@ -69,8 +69,10 @@ def _read(path: Path, chunk_rows: int) -> Iterator[Any]:
                     break
                 if not isinstance(rows[0], dict):
                     width = len(rows[0]) if isinstance(rows[0], list) else 1
-                    rows = [dict(zip((f"f{i}" for i in range(width)), r if isinstance(r, list) else [r], strict=False))
-                            for r in rows]
+                    rows = [
+                        dict(zip((f"f{i}" for i in range(width)), r if isinstance(r, list) else [r], strict=False))
+                        for r in rows
+                    ]
                 yield pa.RecordBatch.from_pylist(rows)
 
 
@@ -200,8 +202,13 @@ class BatchJobs:
         return path
 
     def submit(
-        self, model: str, version: str, predict: Callable[[np.ndarray], np.ndarray], sig: Signature,
-        input_rel: Any, output_rel: Any,
+        self,
+        model: str,
+        version: str,
+        predict: Callable[[np.ndarray], np.ndarray],
+        sig: Signature,
+        input_rel: Any,
+        output_rel: Any,
     ) -> Job:
         src, dst = self.resolve(input_rel), self.resolve(output_rel)
         file_format(src)

@@ -141,7 +141,9 @@ class Batcher:
             return
         self._deliver(items, out)
 
-    def _done_threaded(self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]], f: asyncio.Future[np.ndarray]) -> None:
+    def _done_threaded(
+        self, items: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]], f: asyncio.Future[np.ndarray]
+    ) -> None:
         self._busy = False
         exc = f.exception()
         if exc is not None:

@@ -34,9 +34,17 @@ V2_DTYPES: dict[str, Any] = {
 NUMERIC_SIG_TYPES = {"float", "double", "int", "long", "bool"}
 _NP_TO_V2 = {
     "b": "BOOL",
-    "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64",
-    "i1": "INT8", "i2": "INT16", "i4": "INT32", "i8": "INT64",
-    "f2": "FP16", "f4": "FP32", "f8": "FP64",
+    "u1": "UINT8",
+    "u2": "UINT16",
+    "u4": "UINT32",
+    "u8": "UINT64",
+    "i1": "INT8",
+    "i2": "INT16",
+    "i4": "INT32",
+    "i8": "INT64",
+    "f2": "FP16",
+    "f4": "FP32",
+    "f8": "FP64",
 }
 JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -107,13 +115,13 @@ def _check_width(sig: Signature, arr: np.ndarray, what: str) -> np.ndarray:
     if arr.size == 0:
         raise BadRequest(f"{what}: the batch is empty")
     if arr.ndim != 2:
-        raise BadRequest(f"{what}: expected a 2-D batch [rows, {sig.width or 'features'}], got {arr.ndim}-D shape {list(arr.shape)}")
+        raise BadRequest(
+            f"{what}: expected a 2-D batch [rows, {sig.width or 'features'}], got {arr.ndim}-D shape {list(arr.shape)}"
+        )
     if arr.shape[0] == 0:
         raise BadRequest(f"{what}: the batch is empty")
     if sig.width is not None and arr.shape[1] != sig.width:
-        raise BadRequest(
-            f"{what}: expected {sig.width} features per row ({', '.join(sig.inputs)}), got {arr.shape[1]}"
-        )
+        raise BadRequest(f"{what}: expected {sig.width} features per row ({', '.join(sig.inputs)}), got {arr.shape[1]}")
     if sig.numeric:
         arr = arr.astype(sig.input_dtype, copy=False)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -190,7 +198,9 @@ def _v2_tensor(sig: Signature, t: Any, i: int) -> tuple[str, np.ndarray]:
     except (ValueError, TypeError):
         raise BadRequest(f"inputs[{name}].data is ragged") from None
     if dtype is not object and arr.dtype.kind not in "biuf":
-        raise BadRequest(f"inputs[{name}].data has {(arr.dtype.kind == 'U' and 'strings') or 'mixed values'}, not {datatype}")
+        raise BadRequest(
+            f"inputs[{name}].data has {(arr.dtype.kind == 'U' and 'strings') or 'mixed values'}, not {datatype}"
+        )
     if arr.size != math.prod(shape):
         raise BadRequest(f"inputs[{name}]: data has {arr.size} elements, shape {shape} needs {math.prod(shape)}")
     if dtype is not object and np.dtype(dtype).kind in "iu" and arr.size:
@@ -239,9 +249,7 @@ def encode_v2(sig: Signature, model: str, version: str, pred: np.ndarray, reques
         "data": data,
     }
     rid = request_id if isinstance(request_id, str) and request_id else _next_id()
-    return orjson.dumps(
-        {"model_name": model, "model_version": version, "id": rid, "outputs": [out]}, option=JSON_OPTS
-    )
+    return orjson.dumps({"model_name": model, "model_version": version, "id": rid, "outputs": [out]}, option=JSON_OPTS)
 
 
 def dumps(obj: Any) -> bytes:

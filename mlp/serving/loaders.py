@@ -90,7 +90,9 @@ def load_model(
     except ModuleNotFoundError as exc:
         raise LoadError(f"{name}: framework {framework!r} needs the package {exc.name!r}, not installed") from None
     except Exception as exc:
-        raise LoadError(f"{name}: could not load {path.name if path else model_class}: {type(exc).__name__}: {exc}") from None
+        raise LoadError(
+            f"{name}: could not load {path.name if path else model_class}: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def _load_sklearn(path: Path, proba: bool) -> NativeModel:
@@ -100,12 +102,20 @@ def _load_sklearn(path: Path, proba: bool) -> NativeModel:
     if not hasattr(est, "predict"):
         raise LoadError(f"{path.name}: the joblib object has no predict()")
     if proba and hasattr(est, "predict_proba") and len(getattr(est, "classes_", ())) == 2:
+
         def positive(x: np.ndarray) -> np.ndarray:
             return np.asarray(est.predict_proba(x))[:, 1]
-        return NativeModel("sklearn", _linear_fast_path(est, positive, proba=True) or positive,
-                           n_features=getattr(est, "n_features_in_", None))
-    return NativeModel("sklearn", _linear_fast_path(est, est.predict, proba=False) or est.predict,
-                       n_features=getattr(est, "n_features_in_", None))
+
+        return NativeModel(
+            "sklearn",
+            _linear_fast_path(est, positive, proba=True) or positive,
+            n_features=getattr(est, "n_features_in_", None),
+        )
+    return NativeModel(
+        "sklearn",
+        _linear_fast_path(est, est.predict, proba=False) or est.predict,
+        n_features=getattr(est, "n_features_in_", None),
+    )
 
 
 def _linear_fast_path(est: Any, reference: Any, *, proba: bool) -> Any:
@@ -143,15 +153,19 @@ def _linear_fast_path(est: Any, reference: Any, *, proba: bool) -> Any:
             def fn(x: np.ndarray) -> np.ndarray:
                 return 1.0 / (1.0 + np.exp(-(x @ coef_t + b)[:, 0]))
         elif coef_t.shape[1] == 1:
+
             def fn(x: np.ndarray) -> np.ndarray:
                 return classes[((x @ coef_t + b)[:, 0] > 0).astype(np.intp)]
         else:
+
             def fn(x: np.ndarray) -> np.ndarray:
                 return classes[np.argmax(x @ coef_t + b, axis=1)]
     elif kind in (LinearRegression, Ridge) and not proba:
+
         def fn(x: np.ndarray) -> np.ndarray:
             out = x @ coef_t + b
             return out[:, 0] if coef_t.ndim == 2 and coef_t.shape[1] == 1 and np.ndim(coef) == 1 else out
+
     if fn is None:
         return None
     rng = np.random.default_rng(0)
@@ -176,12 +190,16 @@ def _load_xgboost(path: Path, proba: bool) -> NativeModel:
     if objective.startswith("binary:") and proba:
         return NativeModel("xgboost", booster.inplace_predict, n_features=n)
     if objective.startswith("binary:"):
+
         def binary(x: np.ndarray) -> np.ndarray:
             return (booster.inplace_predict(x) > 0.5).astype(np.int64)
+
         return NativeModel("xgboost", binary, n_features=n)
     if objective.startswith("multi:softprob"):
+
         def softprob(x: np.ndarray) -> np.ndarray:
             return np.argmax(booster.inplace_predict(x), axis=1).astype(np.int64)
+
         return NativeModel("xgboost", softprob, n_features=n)
     return NativeModel("xgboost", booster.inplace_predict, n_features=n)
 
@@ -205,12 +223,16 @@ def _load_lightgbm(path: Path, proba: bool) -> NativeModel:
     if objective.startswith("binary") and proba:
         return NativeModel("lightgbm", booster.predict, n_features=n)
     if objective.startswith("binary"):
+
         def binary(x: np.ndarray) -> np.ndarray:
             return (np.asarray(booster.predict(x)) > 0.5).astype(np.int64)
+
         return NativeModel("lightgbm", binary, n_features=n)
     if objective.startswith(("multiclass", "softmax")):
+
         def multi(x: np.ndarray) -> np.ndarray:
             return np.argmax(np.asarray(booster.predict(x)), axis=1).astype(np.int64)
+
         return NativeModel("lightgbm", multi, n_features=n)
     return NativeModel("lightgbm", booster.predict, n_features=n)
 
@@ -240,7 +262,9 @@ def _load_custom(model_class: str, name: str, path: Path | None) -> CustomModel:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise LoadError(f"{name}: modelClass module {module_name!r} not importable ({exc.name} missing; sys.path[0]={sys.path[0]!r})") from None
+        raise LoadError(
+            f"{name}: modelClass module {module_name!r} not importable ({exc.name} missing; sys.path[0]={sys.path[0]!r})"
+        ) from None
     cls = getattr(module, class_name, None)
     if cls is None:
         raise LoadError(f"{name}: module {module_name!r} has no class {class_name!r}")

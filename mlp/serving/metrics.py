@@ -29,16 +29,17 @@ class Metrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "mlp_model_batch_size", "Rows per model call after micro-batching", ["model", "version"],
-            buckets=BATCH_BUCKETS, registry=r,
+            "mlp_model_batch_size",
+            "Rows per model call after micro-batching",
+            ["model", "version"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.errors = Counter(
             "mlp_model_errors", "Failed predictions by kind", ["model", "version", "kind"], registry=r
         )
         self.shadow = Counter("mlp_model_shadow_requests", "Mirrored requests", ["model", "version"], registry=r)
-        self.rejected = Counter(
-            "mlp_http_rejected", "Requests refused before reaching a model", ["reason"], registry=r
-        )
+        self.rejected = Counter("mlp_http_rejected", "Requests refused before reaching a model", ["reason"], registry=r)
         self.loaded = Gauge("mlp_model_loaded", "1 while a version is loaded", ["model", "version", "role"], registry=r)
         self.payload_dropped = Counter(
             "mlp_payload_log_dropped", "Payload log records dropped because the writer fell behind", registry=r

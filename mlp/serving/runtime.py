@@ -40,8 +40,15 @@ from mlp.serving.router import Route, Router
 
 log = logging.getLogger("mlp.serving")
 
-SIG_TO_V2 = {"float": "FP32", "double": "FP64", "int": "INT32", "long": "INT64", "bool": "BOOL",
-             "string": "BYTES", "bytes": "BYTES"}
+SIG_TO_V2 = {
+    "float": "FP32",
+    "double": "FP64",
+    "int": "INT32",
+    "long": "INT64",
+    "bool": "BOOL",
+    "string": "BYTES",
+    "bytes": "BYTES",
+}
 
 
 class DeploymentError(Exception):
@@ -135,7 +142,8 @@ class Runtime:
             self._set_loaded_gauges(old, deployed)
             if old is not None:
                 retired = [
-                    v for k, v in old.versions.items()
+                    v
+                    for k, v in old.versions.items()
                     if k not in deployed.versions or deployed.versions[k].loaded is not v.loaded
                 ]
                 self._drain(retired)
@@ -198,13 +206,20 @@ class Runtime:
             routes.append(Route(version, role, weight))
             uri, digest = r.get("uri"), r.get("digest")
             reuse = old.versions.get(version) if old is not None else None
-            if reuse is not None and reuse.uri == uri and reuse.digest == digest and old is not None \
-                    and old.framework == framework and old.obj.get("spec", {}).get("modelClass") == model_class:
+            if (
+                reuse is not None
+                and reuse.uri == uri
+                and reuse.digest == digest
+                and old is not None
+                and old.framework == framework
+                and old.obj.get("spec", {}).get("modelClass") == model_class
+            ):
                 vs = reuse if reuse.role == role else VersionState(**{**reuse.__dict__, "role": role, "inflight": 0})
                 versions[version] = vs
                 continue
-            versions[version] = self._load_version(name, version, role, framework, model_class, uri, digest,
-                                                   _wants_proba(spec.get("signature")))
+            versions[version] = self._load_version(
+                name, version, role, framework, model_class, uri, digest, _wants_proba(spec.get("signature"))
+            )
         try:
             router = Router(routes, sticky)
         except ValueError as exc:
@@ -237,8 +252,15 @@ class Runtime:
         )
 
     def _load_version(
-        self, name: str, version: str, role: str, framework: str, model_class: str | None,
-        uri: str | None, digest: str | None, proba: bool = False,
+        self,
+        name: str,
+        version: str,
+        role: str,
+        framework: str,
+        model_class: str | None,
+        uri: str | None,
+        digest: str | None,
+        proba: bool = False,
     ) -> VersionState:
         path = None
         if uri:
@@ -306,8 +328,11 @@ class Runtime:
 
         def tensors(fields: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [
-                {"name": f["name"], "datatype": SIG_TO_V2.get(str(f.get("type")), "FP32"),
-                 "shape": [-1, *(f.get("shape") or [])] if f.get("shape") else [-1]}
+                {
+                    "name": f["name"],
+                    "datatype": SIG_TO_V2.get(str(f.get("type")), "FP32"),
+                    "shape": [-1, *(f.get("shape") or [])] if f.get("shape") else [-1],
+                }
                 for f in fields
             ]
 

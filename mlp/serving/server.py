@@ -70,8 +70,9 @@ class ServerThread:
         self.host = host
         self.port = self.sock.getsockname()[1]
         self.server = uvicorn.Server(_uvicorn_config(app, host, 0))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="mlp-dataplane", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="mlp-dataplane", daemon=True
+        )
 
     @property
     def url(self) -> str:

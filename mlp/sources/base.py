@@ -38,7 +38,7 @@ class Snapshot:
         """Template overrides under templates/, keyed by path relative to that folder."""
         prefix = TEMPLATE_DIR + "/"
         return {
-            p[len(prefix):]: data.decode("utf-8", errors="replace")
+            p[len(prefix) :]: data.decode("utf-8", errors="replace")
             for p, data in self.files.items()
             if p.startswith(prefix) and p.endswith(".j2")
         }

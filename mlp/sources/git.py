@@ -140,7 +140,7 @@ class GitSource:
             cw.set_value('remote "origin"', "url", self.url)
         for ref in self._repo.refs:
             if ref.path.startswith(_LOCAL_PREFIX):
-                self._revisions[ref.path[len(_LOCAL_PREFIX):]] = ref.commit.hexsha
+                self._revisions[ref.path[len(_LOCAL_PREFIX) :]] = ref.commit.hexsha
 
     # --- remote --------------------------------------------------------------------------
 

@@ -47,14 +47,20 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
         seen: dict[int, int] = {}
         for i, version in enumerate(model.spec.versions):
             if version.version in seen:
-                yield _at(specs, "Model", name, ("spec", "versions", i, "version"),
-                          f"duplicate version {version.version} (also at versions[{seen[version.version]}])")
+                yield _at(
+                    specs,
+                    "Model",
+                    name,
+                    ("spec", "versions", i, "version"),
+                    f"duplicate version {version.version} (also at versions[{seen[version.version]}])",
+                )
             seen.setdefault(version.version, i)
         if model.spec.features and model.spec.features not in specs.feature_views:
             if specs.declared("FeatureView", model.spec.features):
                 continue  # declared but invalid: already reported there
-            yield _at(specs, "Model", name, ("spec", "features"),
-                      f"feature view {model.spec.features!r} does not exist")
+            yield _at(
+                specs, "Model", name, ("spec", "features"), f"feature view {model.spec.features!r} does not exist"
+            )
         elif model.spec.features:
             view = specs.feature_views[model.spec.features]
             available = {f.name: f.type for f in view.spec.features}
@@ -64,12 +70,22 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
                     available.update({k: entity.spec.valueType for k in entity.spec.joinKeys})
             for i, field in enumerate(model.spec.signature.inputs):
                 if field.name not in available:
-                    yield _at(specs, "Model", name, ("spec", "signature", "inputs", i, "name"),
-                              f"input {field.name!r} is not a feature of feature view {view.metadata.name!r}")
+                    yield _at(
+                        specs,
+                        "Model",
+                        name,
+                        ("spec", "signature", "inputs", i, "name"),
+                        f"input {field.name!r} is not a feature of feature view {view.metadata.name!r}",
+                    )
                 elif available[field.name] != field.type:
-                    yield _at(specs, "Model", name, ("spec", "signature", "inputs", i, "type"),
-                              f"input {field.name!r} is {field.type.value} but feature view "
-                              f"{view.metadata.name!r} declares it {available[field.name].value}")
+                    yield _at(
+                        specs,
+                        "Model",
+                        name,
+                        ("spec", "signature", "inputs", i, "type"),
+                        f"input {field.name!r} is {field.type.value} but feature view "
+                        f"{view.metadata.name!r} declares it {available[field.name].value}",
+                    )
 
 
 def _features(specs: SpecSet) -> Iterator[Problem]:
@@ -88,8 +104,13 @@ def _experiments(specs: SpecSet) -> Iterator[Problem]:
             continue
         for i, run in enumerate(exp.spec.runs):
             if run.modelVersion is not None and model.spec.version(run.modelVersion) is None:
-                yield _at(specs, "Experiment", name, ("spec", "runs", i, "modelVersion"),
-                          f"model {model.metadata.name!r} has no version {run.modelVersion}")
+                yield _at(
+                    specs,
+                    "Experiment",
+                    name,
+                    ("spec", "runs", i, "modelVersion"),
+                    f"model {model.metadata.name!r} has no version {run.modelVersion}",
+                )
 
 
 def _deployed_in(specs: SpecSet, model: str) -> list[str]:
@@ -105,22 +126,38 @@ def _monitors(specs: SpecSet) -> Iterator[Problem]:
             continue
         deployed = _deployed_in(specs, mon.spec.model)
         if not mon.spec.environments and not deployed and not any(k == "Environment" for k, _ in specs.invalid):
-            yield _at(specs, "Monitor", name, ("spec", "model"),
-                      f"model {mon.spec.model!r} is not deployed in any environment")
+            yield _at(
+                specs,
+                "Monitor",
+                name,
+                ("spec", "model"),
+                f"model {mon.spec.model!r} is not deployed in any environment",
+            )
         for i, env in enumerate(mon.spec.environments):
             if env not in specs.environments:
                 if not specs.declared("Environment", env):
-                    yield _at(specs, "Monitor", name, ("spec", "environments", i),
-                              f"environment {env!r} does not exist")
+                    yield _at(
+                        specs, "Monitor", name, ("spec", "environments", i), f"environment {env!r} does not exist"
+                    )
             elif env not in deployed:
-                yield _at(specs, "Monitor", name, ("spec", "environments", i),
-                          f"model {mon.spec.model!r} is not deployed in environment {env!r}")
+                yield _at(
+                    specs,
+                    "Monitor",
+                    name,
+                    ("spec", "environments", i),
+                    f"model {mon.spec.model!r} is not deployed in environment {env!r}",
+                )
         if mon.spec.drift:
             inputs = {f.name for f in model.spec.signature.inputs}
             for i, feature in enumerate(mon.spec.drift.features):
                 if feature not in inputs:
-                    yield _at(specs, "Monitor", name, ("spec", "drift", "features", i),
-                              f"{feature!r} is not an input of model {model.metadata.name!r}")
+                    yield _at(
+                        specs,
+                        "Monitor",
+                        name,
+                        ("spec", "drift", "features", i),
+                        f"{feature!r} is not an input of model {model.metadata.name!r}",
+                    )
 
 
 def _environments(specs: SpecSet) -> Iterator[Problem]:
@@ -138,11 +175,21 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                 routed.append(("canary version", dep.canary.version, base + ("canary", "version")))
                 steps = dep.canary.steps
                 if any(b <= a for a, b in zip(steps, steps[1:], strict=False)) or steps[-1] != 100:
-                    yield _at(specs, "Environment", name, base + ("canary", "steps"),
-                              f"canary steps must increase and end at 100, got {steps}")
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        base + ("canary", "steps"),
+                        f"canary steps must increase and end at 100, got {steps}",
+                    )
                 if dep.canary.traffic is not None and dep.canary.traffic not in steps:
-                    yield _at(specs, "Environment", name, base + ("canary", "traffic"),
-                              f"canary traffic {dep.canary.traffic} is not one of the steps {steps}")
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        base + ("canary", "traffic"),
+                        f"canary traffic {dep.canary.traffic} is not one of the steps {steps}",
+                    )
             if dep.abTest:
                 routed.append(("abTest version", dep.abTest.version, base + ("abTest", "version")))
             if dep.shadow:
@@ -151,18 +198,27 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                 version = model.spec.version(number)
                 if version is None:
                     have = ", ".join(str(v.version) for v in model.spec.versions)
-                    yield _at(specs, "Environment", name, loc,
-                              f"{label} {number} of model {model_name!r} does not exist (versions: {have})")
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        loc,
+                        f"{label} {number} of model {model_name!r} does not exist (versions: {have})",
+                    )
                 elif kubernetes and _scheme(version.uri) not in REMOTE_URI_SCHEMES and not uri_problem(version.uri):
                     # (a URI refused by policy is already reported on the model, once)
-                    yield _at(specs, "Environment", name, loc,
-                              f"{label} {number} of model {model_name!r} has a local artifact URI "
-                              f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
-                              rule="policy")
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        loc,
+                        f"{label} {number} of model {model_name!r} has a local artifact URI "
+                        f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
+                        rule="policy",
+                    )
             for label, number, loc in routed[1:]:
                 if number == dep.version:
-                    yield _at(specs, "Environment", name, loc,
-                              f"{label} {number} is the same as the stable version")
+                    yield _at(specs, "Environment", name, loc, f"{label} {number} is the same as the stable version")
 
 
 def _promotion(specs: SpecSet) -> Iterator[Problem]:
@@ -183,7 +239,7 @@ def _promotion(specs: SpecSet) -> Iterator[Problem]:
             path.append(current)
             current = specs.environments[current].spec.promotesFrom
         if current is not None and current in path and current != path[-1]:
-            cycle = path[path.index(current):]
+            cycle = path[path.index(current) :]
             key = frozenset(cycle)
             if key not in reported and start == current:
                 reported.add(key)
@@ -201,18 +257,31 @@ def _teams(specs: SpecSet) -> Iterator[Problem]:
         for i, who in enumerate(env.spec.approvals.from_):
             scope, _, value = who.partition(":")
             if scope == "team" and not specs.declared("Team", value):
-                yield _at(specs, "Environment", name, ("spec", "approvals", "from", i), f"team {value!r} does not exist")
+                yield _at(
+                    specs, "Environment", name, ("spec", "approvals", "from", i), f"team {value!r} does not exist"
+                )
 
 
 def _policy(specs: SpecSet) -> Iterator[Problem]:
     for name, env in specs.environments.items():
         if env.spec.tier == "production" and env.spec.approvals.required < 1:
-            yield _at(specs, "Environment", name, ("spec", "tier"),
-                      "a production environment must require at least one approval (spec.approvals.required)",
-                      rule="policy")
+            yield _at(
+                specs,
+                "Environment",
+                name,
+                ("spec", "tier"),
+                "a production environment must require at least one approval (spec.approvals.required)",
+                rule="policy",
+            )
         if env.spec.tier == "production" and env.spec.approvals.required and not env.spec.approvals.from_:
-            yield _at(specs, "Environment", name, ("spec", "approvals"),
-                      "a production environment must name who approves (spec.approvals.from)", rule="policy")
+            yield _at(
+                specs,
+                "Environment",
+                name,
+                ("spec", "approvals"),
+                "a production environment must name who approves (spec.approvals.from)",
+                rule="policy",
+            )
 
 
 def document_policy(path: str, index: int, doc: dict[str, Any]) -> Iterator[Problem]:
@@ -235,8 +304,17 @@ def document_policy(path: str, index: int, doc: dict[str, Any]) -> Iterator[Prob
             if _secret_key(key) and _is_literal(value):
                 problems.append(Problem(path, index, loc, _secret_message(key), kind, name, rule="policy"))
             elif AWS_ACCESS_KEY.search(value):
-                problems.append(Problem(path, index, loc, "looks like an AWS access key id: never commit credentials",
-                                        kind, name, rule="policy"))
+                problems.append(
+                    Problem(
+                        path,
+                        index,
+                        loc,
+                        "looks like an AWS access key id: never commit credentials",
+                        kind,
+                        name,
+                        rule="policy",
+                    )
+                )
         elif _secret_key(key) and _is_literal(value):
             problems.append(Problem(path, index, loc, _secret_message(key), kind, name, rule="policy"))
 

@@ -104,8 +104,13 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
             # sources list oversized files unread; a snapshot built any other way is bounded here
             size = snapshot.oversized.get(path) or len(files[path])
             problems.append(
-                Problem(path, 0, (), f"file too large ({size:,} bytes; the limit is {MAX_SPEC_BYTES:,}): not read",
-                        rule="syntax")
+                Problem(
+                    path,
+                    0,
+                    (),
+                    f"file too large ({size:,} bytes; the limit is {MAX_SPEC_BYTES:,}): not read",
+                    rule="syntax",
+                )
             )
             continue
         try:
@@ -119,7 +124,9 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
                 continue
             ref = SourceRef(path, index)
             if not isinstance(doc, dict):
-                problems.append(Problem(path, index, (), f"expected a mapping with apiVersion and kind, got {_type(doc)}"))
+                problems.append(
+                    Problem(path, index, (), f"expected a mapping with apiVersion and kind, got {_type(doc)}")
+                )
                 continue
             documents.append((ref, doc))
 
@@ -173,16 +180,25 @@ def _validate_document(ref: SourceRef, doc: dict[str, Any], specs: SpecSet, prob
     api_version = doc.get("apiVersion")
     if api_version != API_VERSION:
         shown = "missing" if api_version is None else f"{api_version!r}"
-        problems.append(Problem(ref.path, ref.doc, ("apiVersion",), f"apiVersion is {shown}; expected {API_VERSION!r}",
-                                kind if isinstance(kind, str) else None, name))
+        problems.append(
+            Problem(
+                ref.path,
+                ref.doc,
+                ("apiVersion",),
+                f"apiVersion is {shown}; expected {API_VERSION!r}",
+                kind if isinstance(kind, str) else None,
+                name,
+            )
+        )
         if isinstance(kind, str) and kind in KINDS and name is not None:
             specs.invalid.add((kind, name))
         return
     model_cls = KINDS.get(kind) if isinstance(kind, str) else None
     if model_cls is None:
         known = ", ".join(sorted(KINDS))
-        problems.append(Problem(ref.path, ref.doc, ("kind",), f"unknown kind {kind!r}; expected one of {known}",
-                                None, name))
+        problems.append(
+            Problem(ref.path, ref.doc, ("kind",), f"unknown kind {kind!r}; expected one of {known}", None, name)
+        )
         return
     try:
         obj: Strict = model_cls.model_validate(doc)
@@ -197,9 +213,17 @@ def _validate_document(ref: SourceRef, doc: dict[str, Any], specs: SpecSet, prob
     key = (kind, name)
     if name in registry:
         first = specs.sources[key]
-        problems.append(Problem(ref.path, ref.doc, ("metadata", "name"),
-                                f"duplicate {kind} name {name!r} (first defined in {first.path})", kind, name,
-                                rule="duplicate"))
+        problems.append(
+            Problem(
+                ref.path,
+                ref.doc,
+                ("metadata", "name"),
+                f"duplicate {kind} name {name!r} (first defined in {first.path})",
+                kind,
+                name,
+                rule="duplicate",
+            )
+        )
         return
     registry[name] = obj
     specs.sources[key] = ref
@@ -211,7 +235,9 @@ def _clean_loc(loc: tuple[Any, ...], doc: Any) -> Loc:
     out: list[str | int] = []
     node = doc
     for part in loc:
-        if (isinstance(node, dict) and part in node) or (isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             out.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part.endswith("_") and part[:-1] in node:
@@ -253,14 +279,16 @@ def _message(err: Any) -> str:
     msg = err["msg"]
     pattern = (err.get("ctx") or {}).get("pattern")
     if kind == "string_pattern_mismatch" and pattern == DNS1123_LABEL:
-        msg = (f"{err['input']!r} is not a valid name: use lowercase letters, digits and '-', "
-               "starting and ending with a letter or digit (a DNS-1123 label)")
+        msg = (
+            f"{err['input']!r} is not a valid name: use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit (a DNS-1123 label)"
+        )
     elif kind == "string_pattern_mismatch" and pattern == DIGEST_PATTERN:
         msg = f"{err['input']!r} is not a digest: expected 'sha256:' and 64 lowercase hex digits"
     elif kind == "string_pattern_mismatch":
         msg = f"{err['input']!r} does not match the pattern {pattern}"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "literal_error" and err.get("input") is not None:
         msg = f"{msg}, got {err['input']!r}"
     return f"{where}: {msg}" if where else msg
@@ -271,8 +299,9 @@ def _resolve(problem: Problem, locator: Locator) -> Diagnostic:
         line, col = int(problem.loc[0]), int(problem.loc[1])
     else:
         line, col = locator.locate(problem.path, problem.doc, problem.loc)
-    return Diagnostic(problem.path, line, col, problem.kind, problem.name, problem.message, problem.rule,
-                      problem.severity)
+    return Diagnostic(
+        problem.path, line, col, problem.kind, problem.name, problem.message, problem.rule, problem.severity
+    )
 
 
 def _order(d: Diagnostic) -> tuple[str, int, int, str]:

@@ -108,7 +108,9 @@ class ModelSpec(Strict):
 
     @model_validator(mode="after")
     def _custom_needs_runtime(self) -> ModelSpec:
-        if self.framework is Framework.custom and (self.custom is None or not (self.custom.image or self.custom.modelClass)):
+        if self.framework is Framework.custom and (
+            self.custom is None or not (self.custom.image or self.custom.modelClass)
+        ):
             raise ValueError("framework 'custom' needs custom.image or custom.modelClass")
         return self
 

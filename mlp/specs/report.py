@@ -16,12 +16,16 @@ def as_text(diagnostics: Sequence[Diagnostic], files: int, documents: int) -> st
     errors = sum(d.severity == "error" for d in diagnostics)
     warnings = len(diagnostics) - errors
     if errors:
-        lines.append(f"{errors} error{'s' if errors != 1 else ''}"
-                     + (f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
-                     + f" in {files} file{'s' if files != 1 else ''}")
+        lines.append(
+            f"{errors} error{'s' if errors != 1 else ''}"
+            + (f", {warnings} warning{'s' if warnings != 1 else ''}" if warnings else "")
+            + f" in {files} file{'s' if files != 1 else ''}"
+        )
     else:
-        lines.append(f"ok: {documents} document{'s' if documents != 1 else ''} in {files} file"
-                     f"{'s' if files != 1 else ''} valid" + (f", {warnings} warnings" if warnings else ""))
+        lines.append(
+            f"ok: {documents} document{'s' if documents != 1 else ''} in {files} file"
+            f"{'s' if files != 1 else ''} valid" + (f", {warnings} warnings" if warnings else "")
+        )
     return "\n".join(lines)
 
 

@@ -165,8 +165,9 @@ def _check_aliases(text: str) -> None:
 
     def size(node: Node, depth: int) -> int:
         if depth > MAX_DEPTH:  # aliases can nest deeper than the text shows
-            raise ParseError(f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1,
-                             node.start_mark.column + 1)
+            raise ParseError(
+                f"nesting deeper than {MAX_DEPTH} levels", node.start_mark.line + 1, node.start_mark.column + 1
+            )
         key = id(node)
         if key in sizes:
             return sizes[key]
@@ -266,9 +267,12 @@ def _build(node: Node) -> Any:
         for key_node, value_node in node.value:
             if type(key_node) is not ScalarNode:
                 mark = key_node.start_mark
-                raise ParseError("YAML error: a mapping key must be a plain value, not a "
-                                 + ("mapping" if type(key_node) is MappingNode else "list"),
-                                 mark.line + 1, mark.column + 1)
+                raise ParseError(
+                    "YAML error: a mapping key must be a plain value, not a "
+                    + ("mapping" if type(key_node) is MappingNode else "list"),
+                    mark.line + 1,
+                    mark.column + 1,
+                )
             key = _build(key_node)
             if key in out:
                 raise _Fallback  # the safe constructor reports the duplicate with its position

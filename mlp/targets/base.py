@@ -107,10 +107,20 @@ MODEL_DEPLOYMENT_EXAMPLE: Manifest = {
         # roles: stable (exactly one), canary, ab, shadow; weights of stable+canary+ab sum to 100;
         # a shadow's weight is the percent of requests mirrored to it.
         "routes": [
-            {"version": 1, "uri": "s3://models/iris/1/model.joblib", "digest": "sha256:<hex>",
-             "role": "stable", "weight": 90},
-            {"version": 2, "uri": "s3://models/iris/2/model.joblib", "digest": "sha256:<hex>",
-             "role": "canary", "weight": 10},
+            {
+                "version": 1,
+                "uri": "s3://models/iris/1/model.joblib",
+                "digest": "sha256:<hex>",
+                "role": "stable",
+                "weight": 90,
+            },
+            {
+                "version": 2,
+                "uri": "s3://models/iris/2/model.joblib",
+                "digest": "sha256:<hex>",
+                "role": "canary",
+                "weight": 10,
+            },
         ],
         "sticky": {"header": "x-mlp-key"},  # or null: requests with the same key go to the same version
         "batching": {"maxBatchSize": 32, "maxLatencyMs": 1},

@@ -107,15 +107,24 @@ DEFAULT_OWNED_KINDS: list[tuple[str, str]] = [
 CRD_PRODUCTS = {"serving.kserve.io": "KServe", "monitoring.coreos.com": "Prometheus Operator"}
 
 # Metadata the server owns; sending it in an applied configuration is at best noise.
-_SERVER_METADATA = ("uid", "creationTimestamp", "generation", "managedFields", "selfLink",
-                    "deletionTimestamp", "deletionGracePeriodSeconds")
+_SERVER_METADATA = (
+    "uid",
+    "creationTimestamp",
+    "generation",
+    "managedFields",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
 
 # 500s with these Status reasons are the server's own trouble and worth retrying; a 500 without
 # a reason is the "not a metav1.Status" path that a bad apply body takes, and retrying it is futile.
 _TRANSIENT_REASONS = {"InternalError", "ServerTimeout", "Timeout", "ServiceUnavailable", "TooManyRequests"}
 # ...whatever the reason says (servers differ on whether a typed-patch failure carries InternalError).
-_BODY_VERDICT = re.compile(r"failed to create typed patch object|failed to convert .* to typed object|"
-                           r"field not declared in schema|expected (numeric|string|boolean|map|list)")
+_BODY_VERDICT = re.compile(
+    r"failed to create typed patch object|failed to convert .* to typed object|"
+    r"field not declared in schema|expected (numeric|string|boolean|map|list)"
+)
 
 
 _VERB_WORDS = {"patch": "apply", "discovery": "discover"}
@@ -186,8 +195,10 @@ def error_from_response(
     if hook:
         return err(f'{what} rejected by admission webhook "{hook.group("hook")}": {hook.group("msg")}')
     if status == 401:
-        return err(f"the API server at {server} rejected the credentials (401 Unauthorized): "
-                   "check the kubeconfig user or token")
+        return err(
+            f"the API server at {server} rejected the credentials (401 Unauthorized): "
+            "check the kubeconfig user or token"
+        )
     if status == 403:
         if "is being terminated" in message:
             return err(f'namespace "{ref.namespace}" is being deleted: cannot create {what} in it')
@@ -203,8 +214,9 @@ def error_from_response(
             product = CRD_PRODUCTS.get(group)
             if product:
                 return err(f"{product} is not installed: {ref.api_version} {ref.kind} not found")
-            return err(f"{ref.api_version} {ref.kind} is not served by the API server at {server} "
-                       "(is its CRD installed?)")
+            return err(
+                f"{ref.api_version} {ref.kind} is not served by the API server at {server} (is its CRD installed?)"
+            )
         if details.get("kind") == "namespaces" and ref.kind != "Namespace":
             ns = details.get("name") or ref.namespace
             return err(f'namespace "{ns}" does not exist: create it (or declare it) before applying {what}')
@@ -216,11 +228,15 @@ def error_from_response(
                 f"{c.get('field', '?')} is owned by {str(c.get('message', '')).removeprefix('conflict with ')}"
                 for c in causes
             )
-            return err(f"conflict applying {what}: {owned} (another field manager changed them; "
-                       "rerun with --force-conflicts to take them over)")
+            return err(
+                f"conflict applying {what}: {owned} (another field manager changed them; "
+                "rerun with --force-conflicts to take them over)"
+            )
         if "has been modified" in message:
-            return err(f"{what} was modified on the server after it was read (stale resourceVersion): "
-                       "plan again against the current state")
+            return err(
+                f"{what} was modified on the server after it was read (stale resourceVersion): "
+                "plan again against the current state"
+            )
         if reason == "AlreadyExists":
             return err(f"{what} already exists")
         return err(f"conflict on {what}: {message}")
@@ -228,16 +244,17 @@ def error_from_response(
         detail = message.split(" is invalid: ", 1)[-1]
         return err(f"{what} is invalid: {detail}")
     if status == 429:
-        return err(f"the API server at {server} is throttling requests (429 Too Many Requests) "
-                   f"and still was after {retries} retries")
+        return err(
+            f"the API server at {server} is throttling requests (429 Too Many Requests) "
+            f"and still was after {retries} retries"
+        )
     if status == 500 and "failed to create typed patch object" in message:
         detail = re.sub(r"^.*?failed to create typed patch object \([^)]*\):\s*", "", message)
         return err(f"{what} rejected by the API server: {detail}")
     if status >= 500:
         tail = f" after {retries} retries" if retries else ""
         shown = message or body.decode(errors="replace").strip()[:200]
-        return err(f"the API server at {server} failed to {verb} {what} ({status} {reason or 'error'}{tail}): "
-                   f"{shown}")
+        return err(f"the API server at {server} failed to {verb} {what} ({status} {reason or 'error'}{tail}): {shown}")
     if status == 400:
         return err(f"{what} refused (400 Bad Request): {message or body.decode(errors='replace').strip()[:200]}")
     return err(f"{verb} {what} failed ({status} {reason}): {message or body.decode(errors='replace')[:200]}")
@@ -264,8 +281,14 @@ def _connection_reason(exc: BaseException) -> str:
 class TokenBucket:
     """At most `burst` requests at once, refilled at `qps` per second (client-go's flowcontrol)."""
 
-    def __init__(self, qps: float, burst: int, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        qps: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if qps <= 0 or burst < 1:
             raise ValueError("qps must be > 0 and burst >= 1")
         self.qps = qps
@@ -343,8 +366,9 @@ class KubernetesTarget:
     # ---- construction ----
 
     @classmethod
-    def from_kubeconfig(cls, path: str | os.PathLike[str] | None = None, context: str | None = None,
-                        **kwargs: Any) -> KubernetesTarget:
+    def from_kubeconfig(
+        cls, path: str | os.PathLike[str] | None = None, context: str | None = None, **kwargs: Any
+    ) -> KubernetesTarget:
         """From a kubeconfig file (default: $KUBECONFIG or ~/.kube/config) and optional context."""
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
@@ -352,8 +376,7 @@ class KubernetesTarget:
         cfg = client.Configuration()
         file = str(path) if path else None
         try:
-            config.load_kube_config(config_file=file, context=context, client_configuration=cfg,
-                                    persist_config=False)
+            config.load_kube_config(config_file=file, context=context, client_configuration=cfg, persist_config=False)
         except (ConfigException, OSError, TypeError, ValueError) as exc:
             where = file or os.environ.get("KUBECONFIG") or "~/.kube/config"
             raise TargetError(f"kubeconfig {where}: {_one_line(str(exc))}") from None
@@ -373,12 +396,17 @@ class KubernetesTarget:
         return cls(cls._client(cfg), **kwargs)
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None,
-                         **kwargs: Any) -> KubernetesTarget:
+    def from_environment(
+        cls, kubeconfig: str | os.PathLike[str] | None = None, context: str | None = None, **kwargs: Any
+    ) -> KubernetesTarget:
         """A kubeconfig when one is given or present, else the in-cluster config."""
         default = Path(os.path.expanduser("~/.kube/config"))
-        if kubeconfig or os.environ.get("KUBECONFIG") or default.is_file() or not os.environ.get(
-                "KUBERNETES_SERVICE_HOST"):
+        if (
+            kubeconfig
+            or os.environ.get("KUBECONFIG")
+            or default.is_file()
+            or not os.environ.get("KUBERNETES_SERVICE_HOST")
+        ):
             return cls.from_kubeconfig(kubeconfig, context, **kwargs)
         return cls.in_cluster(**kwargs)
 
@@ -421,8 +449,7 @@ class KubernetesTarget:
             out += self._list_kind(info, ref, selector, raise_missing=kinds is not None)
         return out
 
-    def _list_kind(self, info: ResourceInfo, ref: ObjectRef, selector: str, *, raise_missing: bool
-                   ) -> list[Manifest]:
+    def _list_kind(self, info: ResourceInfo, ref: ObjectRef, selector: str, *, raise_missing: bool) -> list[Manifest]:
         items: list[Manifest] = []
         token = ""
         restarted = False
@@ -462,8 +489,14 @@ class KubernetesTarget:
         if dry_run:
             query["dryRun"] = "All"
         status, ctype, raw = self._request(
-            "patch", "PATCH", info.item(namespace, ref.name), query, body=body,
-            content_type="application/apply-patch+yaml", ref=ref, dry_run=dry_run,
+            "patch",
+            "PATCH",
+            info.item(namespace, ref.name),
+            query,
+            body=body,
+            content_type="application/apply-patch+yaml",
+            ref=ref,
+            dry_run=dry_run,
         )
         if status not in (200, 201):
             raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server)
@@ -490,8 +523,14 @@ class KubernetesTarget:
         query = {"dryRun": "All"} if dry_run else {}
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
         status, ctype, raw = self._request(
-            "delete", "DELETE", info.item(namespace, ref.name), query, body=body,
-            content_type="application/json", ref=ref, dry_run=dry_run,
+            "delete",
+            "DELETE",
+            info.item(namespace, ref.name),
+            query,
+            body=body,
+            content_type="application/json",
+            ref=ref,
+            dry_run=dry_run,
         )
         if status == 404:
             return  # already gone (or its kind is no longer served): the goal is met
@@ -521,8 +560,10 @@ class KubernetesTarget:
     def resource_for(self, api_version: str, kind: str) -> ResourceInfo:
         """The resource path of a kind: the static table, else API discovery (cached)."""
         if (api_version, kind) == ("mlp.dev/v1", "ModelDeployment"):
-            raise TargetError("mlp.dev/v1 ModelDeployment objects are for the local target; "
-                              "a kubernetes environment renders KServe InferenceServices")
+            raise TargetError(
+                "mlp.dev/v1 ModelDeployment objects are for the local target; "
+                "a kubernetes environment renders KServe InferenceServices"
+            )
         known = KNOWN_KINDS.get((api_version, kind)) or self._discovered.get((api_version, kind))
         if known:
             return known
@@ -535,15 +576,22 @@ class KubernetesTarget:
             self._sleep(self.discovery_retry_delay)
             status, ctype, raw = self._request("discovery", "GET", path, {}, ref=ref)
         if status != 200:
-            raise error_from_response(404 if status == 404 else status, raw, ctype if status != 404 else "",
-                                      ref=ref, verb="discover", server=self.server)
+            raise error_from_response(
+                404 if status == 404 else status,
+                raw,
+                ctype if status != 404 else "",
+                ref=ref,
+                verb="discover",
+                server=self.server,
+            )
         for r in json.loads(raw).get("resources") or []:
             if r.get("kind") == kind and "/" not in r.get("name", ""):
                 info = ResourceInfo(api_version, kind, r["name"], bool(r.get("namespaced")))
                 self._discovered[(api_version, kind)] = info
                 return info
-        raise error_from_response(404, b"404 page not found\n", "text/plain", ref=ref, verb="discover",
-                                  server=self.server)
+        raise error_from_response(
+            404, b"404 page not found\n", "text/plain", ref=ref, verb="discover", server=self.server
+        )
 
     # ---- internals ----
 
@@ -575,7 +623,7 @@ class KubernetesTarget:
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return min(max(retry_after, 0.0), 60.0)
-        delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
         return float(delay * (1 + random.uniform(0, 0.1)))
 
     def _request(
@@ -606,25 +654,40 @@ class KubernetesTarget:
                 self.calls[key] += 1
             try:
                 resp = self.api.call_api(
-                    path, method, query_params=list(query.items()), header_params=dict(headers), body=body,
-                    auth_settings=["BearerToken"], _preload_content=False,
+                    path,
+                    method,
+                    query_params=list(query.items()),
+                    header_params=dict(headers),
+                    body=body,
+                    auth_settings=["BearerToken"],
+                    _preload_content=False,
                     _request_timeout=self.request_timeout,
                 )
                 status, ctype, raw, resp_headers = (
-                    resp.status, resp.headers.get("Content-Type", ""), resp.data, resp.headers)
+                    resp.status,
+                    resp.headers.get("Content-Type", ""),
+                    resp.data,
+                    resp.headers,
+                )
                 resp.release_conn()
             except AttributeError as exc:
                 # the client turns a TLS failure into ApiException(status=0) and then trips over its
                 # missing body (`e.body.decode`): what failed is in the exception being handled
                 cause = exc.__context__
                 if isinstance(cause, ApiException) and not cause.status:
-                    raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "
-                                      f"{_connection_reason(Exception(cause.reason))}", ref=ref) from None
+                    raise TargetError(
+                        f"cannot reach the Kubernetes API server at {self.server}: "
+                        f"{_connection_reason(Exception(cause.reason))}",
+                        ref=ref,
+                    ) from None
                 raise
             except ApiException as exc:
                 if not exc.status:  # the same TLS wrapper, should a client version get past the decode
-                    raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "
-                                      f"{_connection_reason(Exception(exc.reason))}", ref=ref) from None
+                    raise TargetError(
+                        f"cannot reach the Kubernetes API server at {self.server}: "
+                        f"{_connection_reason(Exception(exc.reason))}",
+                        ref=ref,
+                    ) from None
                 resp_headers = exc.headers or {}
                 status = int(exc.status)
                 ctype = resp_headers.get("Content-Type", "") if resp_headers else ""
@@ -632,8 +695,9 @@ class KubernetesTarget:
             except (urllib3.exceptions.HTTPError, OSError) as exc:
                 connect_failures += 1
                 if connect_failures > self.connect_retries:
-                    raise TargetError(f"cannot reach the Kubernetes API server at {self.server}: "
-                                      f"{_connection_reason(exc)}", ref=ref) from None
+                    raise TargetError(
+                        f"cannot reach the Kubernetes API server at {self.server}: {_connection_reason(exc)}", ref=ref
+                    ) from None
                 self._sleep(self._backoff(connect_failures - 1, None))
                 continue
             for warning in _warnings(resp_headers):
@@ -642,8 +706,15 @@ class KubernetesTarget:
                         self.warnings.append(warning)
             if self._retryable(status, raw, ctype):
                 if attempt >= self.max_retries:
-                    raise error_from_response(status, raw, ctype, ref=ref, verb=_VERB_WORDS.get(verb, verb),
-                                              server=self.server, retries=attempt)
+                    raise error_from_response(
+                        status,
+                        raw,
+                        ctype,
+                        ref=ref,
+                        verb=_VERB_WORDS.get(verb, verb),
+                        server=self.server,
+                        retries=attempt,
+                    )
                 with self._lock:
                     self.retries[status] += 1
                 self._sleep(self._backoff(attempt, _retry_after(resp_headers, raw, ctype)))
@@ -681,8 +752,11 @@ def _rv(obj: Manifest) -> str:
 
 def _comparable(obj: Manifest) -> Manifest:
     """An object without what changes on every write (for comparing a dry run with the live state)."""
-    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
-            if k not in ("resourceVersion", "generation", "managedFields")}
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in ("resourceVersion", "generation", "managedFields")
+    }
     return {**obj, "metadata": meta}
 
 

@@ -89,16 +89,19 @@ class LocalTarget:
         if refused:
             message += f"; last change refused: {refused}"
         return {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "Refused" if refused else "Serving",
-                            "message": message}],
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "Refused" if refused else "Serving", "message": message}
+            ],
             "versions": sorted(dep.versions),
             "stable": dep.router.stable,
         }
 
 
 def _routes(dep: Deployed) -> list[Route]:
-    return [Route(str(r.get("version")), str(r.get("role")), int(r.get("weight") or 0))
-            for r in (dep.obj.get("spec") or {}).get("routes") or []]
+    return [
+        Route(str(r.get("version")), str(r.get("role")), int(r.get("weight") or 0))
+        for r in (dep.obj.get("spec") or {}).get("routes") or []
+    ]
 
 
 def _check(obj: Manifest) -> ObjectRef:

@@ -146,9 +146,7 @@ def _from_openapi(node: dict[str, Any]) -> Schema:
             **common,
         )
     if t in ("string", "integer", "number", "boolean"):
-        return Schema(
-            t, minimum=node.get("minimum"), maximum=node.get("maximum"), **common
-        )
+        return Schema(t, minimum=node.get("minimum"), maximum=node.get("maximum"), **common)
     return Schema("any", preserve=True, **common)
 
 
@@ -158,18 +156,30 @@ def _object_meta_schema() -> Schema:
     owner = Schema(
         "object",
         properties={
-            "apiVersion": s, "kind": s, "name": s, "uid": s,
-            "controller": Schema("boolean"), "blockOwnerDeletion": Schema("boolean"),
+            "apiVersion": s,
+            "kind": s,
+            "name": s,
+            "uid": s,
+            "controller": Schema("boolean"),
+            "blockOwnerDeletion": Schema("boolean"),
         },
         required=("apiVersion", "kind", "name", "uid"),
     )
     return Schema(
         "object",
         properties={
-            "name": s, "generateName": s, "namespace": s, "selfLink": s, "uid": s,
-            "resourceVersion": s, "generation": i, "creationTimestamp": Schema("string", nullable=True),
-            "deletionTimestamp": Schema("string", nullable=True), "deletionGracePeriodSeconds": i,
-            "labels": Schema("object", additional=s), "annotations": Schema("object", additional=s),
+            "name": s,
+            "generateName": s,
+            "namespace": s,
+            "selfLink": s,
+            "uid": s,
+            "resourceVersion": s,
+            "generation": i,
+            "creationTimestamp": Schema("string", nullable=True),
+            "deletionTimestamp": Schema("string", nullable=True),
+            "deletionGracePeriodSeconds": i,
+            "labels": Schema("object", additional=s),
+            "annotations": Schema("object", additional=s),
             "ownerReferences": Schema("array", items=owner, list_type="map", keys=("uid",)),
             "finalizers": Schema("array", items=s, list_type="set"),
             "managedFields": Schema("array", items=ANY),
@@ -220,8 +230,14 @@ def _from_model(model_name: str) -> Schema:
 
 
 def _type_schema(owner: str, json_name: str, type_name: str) -> Schema:
-    scalar = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-              "datetime": "string", "date": "string"}
+    scalar = {
+        "str": "string",
+        "int": "integer",
+        "float": "number",
+        "bool": "boolean",
+        "datetime": "string",
+        "date": "string",
+    }
     if type_name in scalar:
         return Schema(scalar[type_name], nullable=type_name == "datetime")
     if type_name == "object":
@@ -329,18 +345,58 @@ def _builtin(group: str, version: str, plural: str, kind: str, model: str, **kw:
 
 def builtin_resources() -> list[Resource]:
     return [
-        _builtin("", "v1", "namespaces", "Namespace", "V1Namespace", namespaced=False,
-                 singular="namespace", short_names=("ns",)),
-        _builtin("", "v1", "serviceaccounts", "ServiceAccount", "V1ServiceAccount",
-                 singular="serviceaccount", short_names=("sa",), status_subresource=False),
-        _builtin("", "v1", "configmaps", "ConfigMap", "V1ConfigMap", singular="configmap",
-                 short_names=("cm",), status_subresource=False),
+        _builtin(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            "V1Namespace",
+            namespaced=False,
+            singular="namespace",
+            short_names=("ns",),
+        ),
+        _builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            "V1ServiceAccount",
+            singular="serviceaccount",
+            short_names=("sa",),
+            status_subresource=False,
+        ),
+        _builtin(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            "V1ConfigMap",
+            singular="configmap",
+            short_names=("cm",),
+            status_subresource=False,
+        ),
         _builtin("", "v1", "secrets", "Secret", "V1Secret", singular="secret", status_subresource=False),
         _builtin("", "v1", "services", "Service", "V1Service", singular="service", short_names=("svc",)),
-        _builtin("apps", "v1", "deployments", "Deployment", "V1Deployment", singular="deployment",
-                 short_names=("deploy",), tracks_generation=True),
-        _builtin("batch", "v1", "cronjobs", "CronJob", "V1CronJob", singular="cronjob",
-                 short_names=("cj",), tracks_generation=True),
+        _builtin(
+            "apps",
+            "v1",
+            "deployments",
+            "Deployment",
+            "V1Deployment",
+            singular="deployment",
+            short_names=("deploy",),
+            tracks_generation=True,
+        ),
+        _builtin(
+            "batch",
+            "v1",
+            "cronjobs",
+            "CronJob",
+            "V1CronJob",
+            singular="cronjob",
+            short_names=("cj",),
+            tracks_generation=True,
+        ),
     ]
 
 
@@ -348,9 +404,17 @@ def kserve_resource(fixtures: Path = FIXTURES) -> Resource:
     """The KServe InferenceService CRD, schema from the real CRD when the fixtures are present."""
     path = fixtures / "kserve" / "inferenceservice-v1beta1.schema.json"
     factory = _crd_factory(path, "v1beta1") if path.is_file() else _permissive_crd
-    return Resource("serving.kserve.io", "v1beta1", "inferenceservices", "InferenceService",
-                    singular="inferenceservice", short_names=("isvc",), custom=True,
-                    tracks_generation=True, schema_factory=factory)
+    return Resource(
+        "serving.kserve.io",
+        "v1beta1",
+        "inferenceservices",
+        "InferenceService",
+        singular="inferenceservice",
+        short_names=("isvc",),
+        custom=True,
+        tracks_generation=True,
+        schema_factory=factory,
+    )
 
 
 def prometheus_operator_resources(fixtures: Path = FIXTURES) -> list[Resource]:
@@ -361,9 +425,19 @@ def prometheus_operator_resources(fixtures: Path = FIXTURES) -> list[Resource]:
     ):
         path = fixtures / "prometheus-operator" / file
         factory = _crd_factory(path, "v1") if path.is_file() else _permissive_crd
-        out.append(Resource("monitoring.coreos.com", "v1", plural, kind, singular=kind.lower(),
-                            short_names=(short,), custom=True, tracks_generation=True,
-                            schema_factory=factory))
+        out.append(
+            Resource(
+                "monitoring.coreos.com",
+                "v1",
+                plural,
+                kind,
+                singular=kind.lower(),
+                short_names=(short,),
+                custom=True,
+                tracks_generation=True,
+                schema_factory=factory,
+            )
+        )
     return out
 
 
@@ -405,13 +479,16 @@ def not_found(res: Resource, name: str) -> ApiError:
 
 
 def namespace_not_found(ns: str) -> ApiError:
-    return ApiError(404, status_body(404, "NotFound", f'namespaces "{ns}" not found',
-                                     {"name": ns, "kind": "namespaces"}))
+    return ApiError(
+        404, status_body(404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"})
+    )
 
 
 def conflict_modified(res: Resource, name: str) -> ApiError:
-    msg = (f'Operation cannot be fulfilled on {res.qualified} "{name}": the object has been modified; '
-           "please apply your changes to the latest version and try again")
+    msg = (
+        f'Operation cannot be fulfilled on {res.qualified} "{name}": the object has been modified; '
+        "please apply your changes to the latest version and try again"
+    )
     return ApiError(409, status_body(409, "Conflict", msg, _details(res, name)))
 
 
@@ -715,9 +792,19 @@ class TypeWalk:
 # Metadata fields that are identity or system-owned: never part of a manager's field set.
 _STRIPPED = [("f:apiVersion",), ("f:kind",)] + [
     ("f:metadata", "f:" + f)
-    for f in ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
-              "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "managedFields",
-              "generateName")
+    for f in (
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+        "managedFields",
+        "generateName",
+    )
 ]
 
 
@@ -748,8 +835,12 @@ def merge_apply(live: Any, config: Any, schema: Schema) -> Any:
             child = (schema.properties or {}).get(k) or schema.additional or ANY
             out[k] = merge_apply(live.get(k, _MISSING), v, child)
         return out
-    if schema.type == "array" and isinstance(live, list) and isinstance(config, list) and schema.list_type in (
-            "set", "map"):
+    if (
+        schema.type == "array"
+        and isinstance(live, list)
+        and isinstance(config, list)
+        and schema.list_type in ("set", "map")
+    ):
         items = schema.items or ANY
 
         def key_of(item: Any) -> str:
@@ -915,12 +1006,16 @@ _DNS1123_SUB = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_SUB_MSG = ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
-            "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
-            "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')")
-_LABEL_MSG = ("a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
-              "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
-              "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')")
+_SUB_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+_LABEL_MSG = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or "
+    "'12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
 
 
 def validate_object(res: Resource, obj: Obj) -> list[tuple[str, str, str]]:
@@ -934,9 +1029,15 @@ def validate_object(res: Resource, obj: Obj) -> list[tuple[str, str, str]]:
     for k, v in (meta.get("labels") or {}).items():
         prefix, _, lname = k.rpartition("/")
         if (prefix and not _DNS1123_SUB.fullmatch(prefix)) or not _LABEL_NAME.fullmatch(lname) or len(lname) > 63:
-            errors.append(("metadata.labels", "FieldValueInvalid", f'Invalid value: "{k}": name part must '
-                           "consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
-                           "an alphanumeric character"))
+            errors.append(
+                (
+                    "metadata.labels",
+                    "FieldValueInvalid",
+                    f'Invalid value: "{k}": name part must '
+                    "consist of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                    "an alphanumeric character",
+                )
+            )
         if not isinstance(v, str) or not _LABEL_VALUE.fullmatch(v) or len(v) > 63:
             shown = v if isinstance(v, str) else json.dumps(v)
             detail = "must be no more than 63 characters" if isinstance(v, str) and len(v) > 63 else _LABEL_MSG
@@ -976,8 +1077,13 @@ def _builtin_validation(kind: str, obj: Obj) -> list[tuple[str, str, str]]:
         if not spec.get("selector"):
             errors.append(("spec.selector", "FieldValueRequired", "Required value"))
         elif selector and any(labels.get(k) != v for k, v in selector.items()):
-            errors.append(("spec.template.metadata.labels", "FieldValueInvalid",
-                           f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`"))
+            errors.append(
+                (
+                    "spec.template.metadata.labels",
+                    "FieldValueInvalid",
+                    f"Invalid value: {_go_map(labels)}: `selector` does not match template `labels`",
+                )
+            )
         errors += _pod_spec_errors((spec.get("template") or {}).get("spec") or {}, "spec.template.spec")
     elif kind == "CronJob":
         if not spec.get("schedule"):
@@ -987,8 +1093,13 @@ def _builtin_validation(kind: str, obj: Obj) -> list[tuple[str, str, str]]:
         errors += _pod_spec_errors(pod, where)
         policy = pod.get("restartPolicy")
         if policy not in ("OnFailure", "Never"):
-            errors.append((f"{where}.restartPolicy", "FieldValueNotSupported",
-                           f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"'))
+            errors.append(
+                (
+                    f"{where}.restartPolicy",
+                    "FieldValueNotSupported",
+                    f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"',
+                )
+            )
     elif kind == "Service":
         for i, port in enumerate(spec.get("ports") or []):
             if isinstance(port, dict) and not port.get("port"):
@@ -996,44 +1107,79 @@ def _builtin_validation(kind: str, obj: Obj) -> list[tuple[str, str, str]]:
     elif kind in ("ConfigMap", "Secret"):
         for key in list(obj.get("data") or {}) + list(obj.get("binaryData") or {}):
             if not re.fullmatch(r"[-._a-zA-Z0-9]+", key) or len(key) > 253:
-                errors.append((f"data[{key}]", "FieldValueInvalid", f'Invalid value: "{key}": a valid config '
-                               "key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  "
-                               "or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"))
+                errors.append(
+                    (
+                        f"data[{key}]",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{key}": a valid config '
+                        "key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  "
+                        "or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                    )
+                )
     return errors
 
 
-def _validate_values(value: Any, schema: Schema, path: Path_, errors: list[tuple[str, str, str]],
-                     top: bool = False) -> None:
+def _validate_values(
+    value: Any, schema: Schema, path: Path_, errors: list[tuple[str, str, str]], top: bool = False
+) -> None:
     if schema.untyped or value is None:
         return
     where = dotted(path)
     if schema.enum is not None and value not in schema.enum:
         allowed = ", ".join(json.dumps(e) for e in schema.enum)
-        errors.append((where, "FieldValueNotSupported",
-                       f"Unsupported value: {json.dumps(value)}: supported values: {allowed}"))
+        errors.append(
+            (where, "FieldValueNotSupported", f"Unsupported value: {json.dumps(value)}: supported values: {allowed}")
+        )
     if schema.type in ("integer", "number") and isinstance(value, int | float) and not isinstance(value, bool):
         if schema.minimum is not None and value < schema.minimum:
-            errors.append((where, "FieldValueInvalid", f"Invalid value: {value}: {where} in body should be "
-                           f"greater than or equal to {schema.minimum:g}"))
+            errors.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {value}: {where} in body should be greater than or equal to {schema.minimum:g}",
+                )
+            )
         if schema.maximum is not None and value > schema.maximum:
-            errors.append((where, "FieldValueInvalid", f"Invalid value: {value}: {where} in body should be "
-                           f"less than or equal to {schema.maximum:g}"))
+            errors.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {value}: {where} in body should be less than or equal to {schema.maximum:g}",
+                )
+            )
     if isinstance(value, str):
         if schema.pattern is not None and not re.search(schema.pattern, value):
-            errors.append((where, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {where} in body "
-                           f"should match '{schema.pattern}'"))
+            errors.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(value)}: {where} in body should match '{schema.pattern}'",
+                )
+            )
         if schema.min_length is not None and len(value) < schema.min_length:
-            errors.append((where, "FieldValueInvalid", f"Invalid value: {json.dumps(value)}: {where} in body "
-                           f"should be at least {schema.min_length} chars long"))
+            errors.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {json.dumps(value)}: {where} in body "
+                    f"should be at least {schema.min_length} chars long",
+                )
+            )
         if schema.max_length is not None and len(value) > schema.max_length:
             errors.append((where, "FieldValueTooLong", f"Too long: may not be more than {schema.max_length} bytes"))
     if isinstance(value, list):
         if schema.min_items is not None and len(value) < schema.min_items:
-            errors.append((where, "FieldValueInvalid", f"Invalid value: {len(value)}: {where} in body should "
-                           f"have at least {schema.min_items} items"))
+            errors.append(
+                (
+                    where,
+                    "FieldValueInvalid",
+                    f"Invalid value: {len(value)}: {where} in body should have at least {schema.min_items} items",
+                )
+            )
         if schema.max_items is not None and len(value) > schema.max_items:
-            errors.append((where, "FieldValueTooMany", f"Too many: {len(value)}: must have at most "
-                           f"{schema.max_items} items"))
+            errors.append(
+                (where, "FieldValueTooMany", f"Too many: {len(value)}: must have at most {schema.max_items} items")
+            )
     if schema.type == "object" and isinstance(value, dict):
         for req in schema.required:
             if req not in value:
@@ -1097,16 +1243,18 @@ def parse_label_selector(s: str) -> Callable[[dict[str, str]], bool]:
             k, op, vs = m.groups()
             values = frozenset(x.strip() for x in vs.split(",") if x.strip())
             if not values:
-                raise ValueError("unable to parse requirement: for 'in', 'notin' operators, values set can't be "
-                                 f"empty: {term}")
+                raise ValueError(
+                    f"unable to parse requirement: for 'in', 'notin' operators, values set can't be empty: {term}"
+                )
             reqs.append((k, op, values))
         elif m := re.fullmatch(rf"!\s*({_KEY})", term):
             reqs.append((m.group(1), "!", frozenset()))
         elif m := re.fullmatch(rf"({_KEY})", term):
             reqs.append((m.group(1), "exists", frozenset()))
         else:
-            raise ValueError(f"unable to parse requirement: <nil>: Invalid value: \"{term}\": "
-                             "found unexpected token in label selector")
+            raise ValueError(
+                f'unable to parse requirement: <nil>: Invalid value: "{term}": found unexpected token in label selector'
+            )
 
     def match(labels: dict[str, str]) -> bool:
         return all(_requirement_holds(labels, k, op, vs) for k, op, vs in reqs)
@@ -1233,7 +1381,9 @@ class KubeApiServer:
         self.tls = tls  # (certificate, key) files: serve HTTPS like a real API server
         self.compacted = 0
         self.discovery_lag: dict[str, int] = {}
-        self.deprecations: dict[tuple[str, str], str] = {}  # (apiVersion, kind) -> Warning text  # group/version -> discovery requests still answered 404
+        self.deprecations: dict[
+            tuple[str, str], str
+        ] = {}  # (apiVersion, kind) -> Warning text  # group/version -> discovery requests still answered 404
         self.faults: list[Fault] = []
         self.webhook_rejections: list[tuple[str, str, str]] = []  # (kind, webhook name, message)
         self.requests: list[Request] = []
@@ -1260,8 +1410,9 @@ class KubeApiServer:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
             self._httpd.socket = ctx.wrap_socket(self._httpd.socket, server_side=True)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kube-apiserver-standin",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="kube-apiserver-standin", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -1305,22 +1456,40 @@ class KubeApiServer:
     def add_user(self, token: str, user: str) -> None:
         self.tokens[token] = user
 
-    def grant(self, user: str, verbs: Iterable[str], group: str, resources: Iterable[str],
-              namespace: str | None = None) -> None:
-        self.grants.setdefault(user, []).append(
-            Grant(frozenset(verbs), group, frozenset(resources), namespace))
+    def grant(
+        self, user: str, verbs: Iterable[str], group: str, resources: Iterable[str], namespace: str | None = None
+    ) -> None:
+        self.grants.setdefault(user, []).append(Grant(frozenset(verbs), group, frozenset(resources), namespace))
 
-    def inject_fault(self, status: int, body: Obj | str | None = None, *, headers: dict[str, str] | None = None,
-                     times: int = 1, methods: Iterable[str] | None = None, path_contains: str | None = None) -> None:
+    def inject_fault(
+        self,
+        status: int,
+        body: Obj | str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+        methods: Iterable[str] | None = None,
+        path_contains: str | None = None,
+    ) -> None:
         """The next `times` matching requests get this answer instead of being served."""
         if body is None:
-            reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
-                      504: "Timeout"}.get(status, "InternalError")
+            reason = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}.get(
+                status, "InternalError"
+            )
             message = {429: "Too many requests, please try again later."}.get(
-                status, "Internal error occurred: the server is unable to serve the request right now")
+                status, "Internal error occurred: the server is unable to serve the request right now"
+            )
             body = status_body(status, reason, message)
-        self.faults.append(Fault(status, body, headers or {}, times,
-                                 tuple(m.upper() for m in methods) if methods else None, path_contains))
+        self.faults.append(
+            Fault(
+                status,
+                body,
+                headers or {},
+                times,
+                tuple(m.upper() for m in methods) if methods else None,
+                path_contains,
+            )
+        )
 
     def reject_with_webhook(self, kind: str, webhook: str, message: str) -> None:
         """Act as if a validating admission webhook denies writes of `kind`."""
@@ -1393,8 +1562,11 @@ class KubeApiServer:
             return True
         if not meta.get("deletionTimestamp"):
             return False
-        dependents = [k for k, o in self.store.current.items()
-                      if any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])]
+        dependents = [
+            k
+            for k, o in self.store.current.items()
+            if any(r.get("uid") == meta["uid"] for r in o["metadata"].get("ownerReferences") or [])
+        ]
         fins = list(meta.get("finalizers") or [])
         if "foregroundDeletion" in fins:
             pending = [k for k in dependents if not self.store.current[k]["metadata"].get("deletionTimestamp")]
@@ -1408,7 +1580,8 @@ class KubeApiServer:
             for dep in dependents:
                 d = copy.deepcopy(self.store.current[dep])
                 d["metadata"]["ownerReferences"] = [
-                    r for r in d["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]]
+                    r for r in d["metadata"]["ownerReferences"] if r.get("uid") != meta["uid"]
+                ]
                 if not d["metadata"]["ownerReferences"]:
                     del d["metadata"]["ownerReferences"]
                 self._write(dep, d)
@@ -1476,8 +1649,9 @@ class KubeApiServer:
         obj = copy.deepcopy(self.store.current[key])
         self._mark_deleted(res, key, obj, policy, dry_run=False)
 
-    def _mark_deleted(self, res: Resource, key: tuple[str, str, str, str], obj: Obj, policy: str,
-                      dry_run: bool) -> tuple[Obj, bool]:
+    def _mark_deleted(
+        self, res: Resource, key: tuple[str, str, str, str], obj: Obj, policy: str, dry_run: bool
+    ) -> tuple[Obj, bool]:
         """Returns (object or its last state, deleted-immediately)."""
         meta = obj["metadata"]
         fins = list(meta.get("finalizers") or [])
@@ -1504,17 +1678,35 @@ class KubeApiServer:
             return obj, True
         return self._delete_key(key), True
 
-    def _create(self, res: Resource, ns: str, obj: Obj, *, manager: str, dry_run: bool,
-                apply_fields: set[Path_] | None, api_version: str | None = None) -> Obj:
+    def _create(
+        self,
+        res: Resource,
+        ns: str,
+        obj: Obj,
+        *,
+        manager: str,
+        dry_run: bool,
+        apply_fields: set[Path_] | None,
+        api_version: str | None = None,
+    ) -> Obj:
         meta = obj.setdefault("metadata", {})
         name = meta.get("name", "")
         key = (res.group, res.plural, ns, name)
         if key in self.store.current:
-            raise ApiError(409, status_body(409, "AlreadyExists", f'{res.qualified} "{name}" already exists',
-                                            _details(res, name)))
+            raise ApiError(
+                409, status_body(409, "AlreadyExists", f'{res.qualified} "{name}" already exists', _details(res, name))
+            )
         self._check_namespace(res, ns, name)
-        for f in ("resourceVersion", "uid", "generation", "creationTimestamp", "deletionTimestamp",
-                  "deletionGracePeriodSeconds", "managedFields", "selfLink"):
+        for f in (
+            "resourceVersion",
+            "uid",
+            "generation",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ):
             meta.pop(f, None)
         if res.status_subresource and res.kind != "Namespace":
             obj.pop("status", None)
@@ -1541,10 +1733,17 @@ class KubeApiServer:
             return obj
         return self._write(key, obj, event="ADDED")
 
-    def _entry(self, res: Resource, manager: str, operation: str, fields: set[Path_],
-               api_version: str | None = None) -> Obj:
-        return {"apiVersion": api_version or res.group_version, "fieldsType": "FieldsV1",
-                "fieldsV1": fields_to_v1(fields), "manager": manager, "operation": operation, "time": _now()}
+    def _entry(
+        self, res: Resource, manager: str, operation: str, fields: set[Path_], api_version: str | None = None
+    ) -> Obj:
+        return {
+            "apiVersion": api_version or res.group_version,
+            "fieldsType": "FieldsV1",
+            "fieldsV1": fields_to_v1(fields),
+            "manager": manager,
+            "operation": operation,
+            "time": _now(),
+        }
 
     def _default(self, res: Resource, obj: Obj) -> None:
         if res.custom:
@@ -1566,8 +1765,7 @@ class KubeApiServer:
             msg = f"unable to create new content in namespace {ns} because it is being terminated"
             details = _details(res, name)
             details["causes"] = [{"reason": "NamespaceTerminating", "message": msg, "field": "metadata.namespace"}]
-            raise ApiError(403, status_body(403, "Forbidden", f'{res.qualified} "{name}" is forbidden: {msg}',
-                                            details))
+            raise ApiError(403, status_body(403, "Forbidden", f'{res.qualified} "{name}" is forbidden: {msg}', details))
 
     def _admit(self, res: Resource, obj: Obj) -> None:
         for kind, hook, message in self.webhook_rejections:
@@ -1639,8 +1837,10 @@ def _under(p: Path_, prefixes: set[Path_]) -> bool:
 
 
 def _sort_entries(entries: list[Obj]) -> list[Obj]:
-    return sorted(entries, key=lambda e: (e.get("operation", ""), e.get("time", ""), e.get("manager", ""),
-                                          e.get("apiVersion", "")))
+    return sorted(
+        entries,
+        key=lambda e: (e.get("operation", ""), e.get("time", ""), e.get("manager", ""), e.get("apiVersion", "")),
+    )
 
 
 def _spec_part(obj: Obj) -> Obj:
@@ -1661,8 +1861,10 @@ class Target_:
 
 
 def _conflict_error(conflicts: list[tuple[str, Path_]]) -> ApiError:
-    causes = [{"reason": "FieldManagerConflict", "message": f"conflict with {m}", "field": path_string(p)}
-              for m, p in conflicts]
+    causes = [
+        {"reason": "FieldManagerConflict", "message": f"conflict with {m}", "field": path_string(p)}
+        for m, p in conflicts
+    ]
     if len(conflicts) == 1:
         m, p = conflicts[0]
         msg = f"Apply failed with 1 conflict: conflict with {m}: {path_string(p)}"
@@ -1709,8 +1911,7 @@ class Server:
         if res is None:
             if not any((r.group, r.version) == (group, version) for r in self.api.resources):
                 raise PAGE_NOT_FOUND
-            raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource",
-                                            {}))
+            raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         if res.namespaced is False and ns is not None:
             raise PAGE_NOT_FOUND
         name = rest[1] if len(rest) > 1 else None
@@ -1724,15 +1925,21 @@ class Server:
         if parts == ["version"]:
             return SERVER_VERSION
         if parts == ["api"]:
-            return {"kind": "APIVersions", "versions": ["v1"],
-                    "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
+            }
         groups: dict[str, list[str]] = {}
         for r in self.api.resources:
             if r.group and r.version not in groups.setdefault(r.group, []):
                 groups[r.group].append(r.version)
         if parts == ["apis"]:
-            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [self._group(g, vs) for g, vs in
-                                                                           sorted(groups.items())]}
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._group(g, vs) for g, vs in sorted(groups.items())],
+            }
         if len(parts) == 2 and parts[0] == "apis" and parts[1] in groups:
             return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1], groups[parts[1]])}
         if parts == ["api", "v1"]:
@@ -1757,16 +1964,27 @@ class Server:
         for r in self.api.resources:
             if (r.group, r.version) != (group, version):
                 continue
-            entry: Obj = {"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-                          "kind": r.kind, "verbs": ["delete", "deletecollection", "get", "list", "patch",
-                                                    "create", "update", "watch"]}
+            entry: Obj = {
+                "name": r.plural,
+                "singularName": r.singular,
+                "namespaced": r.namespaced,
+                "kind": r.kind,
+                "verbs": ["delete", "deletecollection", "get", "list", "patch", "create", "update", "watch"],
+            }
             if r.short_names:
                 entry["shortNames"] = list(r.short_names)
             entry["storageVersionHash"] = r.storage_version_hash
             resources.append(entry)
             if r.status_subresource:
-                resources.append({"name": f"{r.plural}/status", "singularName": "", "namespaced": r.namespaced,
-                                  "kind": r.kind, "verbs": ["get", "patch", "update"]})
+                resources.append(
+                    {
+                        "name": f"{r.plural}/status",
+                        "singularName": "",
+                        "namespaced": r.namespaced,
+                        "kind": r.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
         gv = f"{group}/{version}" if group else version
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
@@ -1776,15 +1994,20 @@ class Server:
         if req.user == ADMIN_USER:
             return
         for g in self.api.grants.get(req.user, []):
-            if ((verb in g.verbs or "*" in g.verbs) and g.group in (t.res.group, "*")
-                    and (t.res.plural in g.resources or "*" in g.resources)
-                    and (g.namespace is None or g.namespace == t.namespace)):
+            if (
+                (verb in g.verbs or "*" in g.verbs)
+                and g.group in (t.res.group, "*")
+                and (t.res.plural in g.resources or "*" in g.resources)
+                and (g.namespace is None or g.namespace == t.namespace)
+            ):
                 return
         res = t.res
         who = f'{res.qualified} "{t.name}"' if t.name else res.qualified
         scope = f' in the namespace "{t.namespace}"' if t.namespace else " at the cluster scope"
-        msg = (f'{who} is forbidden: User "{req.user}" cannot {verb} resource "{res.plural}" '
-               f'in API group "{res.group}"{scope}')
+        msg = (
+            f'{who} is forbidden: User "{req.user}" cannot {verb} resource "{res.plural}" '
+            f'in API group "{res.group}"{scope}'
+        )
         raise ApiError(403, status_body(403, "Forbidden", msg, _details(res, t.name)))
 
     # ---- verbs ----
@@ -1794,8 +2017,7 @@ class Server:
         if t is None:
             raise PAGE_NOT_FOUND
         if t.subresource is not None:
-            raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource",
-                                            {}))
+            raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         q = req.query
         if req.method == "GET":
             if t.name is None:
@@ -1813,16 +2035,25 @@ class Server:
             manager = q.get("fieldManager") or _manager_from_agent(req.headers.get("user-agent", ""))
             if ctype == "application/apply-patch+yaml":
                 if not q.get("fieldManager"):
-                    raise bad_request("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
-                                      "is required for apply patch")
+                    raise bad_request(
+                        'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: '
+                        "is required for apply patch"
+                    )
                 return self.apply(req, t, manager, q.get("force") == "true", dry_run)
             if ctype == "application/merge-patch+json" or (
-                    ctype == "application/strategic-merge-patch+json" and not t.res.custom):
+                ctype == "application/strategic-merge-patch+json" and not t.res.custom
+            ):
                 return self.merge_patch(req, t, manager, dry_run, q.get("fieldValidation", "Warn"))
-            raise ApiError(415, status_body(415, "UnsupportedMediaType",
-                                            "the body of the request was in an unknown format - accepted media "
-                                            "types include: application/json-patch+json, "
-                                            "application/merge-patch+json, application/apply-patch+yaml"))
+            raise ApiError(
+                415,
+                status_body(
+                    415,
+                    "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media "
+                    "types include: application/json-patch+json, "
+                    "application/merge-patch+json, application/apply-patch+yaml",
+                ),
+            )
         if req.method == "PUT" and t.name:
             self.authorize(req, "update", t)
             manager = q.get("fieldManager") or _manager_from_agent(req.headers.get("user-agent", ""))
@@ -1834,8 +2065,9 @@ class Server:
         if req.method == "DELETE" and t.name:
             self.authorize(req, "delete", t)
             return self.delete(req, t, dry_run)
-        raise ApiError(405, status_body(405, "MethodNotAllowed",
-                                        "the server does not allow this method on the requested resource"))
+        raise ApiError(
+            405, status_body(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        )
 
     def _key(self, t: Target_, name: str | None = None) -> tuple[str, str, str, str]:
         return (t.res.group, t.res.plural, t.namespace or "", name or t.name or "")
@@ -1870,22 +2102,28 @@ class Server:
                 if raw.get("v") != "meta.k8s.io/v1":
                     raise ValueError
             except (ValueError, KeyError, TypeError):
-                raise bad_request("continue key is not valid: incorrect encoded start resourceVersion "
-                                  "(version meta.k8s.io/v1)") from None
+                raise bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+                ) from None
             if rv < self.api.compacted:
-                msg = ("The provided continue parameter is too old to display a consistent list result. You can "
-                       "start a new list without the continue parameter, or use the continue token in this "
-                       "response to retrieve the remainder of the results. Continuing with the provided token "
-                       "results in an inconsistent list - objects that were created, modified, or deleted "
-                       "between the time the first chunk was returned and now may show up in the list.")
+                msg = (
+                    "The provided continue parameter is too old to display a consistent list result. You can "
+                    "start a new list without the continue parameter, or use the continue token in this "
+                    "response to retrieve the remainder of the results. Continuing with the provided token "
+                    "results in an inconsistent list - objects that were created, modified, or deleted "
+                    "between the time the first chunk was returned and now may show up in the list."
+                )
                 raise ApiError(410, status_body(410, "Expired", msg))
             objects = store.snapshot(t.res.group, t.res.plural, rv)
         else:
             rv = store.revision
             objects = {k: v for k, v in store.current.items() if k[:2] == (t.res.group, t.res.plural)}
         ns = t.namespace
-        rel = sorted(((f"{k[2]}/{k[3]}" if ns is None and t.res.namespaced else k[3]), o)
-                     for k, o in objects.items() if ns is None or k[2] == ns)
+        rel = sorted(
+            ((f"{k[2]}/{k[3]}" if ns is None and t.res.namespaced else k[3]), o)
+            for k, o in objects.items()
+            if ns is None or k[2] == ns
+        )
         rel = [(k, o) for k, o in rel if not start or k > start]
         items: list[Obj] = []
         last = ""
@@ -1907,13 +2145,18 @@ class Server:
         meta: Obj = {"continue": "", "resourceVersion": str(rv)}
         if more:
             lead = "" if token else "/"
-            raw_token = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": f"{lead}{last}\x00"},
-                                   separators=(",", ":"))
+            raw_token = json.dumps(
+                {"v": "meta.k8s.io/v1", "rv": rv, "start": f"{lead}{last}\x00"}, separators=(",", ":")
+            )
             meta["continue"] = base64.urlsafe_b64encode(raw_token.encode()).decode().rstrip("=")
             if not q.get("labelSelector") and not q.get("fieldSelector"):
                 meta["remainingItemCount"] = len([k for k, _ in rel if k > last])
-        return {"apiVersion": t.res.group_version, "items": items, "kind": f"{t.res.kind}List",
-                "metadata": dict(sorted(meta.items()))}
+        return {
+            "apiVersion": t.res.group_version,
+            "items": items,
+            "kind": f"{t.res.kind}List",
+            "metadata": dict(sorted(meta.items())),
+        }
 
     def _decode_body(self, req: Request, yaml_ok: bool) -> Obj:
         try:
@@ -1928,22 +2171,24 @@ class Server:
     def _check_identity(self, t: Target_, body: Obj) -> None:
         meta = body.get("metadata") or {}
         if body.get("apiVersion") not in (None, t.res.group_version) or body.get("kind") not in (None, t.res.kind):
-            raise bad_request(f"the API version in the data ({body.get('apiVersion')}) does not match the "
-                              f"expected API version ({t.res.group_version})"
-                              if body.get("apiVersion") != t.res.group_version else
-                              f"the kind in the data ({body.get('kind')}) does not match the expected kind "
-                              f"({t.res.kind})")
+            raise bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) does not match the "
+                f"expected API version ({t.res.group_version})"
+                if body.get("apiVersion") != t.res.group_version
+                else f"the kind in the data ({body.get('kind')}) does not match the expected kind ({t.res.kind})"
+            )
         if t.name is not None and meta.get("name") not in (None, t.name):
-            raise bad_request(f"the name of the object ({meta.get('name')}) does not match the name on the URL "
-                              f"({t.name})")
+            raise bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the URL ({t.name})"
+            )
         if meta.get("namespace") not in (None, "", t.namespace or ""):
-            raise bad_request("the namespace of the provided object does not match the namespace sent on the "
-                              "request")
+            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
 
     # -- server-side apply --
 
-    def apply(self, req: Request, t: Target_, manager: str, force: bool, dry_run: bool
-              ) -> tuple[int, Obj | str, dict[str, str]]:
+    def apply(
+        self, req: Request, t: Target_, manager: str, force: bool, dry_run: bool
+    ) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
         config = self._decode_body(req, yaml_ok=True)
         self._check_identity(t, config)
@@ -1955,8 +2200,10 @@ class Server:
             errs = walk.errors
             text = errs[0] if len(errs) == 1 else "errors:\n  " + "\n  ".join(errs)
             # GroupVersionKind.String(): "serving.kserve.io/v1beta1, Kind=X", "/v1, Kind=ConfigMap"
-            msg = (f"failed to create typed patch object ({t.namespace + '/' if t.namespace else ''}{t.name}; "
-                   f"{res.group}/{res.version}, Kind={res.kind}): {text}")
+            msg = (
+                f"failed to create typed patch object ({t.namespace + '/' if t.namespace else ''}{t.name}; "
+                f"{res.group}/{res.version}, Kind={res.kind}): {text}"
+            )
             raise ApiError(500, status_body(500, None, msg))
         fields = _strip_paths(walk.fields, res)
         key = self._key(t)
@@ -1969,15 +2216,22 @@ class Server:
             obj = copy.deepcopy(config)
             obj["metadata"] = {k: v for k, v in (config.get("metadata") or {}).items()}
             obj["metadata"]["name"] = t.name
-            created = self.api._create(res, t.namespace or "", obj, manager=manager, dry_run=dry_run,
-                                       apply_fields=fields)
+            created = self.api._create(
+                res, t.namespace or "", obj, manager=manager, dry_run=dry_run, apply_fields=fields
+            )
             return 201, self._out(res, created), {}
         if precondition and precondition != live["metadata"]["resourceVersion"]:
             raise conflict_modified(res, t.name or "")
         entries = copy.deepcopy(live["metadata"].get("managedFields") or [])
         sets = [fields_from_v1(e.get("fieldsV1") or {}) for e in entries]
-        mine = next((i for i, e in enumerate(entries) if e["manager"] == manager and e["operation"] == "Apply"
-                     and not e.get("subresource")), None)
+        mine = next(
+            (
+                i
+                for i, e in enumerate(entries)
+                if e["manager"] == manager and e["operation"] == "Apply" and not e.get("subresource")
+            ),
+            None,
+        )
         # conflicts: fields another manager owns whose value this apply would change
         conflicts: list[tuple[str, Path_]] = []
         for i, e in enumerate(entries):
@@ -1995,8 +2249,11 @@ class Server:
             raise _conflict_error(conflicts)
         previous = sets[mine] if mine is not None else set()
         merged_cfg = {k: v for k, v in config.items() if not (k == "status" and res.status_subresource)}
-        merged_meta = {k: v for k, v in (config.get("metadata") or {}).items()
-                       if k in ("labels", "annotations", "finalizers", "ownerReferences")}
+        merged_meta = {
+            k: v
+            for k, v in (config.get("metadata") or {}).items()
+            if k in ("labels", "annotations", "finalizers", "ownerReferences")
+        }
         merged_cfg["metadata"] = merged_meta
         new = merge_apply(copy.deepcopy(live), merged_cfg, res.schema)
         others: set[Path_] = set()
@@ -2004,8 +2261,11 @@ class Server:
             if i != mine:
                 others |= s
         # fields this manager applied before and not now, that no other manager owns, go away
-        dropped = {p for p in previous - fields
-                   if p not in others and not any(q[: len(p)] == p for q in others if len(q) > len(p))}
+        dropped = {
+            p
+            for p in previous - fields
+            if p not in others and not any(q[: len(p)] == p for q in others if len(q) > len(p))
+        }
         for p in sorted(dropped, key=len):
             if any(p[:n] in dropped for n in range(1, len(p))):
                 continue  # an ancestor (a whole list item) goes, and takes this with it
@@ -2034,15 +2294,18 @@ class Server:
                 new_entries.append(self.api._entry(res, manager, "Apply", fields))
         return self._finish_update(t, live, new, new_entries, manager, "Apply", dry_run)
 
-    def _finish_update(self, t: Target_, live: Obj, new: Obj, entries: list[Obj], manager: str, op: str,
-                       dry_run: bool) -> tuple[int, Obj | str, dict[str, str]]:
+    def _finish_update(
+        self, t: Target_, live: Obj, new: Obj, entries: list[Obj], manager: str, op: str, dry_run: bool
+    ) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
         live_cmp = {k: v for k, v in live.items()}
         live_cmp["metadata"] = {k: v for k, v in live["metadata"].items() if k != "managedFields"}
         new_cmp = {k: v for k, v in new.items()}
         new_cmp["metadata"] = {k: v for k, v in new["metadata"].items() if k != "managedFields"}
-        old_sets = sorted((e["manager"], e["operation"], _jkey(e.get("fieldsV1"))) for e in
-                          live["metadata"].get("managedFields") or [])
+        old_sets = sorted(
+            (e["manager"], e["operation"], _jkey(e.get("fieldsV1")))
+            for e in live["metadata"].get("managedFields") or []
+        )
         new_sets = sorted((e["manager"], e["operation"], _jkey(e.get("fieldsV1"))) for e in entries)
         if live_cmp == new_cmp and old_sets == new_sets:
             return 200, self._out(res, live), {}
@@ -2061,8 +2324,11 @@ class Server:
         if (res.custom or res.tracks_generation) and _spec_part(new) != _spec_part(live):
             new["metadata"]["generation"] = int(live["metadata"].get("generation", 1)) + 1
         key = self._key(t)
-        if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers") and not (
-                res.kind == "Namespace" and (new.get("spec") or {}).get("finalizers")):
+        if (
+            new["metadata"].get("deletionTimestamp")
+            and not new["metadata"].get("finalizers")
+            and not (res.kind == "Namespace" and (new.get("spec") or {}).get("finalizers"))
+        ):
             # the last finalizer went away: the object is deleted; the answer still shows its last state
             out = copy.deepcopy(new)
             if not dry_run:
@@ -2078,8 +2344,7 @@ class Server:
 
     # -- Update operations --
 
-    def _prune_or_refuse(self, t: Target_, obj: Obj, validation: str, code: int = 422
-                         ) -> tuple[Obj, list[str]]:
+    def _prune_or_refuse(self, t: Target_, obj: Obj, validation: str, code: int = 422) -> tuple[Obj, list[str]]:
         res = t.res
         walk = TypeWalk()
         walk.walk(obj, res.schema)
@@ -2090,8 +2355,13 @@ class Server:
                 where = dotted(p)
                 got = _json_type(value)
                 want = "integer" if expected == "integer" else expected
-                errs.append((where, "FieldValueTypeInvalid",
-                             f'Invalid value: "{got}": {where} in body must be of type {want}: "{got}"'))
+                errs.append(
+                    (
+                        where,
+                        "FieldValueTypeInvalid",
+                        f'Invalid value: "{got}": {where} in body must be of type {want}: "{got}"',
+                    )
+                )
             raise invalid(res, t.name or "", errs)
         if walk.unknown:
             names = [dotted(p) for p in walk.unknown]
@@ -2100,10 +2370,16 @@ class Server:
                 unknown = ", ".join(f'unknown field "{n}"' for n in names)
                 if code == 400:
                     raise bad_request(f"strict decoding error: {unknown}")
-                message = f'Invalid value: {json.dumps(shown)}: strict decoding error: {unknown}'
-                raise ApiError(422, status_body(422, "Invalid", f' "" is invalid: patch: {message}',
-                                                {"causes": [{"reason": "FieldValueInvalid", "message": message,
-                                                             "field": "patch"}]}))
+                message = f"Invalid value: {json.dumps(shown)}: strict decoding error: {unknown}"
+                raise ApiError(
+                    422,
+                    status_body(
+                        422,
+                        "Invalid",
+                        f' "" is invalid: patch: {message}',
+                        {"causes": [{"reason": "FieldValueInvalid", "message": message, "field": "patch"}]},
+                    ),
+                )
             obj = copy.deepcopy(obj)
             for p in walk.unknown:
                 remove_at(obj, p)
@@ -2140,8 +2416,9 @@ class Server:
             out.append(self.api._entry(res, manager, "Update", changed))
         return out
 
-    def merge_patch(self, req: Request, t: Target_, manager: str, dry_run: bool, validation: str
-                    ) -> tuple[int, Obj | str, dict[str, str]]:
+    def merge_patch(
+        self, req: Request, t: Target_, manager: str, dry_run: bool, validation: str
+    ) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
         patch = self._decode_body(req, yaml_ok=False)
         live = self.api.store.current.get(self._key(t))
@@ -2151,8 +2428,16 @@ class Server:
         if precondition and precondition != live["metadata"]["resourceVersion"]:
             raise conflict_modified(res, t.name or "")
         new = merge_patch(copy.deepcopy(live), patch)
-        for f in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation",
-                  "deletionTimestamp", "deletionGracePeriodSeconds"):
+        for f in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if f in live["metadata"]:
                 new.setdefault("metadata", {})[f] = live["metadata"][f]
         if res.status_subresource:
@@ -2168,8 +2453,7 @@ class Server:
             headers = {**headers, "Warning": ", ".join(warnings)}
         return code, body, headers
 
-    def update(self, req: Request, t: Target_, manager: str, dry_run: bool
-               ) -> tuple[int, Obj | str, dict[str, str]]:
+    def update(self, req: Request, t: Target_, manager: str, dry_run: bool) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
         body = self._decode_body(req, yaml_ok=False)
         self._check_identity(t, body)
@@ -2178,14 +2462,31 @@ class Server:
             raise not_found(res, t.name or "")
         rv = (body.get("metadata") or {}).get("resourceVersion")
         if not rv and res.custom:
-            raise invalid(res, t.name or "", [("metadata.resourceVersion", "FieldValueInvalid",
-                                               "Invalid value: 0x0: must be specified for an update")])
+            raise invalid(
+                res,
+                t.name or "",
+                [
+                    (
+                        "metadata.resourceVersion",
+                        "FieldValueInvalid",
+                        "Invalid value: 0x0: must be specified for an update",
+                    )
+                ],
+            )
         if rv and rv != live["metadata"]["resourceVersion"]:
             raise conflict_modified(res, t.name or "")
         new = copy.deepcopy(body)
         new.setdefault("metadata", {})
-        for f in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation",
-                  "deletionTimestamp", "deletionGracePeriodSeconds"):
+        for f in (
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "resourceVersion",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if f in live["metadata"]:
                 new["metadata"][f] = live["metadata"][f]
         new["metadata"].pop("managedFields", None)
@@ -2202,21 +2503,22 @@ class Server:
             headers = {**headers, "Warning": ", ".join(warnings)}
         return code, out, headers
 
-    def create(self, req: Request, t: Target_, manager: str, dry_run: bool, validation: str
-               ) -> tuple[int, Obj | str, dict[str, str]]:
+    def create(
+        self, req: Request, t: Target_, manager: str, dry_run: bool, validation: str
+    ) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
         body = self._decode_body(req, yaml_ok=False)
         self._check_identity(t, body)
         name = (body.get("metadata") or {}).get("name")
         if not name:
-            raise invalid(res, "", [("metadata.name", "FieldValueRequired", "Required value: name or "
-                                     "generateName is required")])
+            raise invalid(
+                res, "", [("metadata.name", "FieldValueRequired", "Required value: name or generateName is required")]
+            )
         t = Target_(res, t.namespace, name, None)
         body, warnings = self._prune_or_refuse(t, body, validation, code=400)
         body.setdefault("apiVersion", res.group_version)
         body.setdefault("kind", res.kind)
-        created = self.api._create(res, t.namespace or "", body, manager=manager, dry_run=dry_run,
-                                   apply_fields=None)
+        created = self.api._create(res, t.namespace or "", body, manager=manager, dry_run=dry_run, apply_fields=None)
         return 201, self._out(res, created), ({"Warning": ", ".join(warnings)} if warnings else {})
 
     def delete(self, req: Request, t: Target_, dry_run: bool) -> tuple[int, Obj | str, dict[str, str]]:
@@ -2247,8 +2549,11 @@ class Server:
         if deleted:
             details = _details(res, t.name)
             details["uid"] = live["metadata"]["uid"]
-            return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                         "details": details}, {}
+            return (
+                200,
+                {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details},
+                {},
+            )
         return 200, self._out(res, obj), {}
 
     # -- watch --
@@ -2326,8 +2631,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._authenticate(req)
             with api.lock:
                 for fault in api.faults:
-                    if fault.remaining > 0 and (fault.methods is None or req.method in fault.methods) and (
-                            fault.path_contains is None or fault.path_contains in req.path):
+                    if (
+                        fault.remaining > 0
+                        and (fault.methods is None or req.method in fault.methods)
+                        and (fault.path_contains is None or fault.path_contains in req.path)
+                    ):
                         fault.remaining -= 1
                         raise ApiError(fault.status, fault.body or "", fault.headers)
             server = Server(api)
@@ -2363,8 +2671,10 @@ class _Handler(BaseHTTPRequestHandler):
         imp = req.headers.get("impersonate-user")
         if imp:
             if user != ADMIN_USER:
-                msg = (f'users "{imp}" is forbidden: User "{user}" cannot impersonate resource "users" '
-                       'in API group "" at the cluster scope')
+                msg = (
+                    f'users "{imp}" is forbidden: User "{user}" cannot impersonate resource "users" '
+                    'in API group "" at the cluster scope'
+                )
                 raise ApiError(403, status_body(403, "Forbidden", msg, {"name": imp, "kind": "users"}))
             user = imp
         req.user = user
@@ -2411,8 +2721,15 @@ class _Handler(BaseHTTPRequestHandler):
 # --------------------------------------------------------------------------------------
 
 
-def write_kubeconfig(path: Path, server: str, token: str = ADMIN_TOKEN, *, context: str = "standin",
-                     namespace: str | None = None, ca_pem: bytes | None = None) -> Path:
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    token: str = ADMIN_TOKEN,
+    *,
+    context: str = "standin",
+    namespace: str | None = None,
+    ca_pem: bytes | None = None,
+) -> Path:
     """A kubeconfig with one cluster / user (bearer token) / context, made current; `ca_pem` is
     the cluster's CA for an HTTPS stand-in (see `self_signed_certificate`)."""
     ctx: Obj = {"cluster": context, "user": f"{context}-user"}
@@ -2446,9 +2763,13 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-standin")])
     now = _dt.datetime.now(_dt.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5)).not_valid_after(now + _dt.timedelta(days=1))
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=1))
         .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -2456,8 +2777,9 @@ def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path
     pem = cert.public_bytes(serialization.Encoding.PEM)
     cert_file, key_file = folder / "apiserver.crt", folder / "apiserver.key"
     cert_file.write_bytes(pem)
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file, pem
 
 
