@@ -15,6 +15,13 @@ from pathlib import Path
 import click
 
 STATE_DIR_HELP = "State folder of the controller (its --state-dir)."
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/controller"),
+    show_default=True,
+    help=STATE_DIR_HELP,
+)
 
 
 def _age(ts: float | None) -> str:
@@ -100,13 +107,7 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("env", required=False)
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".mlp/controller"),
-    show_default=True,
-    help=STATE_DIR_HELP,
-)
+@state_dir_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--watch", "-w", is_flag=True, help="Redraw every --every seconds until interrupted.")
 @click.option("--every", type=float, default=2.0, show_default=True, help="Seconds between redraws with --watch.")
@@ -162,13 +163,7 @@ def parse_since(text: str) -> float:
 @click.option("--since", help="Only events after this: a duration ago (30m, 2h, 7d) or an ISO time.")
 @click.option("--action", help="Only this action (apply, prune, self-heal, refused, rollback, merge, ...).")
 @click.option("--limit", type=int, help="Only the newest N events.")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".mlp/controller"),
-    show_default=True,
-    help=STATE_DIR_HELP,
-)
+@state_dir_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def audit(env: str | None, since: str | None, action: str | None, limit: int | None, state_dir: Path, fmt: str) -> None:
     """Show the audit log: every apply, prune, self-heal, refused revision, rollback and merge.
