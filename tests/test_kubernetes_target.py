@@ -189,6 +189,35 @@ def test_apply_creates_then_noop_apply_keeps_resource_version(cluster: Cluster) 
         assert t.apply(model).action == "unchanged"
 
 
+def test_forget_drops_what_an_environment_step_remembered(cluster: Cluster) -> None:
+    """A long-running controller calls `forget(env)` after each step: the target keeps nothing of
+    that environment's objects between steps, and a later list remembers them again."""
+    t = cluster.target()
+    cm = configmap("remembered", cluster.namespace)
+    other = configmap("other-env", cluster.namespace, env="prod")
+    t.apply(cm)
+    t.apply(other)
+    assert t.apply(cm).action == "unchanged"
+    t.forget("staging")
+    assert t.apply(cm).action == "configured"  # nothing known of staging: it cannot tell
+    assert t.apply(other).action == "unchanged"  # another environment's memory is kept
+    assert [o["metadata"]["name"] for o in t.list_owned("staging", [("v1", "ConfigMap")])] == ["remembered"]
+    assert t.apply(cm).action == "unchanged"
+
+
+def test_owned_versions_match_the_full_list_across_pages(cluster: Cluster) -> None:
+    t = cluster.target(page_size=2)
+    for i in range(5):
+        t.apply(configmap(f"cm-{i}", cluster.namespace))
+    t.apply(configmap("not-owned", cluster.namespace, owned=False))
+    t.apply(isvc("iris", cluster.namespace))
+    listed = t.list_owned("staging")
+    versions = t.owned_versions("staging")
+    assert versions == {ref_of(o): o["metadata"]["resourceVersion"] for o in listed}
+    assert len(versions) == 6 and all(versions.values())
+    assert t.calls["list"] >= 2 * 3  # paged: 5 config maps at 2 a page, twice
+
+
 def test_apply_without_namespace_uses_the_target_namespace(cluster: Cluster) -> None:
     t = cluster.target()
     obj = configmap("no-ns", cluster.namespace)

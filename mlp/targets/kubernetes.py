@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlp.targets.base import (
     ENV_LABEL,
@@ -48,6 +48,8 @@ from mlp.targets.base import (
 )
 
 FIELD_MANAGER = "mlp"
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -359,7 +361,9 @@ class KubernetesTarget:
         self.retries: Counter[int] = Counter()
         self._lock = threading.Lock()
         self._discovered: dict[tuple[str, str], ResourceInfo] = {}
-        self._seen: dict[ObjectRef, Manifest] = {}  # last state seen per object (for `action`)
+        # resourceVersion last seen per object, by environment label (to tell "unchanged" from
+        # "configured" after an apply); `forget` drops an environment's once its step is done.
+        self._seen: dict[str, dict[ObjectRef, str]] = {}
         if impersonate:
             api_client.set_default_header("Impersonate-User", impersonate)
 
@@ -436,8 +440,21 @@ class KubernetesTarget:
         skipped; a kind asked for by name raises the 404 "X is not installed" TargetError, so a
         caller that needs to write that kind can say so before planning.
         """
+        return self._list_owned(environment, kinds, self._remembered)
+
+    def owned_versions(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> dict[ObjectRef, str]:
+        """The resourceVersion of each object `list_owned` would return, and nothing else of them.
+
+        Read a page at a time and dropped page by page: a controller's check that nothing
+        changed costs one page of objects in memory, not every object of the environment.
+        """
+        return dict(self._list_owned(environment, kinds, lambda item: (ObjectRef.of(item), _rv(item))))
+
+    def _list_owned(
+        self, environment: str, kinds: list[tuple[str, str]] | None, keep: Callable[[Manifest], _T]
+    ) -> list[_T]:
         selector = f"{MANAGED_BY}={MANAGED_BY_VALUE},{ENV_LABEL}={environment}"
-        out: list[Manifest] = []
+        out: list[_T] = []
         for api_version, kind in kinds or DEFAULT_OWNED_KINDS:
             ref = ObjectRef(api_version, kind, self.namespace or "", "")
             try:
@@ -446,11 +463,18 @@ class KubernetesTarget:
                 if exc.status == 404 and kinds is None:
                     continue
                 raise
-            out += self._list_kind(info, ref, selector, raise_missing=kinds is not None)
+            out += self._list_kind(info, ref, selector, keep, raise_missing=kinds is not None)
         return out
 
-    def _list_kind(self, info: ResourceInfo, ref: ObjectRef, selector: str, *, raise_missing: bool) -> list[Manifest]:
-        items: list[Manifest] = []
+    def _remembered(self, item: Manifest) -> Manifest:
+        self._remember(item)
+        return item
+
+    def _list_kind(
+        self, info: ResourceInfo, ref: ObjectRef, selector: str, keep: Callable[[Manifest], _T], *, raise_missing: bool
+    ) -> list[_T]:
+        """Every page of one kind's owned objects, each item passed through `keep`."""
+        items: list[_T] = []
         token = ""
         restarted = False
         while True:
@@ -471,9 +495,9 @@ class KubernetesTarget:
                 # built-in lists omit apiVersion/kind on items; custom resource lists carry them
                 item.setdefault("apiVersion", info.api_version)
                 item.setdefault("kind", info.kind)
-                self._remember(item)
-                items.append(item)
+                items.append(keep(item))
             token = (page.get("metadata") or {}).get("continue") or ""
+            del page, body
             if not token:
                 return items
 
@@ -501,17 +525,17 @@ class KubernetesTarget:
         if status not in (200, 201):
             raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server)
         live = json.loads(raw)
-        before = self._seen.get(ref)
         if status == 201:
             action = "created"
-        elif before is None:
-            action = "configured"  # never seen: the server does not say whether it changed anything
         elif dry_run:
-            # a dry run never bumps the resourceVersion: compare the would-be object instead
-            action = "unchanged" if _comparable(before) == _comparable(live) else "configured"
+            # a dry run never bumps the resourceVersion: compare the would-be object with the stored one
+            stored = self.get(ref)
+            same = stored is not None and _comparable(stored) == _comparable(live)
+            action = "unchanged" if same else "configured"
         else:
-            same_rv = _rv(before) == _rv(live)
-            action = "unchanged" if same_rv else "configured"  # a no-op apply keeps the resourceVersion
+            before = self._seen.get(_env_of(live), {}).get(ref)
+            # a no-op apply keeps the resourceVersion; never seen: the server does not say, so "configured"
+            action = "unchanged" if before is not None and before == _rv(live) else "configured"
         if not dry_run:
             self._remember(live)
         return ApplyResult(ref=ref, action=action, live=live)
@@ -537,7 +561,9 @@ class KubernetesTarget:
         if status not in (200, 202):
             raise error_from_response(status, raw, ctype, ref=ref, verb="delete", server=self.server)
         if not dry_run:
-            self._seen.pop(ref, None)
+            with self._lock:
+                for seen in self._seen.values():
+                    seen.pop(ref, None)
 
     # ---- extras ----
 
@@ -611,14 +637,24 @@ class KubernetesTarget:
         body["metadata"] = meta
         return body
 
+    def forget(self, environment: str) -> None:
+        """Drop what was remembered of `environment`'s objects (a long-running caller, after each step).
+
+        The next `list_owned` remembers them again; until then an apply reports "configured"
+        where it cannot tell.
+        """
+        with self._lock:
+            self._seen.pop(environment, None)
+
     def _remember(self, obj: Manifest) -> None:
         try:
             ref = ObjectRef.of(obj)
         except KeyError:
             return
-        if _rv(obj):
+        rv = _rv(obj)
+        if rv:
             with self._lock:
-                self._seen[ref] = obj
+                self._seen.setdefault(_env_of(obj), {})[ref] = rv
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -744,6 +780,10 @@ def _warnings(headers: Any) -> list[str]:
         for m in re.finditer(r'\d{3} \S+ "((?:[^"\\]|\\.)*)"', value or ""):
             out.append(m.group(1).replace('\\"', '"'))
     return out
+
+
+def _env_of(obj: Manifest) -> str:
+    return str(((obj.get("metadata") or {}).get("labels") or {}).get(ENV_LABEL) or "")
 
 
 def _rv(obj: Manifest) -> str:
