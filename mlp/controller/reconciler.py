@@ -101,13 +101,20 @@ class Loaded:
     snapshot: Snapshot
     ok: bool
     errors: list[str]
-    environments: dict[str, Environment]
+    environments: dict[str, Environment]  # without deployments (see `of`)
     result: LoadResult | None = None  # the full spec set; dropped by `Reconciler.trim`
 
     @classmethod
     def of(cls, snapshot: Snapshot, result: LoadResult) -> Loaded:
         errors = [str(d) for d in result.diagnostics if getattr(d, "severity", "error") == "error"]
-        return cls(snapshot, result.ok, errors, dict(result.specs.environments), result)
+        # Without their deployments: what an idle step needs (target, sync policy, branch). Keeping
+        # thousands of small objects made in the middle of a load would pin the interpreter's memory
+        # pools that the load's garbage is freed from.
+        light = {
+            name: e.model_copy(update={"spec": e.spec.model_copy(update={"deployments": {}})})
+            for name, e in result.specs.environments.items()
+        }
+        return cls(snapshot, result.ok, errors, light, result)
 
 
 @dataclass
@@ -154,19 +161,22 @@ class _PriorityLock:
         self._urgent_waiting = 0
 
     @contextlib.contextmanager
-    def hold(self, *, urgent: bool) -> Iterator[None]:
+    def hold(self, *, urgent: bool) -> Iterator[bool]:
+        """Hold the lock; yields whether it had to wait for another holder."""
+        waited = False
         with self._cond:
             if urgent:
                 self._urgent_waiting += 1
             try:
                 while self._held or (not urgent and self._urgent_waiting):
+                    waited = True
                     self._cond.wait()
             finally:
                 if urgent:
                     self._urgent_waiting -= 1
             self._held = True
         try:
-            yield
+            yield waited
         finally:
             with self._cond:
                 self._held = False
@@ -217,25 +227,30 @@ def _take_warnings(target: Target) -> list[str]:
     return taken
 
 
-def release_memory() -> None:
-    """After a step that rendered and planned (thousands of short-lived dicts), give the memory back.
+def release_memory(*, collect: bool = True) -> None:
+    """After a step (thousands of short-lived dicts from a list, a render, a plan), give the memory back.
 
     A long-running controller otherwise keeps the high-water mark of its largest step for
-    ever; collecting and trimming the C heap keeps an idle controller small.
+    ever; collecting and trimming the C heap keeps an idle controller small (`mlp controller`
+    runs with PYTHONMALLOC=malloc, so every freed object is in that heap).
     """
-    gc.collect()
+    if collect:  # cycles; what an idle check lists has none (reference counting frees it)
+        gc.collect()
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def _fingerprint(live: list[Manifest]) -> str:
-    """Identity of a set of live objects: their resourceVersions, or their content when a target has none."""
+def _versions(live: list[Manifest]) -> dict[ObjectRef, str]:
+    """Each live object's resourceVersion, or its content when a target has none."""
+    return {ObjectRef.of(o): str((o.get("metadata") or {}).get("resourceVersion") or canonical_json(o)) for o in live}
+
+
+def _fingerprint(versions: dict[ObjectRef, str]) -> str:
+    """Identity of a set of live objects (see `_versions`)."""
     digest = hashlib.sha256()
-    for obj in sorted(live, key=lambda o: str(ObjectRef.of(o))):
-        meta = obj.get("metadata") or {}
-        rv = meta.get("resourceVersion")
-        digest.update(f"{ObjectRef.of(obj)}={rv}\n".encode() if rv else canonical_json(obj).encode())
+    for ref, version in sorted((str(r), v) for r, v in versions.items()):
+        digest.update(f"{ref}={version}\n".encode())
     return digest.hexdigest()
 
 
@@ -267,11 +282,12 @@ class Reconciler:
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
         self._active = 0  # steps in progress (trim waits for none)
-        self._cpu = _PriorityLock()  # render + plan, one environment at a time; urgent steps first
+        self._full_steps = 0  # steps that went past the fast path
+        self._full = _PriorityLock()  # full steps, one environment at a time; urgent steps first
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
         self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
-        self._full_steps = 0
+        self._step_targets: dict[str, Target] = {}  # env -> the target its running step uses
         self._in_sync: dict[str, tuple[str, str, str | None]] = {}  # env -> (revision, live fingerprint, source error)
 
     # --- sources and caches ------------------------------------------------------------------
@@ -359,7 +375,7 @@ class Reconciler:
     def step(self, env: str, *, reasons: Iterable[str] = ("interval",), ref: str | None = None) -> StepResult:
         lock = self._env_locks.setdefault(env, threading.Lock())
         start = time.monotonic()
-        full_before = self._full_steps
+        full = self._full_steps
         with self._cache_lock:
             self._active += 1
         with lock:
@@ -373,9 +389,12 @@ class Reconciler:
             finally:
                 with self._cache_lock:
                     self._active -= 1
-        if self._full_steps != full_before:
-            self.trim()
-            release_memory()
+                # What a target remembered of this environment's objects is needed only within the step.
+                forget = getattr(self._step_targets.pop(env, None), "forget", None)
+                if forget is not None:
+                    forget(env)
+        self.trim()  # also after a fast step: the loop may have loaded a commit no step rendered
+        release_memory(collect=self._full_steps != full)  # an idle check's listing is garbage now too
         result.duration = time.monotonic() - start
         if self.metrics is not None:
             self.metrics.reconcile_duration.labels(env).observe(result.duration)
@@ -418,17 +437,23 @@ class Reconciler:
                 [f"environment {env!r} is not declared at {rev[:12]}"],
                 "environment not declared (nothing is pruned)",
             )
-        policy = envspec.spec.sync
-        try:
-            target = self.targets(env, envspec)
-            live = target.list_owned(env)
-        except TargetError as exc:
-            return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
         # Fast path for the common idle case: same revision, same live objects (by resourceVersion)
         # as the last step that found everything in sync -> still in sync. Rendering and planning
-        # 1,000 objects again would cost most of an idle controller's CPU and memory.
-        fingerprint = (rev, _fingerprint(live), self.source.last_error)
-        if not manual and self._in_sync.get(env) == fingerprint and self.store.intent(env) is None:
+        # 1,000 objects again would cost most of an idle controller's CPU and memory. A target that
+        # can list versions alone (page by page) spares holding every object for the comparison.
+        live: list[Manifest] | None = None
+        try:
+            target = self._step_targets[env] = self.targets(env, envspec)
+            check = self._in_sync.get(env) if not manual and self.store.intent(env) is None else None
+            owned_versions = getattr(target, "owned_versions", None)
+            if check is not None and check[0] == rev and owned_versions is not None:
+                versions: dict[ObjectRef, str] = owned_versions(env)
+            else:
+                live = target.list_owned(env)
+                versions = _versions(live)
+        except TargetError as exc:
+            return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
+        if check is not None and check == (rev, _fingerprint(versions), self.source.last_error):
             _take_warnings(target)  # a list's warnings were reported when the state was first seen
             self.store.touch(env)
             if self.metrics is not None:  # confirmed in sync now: alerts on a stale timestamp stay quiet
@@ -436,18 +461,46 @@ class Reconciler:
             return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
         self._in_sync.pop(env, None)
         self._full_steps += 1
-        # Render and plan are pure CPU (one core under the GIL whatever the thread count): one
-        # environment at a time, so their transient copies do not pile up into the process's
-        # high-water mark. Listing and applying (I/O) stay parallel across environments.
-        with self._cpu.hold(urgent=bool(reasons & URGENT)):
-            try:
-                desired = self.renderer(self.specs_of(loaded), env, rev, snap.templates())
-            except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
-                return self._refuse(status, snap, [str(exc)], "render failed")
-            try:
-                plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
-            except (PlanRefused, ValueError) as exc:
-                return self._refuse(status, snap, [str(exc)], "unsafe plan")
+        # One full step (load, render, plan, apply, verify) at a time across environments, urgent
+        # ones first. Their working sets would otherwise pile up into one high-water mark that a
+        # long-running CPython process keeps for ever (its memory pools are not given back while
+        # any object in them lives); render and plan are one core's work under the GIL anyway.
+        # Idle checks (the fast path above) stay parallel.
+        with self._full.hold(urgent=bool(reasons & URGENT)) as waited:
+            if waited or live is None:
+                try:  # not listed whole yet, or another environment's step ran meanwhile (it may be stale)
+                    live = target.list_owned(env)
+                except TargetError as exc:
+                    return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
+            return self._full_step(env, reasons, status, loaded, target, live, seen_before, source_note)
+
+    def _full_step(
+        self,
+        env: str,
+        reasons: set[str],
+        status: EnvStatus,
+        loaded: Loaded,
+        target: Target,
+        live: list[Manifest],
+        seen_before: tuple[str, str | None],
+        source_note: str,
+    ) -> StepResult:
+        """Render, plan and (when policy allows) apply; `_step` found the environment out of its fast path."""
+        manual = "manual" in reasons
+        snap = loaded.snapshot
+        rev = snap.revision
+        specs = self.specs_of(loaded)
+        envspec = specs.environments[env]  # with its deployments (`loaded` keeps environments without)
+        policy = envspec.spec.sync
+        try:
+            desired = self.renderer(specs, env, rev, snap.templates())
+        except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
+            return self._refuse(status, snap, [str(exc)], "render failed")
+        del specs
+        try:
+            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+        except (PlanRefused, ValueError) as exc:
+            return self._refuse(status, snap, [str(exc)], "unsafe plan")
 
         intent = self.store.intent(env)
         interrupted = intent is not None and intent.run != RUN_ID
@@ -575,8 +628,7 @@ class Reconciler:
         try:
             # What the server answered to each write is the live state: no second list of every object.
             live = after if after is not None else target.list_owned(env)
-            with self._cpu.hold(urgent=bool(reasons & URGENT)):
-                plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
+            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
         except (TargetError, PlanRefused, ValueError) as exc:
             return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
         result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note, action=action)
@@ -708,6 +760,6 @@ class Reconciler:
             if in_sync:
                 self.metrics.last_sync.labels(status.env).set(now)
         if in_sync:
-            self._in_sync[status.env] = (rev, _fingerprint(live), self.source.last_error)
+            self._in_sync[status.env] = (rev, _fingerprint(_versions(live)), self.source.last_error)
         outcome = APPLIED if applied else (SYNCED_OUTCOME if in_sync else OUT_OF_SYNC_OUTCOME)
         return StepResult(status.env, outcome, rev, message=status.message)
