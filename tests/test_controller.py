@@ -732,7 +732,7 @@ def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
     assert out.count("ENVIRONMENT") >= 2 and "staging" in out
 
 
-def test_render_and_plan_lock_serves_urgent_steps_first() -> None:
+def test_full_step_lock_serves_urgent_steps_first() -> None:
     from mlp.controller.reconciler import _PriorityLock
 
     lock = _PriorityLock()
@@ -760,3 +760,82 @@ def test_render_and_plan_lock_serves_urgent_steps_first() -> None:
     for t in (holder, background, urgent):
         t.join(5)
     assert order == ["holder", "webhook", "interval"]
+
+
+def test_full_steps_run_one_environment_at_a_time(rig: Rig) -> None:
+    """Rendering, planning and applying of different environments never overlap (their working sets
+    would add up in the controller's memory high-water mark); each environment's idle check does."""
+    spans: dict[str, list[float]] = {}
+    lock = threading.Lock()
+    render = rig.reconciler.renderer
+
+    def renderer(specs: Any, env: str, rev: str, templates: dict[str, str]) -> Any:
+        with lock:
+            spans[env] = [time.monotonic(), time.monotonic()]
+        return render(specs, env, rev, templates)
+
+    class SlowTarget(MemoryTarget):
+        def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
+            time.sleep(0.02)
+            result = super().apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
+            with lock:
+                spans[obj["metadata"]["labels"][ENV_LABEL]][1] = time.monotonic()
+            return result
+
+    forgotten: list[str] = []
+
+    class ForgetfulTarget(SlowTarget):
+        def forget(self, environment: str) -> None:
+            forgotten.append(environment)
+
+    rig.target = ForgetfulTarget()
+    rig.reconciler.renderer = renderer
+    rig.source.refresh(["main"])
+    envs = ["dev", "staging", "prod"]
+    threads = [threading.Thread(target=rig.reconciler.step, args=(e,), kwargs={"reasons": ["interval"]}) for e in envs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(spans) == sorted(envs), "every environment rendered and applied"
+    ordered = sorted(spans.values())
+    for (_, end), (start, _) in zip(ordered, ordered[1:], strict=False):
+        assert end <= start, f"full steps overlapped: {ordered}"
+    assert sorted(forgotten) == sorted(envs), "the target is told to forget each environment after its step"
+
+
+def test_environments_on_one_cluster_share_one_target_and_its_rate_limit(tmp_path: Path) -> None:
+    """Environments step in parallel; each asks for its target at once. One cluster context is one
+    target, so the client-side rate limit holds for the controller as a whole, not per environment."""
+    from standins.kube_apiserver import write_kubeconfig
+
+    from mlp.cli.controller import _make_targets
+    from mlp.specs.models import Environment
+
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:9")
+    factory = _make_targets(str(kubeconfig), tmp_path, qps=7.0, burst=3)
+    specs = {
+        name: Environment.model_validate(
+            {
+                "apiVersion": "mlp.dev/v1",
+                "kind": "Environment",
+                "metadata": {"name": name},
+                "spec": {"target": {"kind": "kubernetes", "namespace": name}},
+            }
+        )
+        for name in ("dev", "staging", "prod")
+    }
+    got: list[Any] = []
+    start = threading.Barrier(len(specs))
+
+    def ask(name: str) -> None:
+        start.wait(5)
+        got.append(factory(name, specs[name]))
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(got) == 3 and len({id(t) for t in got}) == 1
+    assert (got[0].bucket.qps, got[0].bucket.burst) == (7.0, 3)

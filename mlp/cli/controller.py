@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,18 +25,29 @@ from mlp.specs.models import Environment
 from mlp.targets.base import Target, TargetError
 
 
-def _make_targets(kubeconfig: str | None, state_dir: Path) -> Callable[[str, Environment], Target]:
-    """Target per environment from its spec: kubernetes (kubeconfig or in-cluster) or the local runtime."""
+def _make_targets(
+    kubeconfig: str | None, state_dir: Path, *, qps: float = 50.0, burst: int = 100
+) -> Callable[[str, Environment], Target]:
+    """Target per environment from its spec: kubernetes (kubeconfig or in-cluster) or the local runtime.
+
+    Environments on the same cluster context share one target, so its client-side rate limit
+    (`qps`, `burst`) holds for the controller as a whole.
+    """
     cache: dict[tuple[str, str | None], Target] = {}
+    lock = threading.Lock()  # environments step in parallel: build each target once
 
     def factory(env: str, spec: Environment) -> Target:
+        with lock:
+            return build(env, spec)
+
+    def build(env: str, spec: Environment) -> Target:
         t = spec.spec.target
         key = (t.kind, t.context if t.kind == "kubernetes" else env)
         if key not in cache:
             if t.kind == "kubernetes":
                 from mlp.targets.kubernetes import KubernetesTarget
 
-                cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context)
+                cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context, qps=qps, burst=burst)
             else:
                 # The embedded runtime serves models in the process that owns it: `mlp up` runs the
                 # same reconcile loop for local environments; a separate controller cannot reach it.
@@ -113,7 +125,27 @@ def _stamp() -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="known_hosts file to verify the SSH host against (default: accept a new host key once).",
 )
-@click.option("--workers", type=int, default=4, show_default=True, help="Environments reconciled in parallel.")
+@click.option(
+    "--workers",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Environments checked in parallel (rendering and applying go one environment at a time).",
+)
+@click.option(
+    "--kube-api-qps",
+    type=click.FloatRange(min=0, min_open=True),
+    default=50.0,
+    show_default=True,
+    help="Requests per second to each Kubernetes API server, all environments together.",
+)
+@click.option(
+    "--kube-api-burst",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="Requests allowed at once above --kube-api-qps.",
+)
 @click.option(
     "--once",
     is_flag=True,
@@ -136,6 +168,8 @@ def controller(
     ssh_key: Path | None,
     ssh_known_hosts: Path | None,
     workers: int,
+    kube_api_qps: float,
+    kube_api_burst: int,
     once: bool,
     quiet: bool,
 ) -> None:
@@ -197,7 +231,13 @@ def controller(
 
     store = StateStore(state_dir)
     metrics = ControllerMetrics()
-    reconciler = Reconciler(source, _make_targets(kubeconfig, state_dir), store, metrics=metrics, default_ref=branch)
+    reconciler = Reconciler(
+        source,
+        _make_targets(kubeconfig, state_dir, qps=kube_api_qps, burst=kube_api_burst),
+        store,
+        metrics=metrics,
+        default_ref=branch,
+    )
 
     def on_step(result: StepResult, reasons: set[str]) -> None:
         if quiet and result.outcome in ("synced",):
