@@ -198,6 +198,12 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
         _wait(lambda: (s := _status(state)) is not None and s.sync_status == "Synced", 60, "first sync", proc)
         port = json.loads((state / "controller.json").read_text())["metricsPort"]
         applied = f'mlp_controller_reconcile_total{{environment="{ENV}",outcome="applied"}} 1.0'
+        # The same process (re-executed in place) runs with the C allocator, whose freed pages go back
+        # to the OS; `mlp controller --help` and in-process invocations are not re-executed.
+        if sys.platform.startswith("linux"):
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            assert b"PYTHONMALLOC=malloc" in environ
+            assert json.loads((state / "controller.json").read_text())["pid"] == proc.pid
 
         def scrape() -> str:
             return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

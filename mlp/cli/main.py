@@ -8,6 +8,7 @@ heavy edges (kubernetes, fastapi, numpy) are never imported for commands that do
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -82,7 +83,26 @@ def cli() -> None:
     """
 
 
+def _returnable_heap_for_long_runs(argv: list[str]) -> None:
+    """Re-execute `mlp controller` once with CPython's small-object allocator off (PYTHONMALLOC=malloc).
+
+    The controller runs for months. CPython's own allocator keeps 1 MiB arenas for as long as any
+    one object in them lives, so a single large reconcile (thousands of short-lived dicts) would
+    set the process's memory for good; with the C allocator, what a step frees goes back to the
+    OS page by page (`malloc_trim`, after each step). Costs one interpreter start. Skipped when
+    PYTHONMALLOC is already set (PYTHONMALLOC=pymalloc keeps CPython's allocator), for --help, and
+    off Linux (glibc's malloc_trim is what gives the pages back).
+    """
+    if len(argv) < 2 or argv[1] != "controller" or os.environ.get("PYTHONMALLOC"):
+        return
+    if not sys.platform.startswith("linux") or {"-h", "--help"} & set(argv[2:]):
+        return
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
+    os.execve(sys.executable, [sys.executable, "-m", "mlp.cli.main", *argv[1:]], env)
+
+
 def main() -> None:
+    _returnable_heap_for_long_runs(sys.argv)
     cli(prog_name="mlp")
 
 
