@@ -98,7 +98,8 @@ def _returnable_heap_for_long_runs(argv: list[str]) -> None:
     if not sys.platform.startswith("linux") or {"-h", "--help"} & set(argv[2:]):
         return
     env = {**os.environ, "PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "2")}
-    os.execve(sys.executable, [sys.executable, "-m", "mlp.cli.main", *argv[1:]], env)
+    # the same command line, interpreter options included (`python -X ... -m mlp.cli.main` or the script)
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def main() -> None:
