@@ -839,3 +839,37 @@ def test_environments_on_one_cluster_share_one_target_and_its_rate_limit(tmp_pat
         t.join(10)
     assert len(got) == 3 and len({id(t) for t in got}) == 1
     assert (got[0].bucket.qps, got[0].bucket.burst) == (7.0, 3)
+
+
+def test_a_slow_cluster_does_not_hold_up_environments_on_another(rig: Rig) -> None:
+    """Full steps are one at a time per target (cluster); an environment on another cluster goes on."""
+    entered, release = threading.Event(), threading.Event()
+
+    class StuckTarget(MemoryTarget):
+        def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
+            entered.set()
+            release.wait(30)
+            return super().apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
+
+    targets: dict[str, MemoryTarget] = {"staging": StuckTarget(), "prod": MemoryTarget()}
+    rig.reconciler.targets = lambda env, spec: targets[env]
+    rig.source.refresh(["main"])
+    results: dict[str, Any] = {}
+
+    def step(env: str) -> None:
+        results[env] = rig.reconciler.step(env, reasons=["interval"])
+
+    stuck = threading.Thread(target=step, args=("staging",))
+    stuck.start()
+    try:
+        assert entered.wait(30), "staging never started applying"
+        other = threading.Thread(target=step, args=("prod",))
+        other.start()
+        other.join(30)
+        assert not other.is_alive(), "prod waited for staging's cluster"
+        assert results["prod"].outcome == "applied" and targets["prod"].objects
+        assert "staging" not in results
+    finally:
+        release.set()
+        stuck.join(30)
+    assert results["staging"].outcome == "applied"

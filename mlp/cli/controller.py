@@ -130,7 +130,7 @@ def _stamp() -> str:
     type=int,
     default=4,
     show_default=True,
-    help="Environments checked in parallel (rendering and applying go one environment at a time).",
+    help="Environments checked in parallel (rendering and applying go one at a time per cluster).",
 )
 @click.option(
     "--kube-api-qps",

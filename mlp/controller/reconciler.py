@@ -283,7 +283,7 @@ class Reconciler:
         self._loaded: dict[str, Loaded] = {}
         self._active = 0  # steps in progress (trim waits for none)
         self._full_steps = 0  # steps that went past the fast path
-        self._full = _PriorityLock()  # full steps, one environment at a time; urgent steps first
+        self._full: dict[int, tuple[Target, _PriorityLock]] = {}  # id(target) -> its full-step lock
         self._ref_rev: dict[str, str] = {}  # ref -> newest loaded commit
         self._loading: dict[str, threading.Lock] = {}
         self._env_locks: dict[str, threading.Lock] = {}
@@ -337,6 +337,15 @@ class Reconciler:
                 with self._cache_lock:
                     loaded.result = result
         return result.specs
+
+    def _full_lock(self, target: Target) -> _PriorityLock:
+        """The lock full steps against `target` take (one per target object, which a factory shares
+        between the environments on one cluster)."""
+        with self._cache_lock:
+            entry = self._full.get(id(target))
+            if entry is None or entry[0] is not target:
+                entry = self._full[id(target)] = (target, _PriorityLock())
+            return entry[1]
 
     def trim(self) -> None:
         """Drop full spec sets while no step runs (an idle controller keeps only summaries)."""
@@ -461,12 +470,12 @@ class Reconciler:
             return StepResult(env, SYNCED_OUTCOME, rev, message=status.message)
         self._in_sync.pop(env, None)
         self._full_steps += 1
-        # One full step (load, render, plan, apply, verify) at a time across environments, urgent
-        # ones first. Their working sets would otherwise pile up into one high-water mark that a
-        # long-running CPython process keeps for ever (its memory pools are not given back while
-        # any object in them lives); render and plan are one core's work under the GIL anyway.
-        # Idle checks (the fast path above) stay parallel.
-        with self._full.hold(urgent=bool(reasons & URGENT)) as waited:
+        # One full step (load, render, plan, apply, verify) at a time per target (a cluster), urgent
+        # ones first. Environments on one cluster share its client-side rate limit, so applying them
+        # together is no faster, while their working sets would pile up into one high-water mark of
+        # the process; render and plan are one core's work under the GIL anyway. Environments on
+        # other clusters (a slow one must not hold them up) and idle checks stay parallel.
+        with self._full_lock(target).hold(urgent=bool(reasons & URGENT)) as waited:
             if waited or live is None:
                 try:  # not listed whole yet, or another environment's step ran meanwhile (it may be stale)
                     live = target.list_owned(env)
