@@ -9,6 +9,11 @@ Ownership: every object mlp writes carries the labels in `OWNERSHIP_LABELS`; `li
 returns only objects carrying `app.kubernetes.io/managed-by=mlp` and the environment
 label, so prune can never touch what mlp did not create.
 
+Two optional methods a long-running caller (the controller) uses when a target has them:
+`owned_versions(environment) -> {ObjectRef: resourceVersion}`, the cheap way to see that
+nothing changed, and `forget(environment)`, to drop whatever the target cached of that
+environment's objects once a step is over. The kubernetes target has both.
+
 Objects for the local runtime: render emits, per deployed model, one
 `mlp.dev/v1` `ModelDeployment` (see `MODEL_DEPLOYMENT_EXAMPLE`) instead of a KServe
 InferenceService, because the runtime needs every routed version (stable, canary,
