@@ -278,6 +278,10 @@ def main() -> None:
                 "includes interpreter start-up and the first fetch",
             )
         )
+        # Status is saved inside a step; the step's metrics come after it has given its memory back.
+        port = json.loads((state / "controller.json").read_text())["metricsPort"]
+        while metric(port, "mlp_controller_reconcile_duration_seconds_count") < len(ENVS):
+            time.sleep(0.2)
         window = min(args.idle, 30.0)
         cpu, peak = idle_window(proc.pid, window)
         rows.append(
