@@ -503,10 +503,8 @@ class KubernetesTarget:
 
     def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
         ref = ObjectRef.of(obj)
-        info = self.resource_for(ref.api_version, ref.kind)
-        namespace = self._namespace_for(info, ref)
-        ref = ObjectRef(ref.api_version, ref.kind, namespace, ref.name)
-        body = self._applied_configuration(obj, info, namespace)
+        info, ref = self._locate(ref)
+        body = self._applied_configuration(obj, info, ref.namespace)
         query = {"fieldManager": self.field_manager}
         if force_conflicts:
             query["force"] = "true"
@@ -515,7 +513,7 @@ class KubernetesTarget:
         status, ctype, raw = self._request(
             "patch",
             "PATCH",
-            info.item(namespace, ref.name),
+            info.item(ref.namespace, ref.name),
             query,
             body=body,
             content_type="application/apply-patch+yaml",
@@ -541,15 +539,13 @@ class KubernetesTarget:
         return ApplyResult(ref=ref, action=action, live=live)
 
     def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
-        info = self.resource_for(ref.api_version, ref.kind)
-        namespace = self._namespace_for(info, ref)
-        ref = ObjectRef(ref.api_version, ref.kind, namespace, ref.name)
+        info, ref = self._locate(ref)
         query = {"dryRun": "All"} if dry_run else {}
         body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
         status, ctype, raw = self._request(
             "delete",
             "DELETE",
-            info.item(namespace, ref.name),
+            info.item(ref.namespace, ref.name),
             query,
             body=body,
             content_type="application/json",
@@ -569,10 +565,8 @@ class KubernetesTarget:
 
     def get(self, ref: ObjectRef) -> Manifest | None:
         """The live object, or None when it does not exist."""
-        info = self.resource_for(ref.api_version, ref.kind)
-        namespace = self._namespace_for(info, ref)
-        ref = ObjectRef(ref.api_version, ref.kind, namespace, ref.name)
-        status, ctype, raw = self._request("get", "GET", info.item(namespace, ref.name), {}, ref=ref)
+        info, ref = self._locate(ref)
+        status, ctype, raw = self._request("get", "GET", info.item(ref.namespace, ref.name), {}, ref=ref)
         if status == 404 and not _not_served(status, raw, ctype):
             return None
         if status != 200:
@@ -621,13 +615,16 @@ class KubernetesTarget:
 
     # ---- internals ----
 
-    def _namespace_for(self, info: ResourceInfo, ref: ObjectRef) -> str:
-        if not info.namespaced:
-            return ""
-        ns = ref.namespace or self.namespace
-        if not ns:
-            raise TargetError(f"{ref} has no namespace and the target has no default namespace", ref=ref)
-        return ns
+    def _locate(self, ref: ObjectRef) -> tuple[ResourceInfo, ObjectRef]:
+        """The resource serving `ref`'s kind, and `ref` with the namespace its requests use
+        (none for a cluster-scoped kind, else its own or the target's default)."""
+        info = self.resource_for(ref.api_version, ref.kind)
+        namespace = ""
+        if info.namespaced:
+            namespace = ref.namespace or self.namespace or ""
+            if not namespace:
+                raise TargetError(f"{ref} has no namespace and the target has no default namespace", ref=ref)
+        return info, ObjectRef(ref.api_version, ref.kind, namespace, ref.name)
 
     def _applied_configuration(self, obj: Manifest, info: ResourceInfo, namespace: str) -> Manifest:
         body = {k: v for k, v in obj.items() if k != "status"}
