@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from mlp.cli.status import require_state, state_dir_option
 from mlp.specs.models import Environment
 from mlp.targets.base import Target, TargetError
 
@@ -318,13 +319,7 @@ def controller(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("env")
-@click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".mlp/controller"),
-    show_default=True,
-    help="State folder of the running controller.",
-)
+@state_dir_option
 @click.option("--wait/--no-wait", default=False, help="Wait until the controller has reconciled ENV.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -341,11 +336,7 @@ def sync(env: str, state_dir: Path, wait: bool, timeout: float, fmt: str) -> Non
     """
     from mlp.controller.store import StateStore, request_sync
 
-    if not (state_dir / "state.db").exists():
-        click.echo(
-            f"error: {state_dir}: no controller state here (start `mlp controller --state-dir {state_dir}`)", err=True
-        )
-        sys.exit(2)
+    require_state(state_dir)
     asked = time.time()
     request_sync(state_dir, "*" if env == "all" else env, "manual")
     if not wait:

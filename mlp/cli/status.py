@@ -11,8 +11,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from mlp.controller.store import StateStore
 
 STATE_DIR_HELP = "State folder of the controller (its --state-dir)."
 state_dir_option = click.option(
@@ -42,14 +46,19 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
-def _open(state_dir: Path):  # type: ignore[no-untyped-def]
-    from mlp.controller.store import StateStore
-
+def require_state(state_dir: Path) -> None:
+    """Exit 2 with one line unless `state_dir` holds a controller's state (status, audit, sync)."""
     if not (state_dir / "state.db").exists():
         click.echo(
             f"error: {state_dir}: no controller state here (run `mlp controller --state-dir {state_dir}`)", err=True
         )
         sys.exit(2)
+
+
+def _open(state_dir: Path) -> StateStore:
+    from mlp.controller.store import StateStore
+
+    require_state(state_dir)
     return StateStore(state_dir)
 
 
@@ -177,9 +186,7 @@ def audit(env: str | None, since: str | None, action: str | None, limit: int | N
     from mlp.controller.store import AuditLog
 
     start = parse_since(since) if since else None
-    if not (state_dir / "state.db").exists():
-        click.echo(f"error: {state_dir}: no controller state here", err=True)
-        sys.exit(2)
+    require_state(state_dir)
     log = AuditLog(state_dir)
     try:
         events = log.events(env=env, since=start, action=action, limit=limit)
