@@ -388,6 +388,15 @@ def builtin_resources() -> list[Resource]:
             tracks_generation=True,
         ),
         _builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            "V1Lease",
+            singular="lease",
+            status_subresource=False,
+        ),
+        _builtin(
             "batch",
             "v1",
             "cronjobs",
