@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,19 +175,38 @@ class HashingWriter:
     """A write-only file object that hashes what passes through it on its way to disk.
 
     SDK transfer managers accept any object with `write`; giving them this one keeps the
-    digest check inside their own download path instead of re-reading the file after.
+    digest check inside their own download path instead of re-reading the file after. The
+    hashing runs on a second thread (hashlib releases the GIL on large buffers), so it
+    overlaps the network instead of adding to it; at most `window` bytes wait for it.
     """
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: IO[bytes], window: int = 32 * CHUNK) -> None:
         self._out = out
         self._hash = hashlib.sha256()
+        self._buf = bytearray()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max(1, window // CHUNK))
+        self._thread: threading.Thread | None = None
+        self._digest: str | None = None
         self.size = 0
 
     def write(self, data: bytes) -> int:
-        self._hash.update(data)
         self._out.write(data)
+        self._buf += data
         self.size += len(data)
+        if len(self._buf) >= CHUNK:
+            self._hand_over()
         return len(data)
+
+    def _hand_over(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="mlp-artifact-hash", daemon=True)
+            self._thread.start()
+        self._queue.put(bytes(self._buf))
+        self._buf.clear()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
 
     def writable(self) -> bool:
         return True
@@ -196,9 +217,22 @@ class HashingWriter:
     def flush(self) -> None:
         self._out.flush()
 
+    def finish(self) -> str:
+        """Wait for the hashing thread and return the digest; safe to call more than once."""
+        if self._digest is None:
+            if self._thread is not None:
+                if self._buf:
+                    self._hand_over()
+                self._queue.put(None)
+                self._thread.join()
+            elif self._buf:
+                self._hash.update(self._buf)
+            self._digest = "sha256:" + self._hash.hexdigest()
+        return self._digest
+
     @property
     def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
+        return self.finish()
 
 
 def _copy(src: IO[bytes], sink: HashingWriter) -> None:
@@ -450,12 +484,15 @@ class ArtifactStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 sink = HashingWriter(out)
-                local = self._mirrored(parsed, uri)
-                if local is not None:
-                    with open(local, "rb") as src:
-                        _copy(src, sink)
-                else:
-                    self.backend(parsed.scheme).download(parsed, uri, sink)
+                try:
+                    local = self._mirrored(parsed, uri)
+                    if local is not None:
+                        with open(local, "rb") as src:
+                            _copy(src, sink)
+                    else:
+                        self.backend(parsed.scheme).download(parsed, uri, sink)
+                finally:
+                    sink.finish()  # the hashing thread ends whatever happened
             if sink.digest != f"sha256:{hexd}":
                 raise DigestMismatch(
                     f"{uri}: sha256 mismatch: the spec declares sha256:{hexd[:12]}..., "
