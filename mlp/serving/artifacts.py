@@ -191,18 +191,21 @@ class HashingWriter:
 
     def write(self, data: bytes) -> int:
         self._out.write(data)
-        self._buf += data
         self.size += len(data)
-        if len(self._buf) >= CHUNK:
-            self._hand_over()
+        if not self._buf and type(data) is bytes and len(data) >= CHUNK:
+            self._hand_over(data)  # immutable and large: no copy needed
+        else:
+            self._buf += data
+            if len(self._buf) >= CHUNK:
+                self._hand_over(bytes(self._buf))
+                self._buf.clear()
         return len(data)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, chunk: bytes) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="mlp-artifact-hash", daemon=True)
             self._thread.start()
-        self._queue.put(bytes(self._buf))
-        self._buf.clear()
+        self._queue.put(chunk)
 
     def _run(self) -> None:
         while (chunk := self._queue.get()) is not None:
@@ -222,7 +225,8 @@ class HashingWriter:
         if self._digest is None:
             if self._thread is not None:
                 if self._buf:
-                    self._hand_over()
+                    self._hand_over(bytes(self._buf))
+                    self._buf.clear()
                 self._queue.put(None)
                 self._thread.join()
             elif self._buf:
