@@ -370,10 +370,10 @@ def test_markdown_format_is_stable() -> None:
     assert plan_to_markdown(make_plan([], [], environment=ENV)).splitlines()[1].startswith("**No changes.**")
 
 
-def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
-    from mlp.plan.pipeline import kinds_to_list, plan_environment
+def test_engine_never_plans_from_a_failed_snapshot() -> None:
+    from mlp.engine import Policy, kinds_stage, reconcile
     from mlp.sources.base import Snapshot
-    from mlp.specs import load
+    from mlp.testing import MemoryTarget
 
     bad = Snapshot(
         revision="r",
@@ -382,10 +382,10 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
             b"metadata: {name: e}\nspec: {target: {kind: nope}}\n"
         },
     )
-    result = load(bad)
-    assert not result.ok
+    target = MemoryTarget([as_live(isvc("iris"))])
     with pytest.raises(PlanRefused, match="failed validation"):
-        plan_environment(result, "e", [as_live(isvc("iris"))], prune=True)
+        reconcile(bad, "e", target, Policy(prune=True))
+    assert target.writes == []
     good = Snapshot(
         revision="r",
         files={
@@ -393,11 +393,15 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
             b"metadata: {name: e}\nspec: {target: {kind: local}}\n"
         },
     )
-    plan = plan_environment(load(good), "e", [], prune=True)
+    plan = reconcile(good, "e", MemoryTarget(), Policy(prune=True, execute=False)).plan
     assert plan.items == [] and plan.revision == "r"
-    kinds = kinds_to_list("kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}])
+    # no inventory yet: the plug-ins' kinds (to adopt) plus what the render produced
+    kinds, inventory = kinds_stage(
+        MemoryTarget(), "e", "kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}]
+    )
+    assert inventory is None
     assert ("serving.kserve.io/v1beta1", "InferenceService") in kinds
-    assert kinds[-1] == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert ("networking.k8s.io/v1", "NetworkPolicy") in kinds
 
 
 def test_a_field_the_repository_stopped_setting_is_an_update() -> None:
