@@ -33,7 +33,7 @@ from mlp.controller.store import AuditEvent, AuditLog, Intent, StateStore, reque
 from mlp.controller.windows import sync_allowed
 from mlp.sources.git import GitSource
 from mlp.specs.models import SyncWindow
-from mlp.targets.base import ENV_LABEL, ApplyResult, Manifest
+from mlp.targets.base import ENV_LABEL, ApplyResult, Manifest, ObjectRef
 from mlp.testing import MemoryTarget
 
 pytestmark = pytest.mark.timeout(120)
@@ -286,6 +286,7 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     iris = rig.target.named("InferenceService", "iris")
     assert iris is not None
     iris["spec"]["predictor"]["minReplicas"] = 7  # a hand edit
+    rig.target.put(iris)
     res = rig.step("staging")
     assert res.outcome == "applied"
     assert rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] != 7  # type: ignore[index]
@@ -295,7 +296,10 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     edit(rig.repo, "environments/staging.yaml", lambda t: t.replace("selfHeal: true", "selfHeal: false"))
     commit_all(rig.repo, "no self-heal in staging")
     assert rig.step("staging").outcome == "synced"
-    rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] = 7  # type: ignore[index]
+    iris = rig.target.named("InferenceService", "iris")
+    assert iris is not None
+    iris["spec"]["predictor"]["minReplicas"] = 7
+    rig.target.put(iris)
     res = rig.step("staging")
     assert res.outcome == "out_of_sync"
     assert rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] == 7  # type: ignore[index]
@@ -623,31 +627,42 @@ def test_health_follows_inference_service_conditions(rig: Rig) -> None:
     rig.step("staging")
     st = rig.store.load("staging")
     assert st is not None and st.health == "Progressing"  # nothing has reported readiness yet
-    for obj in rig.target.objects.values():
+    for ref, obj in list(rig.target.objects.items()):  # what KServe and the kubelet report
         if obj["kind"] == "InferenceService":
-            obj["status"] = {
-                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]
-            }
+            rig.target.set_status(
+                ref, {"conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]}
+            )
         elif obj["kind"] == "Deployment":
             replicas = obj["spec"].get("replicas", 1)
-            obj["status"] = {
-                "observedGeneration": 1,
-                "replicas": replicas,
-                "updatedReplicas": replicas,
-                "availableReplicas": replicas,
-                "readyReplicas": replicas,
-            }
+            rig.target.set_status(
+                ref,
+                {
+                    "observedGeneration": obj["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "readyReplicas": replicas,
+                },
+            )
     assert rig.step("staging").outcome == "synced"
     st = rig.store.load("staging")
     assert st is not None and st.health == "Healthy", [(o.ref, o.health, o.message) for o in st.objects]
     iris = rig.target.named("InferenceService", "iris")
     assert iris is not None
-    iris["status"] = {
-        "conditions": [
-            {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
-            {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
-        ]
-    }
+    rig.target.set_status(
+        ObjectRef.of(iris),
+        {
+            "conditions": [
+                {
+                    "type": "PredictorReady",
+                    "status": "False",
+                    "reason": "RevisionFailed",
+                    "message": "image pull failed",
+                },
+                {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
+            ]
+        },
+    )
     rig.step("staging")
     st = rig.store.load("staging")
     assert st is not None and st.health == "Degraded" and st.sync_status == "Synced"

@@ -39,7 +39,7 @@ from mlp.controller.metrics import ControllerMetrics
 from mlp.controller.reconciler import Reconciler
 from mlp.controller.store import AuditLog, StateStore
 from mlp.sources.git import GitSource
-from mlp.targets.base import Manifest, ObjectRef, Target
+from mlp.targets.base import Manifest, Target
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 

@@ -162,10 +162,9 @@ class MemoryTarget:
 
     def write_inventory(self, environment: str, refs: list[ObjectRef]) -> None:
         with self._lock:
+            self._check("inventory", None)
             self.inventories[environment] = sorted(refs)
-            self.writes.append(
-                ("inventory", ObjectRef("v1", "ConfigMap", self.namespace, f"mlp-inventory-{environment}"))
-            )
+            self.inventory_writes += 1
 
     # --- internals --------------------------------------------------------------------------------
 
