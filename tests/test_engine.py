@@ -261,3 +261,99 @@ def test_pipeline_stages_are_called_only_by_the_engine() -> None:
     if Path(lint).exists():
         out = subprocess.run([lint], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- the in-memory target and the engine without a cluster ---------------------------------------
+
+
+def _obj(name: str, kind: str = "ConfigMap", env: str = ENV, data: str = "a") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": NS,
+            "labels": {"app.kubernetes.io/managed-by": "mlp", "mlp.dev/environment": env},
+        },
+        "data": {"k": data},
+    }
+
+
+def test_memory_target_behaves_like_an_api_server() -> None:
+    from mlp.testing import MemoryTarget
+
+    target = MemoryTarget()
+    created = target.apply(_obj("a"))
+    assert created.action == "created"
+    rv = created.live["metadata"]["resourceVersion"]
+    again = target.apply(_obj("a"))
+    assert again.action == "unchanged" and again.live["metadata"]["resourceVersion"] == rv
+    ref = ObjectRef.of(created.live)
+    target.set_status(ref, {"phase": "Ready"})
+    changed = target.apply(_obj("a", data="b"))
+    assert changed.action == "configured" and changed.live["status"] == {"phase": "Ready"}  # status survives apply
+    assert int(changed.live["metadata"]["resourceVersion"]) > int(rv)
+    target.apply(_obj("other-env", env="prod"))
+    target.put({**_obj("unlabelled"), "metadata": {"name": "unlabelled", "namespace": NS}})
+    assert [o["metadata"]["name"] for o in target.list_owned(ENV)] == ["a"]
+    assert target.list_owned(ENV, [("v1", "Secret")]) == []
+    assert target.apply(_obj("b"), dry_run=True).action == "created"
+    assert target.get(ObjectRef("v1", "ConfigMap", NS, "b")) is None
+    target.delete(ref)
+    assert target.get(ref) is None and [v for v, _ in target.log] == ["apply", "apply", "apply", "delete"]
+
+
+def test_engine_owns_and_prunes_an_added_kind_by_inventory_without_a_cluster(tmp_path: Path) -> None:
+    """The same property as the stand-in test above, through the engine and the in-memory target."""
+    from mlp.engine import Policy, reconcile
+    from mlp.sources.directory import read_directory
+    from mlp.testing import MemoryTarget
+
+    repo = make_platform_repo(tmp_path / "platform")
+    root = Path(repo.working_tree_dir or ".")
+    override = root / "templates" / "kubernetes" / "inferenceservice.yaml.j2"
+    override.parent.mkdir(parents=True, exist_ok=True)
+    override.write_text(PACKAGE_ISVC.read_text() + PDB)
+    target = MemoryTarget(namespace=NS)
+    policy = Policy(prune=True)
+    first = reconcile(read_directory(root), ENV, target, policy)
+    assert first.changes is not None and first.changes.ok and first.adopted
+    pdbs = {r.name for r in target.objects if r.kind == "PodDisruptionBudget"}
+    assert len(pdbs) >= 2
+    writes, inventories = target.writes, target.inventory_writes
+    for _ in range(10):
+        idle = reconcile(read_directory(root), ENV, target, policy)
+        assert not idle.plan.has_changes and idle.changes is None
+    assert (target.writes, target.inventory_writes) == (writes, inventories)
+    override.unlink()
+    gone = reconcile(read_directory(root), ENV, target, policy)
+    assert gone.changes is not None
+    assert sorted(str(c.ref) for c in gone.changes.done) == sorted(f"PodDisruptionBudget/{NS}/{n}" for n in pdbs)
+    assert not [r for r in target.objects if r.kind == "PodDisruptionBudget"]
+    assert not [r for r in target.inventories[ENV] if r.kind == "PodDisruptionBudget"]
+
+
+def test_local_runtime_reports_its_live_split_as_observed(tmp_path: Path) -> None:
+    from mlp.engine import observe_deployments
+    from mlp.objects import ResolvedDeployment, Route
+    from mlp.serving.runtime import Runtime
+    from mlp.serving.testing import deployment, route, train_iris
+    from mlp.targets.local import LocalTarget
+
+    p1, d1 = train_iris(tmp_path / "1")
+    p2, d2 = train_iris(tmp_path / "2", 0.1)
+    runtime = Runtime(tmp_path / "state", payload_log=False)
+    target = LocalTarget(runtime)
+    target.apply(deployment("iris", [route(1, p1, d1, "stable", 70), route(2, p2, d2, "canary", 30)]))
+    declared = ResolvedDeployment("iris", (Route("1", "stable", 90), Route("2", "canary", 10)))
+    (seen,) = observe_deployments({"iris": declared}, target.list_owned("dev"))
+    assert seen.observed is not None and seen.observed.traffic == {"1": 70, "2": 30}
+    assert seen.declared == {"1": 90, "2": 10} and seen.differs
+    same = ResolvedDeployment("iris", (Route("1", "stable", 70), Route("2", "canary", 30)))
+    assert not observe_deployments({"iris": same}, target.list_owned("dev"))[0].differs
+    # the inventory lives in the runtime's state folder: a new process finds it
+    target.write_inventory("dev", [ObjectRef("mlp.dev/v1", "ModelDeployment", "local", "iris")])
+    assert LocalTarget(Runtime(tmp_path / "state", payload_log=False)).read_inventory("dev") == [
+        ObjectRef("mlp.dev/v1", "ModelDeployment", "local", "iris")
+    ]
+    runtime.close()
