@@ -57,7 +57,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - kserve is in the serve extras
     kserve = None
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "oip"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oip"
 ROW = [6.8, 2.8, 4.8, 1.4]
 
 
@@ -98,10 +98,7 @@ def client(plane: tuple[Runtime, str]) -> Iterator[httpx.Client]:
 
 
 def _fixture(name: str) -> Any:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"OIP fixture {path} not found (../shared/fixtures sits beside the repository)")
-    return json.loads(path.read_text())
+    return json.loads((FIXTURES / name).read_text())
 
 
 # --- protocol shapes -------------------------------------------------------------------------

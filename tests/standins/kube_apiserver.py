@@ -3,7 +3,7 @@
 No kube-apiserver can run on the test machine, so the kubernetes target is tested against
 this server instead. It follows the API server's documented semantics for what mlp uses, and
 its answers are shaped like the real ones recorded in
-`../shared/fixtures/kube-apiserver/exchanges.json` (tests/test_kube_exchanges.py replays all
+`tests/fixtures/kube-apiserver/exchanges.json` (tests/test_kube_exchanges.py replays all
 of them against it):
 
 - discovery (`/api`, `/api/v1`, `/apis`, `/apis/G`, `/apis/G/V`); a group whose CRD is not
@@ -65,7 +65,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ADMIN_TOKEN = "mlp-standin-admin-token"
 ADMIN_USER = "admin"
 SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.13-mlp-standin", "platform": "linux/amd64"}
@@ -401,10 +401,15 @@ def builtin_resources() -> list[Resource]:
     ]
 
 
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"fixture {path} is missing: tests/fixtures is part of the repository")
+    return path
+
+
 def kserve_resource(fixtures: Path = FIXTURES) -> Resource:
-    """The KServe InferenceService CRD, schema from the real CRD when the fixtures are present."""
-    path = fixtures / "kserve" / "inferenceservice-v1beta1.schema.json"
-    factory = _crd_factory(path, "v1beta1") if path.is_file() else _permissive_crd
+    """The KServe InferenceService CRD, with the real CRD's schema (a missing fixture file fails loudly)."""
+    factory = _crd_factory(_require(fixtures / "kserve" / "inferenceservice-v1beta1.schema.json"), "v1beta1")
     return Resource(
         "serving.kserve.io",
         "v1beta1",
@@ -424,8 +429,7 @@ def prometheus_operator_resources(fixtures: Path = FIXTURES) -> list[Resource]:
         ("prometheusrules", "PrometheusRule", "promrule", "monitoring.coreos.com_prometheusrules.yaml"),
         ("servicemonitors", "ServiceMonitor", "smon", "monitoring.coreos.com_servicemonitors.yaml"),
     ):
-        path = fixtures / "prometheus-operator" / file
-        factory = _crd_factory(path, "v1") if path.is_file() else _permissive_crd
+        factory = _crd_factory(_require(fixtures / "prometheus-operator" / file), "v1")
         out.append(
             Resource(
                 "monitoring.coreos.com",
