@@ -28,7 +28,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    from mlp.specs.diagnostics import printable
+
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 

@@ -30,13 +30,14 @@ namespace and name, with every mapping's keys sorted, so output is byte-stable.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 from ruamel.yaml.error import YAMLError
 
 from mlp import __version__
-from mlp.render.engine import RenderError, make_environment, render_template
+from mlp.render.engine import RenderError, close_environment, make_environment, render_template
 from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all, sort_keys
 from mlp.specs import SpecSet
@@ -373,6 +374,8 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> 
 class _Renderer:
     def __init__(self, templates: Mapping[str, str] | None, env: Environment, revision: str) -> None:
         self.jinja = make_environment(templates)
+        # Repository templates render in a child process: stop it as soon as this render is over.
+        weakref.finalize(self, close_environment, self.jinja)
         self.env = env
         self.revision = revision
         self.out: list[Manifest] = []

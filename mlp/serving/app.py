@@ -171,7 +171,7 @@ class DataPlane:
                 await self._infer_custom(send, dep, vs, body, raw, scope, v2, t0)
                 return
             try:
-                x = codec.decode_v2(dep.signature, body) if v2 else codec.decode_v1(dep.signature, body)
+                x = codec.decode_v2(dep.signature, body, raw) if v2 else codec.decode_v1(dep.signature, body, raw)
             except BadRequest:
                 vs.metrics.bad.inc()
                 vs.metrics.input_errors.inc()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import re
 import shlex
 import threading
@@ -255,6 +256,7 @@ class GitSource:
                 raise GitSourceError(f"{self.safe_url}: unknown revision {rev!r} (not fetched)") from exc
             files: dict[str, bytes] = {}
             oversized: dict[str, int] = {}
+            refused: dict[str, str] = {}
             for top in (*SPEC_DIRS, TEMPLATE_DIR):
                 try:
                     tree = commit.tree / top
@@ -263,8 +265,8 @@ class GitSource:
                 if tree.type != "tree":
                     continue
                 for item in tree.traverse():
-                    if not isinstance(item, git.Blob) or item.mode == _SYMLINK_MODE:
-                        continue  # symlinks could point outside the repository: ignored, as in directories
+                    if not isinstance(item, git.Blob):
+                        continue
                     path = str(item.path)
                     if any(part.startswith(".") for part in path.split("/")[1:-1]):
                         continue  # hidden folders are skipped, as the directory source does
@@ -272,6 +274,13 @@ class GitSource:
                         continue
                     if top != TEMPLATE_DIR and not path.endswith(YAML_SUFFIXES):
                         continue
+                    if item.mode == _SYMLINK_MODE:
+                        # The directory source's rule: follow a link to a file inside the repository.
+                        target, reason = _follow(commit.tree, item)
+                        if target is None:
+                            refused[path] = reason
+                            continue
+                        item = target
                     if item.size > self.max_bytes:
                         oversized[path] = item.size
                         continue
@@ -281,6 +290,7 @@ class GitSource:
                 revision=commit.hexsha,
                 files=files,
                 oversized=oversized,
+                refused=refused,
                 author=author,
                 message=str(commit.message).strip(),
             )
@@ -288,3 +298,23 @@ class GitSource:
     def close(self) -> None:
         with self._lock:
             self._repo.close()
+
+
+def _follow(root: git.Tree, link: git.Blob, hops: int = 8) -> tuple[git.Blob | None, str]:
+    """The blob a symbolic link leads to inside the commit, or None and why not."""
+    item: git.Blob = link
+    for _ in range(hops):
+        target = item.data_stream.read().decode("utf-8", "replace")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(str(item.path)), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            return None, "symbolic link leads outside the repository: not read"
+        try:
+            found = root / joined
+        except KeyError:
+            return None, "dangling symbolic link: its target does not exist"
+        if not isinstance(found, git.Blob):
+            return None, "a folder, not a regular file: not read"
+        if found.mode != _SYMLINK_MODE:
+            return found, ""
+        item = found
+    return None, "symbolic link loops: not read"
