@@ -181,3 +181,19 @@ def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None]
             click.echo(f" {what}", err=True)
 
     return show
+
+
+def lock_folder(folder: Path) -> Any:
+    """An exclusive lock (`flock`) on `folder/.lock`, held while the returned file stays open; None if taken.
+
+    The kernel drops the lock when the process dies, kill -9 included: no stale lock files."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held open on purpose until exit
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh

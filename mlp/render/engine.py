@@ -105,7 +105,7 @@ class RenderBudget:
     """What one render of repository templates may use, all of it in a child process."""
 
     cpu_seconds: int = 10
-    memory_bytes: int = 1 << 30  # address space of the child (Python + Jinja need about 60 MiB)
+    memory_bytes: int = 512 << 20  # address space of the child (Python + Jinja need about 60 MiB)
     output_bytes: int = 1 << 20  # per template: one rendered object is a few KiB
     recursion: int = 400  # Python frames; a macro call costs a few
 

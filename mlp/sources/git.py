@@ -254,37 +254,7 @@ class GitSource:
                 commit = self._repo.commit(name)
             except (BadName, ValueError) as exc:
                 raise GitSourceError(f"{self.safe_url}: unknown revision {rev!r} (not fetched)") from exc
-            files: dict[str, bytes] = {}
-            oversized: dict[str, int] = {}
-            refused: dict[str, str] = {}
-            for top in (*SPEC_DIRS, TEMPLATE_DIR):
-                try:
-                    tree = commit.tree / top
-                except KeyError:
-                    continue
-                if tree.type != "tree":
-                    continue
-                for item in tree.traverse():
-                    if not isinstance(item, git.Blob):
-                        continue
-                    path = str(item.path)
-                    if any(part.startswith(".") for part in path.split("/")[1:-1]):
-                        continue  # hidden folders are skipped, as the directory source does
-                    if top == TEMPLATE_DIR and not path.endswith(".j2"):
-                        continue
-                    if top != TEMPLATE_DIR and not path.endswith(YAML_SUFFIXES):
-                        continue
-                    if item.mode == _SYMLINK_MODE:
-                        # The directory source's rule: follow a link to a file inside the repository.
-                        target, reason = _follow(commit.tree, item)
-                        if target is None:
-                            refused[path] = reason
-                            continue
-                        item = target
-                    if item.size > self.max_bytes:
-                        oversized[path] = item.size
-                        continue
-                    files[path] = item.data_stream.read()
+            files, oversized, refused = read_tree(commit, max_bytes=self.max_bytes)
             author = f"{commit.author.name} <{commit.author.email}>"
             return Snapshot(
                 revision=commit.hexsha,
@@ -300,12 +270,62 @@ class GitSource:
             self._repo.close()
 
 
-def _follow(root: git.Tree, link: git.Blob, hops: int = 8) -> tuple[git.Blob | None, str]:
-    """The blob a symbolic link leads to inside the commit, or None and why not."""
+def read_tree(
+    commit: git.Commit, subdir: str = "", *, max_bytes: int = MAX_SPEC_BYTES
+) -> tuple[dict[str, bytes], dict[str, int], dict[str, str]]:
+    """(files, oversized, refused) of the platform folders in a commit, read from the object store.
+
+    Only `specs/`, `environments/` and `templates/` (under `subdir` for a platform folder inside
+    a larger repository) are read, never the rest of the tree; files over `max_bytes` are
+    listed unread. A symbolic link is followed when it leads to a file inside the platform
+    folder, as the directory source does; otherwise it is refused with the reason.
+    """
+    root = commit.tree
+    if subdir:
+        try:
+            root = commit.tree / subdir
+        except KeyError:
+            return {}, {}, {}
+    files: dict[str, bytes] = {}
+    oversized: dict[str, int] = {}
+    refused: dict[str, str] = {}
+    for top in (*SPEC_DIRS, TEMPLATE_DIR):
+        try:
+            tree = root / top
+        except KeyError:
+            continue
+        if tree.type != "tree":
+            continue
+        cut = len(str(root.path)) + 1 if subdir else 0
+        for item in tree.traverse():
+            if not isinstance(item, git.Blob):
+                continue
+            path = str(item.path)[cut:]
+            if any(part.startswith(".") for part in path.split("/")[1:-1]):
+                continue  # hidden folders are skipped, as the directory source does
+            if top == TEMPLATE_DIR and not path.endswith(".j2"):
+                continue
+            if top != TEMPLATE_DIR and not path.endswith(YAML_SUFFIXES):
+                continue
+            if item.mode == _SYMLINK_MODE:
+                target, reason = _follow(root, item, cut)
+                if target is None:
+                    refused[path] = reason
+                    continue
+                item = target
+            if item.size > max_bytes:
+                oversized[path] = item.size
+                continue
+            files[path] = item.data_stream.read()
+    return files, oversized, refused
+
+
+def _follow(root: git.Tree, link: git.Blob, cut: int = 0, hops: int = 8) -> tuple[git.Blob | None, str]:
+    """The blob a symbolic link leads to inside `root`, or None and why not."""
     item: git.Blob = link
     for _ in range(hops):
         target = item.data_stream.read().decode("utf-8", "replace")
-        joined = posixpath.normpath(posixpath.join(posixpath.dirname(str(item.path)), target))
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(str(item.path)[cut:]), target))
         if target.startswith("/") or joined == ".." or joined.startswith("../"):
             return None, "symbolic link leads outside the repository: not read"
         try:
