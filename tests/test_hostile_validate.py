@@ -78,7 +78,11 @@ def assert_located(lines: list[str], path: str, text: str) -> None:
             "less than or equal to 9223372036854775807",
         ),
         (
-            sub("environments/prod.yaml", "version: 1\n", "version: 1\n      autoscaling: {maxReplicas: 99999999999999999999}\n"),
+            sub(
+                "environments/prod.yaml",
+                "version: 1\n",
+                "version: 1\n      autoscaling: {maxReplicas: 99999999999999999999}\n",
+            ),
             "environments/prod.yaml",
             "less than or equal to 2147483647",
         ),
@@ -243,7 +247,9 @@ def test_folder_and_git_sources_follow_the_same_symlink_rule(tmp_path: Path) -> 
     (root / "specs" / "gone.yaml").symlink_to("nowhere.yaml")  # dangling: refused
     r = git.Repo.init(root)
     r.git.add("-A")
-    r.git.commit("-m", "init", author="t <t@example.com>", env={"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"})
+    r.git.commit(
+        "-m", "init", author="t <t@example.com>", env={"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+    )
     src = GitSource(str(root), tmp_path / "cache")
     assert src.refresh([r.active_branch.name]).error is None
     from_git = src.snapshot(r.head.commit.hexsha)

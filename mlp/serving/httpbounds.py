@@ -22,7 +22,9 @@ sends a request open for ever, and accepts connections until file descriptors ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import os
 import resource
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -38,6 +40,21 @@ class HttpLimits:
     header_timeout: float = 10.0
     keep_alive_timeout: float = 5.0
     max_connections: int = 1024
+
+    @classmethod
+    def from_environment(cls, **defaults: Any) -> HttpLimits:
+        """Limits with `defaults`, overridden by `MLP_HTTP_HEADER_TIMEOUT` / `MLP_HTTP_MAX_CONNECTIONS`."""
+        values = dict(defaults)
+        for name, field, kind in (
+            ("MLP_HTTP_HEADER_TIMEOUT", "header_timeout", float),
+            ("MLP_HTTP_MAX_CONNECTIONS", "max_connections", int),
+            ("MLP_HTTP_MAX_HEADER_BYTES", "max_header_bytes", int),
+        ):
+            raw = os.environ.get(name)
+            if raw:
+                with contextlib.suppress(ValueError):
+                    values[field] = kind(raw)
+        return cls(**values)
 
 
 def _fd_headroom(wanted: int) -> int:
@@ -169,7 +186,7 @@ def _protocol_class(limits: HttpLimits) -> type[asyncio.Protocol]:
 
 def bounded_config(app: Any, *, limits: HttpLimits | None = None, **options: Any) -> uvicorn.Config:
     """A uvicorn config serving `app` with `limits` (plus any other uvicorn option)."""
-    limits = limits or HttpLimits()
+    limits = limits or HttpLimits.from_environment()
     options.setdefault("timeout_keep_alive", limits.keep_alive_timeout)
     if importlib.util.find_spec("httptools"):
         options["http"] = _protocol_class(limits)

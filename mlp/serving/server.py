@@ -25,7 +25,7 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     # header size and count, header-read and keep-alive timeouts, connection cap
     return bounded_config(
         app,
-        limits=HttpLimits(keep_alive_timeout=30),
+        limits=HttpLimits.from_environment(keep_alive_timeout=30),
         loop=loop,
         lifespan="off",
         access_log=False,

@@ -254,6 +254,12 @@ class PullRequestFlow:
                 "*", [Requirement("*", "validation", False, "the head does not validate", hard=True)]
             )
             return GovernanceResult([verdict])
+        if check.render_failed:
+            failed = ", ".join(check.render_failed)
+            verdict = EnvironmentVerdict(
+                "*", [Requirement("*", "validation", False, f"the head does not render ({failed})", hard=True)]
+            )
+            return GovernanceResult([verdict])
         facts = PullRequestFacts(
             number=cr.number,
             author=cr.author,
