@@ -223,7 +223,9 @@ class DataPlane:
                 and self.runtime.payloads is not None
                 and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
-                self.runtime.payloads.put(dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
             if pinned is None and dep.router.shadow is not None:
                 shadow = dep.router.mirror()
                 if shadow is not None and shadow in dep.versions:
@@ -243,7 +245,9 @@ class DataPlane:
             pred = await vs.batcher.submit(x)
             vs.metrics.ok.inc()
             if dep.payload_rate > 0 and self.runtime.payloads is not None and self._rand() < dep.payload_rate:
-                self.runtime.payloads.put(dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
         except Exception:
             vs.metrics.model_errors.inc()
         finally:
