@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve as bench  # noqa: E402 - the serving benchmark's load generator and helpers
+import serve as bench
 
 CONFIGS = {"current": 200_000, "baseline": 10_000}
 

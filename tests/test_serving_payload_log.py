@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pyarrow.parquet as pq
+import pytest
 
 from mlp.serving.payload_log import PayloadLog
 
