@@ -259,3 +259,22 @@ def test_folder_and_git_sources_follow_the_same_symlink_rule(tmp_path: Path) -> 
     assert set(from_dir.refused) == {"specs/escape.yaml", "specs/gone.yaml"}
     assert "specs/model.yaml" in from_dir.files
     assert [str(d) for d in load(from_git).errors] == [str(d) for d in load(from_dir).errors]
+
+
+def test_platform_files_have_a_total_size_budget(tmp_path: Path) -> None:
+    """Many large files (templates here: not parsed, only read) stop at the repository budget, unread."""
+    root = repo(tmp_path)
+    (root / "templates" / "kubernetes").mkdir(parents=True)
+    for i in range(12):
+        (root / "templates" / "kubernetes" / f"t{i:02}.yaml.j2").write_bytes(b"# x\n" * (900 * 1024 // 4))
+    code, lines, _ = validate(root)
+    assert code == 1
+    assert_located(lines, "templates/kubernetes/t11.yaml.j2", "bytes in total")
+    r = git.Repo.init(root)
+    r.git.add("-A")
+    r.git.commit("-m", "big", author="t <t@example.com>", env={"GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"})
+    from mlp.sources.git import read_tree
+
+    files, _, refused = read_tree(r.head.commit)
+    assert sum(map(len, files.values())) <= 8 << 20
+    assert refused == read_directory(root).refused and "templates/kubernetes/t11.yaml.j2" in refused

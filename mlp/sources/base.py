@@ -19,8 +19,9 @@ YAML_SUFFIXES = (".yaml", ".yml")
 MAX_SPEC_BYTES = 1 << 20
 # Work bound for a whole repository: spec bytes parsed and documents validated. A generated
 # repository of 1,000 models, their experiments, monitors and environments is about 2 MB.
-MAX_REPOSITORY_BYTES = 16 << 20
+MAX_REPOSITORY_BYTES = 8 << 20
 MAX_DOCUMENTS = 20_000
+OVER_BUDGET = f"not read: the repository's platform files exceed {MAX_REPOSITORY_BYTES:,} bytes in total"
 
 
 def display_name(name: str) -> str:

@@ -7,7 +7,16 @@ import os
 import stat
 from pathlib import Path
 
-from mlp.sources.base import MAX_SPEC_BYTES, SPEC_DIRS, TEMPLATE_DIR, YAML_SUFFIXES, Snapshot, display_name
+from mlp.sources.base import (
+    MAX_REPOSITORY_BYTES,
+    MAX_SPEC_BYTES,
+    OVER_BUDGET,
+    SPEC_DIRS,
+    TEMPLATE_DIR,
+    YAML_SUFFIXES,
+    Snapshot,
+    display_name,
+)
 
 _KINDS = {stat.S_IFIFO: "a named pipe", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}
 
@@ -27,6 +36,7 @@ def read_directory(root: str | Path, *, revision: str | None = None, max_bytes: 
     files: dict[str, bytes] = {}
     oversized: dict[str, int] = {}
     refused: dict[str, str] = {}
+    budget = MAX_REPOSITORY_BYTES
     for top in (*SPEC_DIRS, TEMPLATE_DIR):
         base = root / top
         if not base.is_dir():
@@ -52,6 +62,10 @@ def read_directory(root: str | Path, *, revision: str | None = None, max_bytes: 
                 if size > max_bytes:
                     oversized[rel] = size
                     continue
+                if size > budget:
+                    refused[rel] = OVER_BUDGET
+                    continue
+                budget -= size
                 try:
                     files[rel] = path.read_bytes()
                 except OSError as exc:

@@ -31,7 +31,15 @@ from pathlib import Path
 import git
 from git.exc import BadName, GitCommandError
 
-from mlp.sources.base import MAX_SPEC_BYTES, SPEC_DIRS, TEMPLATE_DIR, YAML_SUFFIXES, Snapshot
+from mlp.sources.base import (
+    MAX_REPOSITORY_BYTES,
+    MAX_SPEC_BYTES,
+    OVER_BUDGET,
+    SPEC_DIRS,
+    TEMPLATE_DIR,
+    YAML_SUFFIXES,
+    Snapshot,
+)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SYMLINK_MODE = 0o120000
@@ -289,6 +297,7 @@ def read_tree(
     files: dict[str, bytes] = {}
     oversized: dict[str, int] = {}
     refused: dict[str, str] = {}
+    budget = MAX_REPOSITORY_BYTES
     for top in (*SPEC_DIRS, TEMPLATE_DIR):
         try:
             tree = root / top
@@ -316,6 +325,10 @@ def read_tree(
             if item.size > max_bytes:
                 oversized[path] = item.size
                 continue
+            if item.size > budget:
+                refused[path] = OVER_BUDGET
+                continue
+            budget -= item.size
             files[path] = item.data_stream.read()
     return files, oversized, refused
 

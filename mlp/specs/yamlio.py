@@ -43,6 +43,8 @@ from mlp.specs.diagnostics import Loc
 # Largest number of nodes a document may expand to through aliases.
 MAX_EXPANDED_NODES = 100_000
 MAX_DEPTH = 64
+# Files up to this size that libyaml refuses are read again by the YAML 1.2 loader.
+PURE_FALLBACK_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ def _load_all_12(text: str) -> list[Any]:
         docs = _fast_load_all(text)
         return docs if docs is not None else list(_safe().load_all(text))
     except YAMLError:
+        if len(text) > PURE_FALLBACK_CHARS:
+            raise  # the pure loader is several times slower: not for large files
         return list(_pure().load_all(text))
 
 
@@ -408,6 +412,8 @@ def _compose_all(text: str) -> list[Node | None]:
             docs.append(composer.get_node())
         return docs
     except YAMLError:
+        if len(text) > PURE_FALLBACK_CHARS:
+            raise
         return list(_pure().compose_all(text))  # valid YAML 1.2 that libyaml refuses
     finally:
         composer.dispose()
