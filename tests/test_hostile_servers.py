@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -377,3 +378,19 @@ def test_failed_delivery_is_retried_by_redelivery_and_done_one_is_deduplicated(
         assert r.status_code == 200 and r.json()["status"] == "duplicate"
     finally:
         server.stop()
+
+
+def test_leftover_work_folders_are_cleaned_on_start(tmp_path: Path) -> None:
+    """Work folders (`mlp-rev-*`) a killed receiver left registered on the repository go on the next start."""
+    origin = make_origin(tmp_path / "origin")
+    leftover = Path(tempfile.mkdtemp(prefix="mlp-rev-")) / origin.head.commit.hexsha[:12]
+    origin.git.worktree("add", "--detach", str(leftover), "HEAD")
+    assert leftover.is_dir()
+    server = Webhooks(tmp_path, None)
+    try:
+        assert server.healthy()
+        assert not leftover.parent.exists()
+        assert str(leftover) not in origin.git.worktree("list")
+    finally:
+        server.stop()
+        origin.close()
