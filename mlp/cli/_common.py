@@ -28,7 +28,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    from mlp.specs.diagnostics import printable
+
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -157,3 +159,19 @@ def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None]
             click.echo(f" {what}", err=True)
 
     return show
+
+
+def lock_folder(folder: Path) -> Any:
+    """An exclusive lock (`flock`) on `folder/.lock`, held while the returned file stays open; None if taken.
+
+    The kernel drops the lock when the process dies, kill -9 included: no stale lock files."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held open on purpose until exit
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh

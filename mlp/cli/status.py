@@ -6,10 +6,9 @@ Both read the controller's state folder; neither needs the controller to be runn
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -157,12 +156,14 @@ def status(env: str | None, state_dir: Path, fmt: str, watch: bool, every: float
 
 
 def parse_since(text: str) -> float:
-    """`30m`, `2h`, `7d` ago, or an ISO 8601 time (UTC when no zone) -> Unix time."""
-    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        delta = timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
-        return time.time() - delta.total_seconds()
+    """`30m`, `2h30m`, `7d` ago (the one duration parser, `mlp.specs.units`), or an ISO 8601 time
+    (UTC when no zone) -> Unix time."""
+    from mlp.specs.units import parse_duration
+
+    try:
+        return time.time() - parse_duration(text.strip()).total_seconds()
+    except ValueError:
+        pass
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
