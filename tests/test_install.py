@@ -229,3 +229,82 @@ def test_every_rendered_command_is_a_real_command_of_a_freshly_installed_wheel()
             assert "Usage: mlp" in out.stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+SA_USER = "system:serviceaccount:mlp-system:mlp-controller"
+
+
+def _grant_rbac(api: Any, docs: list[dict[str, Any]]) -> None:
+    """RBAC evaluation for the stand-in: each binding of the rendered roles becomes the grants it gives."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs}
+    for binding in docs:
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        ref = binding["roleRef"]
+        ns = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+        role = roles[(ref["kind"], ns if ref["kind"] == "Role" else None, ref["name"])]
+        for subject in binding["subjects"]:
+            user = f"system:serviceaccount:{subject['namespace']}:{subject['name']}"
+            for rule in role["rules"]:
+                for group in rule["apiGroups"]:
+                    api.grant(user, rule["verbs"], group, rule["resources"], ns)
+
+
+def test_rbac_lets_the_controller_reconcile_its_namespaces_and_nothing_else(tmp_path: Path) -> None:
+    from mlp.engine import Policy, reconcile
+    from mlp.plan.target import TargetError
+    from mlp.sources.directory import read_directory
+    from mlp.targets.kubernetes import KubernetesTarget
+
+    api = kube.KubeApiServer(namespaces=("default", "mlp-system", "ml-staging", "ml-prod"), prometheus_operator=True)
+    api.start()
+    try:
+        _grant_rbac(api, _render("--registry", "registry.example/acme"))
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", api.url)
+        cluster = KubernetesTarget.from_kubeconfig(kubeconfig, impersonate=SA_USER)
+        snapshot = read_directory(REPO_ROOT)
+        for env, ns in (("staging", "ml-staging"), ("prod", "ml-prod")):
+            target = cluster.scoped(ns)  # as the controller builds it: one client, one namespace each
+            result = reconcile(snapshot, env, target, Policy(prune=True))
+            assert result.changes is not None and result.changes.ok, result.changes
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x", "namespace": "ml-staging"}}
+        with pytest.raises(TargetError) as denied:
+            cluster.apply(secret)
+        assert denied.value.status == 403
+        elsewhere = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "default"}}
+        with pytest.raises(TargetError) as denied:
+            cluster.apply(elsewhere)
+        assert denied.value.status == 403
+        assert any(
+            r.user == SA_USER and r.method == "PATCH" and "/namespaces/ml-prod/" in r.path for r in api.requests
+        ), "the controller never wrote as its service account"
+    finally:
+        api.stop()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MLP_TEST_KUBECONFIG") or shutil.which("kubectl") is None,
+    reason="needs a real API server (MLP_TEST_KUBECONFIG) and kubectl",
+)
+def test_rbac_against_a_real_api_server_with_kubectl_auth_can_i(tmp_path: Path) -> None:
+    kubeconfig = os.environ["MLP_TEST_KUBECONFIG"]
+    docs = _render("--registry", "registry.example/acme")
+    manifest = tmp_path / "install.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": docs}))
+    kubectl = ["kubectl", "--kubeconfig", kubeconfig]
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(manifest)], check=True)
+
+    def can(verb: str, resource: str, namespace: str) -> bool:
+        out = subprocess.run(
+            [*kubectl, "auth", "can-i", verb, resource, "-n", namespace, "--as", SA_USER],
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip() == "yes"
+
+    for ns in ("ml-staging", "ml-prod"):
+        assert can("patch", "inferenceservices.serving.kserve.io", ns)
+        assert can("delete", "deployments.apps", ns)
+        assert not can("get", "secrets", ns)
+    assert not can("create", "configmaps", "default")
+    assert not can("get", "secrets", "mlp-system")

@@ -35,6 +35,7 @@ def _make_targets(
     (`qps`, `burst`) holds for the controller as a whole.
     """
     cache: dict[tuple[str, str | None], Target] = {}
+    scoped: dict[tuple[str, str | None, str | None], Target] = {}
     lock = threading.Lock()  # environments step in parallel: build each target once
 
     def factory(env: str, spec: Environment) -> Target:
@@ -43,20 +44,26 @@ def _make_targets(
 
     def build(env: str, spec: Environment) -> Target:
         t = spec.spec.target
-        key = (t.kind, t.context if t.kind == "kubernetes" else env)
-        if key not in cache:
-            if t.kind == "kubernetes":
-                from mlp.targets.kubernetes import KubernetesTarget
+        if t.kind != "kubernetes":
+            # The embedded runtime serves models in the process that owns it: `mlp up` runs the
+            # same reconcile loop for local environments; a separate controller cannot reach it.
+            raise TargetError(
+                f"environment {env!r} has a local target: it is served and reconciled by "
+                f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)"
+            )
+        from mlp.targets.kubernetes import KubernetesTarget
 
-                cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context, qps=qps, burst=burst)
-            else:
-                # The embedded runtime serves models in the process that owns it: `mlp up` runs the
-                # same reconcile loop for local environments; a separate controller cannot reach it.
-                raise TargetError(
-                    f"environment {env!r} has a local target: it is served and reconciled by "
-                    f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)"
-                )
-        return cache[key]
+        key = (t.kind, t.context)
+        if key not in cache:
+            cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=t.context, qps=qps, burst=burst)
+        # One client and rate limit per cluster; each environment lists only its own namespace,
+        # so the controller needs no cluster-wide read rights.
+        skey = (*key, t.namespace)
+        if skey not in scoped:
+            base = cache[key]
+            assert isinstance(base, KubernetesTarget)
+            scoped[skey] = base.scoped(t.namespace)
+        return scoped[skey]
 
     return factory
 
