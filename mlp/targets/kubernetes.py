@@ -367,6 +367,11 @@ class KubernetesTarget:
 
     # ---- construction ----
 
+    @property
+    def cluster(self) -> object:
+        """What targets on one cluster share (their client-side rate limit): the identity of the cluster."""
+        return self.bucket
+
     def scoped(self, namespace: str | None) -> KubernetesTarget:
         """The same client, rate limit and discovery, listing and keeping its inventory in `namespace`.
 
