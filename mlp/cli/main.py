@@ -52,7 +52,7 @@ class LazyGroup(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("mlp"):
                 return _unavailable(cmd_name, "not implemented in this version")
-            return _unavailable(cmd_name, f"needs the optional dependency {exc.name!r}: pip install 'mlp[all]'")
+            return _unavailable(cmd_name, f"needs the optional dependency {exc.name!r}: pip install 'mlp-gitops[all]'")
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
         return command
