@@ -649,8 +649,9 @@ def test_cli_usage_errors_and_help(tmp_path: Path) -> None:
             "-1",
         ],
     )
-    assert out.exit_code == 1 and "Traceback" not in out.output
-    assert "does not appear to be a git repository" in out.output
+    # fail fast (exit 2, one line) instead of starting on a source that can never be fetched
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "neither a Git URL nor a folder" in out.output
 
 
 def test_queue_serves_manual_and_webhook_first() -> None:

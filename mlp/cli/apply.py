@@ -18,10 +18,12 @@ from mlp.cli._common import (
     fail,
     load_repo,
     make_target,
+    output_option,
     progress_printer,
     read_live,
     render_env,
     repo_option,
+    use_color,
 )
 
 
@@ -32,14 +34,7 @@ from mlp.cli._common import (
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that deletes every object mlp owns in the environment.")
 @click.option("--force-conflicts", is_flag=True, help="Take ownership of fields another field manager owns.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print the change set as JSON on stdout.",
-)
+@output_option("text", "json", help="json: print the change set as JSON on stdout.")
 @repo_option
 @cluster_options
 def apply(
@@ -88,7 +83,7 @@ def apply(
 
     text_out = fmt == "text"
     echo = (lambda s: click.echo(s, nl=False)) if text_out else (lambda s: click.echo(s, err=True, nl=False))
-    echo(plan_to_text(plan, color=sys.stdout.isatty() and text_out))
+    echo(plan_to_text(plan, color=use_color() and text_out))
     if not plan.has_changes:
         if not text_out:
             click.echo(

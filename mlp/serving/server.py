@@ -28,6 +28,7 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         lifespan="off",
         access_log=False,
         log_level="warning",
+        log_config=None,  # keep the logging `mlp up --log-format` set up
         timeout_keep_alive=30,
         backlog=4096,
         host=host,
