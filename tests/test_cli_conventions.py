@@ -112,6 +112,7 @@ def test_use_color_honours_no_color_and_terminals(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("NO_COLOR", raising=False)
     monkeypatch.setenv("TERM", "xterm")
     assert use_color(None, Tty()) is True
+
     class Pipe:
         def isatty(self) -> bool:
             return False

@@ -455,6 +455,7 @@ def test_remote_down_keeps_last_revision(rig: Rig, tmp_path: Path) -> None:
 
 def _scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "_created" not in text
     values: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -42,6 +42,7 @@ FORMATS = ("text", "json", "yaml", "github", "gitlab", "markdown")
 STATE_DIR_ENV = "MLP_STATE_DIR"
 KUBECONFIG_ENVS = ["MLP_KUBECONFIG", "KUBECONFIG"]
 DEFAULT_QPS, DEFAULT_BURST = 50.0, 100  # as Argo CD's application controller
+MAX_APPLY_CONCURRENCY = 32  # threads (and pooled connections) per apply; the rate limit is what bounds calls
 
 
 def output_option(
@@ -135,6 +136,11 @@ def kube_api_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def apply_concurrency(target: Any) -> int:
+    """Objects applied at once: up to the burst on a cluster (its rate limit still holds), one locally."""
+    return min(kube_api_limits()[1], MAX_APPLY_CONCURRENCY) if getattr(target, "name", "") == "kubernetes" else 1
+
+
 def kube_api_limits() -> tuple[float, int]:
     ctx = click.get_current_context(silent=True)
     meta = ctx.meta if ctx is not None else {}
@@ -215,6 +221,19 @@ def log_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Log events on stderr, one per line: text, or json with environment, revision and step fields "
         "[env MLP_LOG_FORMAT].",
     )(f)
+
+
+def summarize_done(done: list[Any], first: int = 5) -> str:
+    """`303 objects (120 created, 183 configured): created A, configured B, ... and 298 more (-o json lists all)`."""
+    if not done:
+        return "nothing"
+    counts: dict[str, int] = {}
+    for change in done:
+        counts[change.result] = counts.get(change.result, 0) + 1
+    head = f"{plural(len(done), 'object')} ({', '.join(f'{n} {what}' for what, n in sorted(counts.items()))})"
+    shown = ", ".join(f"{c.result} {c.ref}" for c in done[:first])
+    more = f" and {len(done) - first} more (-o json lists them all)" if len(done) > first else ""
+    return f"{head}: {shown}{more}"
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -358,13 +377,19 @@ def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None]
         return None
     width = 0
 
+    pending: PlanItem | None = None
+
     def show(index: int, total: int, item: PlanItem, what: str) -> None:
-        nonlocal width
+        nonlocal width, pending
         width = max(width, len(str(total)))
         prefix = f"[{index:>{width}}/{total}] {item.action.value} {item.ref}"
         if what in ("applying", "deleting"):
             click.echo(f"{prefix} ...", err=True, nl=False)
-        else:
+            pending = item
+        elif pending is item:
             click.echo(f" {what}", err=True)
+            pending = None
+        else:  # concurrent apply reports only outcomes, one full line each
+            click.echo(f"{prefix} ... {what}", err=True)
 
     return show

@@ -12,6 +12,7 @@ from mlp.cli._common import (
     CONTEXT,
     EXIT_ERROR,
     EXIT_OK,
+    apply_concurrency,
     cluster_options,
     env_option,
     environment,
@@ -23,6 +24,7 @@ from mlp.cli._common import (
     read_live,
     render_env,
     repo_option,
+    summarize_done,
     use_color,
 )
 
@@ -99,13 +101,20 @@ def apply(
         if not click.confirm(f"Apply these changes to {env}?", default=False, err=True):
             fail("aborted; nothing applied")
 
-    changes = execute(plan, target, dry_run=dry_run, force_conflicts=force_conflicts, progress=progress_printer(True))
+    changes = execute(
+        plan,
+        target,
+        dry_run=dry_run,
+        force_conflicts=force_conflicts,
+        progress=progress_printer(True),
+        concurrency=apply_concurrency(target),
+    )
     if not text_out:
         click.echo(json.dumps(changes.to_dict(), sort_keys=True, indent=2))
     if changes.ok:
         click.echo(("dry run: " if dry_run else "applied: ") + changes.summary(), err=True)
         sys.exit(EXIT_OK)
-    done = ", ".join(f"{c.result} {c.ref}" for c in changes.done) or "nothing"
+    done = summarize_done(changes.done)
     click.echo(f"error: {changes.error} (at {changes.failed})", err=True)
     click.echo(f"applied before the failure: {done}; not attempted: {len(changes.not_attempted)}", err=True)
     sys.exit(EXIT_ERROR)
