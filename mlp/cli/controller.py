@@ -377,6 +377,13 @@ def controller(
         if not fetched_once[0]:
             fail(f"--repo {repo}: cannot fetch: {source.last_error or 'unknown error'}")
 
+    with contextlib.suppress(Exception):  # a source that does not load yet says so in its own step
+        ctl.environments()
+    for name in sorted(reconciler.handled_elsewhere):
+        click.echo(
+            f"{_stamp()} {name}: local target: served and reconciled by `mlp up --env {name}`, not here", err=True
+        )
+
     server = None
     if metrics_port >= 0:
         try:
