@@ -244,8 +244,8 @@ def controller(
     Examples:
       mlp controller --repo https://github.com/acme/ml-platform.git --token-env GITHUB_TOKEN \\
           --interval 30 --state-dir /var/lib/mlp --kubeconfig ~/.kube/config
-      mlp controller --repo . --env dev --interval 10 --metrics-port 9464
-      mlp controller --watch . --env dev          # re-sync on every saved file
+      mlp controller --repo . --env staging --interval 10 --metrics-port 9464
+      mlp controller --watch . --env staging      # re-sync on every saved file
       mlp sync staging --state-dir /var/lib/mlp   # from another shell: reconcile now
     """
     from mlp.controller.controller import Controller, ControllerEvents
