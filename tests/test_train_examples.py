@@ -10,7 +10,7 @@ from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-import train_examples  # noqa: E402
+import train_examples
 
 
 def _copy(tmp_path: Path) -> Path:
