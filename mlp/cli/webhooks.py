@@ -89,6 +89,8 @@ def webhooks(
     """
     import uvicorn
 
+    from mlp.cli._common import lock_folder
+    from mlp.serving.httpbounds import bounded_config
     from mlp.sources.git import GitAuth
     from mlp.webhooks.prcheck import WorkspaceError
     from mlp.webhooks.service import (
@@ -126,6 +128,11 @@ def webhooks(
             err=True,
         )
         sys.exit(2)
+    # One receiver per state folder: a second one would take the first one's queue.
+    lock = lock_folder(state_dir / "webhooks")
+    if lock is None:
+        click.echo(f"error: {state_dir}: state folder in use by another mlp webhooks (use --state-dir)", err=True)
+        sys.exit(2)
     try:
         receiver = build_receiver(config)
     except WorkspaceError as exc:
@@ -148,9 +155,9 @@ def webhooks(
         err=True,
     )
     try:
-        # log_config=None: uvicorn keeps the logging set up by --log-format/--log-level
+        # bounded (header size and count, timeouts, connections); log_config=None keeps --log-format's logging
         server = uvicorn.Server(
-            uvicorn.Config(receiver.app, log_level="warning", access_log=False, lifespan="off", log_config=None)
+            bounded_config(receiver.app, log_level="warning", access_log=False, lifespan="off", log_config=None)
         )
         server.run(sockets=[sock])
     finally:

@@ -39,8 +39,9 @@ of them against it):
 - fault injection (`inject_fault`) for 429 / 5xx answers a real server gives under load.
 
 Not modelled: admission webhooks (tests add a rejecting one with `reject_with_webhook`), real
-controllers (nothing fills `status`), strategic merge patch on custom resources (415, as in
-Kubernetes), JSON patch, subresources other than the main resource.
+controllers (nothing fills `status`; a test plays one with a merge PATCH of `.../status`),
+strategic merge patch on custom resources (415, as in Kubernetes), JSON patch, subresources
+other than the main resource and `status` (GET and merge PATCH).
 """
 
 from __future__ import annotations
@@ -2020,6 +2021,8 @@ class Server:
         t = self.route(req.path)
         if t is None:
             raise PAGE_NOT_FOUND
+        if t.subresource == "status" and t.res.status_subresource and t.name:
+            return self.status_subresource(req, t)
         if t.subresource is not None:
             raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         q = req.query
@@ -2456,6 +2459,30 @@ class Server:
         if warnings:
             headers = {**headers, "Warning": ", ".join(warnings)}
         return code, body, headers
+
+    def status_subresource(self, req: Request, t: Target_) -> tuple[int, Obj | str, dict[str, str]]:
+        """GET and merge PATCH of `.../status`: what a runtime (KServe's controller) writes; the rest
+        of the object is left alone, and the generation does not move."""
+        res = t.res
+        if req.method == "GET":
+            self.authorize(req, "get", t)
+            return 200, self.get(t), {}
+        ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
+        if req.method != "PATCH" or ctype != "application/merge-patch+json":
+            raise ApiError(
+                405,
+                status_body(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
+            )
+        self.authorize(req, "patch", t)
+        patch = self._decode_body(req, yaml_ok=False)
+        live = self.api.store.current.get(self._key(t))
+        if live is None:
+            raise not_found(res, t.name or "")
+        new = copy.deepcopy(live)
+        new["status"] = merge_patch(copy.deepcopy(live.get("status") or {}), patch.get("status") or {})
+        manager = req.query.get("fieldManager") or _manager_from_agent(req.headers.get("user-agent", ""))
+        entries = copy.deepcopy(live["metadata"].get("managedFields") or [])
+        return self._finish_update(t, live, new, entries, manager, "Update", req.query.get("dryRun") == "All")
 
     def update(self, req: Request, t: Target_, manager: str, dry_run: bool) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
