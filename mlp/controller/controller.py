@@ -116,7 +116,7 @@ class Controller:
         envs = self.reconciler.environments()
         if self.only is not None:
             envs = {e: r for e, r in envs.items() if e in self.only}
-            for missing in self.only - set(envs):
+            for missing in self.only - set(envs) - getattr(self.reconciler, "handled_elsewhere", set()):
                 envs[missing] = self.reconciler.default_ref
         return envs
 

@@ -243,6 +243,8 @@ class Reconciler:
         self.store = store
         self.metrics = metrics
         self.default_ref = default_ref
+        # Environments with a local target: `mlp up` serves and reconciles them in its own process.
+        self.handled_elsewhere: set[str] = set()
         self.clock = clock
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
@@ -336,10 +338,11 @@ class Reconciler:
             loaded = self.load_revision(rev, self.default_ref)
         except Exception:  # an unreadable commit: keep what we knew
             return {e: self.default_ref for e in envs}
-        found = {name: e.spec.branch for name, e in loaded.environments.items()}
+        self.handled_elsewhere = {n for n, e in loaded.environments.items() if e.spec.target.kind == "local"}
+        found = {n: e.spec.branch for n, e in loaded.environments.items() if n not in self.handled_elsewhere}
         if loaded.ok:
             return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
-        merged = {e: self.default_ref for e in envs}
+        merged = {e: self.default_ref for e in envs if e not in self.handled_elsewhere}
         merged.update({n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()})
         return merged
 

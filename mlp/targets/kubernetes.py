@@ -435,6 +435,9 @@ class KubernetesTarget:
 
         # Retries are ours (with backoff and a clear error); urllib3's own would hide the cause.
         cfg.retries = False
+        cfg.connection_pool_maxsize = (
+            32  # one pooled connection per concurrent apply (cli._common.MAX_APPLY_CONCURRENCY)
+        )
         return client.ApiClient(cfg)
 
     @property
