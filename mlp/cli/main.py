@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
     "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
     "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
+    "tracking": ("mlp.cli.tracking:tracking", "Serve MLflow-protocol experiment tracking."),
+    "runs": ("mlp.cli.runs:runs", "List, show, compare, plot and import tracked runs."),
+    "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
 }
 
 
