@@ -25,20 +25,36 @@ def tracking() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True, help="Port (0: any free port).")
 @click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".mlp/tracking"), show_default=True,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".mlp/tracking"),
+    show_default=True,
     help="Folder for the SQLite database and the artifacts.",
 )
 @click.option(
-    "--database-url", envvar="MLP_TRACKING_DATABASE_URL",
+    "--database-url",
+    envvar="MLP_TRACKING_DATABASE_URL",
     help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db [env MLP_TRACKING_DATABASE_URL; default: SQLite in the state folder].",
 )
 @click.option(
-    "--artifacts", "artifacts", envvar="MLP_TRACKING_ARTIFACTS",
+    "--artifacts",
+    "artifacts",
+    envvar="MLP_TRACKING_ARTIFACTS",
     help="Artifact store: a folder or s3://bucket/prefix [env MLP_TRACKING_ARTIFACTS; default: <state-dir>/artifacts].",
 )
-@click.option("--s3-endpoint-url", envvar="MLFLOW_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLFLOW_S3_ENDPOINT_URL].")
-@click.option("--max-artifact-mb", type=click.IntRange(min=1), default=10240, show_default=True, help="Largest artifact accepted.")
-@click.option("--limit-concurrency", type=click.IntRange(min=1), default=256, show_default=True, help="Connections served at once.")
+@click.option(
+    "--s3-endpoint-url", envvar="MLFLOW_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLFLOW_S3_ENDPOINT_URL]."
+)
+@click.option(
+    "--max-artifact-mb", type=click.IntRange(min=1), default=10240, show_default=True, help="Largest artifact accepted."
+)
+@click.option(
+    "--limit-concurrency",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Connections served at once.",
+)
 def serve(
     host: str,
     port: int,

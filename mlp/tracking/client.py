@@ -102,16 +102,15 @@ class TrackingClient:
     def call(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> Any:
         url = f"/api/2.0/mlflow/{endpoint}"
         try:
-            if method == "GET":
-                r = self.http.get(url, params=body)
-            else:
-                r = self.http.request(method, url, json=body or {})
+            r = self.http.get(url, params=body) if method == "GET" else self.http.request(method, url, json=body or {})
         except httpx.HTTPError as exc:
             raise ClientError(f"{self.uri}: {type(exc).__name__}: {exc}") from exc
         if r.status_code >= 400:
             try:
                 err = r.json()
-                raise ClientError(f"{err.get('error_code')}: {err.get('message')}", err.get("error_code", ""), r.status_code)
+                raise ClientError(
+                    f"{err.get('error_code')}: {err.get('message')}", err.get("error_code", ""), r.status_code
+                )
             except ValueError:
                 raise ClientError(f"{method} {url}: HTTP {r.status_code}: {r.text[:200]}", "", r.status_code) from None
         return r.json() if r.content else {}
@@ -143,12 +142,21 @@ class TrackingClient:
                 return out
 
     def search_runs_raw(
-        self, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None, max_results: int | None = None
+        self,
+        experiment_ids: list[str],
+        filter_string: str = "",
+        order_by: list[str] | None = None,
+        max_results: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         token = None
         seen = 0
         while True:
-            body: dict[str, Any] = {"experiment_ids": experiment_ids, "filter": filter_string, "max_results": 1000, "order_by": order_by or []}
+            body: dict[str, Any] = {
+                "experiment_ids": experiment_ids,
+                "filter": filter_string,
+                "max_results": 1000,
+                "order_by": order_by or [],
+            }
             if token:
                 body["page_token"] = token
             page = self.call("POST", "runs/search", body)
@@ -162,7 +170,11 @@ class TrackingClient:
                 return
 
     def search_runs(
-        self, experiment_ids: list[str], filter_string: str = "", order_by: list[str] | None = None, max_results: int | None = None
+        self,
+        experiment_ids: list[str],
+        filter_string: str = "",
+        order_by: list[str] | None = None,
+        max_results: int | None = None,
     ) -> list[Run]:
         return [Run.from_json(r) for r in self.search_runs_raw(experiment_ids, filter_string, order_by, max_results)]
 
@@ -188,7 +200,9 @@ class TrackingClient:
     @staticmethod
     def proxy_path(artifact_uri: str) -> str:
         if not artifact_uri.startswith("mlflow-artifacts:"):
-            raise ClientError(f"artifact URI {artifact_uri!r} is not served through the tracking server (mlflow-artifacts:)")
+            raise ClientError(
+                f"artifact URI {artifact_uri!r} is not served through the tracking server (mlflow-artifacts:)"
+            )
         path = artifact_uri.split(":", 1)[1]
         if path.startswith("//"):  # mlflow-artifacts://host:port/path
             path = "/" + path[2:].split("/", 1)[1]

@@ -73,7 +73,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise TrackingError(f"Invalid filter string {text!r}: unexpected text at character {pos}: {text[pos:pos + 20]!r}")
+            raise TrackingError(
+                f"Invalid filter string {text!r}: unexpected text at character {pos}: {text[pos : pos + 20]!r}"
+            )
         kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))
         pos = m.end()
@@ -96,7 +98,9 @@ def _identifier(tokens: list[tuple[str, str]], i: int) -> tuple[Entity, str, int
         head, _, rest = raw.partition(".")
         entity = _ENTITY_ALIASES.get(head.lower())
         if entity is None:
-            raise TrackingError(f"Invalid entity type '{head}'. Valid values are ['metric', 'parameter', 'tag', 'attribute']")
+            raise TrackingError(
+                f"Invalid entity type '{head}'. Valid values are ['metric', 'parameter', 'tag', 'attribute']"
+            )
         if rest:
             return entity, rest, i + 1
         if i + 1 < len(tokens) and tokens[i + 1][0] in ("bq", "dq", "sq"):
@@ -105,7 +109,11 @@ def _identifier(tokens: list[tuple[str, str]], i: int) -> tuple[Entity, str, int
     if kind == "word":
         entity = _ENTITY_ALIASES.get(raw.lower())
         if entity and i + 2 < len(tokens) and tokens[i + 1][0] == "dot":
-            return entity, _unquote(*tokens[i + 2]) if tokens[i + 2][0] in ("bq", "dq", "sq") else tokens[i + 2][1], i + 3
+            return (
+                entity,
+                _unquote(*tokens[i + 2]) if tokens[i + 2][0] in ("bq", "dq", "sq") else tokens[i + 2][1],
+                i + 3,
+            )
         return "attribute", raw, i + 1
     if kind in ("bq", "dq"):
         return "attribute", _unquote(kind, raw), i + 1
@@ -147,8 +155,10 @@ def parse_filter(text: str | None) -> list[Clause]:
             raise TrackingError(f"Invalid comparator '{raw}' in filter {text!r}")
         numeric = entity == "metric" or (entity == "attribute" and key in NUMERIC_ATTRIBUTES)
         if op in ("IN", "NOT IN"):
-            if entity == "metric" or numeric:
-                raise TrackingError(f"Invalid comparator '{op}' for '{key}'")
+            if entity == "metric" or (entity == "attribute" and key != "run_id"):
+                raise TrackingError(
+                    "Only ['run_id'] attributes support comparison with a list of quoted string values."
+                )
             if i >= len(tokens) or tokens[i][0] != "lparen":
                 raise TrackingError(f"Invalid filter {text!r}: '{op}' needs a parenthesised list")
             i += 1

@@ -126,7 +126,9 @@ def _str(body: dict[str, Any], name: str, *, required: bool = True) -> str:
     value = body.get(name)
     if value is None or value == "":
         if required:
-            raise TrackingError(f"Missing value for required parameter '{name}'. See the API docs for more information about request parameters.")
+            raise TrackingError(
+                f"Missing value for required parameter '{name}'. See the API docs for more information about request parameters."
+            )
         return ""
     if not isinstance(value, str):
         raise TrackingError(f"Invalid value {value!r} for parameter '{name}' supplied: expected a string")
@@ -136,7 +138,9 @@ def _str(body: dict[str, Any], name: str, *, required: bool = True) -> str:
 def _run_id(body: dict[str, Any]) -> str:
     value = body.get("run_id") or body.get("run_uuid")
     if not value:
-        raise TrackingError("Missing value for required parameter 'run_id'. See the API docs for more information about request parameters.")
+        raise TrackingError(
+            "Missing value for required parameter 'run_id'. See the API docs for more information about request parameters."
+        )
     if not isinstance(value, str):
         raise TrackingError(f"Invalid value {value!r} for parameter 'run_id' supplied: expected a string")
     return value
@@ -181,7 +185,11 @@ def _handlers() -> dict[tuple[str, str], Handler]:
 
     def create_experiment(s: TrackingService, b: dict[str, Any]) -> Any:
         name = _str(b, "name")
-        return {"experiment_id": s.store.create_experiment(name, b.get("artifact_location") or None, _pairs(b.get("tags"), "tags"))}
+        return {
+            "experiment_id": s.store.create_experiment(
+                name, b.get("artifact_location") or None, _pairs(b.get("tags"), "tags")
+            )
+        }
 
     def get_experiment(s: TrackingService, b: dict[str, Any]) -> Any:
         return {"experiment": s.store.get_experiment(_str(b, "experiment_id"))}
@@ -198,10 +206,15 @@ def _handlers() -> dict[tuple[str, str], Handler]:
 
             m = re.fullmatch(r"\s*(?:attribute\.)?name\s*(=|LIKE|ILIKE)\s*'([^']*)'\s*", flt, re.IGNORECASE)
             if not m:
-                raise TrackingError(f"Unsupported experiment filter {flt!r}: mlp supports name = '...' and name LIKE '...'")
+                raise TrackingError(
+                    f"Unsupported experiment filter {flt!r}: mlp supports name = '...' and name LIKE '...'"
+                )
             name_like = m.group(2)
         exps, token = s.store.search_experiments(
-            str(b.get("view_type") or "ACTIVE_ONLY"), _int(b.get("max_results"), "max_results", 1000) or 1000, b.get("page_token"), name_like
+            str(b.get("view_type") or "ACTIVE_ONLY"),
+            _int(b.get("max_results"), "max_results", 1000) or 1000,
+            b.get("page_token"),
+            name_like,
         )
         out: dict[str, Any] = {"experiments": exps}
         if token:
@@ -226,7 +239,9 @@ def _handlers() -> dict[tuple[str, str], Handler]:
         return {"run": s.store.get_run(_run_id(b))}
 
     def update_run(s: TrackingService, b: dict[str, Any]) -> Any:
-        info = s.store.update_run(_run_id(b), b.get("status") or None, _int(b.get("end_time"), "end_time"), b.get("run_name") or None)
+        info = s.store.update_run(
+            _run_id(b), b.get("status") or None, _int(b.get("end_time"), "end_time"), b.get("run_name") or None
+        )
         return {"run_info": info}
 
     def delete_run(s: TrackingService, b: dict[str, Any]) -> Any:
@@ -240,9 +255,13 @@ def _handlers() -> dict[tuple[str, str], Handler]:
     def log_metric(s: TrackingService, b: dict[str, Any]) -> Any:
         key = _str(b, "key")
         if "value" not in b:
-            raise TrackingError("Missing value for required parameter 'value'. See the API docs for more information about request parameters.")
+            raise TrackingError(
+                "Missing value for required parameter 'value'. See the API docs for more information about request parameters."
+            )
         ts = _int(b.get("timestamp"), "timestamp", now_ms()) or 0
-        s.store.log_batch(_run_id(b), Batch(metrics=[(key, _float(b["value"]), ts, _int(b.get("step"), "step", 0) or 0)]))
+        s.store.log_batch(
+            _run_id(b), Batch(metrics=[(key, _float(b["value"]), ts, _int(b.get("step"), "step", 0) or 0)])
+        )
         return {}
 
     def log_param(s: TrackingService, b: dict[str, Any]) -> Any:
@@ -258,7 +277,9 @@ def _handlers() -> dict[tuple[str, str], Handler]:
         return {}
 
     def log_batch(s: TrackingService, b: dict[str, Any]) -> Any:
-        batch = Batch(_metrics(b.get("metrics"), now_ms()), _pairs(b.get("params"), "params"), _pairs(b.get("tags"), "tags"))
+        batch = Batch(
+            _metrics(b.get("metrics"), now_ms()), _pairs(b.get("params"), "params"), _pairs(b.get("tags"), "tags")
+        )
         s.store.log_batch(_run_id(b), batch)
         return {}
 
@@ -270,7 +291,9 @@ def _handlers() -> dict[tuple[str, str], Handler]:
         except ValueError:
             raise TrackingError("Malformed model info. \n model_json is not valid JSON") from None
         run = s.store.get_run(run_id)
-        history = next((t["value"] for t in run["data"].get("tags", []) if t["key"] == "mlflow.log-model.history"), "[]")
+        history = next(
+            (t["value"] for t in run["data"].get("tags", []) if t["key"] == "mlflow.log-model.history"), "[]"
+        )
         models = [*json.loads(history), model]
         s.store.log_batch(run_id, Batch(tags=[("mlflow.log-model.history", json.dumps(models))]))
         return {}
@@ -412,18 +435,27 @@ def tracking_router(service: TrackingService) -> APIRouter:
             try:
                 body = await _body(request)
                 if part == "tags":
-                    doc = await run_in_threadpool(service.store.update_logged_model, model_id, {"tags": body.get("tags") or []})
+                    doc = await run_in_threadpool(
+                        service.store.update_logged_model, model_id, {"tags": body.get("tags") or []}
+                    )
                 elif part == "params":
-                    doc = await run_in_threadpool(service.store.update_logged_model, model_id, {"params": body.get("params") or []})
+                    doc = await run_in_threadpool(
+                        service.store.update_logged_model, model_id, {"params": body.get("params") or []}
+                    )
                 else:
                     raise TrackingError(f"Unsupported logged-model operation {part!r}", "ENDPOINT_NOT_FOUND")
                 return _json({"model": _logged_model_json(doc)})
             except TrackingError as exc:
                 return _error(exc)
 
-        router.add_api_route(f"{prefix}/logged-models/{{model_id}}", logged_model, methods=["GET", "PATCH"], include_in_schema=False)
         router.add_api_route(
-            f"{prefix}/logged-models/{{model_id}}/{{part}}", logged_model_part, methods=["PATCH", "POST"], include_in_schema=False
+            f"{prefix}/logged-models/{{model_id}}", logged_model, methods=["GET", "PATCH"], include_in_schema=False
+        )
+        router.add_api_route(
+            f"{prefix}/logged-models/{{model_id}}/{{part}}",
+            logged_model_part,
+            methods=["PATCH", "POST"],
+            include_in_schema=False,
         )
 
     async def list_artifacts(request: Request) -> Response:
@@ -432,7 +464,9 @@ def tracking_router(service: TrackingService) -> APIRouter:
             files = await run_in_threadpool(service.artifacts.list, path)
             out: dict[str, Any] = {}
             if files:
-                out["files"] = [{**f.json(), "path": f.path.rsplit("/", 1)[-1] if "/" in f.path else f.path} for f in files]
+                out["files"] = [
+                    {**f.json(), "path": f.path.rsplit("/", 1)[-1] if "/" in f.path else f.path} for f in files
+                ]
             return _json(out)
         except TrackingError as exc:
             return _error(exc)
@@ -452,19 +486,26 @@ def tracking_router(service: TrackingService) -> APIRouter:
                 await run_in_threadpool(service.artifacts.delete, path)
                 return _json({})
             stream, size = await run_in_threadpool(service.artifacts.open, path)
-            headers = {"Content-Length": str(size), "Content-Disposition": f'attachment; filename="{os.path.basename(path)}"'}
+            headers = {
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{os.path.basename(path)}"',
+            }
             return StreamingResponse(stream, media_type="application/octet-stream", headers=headers)
         except TrackingError as exc:
             return _error(exc)
 
     router.add_api_route(ARTIFACTS, list_artifacts, methods=["GET"], include_in_schema=False)
-    router.add_api_route(f"{ARTIFACTS}/{{path:path}}", artifact, methods=["GET", "PUT", "DELETE"], include_in_schema=False)
+    router.add_api_route(
+        f"{ARTIFACTS}/{{path:path}}", artifact, methods=["GET", "PUT", "DELETE"], include_in_schema=False
+    )
 
     async def health() -> Response:
         return Response("OK", media_type="text/plain")
 
     router.add_api_route("/health", health, methods=["GET"], include_in_schema=False)
-    router.add_api_route("/version", lambda: Response("mlp", media_type="text/plain"), methods=["GET"], include_in_schema=False)
+    router.add_api_route(
+        "/version", lambda: Response("mlp", media_type="text/plain"), methods=["GET"], include_in_schema=False
+    )
     return router
 
 
@@ -475,10 +516,18 @@ def create_app(service: TrackingService) -> FastAPI:
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Response:
-        return _json({"error_code": "ENDPOINT_NOT_FOUND", "message": f"No endpoint {request.method} {request.url.path}"}, 404)
+        return _json(
+            {"error_code": "ENDPOINT_NOT_FOUND", "message": f"No endpoint {request.method} {request.url.path}"}, 404
+        )
 
     @app.exception_handler(405)
     async def bad_method(request: Request, exc: Exception) -> Response:
-        return _json({"error_code": "ENDPOINT_NOT_FOUND", "message": f"Method {request.method} not allowed on {request.url.path}"}, 405)
+        return _json(
+            {
+                "error_code": "ENDPOINT_NOT_FOUND",
+                "message": f"Method {request.method} not allowed on {request.url.path}",
+            },
+            405,
+        )
 
     return app

@@ -154,7 +154,9 @@ def _validate_key(kind: str, key: Any) -> str:
     if not isinstance(key, str) or not key:
         raise TrackingError(f"Missing value for required parameter 'key' ({kind})")
     if len(key) > MAX_KEY:
-        raise TrackingError(f"{kind} name '{key[:40]}...' had length {len(key)}, which exceeded length limit of {MAX_KEY}")
+        raise TrackingError(
+            f"{kind} name '{key[:40]}...' had length {len(key)}, which exceeded length limit of {MAX_KEY}"
+        )
     if key.startswith("/") or ".." in key.split("/") or "\x00" in key:
         raise TrackingError(f"Invalid {kind.lower()} name: '{key}'. Names may not contain '..' path segments")
     return key
@@ -189,7 +191,10 @@ class TrackingStore:
 
         metadata.create_all(self.engine)
         with self._write() as conn:
-            if conn.execute(sa.select(experiments.c.experiment_id).where(experiments.c.experiment_id == 0)).first() is None:
+            if (
+                conn.execute(sa.select(experiments.c.experiment_id).where(experiments.c.experiment_id == 0)).first()
+                is None
+            ):
                 ts = now_ms()
                 conn.execute(
                     experiments.insert().values(
@@ -216,7 +221,9 @@ class TrackingStore:
 
     # --- experiments ---------------------------------------------------------------------
 
-    def create_experiment(self, name: str, artifact_location: str | None = None, tags_: Iterable[tuple[str, str]] = ()) -> str:
+    def create_experiment(
+        self, name: str, artifact_location: str | None = None, tags_: Iterable[tuple[str, str]] = ()
+    ) -> str:
         if not isinstance(name, str) or not name.strip():
             raise TrackingError("Invalid experiment name: '' (an experiment needs a name)")
         ts = now_ms()
@@ -225,7 +232,11 @@ class TrackingStore:
                 raise TrackingError(f"Experiment '{name}' already exists.", "RESOURCE_ALREADY_EXISTS")
             result = conn.execute(
                 experiments.insert().values(
-                    name=name, artifact_location=artifact_location, lifecycle_stage="active", creation_time=ts, last_update_time=ts
+                    name=name,
+                    artifact_location=artifact_location,
+                    lifecycle_stage="active",
+                    creation_time=ts,
+                    last_update_time=ts,
                 )
             )
             exp_id = int(result.inserted_primary_key[0])  # type: ignore[index]
@@ -242,7 +253,9 @@ class TrackingStore:
 
     def _experiment_json(self, conn: Connection, row: Any) -> dict[str, Any]:
         tag_rows = conn.execute(
-            sa.select(experiment_tags.c.key, experiment_tags.c.value).where(experiment_tags.c.experiment_id == row.experiment_id)
+            sa.select(experiment_tags.c.key, experiment_tags.c.value).where(
+                experiment_tags.c.experiment_id == row.experiment_id
+            )
         ).all()
         out: dict[str, Any] = {
             "experiment_id": str(row.experiment_id),
@@ -265,7 +278,9 @@ class TrackingStore:
 
     def get_experiment(self, experiment_id: Any) -> dict[str, Any]:
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(experiments).where(experiments.c.experiment_id == self._exp_id(experiment_id))).first()
+            row = conn.execute(
+                sa.select(experiments).where(experiments.c.experiment_id == self._exp_id(experiment_id))
+            ).first()
             if row is None:
                 raise not_found(f"No Experiment with id={experiment_id} exists")
             return self._experiment_json(conn, row)
@@ -278,7 +293,11 @@ class TrackingStore:
             return self._experiment_json(conn, row)
 
     def search_experiments(
-        self, view_type: str = "ACTIVE_ONLY", max_results: int = 1000, page_token: str | None = None, name_like: str | None = None
+        self,
+        view_type: str = "ACTIVE_ONLY",
+        max_results: int = 1000,
+        page_token: str | None = None,
+        name_like: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         offset = _decode_token(page_token)
         query = sa.select(experiments)
@@ -300,7 +319,9 @@ class TrackingStore:
         _validate_key("Tag", key)
         self.get_experiment(exp)
         with self._write() as conn:
-            conn.execute(experiment_tags.delete().where(experiment_tags.c.experiment_id == exp, experiment_tags.c.key == key))
+            conn.execute(
+                experiment_tags.delete().where(experiment_tags.c.experiment_id == exp, experiment_tags.c.key == key)
+            )
             conn.execute(experiment_tags.insert().values(experiment_id=exp, key=key, value=value))
 
     # --- runs ---------------------------------------------------------------------------
@@ -315,7 +336,9 @@ class TrackingStore:
     ) -> dict[str, Any]:
         exp = self.get_experiment(experiment_id if experiment_id not in (None, "") else "0")
         if exp["lifecycle_stage"] != "active":
-            raise TrackingError(f"The experiment {exp['experiment_id']} must be in the 'active' state.", "INVALID_STATE")
+            raise TrackingError(
+                f"The experiment {exp['experiment_id']} must be in the 'active' state.", "INVALID_STATE"
+            )
         tag_map = dict(tags_)
         name = run_name or tag_map.get(RUN_NAME_TAG) or _random_name()
         tag_map[RUN_NAME_TAG] = name
@@ -354,7 +377,8 @@ class TrackingStore:
         row = self._run_row(conn, run_id)
         if row.lifecycle_stage != "active":
             raise TrackingError(
-                f"The run {run_id} must be in the 'active' state. Current state is {row.lifecycle_stage}.", "INVALID_PARAMETER_VALUE"
+                f"The run {run_id} must be in the 'active' state. Current state is {row.lifecycle_stage}.",
+                "INVALID_PARAMETER_VALUE",
             )
         return row
 
@@ -413,7 +437,9 @@ class TrackingStore:
             self._active_run(conn, run_id)
             seen = {
                 r.document
-                for r in conn.execute(sa.select(run_io.c.document).where(run_io.c.run_uuid == run_id, run_io.c.kind == "dataset_inputs"))
+                for r in conn.execute(
+                    sa.select(run_io.c.document).where(run_io.c.run_uuid == run_id, run_io.c.kind == "dataset_inputs")
+                )
             }
             rows = []
             for d in datasets:
@@ -421,14 +447,18 @@ class TrackingStore:
                 if doc not in seen:
                     seen.add(doc)
                     rows.append({"run_uuid": run_id, "kind": "dataset_inputs", "document": doc})
-            rows += [{"run_uuid": run_id, "kind": "model_inputs", "document": json.dumps(m, sort_keys=True)} for m in models]
+            rows += [
+                {"run_uuid": run_id, "kind": "model_inputs", "document": json.dumps(m, sort_keys=True)} for m in models
+            ]
             if rows:
                 conn.execute(run_io.insert(), rows)
 
     def log_outputs(self, run_id: Any, models: list[Any]) -> None:
         with self._write() as conn:
             self._active_run(conn, run_id)
-            rows = [{"run_uuid": run_id, "kind": "model_outputs", "document": json.dumps(m, sort_keys=True)} for m in models]
+            rows = [
+                {"run_uuid": run_id, "kind": "model_outputs", "document": json.dumps(m, sort_keys=True)} for m in models
+            ]
             if rows:
                 conn.execute(run_io.insert(), rows)
 
@@ -436,7 +466,9 @@ class TrackingStore:
         with self.engine.connect() as conn:
             return self._runs_json(conn, [self._run_row(conn, run_id)])[0]
 
-    def update_run(self, run_id: Any, status: str | None = None, end_time: int | None = None, run_name: str | None = None) -> dict[str, Any]:
+    def update_run(
+        self, run_id: Any, status: str | None = None, end_time: int | None = None, run_name: str | None = None
+    ) -> dict[str, Any]:
         if status is not None and status not in RUN_STATUSES:
             raise TrackingError(f"Invalid value {status!r} for parameter 'status': one of {', '.join(RUN_STATUSES)}")
         with self._write() as conn:
@@ -458,12 +490,16 @@ class TrackingStore:
     def delete_run(self, run_id: Any) -> None:
         with self._write() as conn:
             self._run_row(conn, run_id)
-            conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(lifecycle_stage="deleted", deleted_time=now_ms()))
+            conn.execute(
+                runs.update().where(runs.c.run_uuid == run_id).values(lifecycle_stage="deleted", deleted_time=now_ms())
+            )
 
     def restore_run(self, run_id: Any) -> None:
         with self._write() as conn:
             self._run_row(conn, run_id)
-            conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(lifecycle_stage="active", deleted_time=None))
+            conn.execute(
+                runs.update().where(runs.c.run_uuid == run_id).values(lifecycle_stage="active", deleted_time=None)
+            )
 
     def delete_tag(self, run_id: Any, key: str) -> None:
         with self._write() as conn:
@@ -476,7 +512,11 @@ class TrackingStore:
 
     def log_batch(self, run_id: Any, batch: Batch) -> None:
         """Params, tags and metrics of one request in one transaction: all stored or none."""
-        if len(batch.metrics) > MAX_BATCH_METRICS or len(batch.params) > MAX_BATCH_PARAMS or len(batch.tags) > MAX_BATCH_TAGS:
+        if (
+            len(batch.metrics) > MAX_BATCH_METRICS
+            or len(batch.params) > MAX_BATCH_PARAMS
+            or len(batch.tags) > MAX_BATCH_TAGS
+        ):
             raise TrackingError(
                 f"A batch logging request can contain at most {MAX_BATCH_METRICS} metrics, {MAX_BATCH_PARAMS} params "
                 f"and {MAX_BATCH_TAGS} tags; got {len(batch.metrics)}, {len(batch.params)} and {len(batch.tags)}"
@@ -484,16 +524,22 @@ class TrackingStore:
         for k, v in batch.params:
             _validate_key("Param", k)
             if len(v) > MAX_PARAM_VALUE:
-                raise TrackingError(f"Param value '{v[:40]}...' had length {len(v)}, which exceeded length limit of {MAX_PARAM_VALUE}")
+                raise TrackingError(
+                    f"Param value '{v[:40]}...' had length {len(v)}, which exceeded length limit of {MAX_PARAM_VALUE}"
+                )
         for k, v in batch.tags:
             _validate_key("Tag", k)
             if len(v) > MAX_TAG_VALUE:
-                raise TrackingError(f"Tag value '{v[:40]}...' had length {len(v)}, which exceeded length limit of {MAX_TAG_VALUE}")
+                raise TrackingError(
+                    f"Tag value '{v[:40]}...' had length {len(v)}, which exceeded length limit of {MAX_TAG_VALUE}"
+                )
         rows = []
         for k, value, ts, step in batch.metrics:
             _validate_key("Metric", k)
             stored, is_nan = stored_value(value)
-            rows.append({"run_uuid": run_id, "key": k, "timestamp": ts, "step": step, "value": stored, "is_nan": is_nan})
+            rows.append(
+                {"run_uuid": run_id, "key": k, "timestamp": ts, "step": step, "value": stored, "is_nan": is_nan}
+            )
         with self._write() as conn:
             self._active_run(conn, run_id)
             if batch.params:
@@ -508,10 +554,16 @@ class TrackingStore:
         wanted: dict[str, str] = {}
         for k, v in items:
             if k in wanted and wanted[k] != v:
-                raise TrackingError(f"Duplicate parameter keys have been submitted: ['{k}']. Please ensure the request contains only one param value per param key.")
+                raise TrackingError(
+                    f"Duplicate parameter keys have been submitted: ['{k}']. Please ensure the request contains only one param value per param key."
+                )
             wanted[k] = v
         existing = dict(
-            conn.execute(sa.select(params.c.key, params.c.value).where(params.c.run_uuid == run_id, params.c.key.in_(list(wanted)))).all()
+            conn.execute(
+                sa.select(params.c.key, params.c.value).where(
+                    params.c.run_uuid == run_id, params.c.key.in_(list(wanted))
+                )
+            ).all()
         )
         for k, v in wanted.items():
             if k in existing and existing[k] != v:
@@ -553,14 +605,18 @@ class TrackingStore:
         current = {
             m.key: m
             for m in conn.execute(
-                sa.select(latest_metrics).where(latest_metrics.c.run_uuid == run_id, latest_metrics.c.key.in_(list(best)))
+                sa.select(latest_metrics).where(
+                    latest_metrics.c.run_uuid == run_id, latest_metrics.c.key.in_(list(best))
+                )
             )
         }
         for key, r in best.items():
             old = current.get(key)
             if old is None:
                 conn.execute(latest_metrics.insert().values(**r))
-            elif rank(r) > rank({"step": old.step, "timestamp": old.timestamp, "is_nan": old.is_nan, "value": old.value}):
+            elif rank(r) > rank(
+                {"step": old.step, "timestamp": old.timestamp, "is_nan": old.is_nan, "value": old.value}
+            ):
                 conn.execute(
                     latest_metrics.update()
                     .where(latest_metrics.c.run_uuid == run_id, latest_metrics.c.key == key)
@@ -600,7 +656,9 @@ class TrackingStore:
         page_token: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         if max_results > MAX_SEARCH_RESULTS:
-            raise TrackingError(f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most {MAX_SEARCH_RESULTS}")
+            raise TrackingError(
+                f"Invalid value {max_results} for parameter 'max_results' supplied. It must be at most {MAX_SEARCH_RESULTS}"
+            )
         clauses = parse_filter(filter_string)
         orders = parse_order_by(order_by)
         offset = _decode_token(page_token)
@@ -648,7 +706,10 @@ class TrackingStore:
         with self._write() as conn:
             conn.execute(
                 logged_models.insert().values(
-                    model_id=model_id, experiment_id=int(exp["experiment_id"]), source_run_id=info.get("source_run_id"), document=json.dumps(info)
+                    model_id=model_id,
+                    experiment_id=int(exp["experiment_id"]),
+                    source_run_id=info.get("source_run_id"),
+                    document=json.dumps(info),
                 )
             )
         return info
@@ -675,7 +736,9 @@ class TrackingStore:
                 else:
                     doc[key] = value
             doc["last_updated_timestamp_ms"] = now_ms()
-            conn.execute(logged_models.update().where(logged_models.c.model_id == model_id).values(document=json.dumps(doc)))
+            conn.execute(
+                logged_models.update().where(logged_models.c.model_id == model_id).values(document=json.dumps(doc))
+            )
         return doc  # type: ignore[no-any-return]
 
     def search_logged_models(self, experiment_ids: Sequence[Any]) -> list[dict[str, Any]]:
@@ -692,7 +755,13 @@ class TrackingStore:
 
 def _condition(clause: Clause) -> Any:
     if clause.entity == "attribute":
-        col = runs.c.run_uuid if clause.key == "run_id" else runs.c.name if clause.key == "run_name" else runs.c[clause.key]
+        col = (
+            runs.c.run_uuid
+            if clause.key == "run_id"
+            else runs.c.name
+            if clause.key == "run_name"
+            else runs.c[clause.key]
+        )
         return _compare(col, clause.op, clause.value)
     table = {"metric": latest_metrics, "param": params, "tag": tags}[clause.entity]
     sub = sa.select(sa.literal(1)).where(table.c.run_uuid == runs.c.run_uuid, table.c.key == clause.key)
@@ -750,7 +819,20 @@ def _decode_token(token: str | None) -> int:
         raise TrackingError(f"Invalid page token, could not base64-decode: {token[:40]!r}") from None
 
 
-_ADJECTIVES = ("amber", "bold", "calm", "dapper", "eager", "fancy", "gentle", "honest", "keen", "lucid", "merry", "nimble")
+_ADJECTIVES = (
+    "amber",
+    "bold",
+    "calm",
+    "dapper",
+    "eager",
+    "fancy",
+    "gentle",
+    "honest",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+)
 _NOUNS = ("otter", "heron", "lynx", "moth", "panda", "quail", "robin", "seal", "trout", "wren", "yak", "zebra")
 
 
