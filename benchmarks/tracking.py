@@ -110,6 +110,13 @@ def workloads(url: str, points: int, n_runs: int, search_runs: int) -> dict[str,
     return results
 
 
+def quiet_workloads(url: str, points: int, n_runs: int, search_runs: int) -> dict[str, float]:
+    import contextlib
+
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # the client prints "View run" links
+        return workloads(url, points, n_runs, search_runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=100_000)
@@ -120,10 +127,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mlp-bench-tracking-") as tmp:
         print("mlp tracking serve ...", file=sys.stderr)
         with mlp_server(Path(tmp) / "mlp") as url:
-            ours = workloads(url, args.points, args.runs, args.search_runs)
+            ours = quiet_workloads(url, args.points, args.runs, args.search_runs)
         print("mlflow server ...", file=sys.stderr)
         with mlflow_server(exe, Path(tmp) / "mlflow") as url:
-            theirs = workloads(url, args.points, args.runs, args.search_runs)
+            theirs = quiet_workloads(url, args.points, args.runs, args.search_runs)
     width = max(len(k) for k in ours)
     print(f"{'workload':<{width}}  {'mlp s':>9}  {'mlflow s':>9}  {'mlflow/mlp':>10}")
     for key in ours:

@@ -12,6 +12,7 @@ after the branch was created removes the branch and leaves the checkout as it wa
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 import tempfile
@@ -186,6 +187,20 @@ def _find_artifact(client: TrackingClient, run: Run, artifact: str | None) -> tu
     )
 
 
+def _dataset_uri(ds: dict[str, Any]) -> str:
+    """The dataset's URI: MLflow sends `source` as JSON ({"uri": ...}, {"url": ...}) or a plain string."""
+    source = ds.get("source")
+    if isinstance(source, str) and source.startswith("{"):
+        try:
+            parsed = json.loads(source)
+            for key in ("uri", "url", "path", "table_name"):
+                if isinstance(parsed, dict) and parsed.get(key):
+                    return str(parsed[key])
+        except ValueError:
+            pass
+    return str(source or ds.get("name"))
+
+
 def comparison_comment(specs: SpecSet, model: str, version: int, metrics: dict[str, float], run: Run) -> str:
     """Markdown: the candidate's metrics against every environment's deployed versions, with the gates."""
     lines = [COMMENT_MARKER, f"### Register `{model}` version {version}", ""]
@@ -310,7 +325,7 @@ def register(
         lineage["experiment"] = exp_spec
     if run.datasets:
         ds = run.datasets[0]
-        lineage["dataset"] = str(ds.get("source") or ds.get("name"))
+        lineage["dataset"] = _dataset_uri(ds)
         if ds.get("digest"):
             lineage["datasetDigest"] = str(ds["digest"])
     commit = run.tags.get("mlflow.source.git.commit") or run.tags.get("mlp.git.commit")
