@@ -70,3 +70,49 @@ def test_mlflow_client_script_against_mlp(tmp_path: Path) -> None:
         "unknown_experiment_name": "no error: None",
         "unknown_run": "RESOURCE_DOES_NOT_EXIST",
     }
+
+
+PROVENANCE = """
+import mlflow
+from mlp.tracking.provenance import log_provenance
+with mlflow.start_run(run_name="prov") as run:
+    log_provenance(datasets={"train": "train.csv"})
+print(run.info.run_id)
+"""
+
+
+def test_run_records_commit_packages_and_dataset_digest(tmp_path: Path) -> None:
+    import hashlib
+
+    import git
+    import httpx
+
+    work = tmp_path / "code"
+    work.mkdir()
+    (work / "train.csv").write_text("a,b\n1,2\n")
+    repo = git.Repo.init(work)
+    repo.git.add("-A")
+    commit = repo.index.commit("data").hexsha
+    with tracking_server(tmp_path / "state") as server:
+        proc = subprocess.run(
+            [sys.executable, "-c", PROVENANCE],
+            cwd=work,
+            env=client_env(server.url),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        run_id = proc.stdout.strip().splitlines()[-1]
+        run = httpx.get(f"{server.url}/api/2.0/mlflow/runs/get", params={"run_id": run_id}).json()["run"]
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert tags["mlp.git.commit"] == commit and tags["mlp.git.dirty"] == "false"
+        art = run["info"]["artifact_uri"].split(":", 1)[1].strip("/")
+        packages = httpx.get(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/{art}/environment/packages.txt").text
+        assert (
+            "scikit-learn==" in packages
+            and hashlib.sha256(packages.encode()).hexdigest() == tags["mlp.packages.sha256"]
+        )
+        (dataset,) = [d["dataset"] for d in run["inputs"]["dataset_inputs"]]
+        assert dataset["name"] == "train" and dataset["source"] == (work / "train.csv").resolve().as_uri()
+        assert dataset["digest"] == "sha256:" + hashlib.sha256(b"a,b\n1,2\n").hexdigest()
