@@ -73,7 +73,12 @@ def log_provenance(datasets: dict[str, str] | None = None, run_id: str | None = 
         uri = local.resolve().as_uri() if local.is_file() else location
         inputs.append(
             DatasetInput(
-                Dataset(name=name, digest=f"sha256:{digest_ds}", source_type="local" if local.is_file() else "external", source=uri),
+                Dataset(
+                    name=name,
+                    digest=f"sha256:{digest_ds}",
+                    source_type="local" if local.is_file() else "external",
+                    source=uri,
+                ),
                 [InputTag("mlflow.data.context", "training")],
             )
         )
