@@ -219,3 +219,38 @@ def test_server_killed_mid_batch_loses_no_acknowledged_point(tmp_path: Path) -> 
     assert len(stored) % 1000 == 0
     with sqlite3.connect(state / "tracking.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_artifacts_on_s3_through_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for k, v in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(k, v)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="trk")
+        extra = ("--artifacts", "s3://trk/tracking", "--s3-endpoint-url", endpoint)
+        with tracking_server(tmp_path / "s", *extra) as server:
+            base = f"{server.url}{ART}/1/run/artifacts"
+            assert httpx.put(f"{base}/model/model.pkl", content=b"\x00model" * 1000).status_code == 200
+            assert httpx.put(f"{base}/notes.txt", content=b"hello").status_code == 200
+            listed = httpx.get(f"{server.url}{ART}", params={"path": "1/run/artifacts"}).json()["files"]
+            assert listed == [{"path": "model", "is_dir": True}, {"path": "notes.txt", "is_dir": False, "file_size": 5}]
+            assert httpx.get(f"{base}/model/model.pkl").content == b"\x00model" * 1000
+            assert httpx.get(f"{base}/missing.txt").json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
+            r = httpx.get(f"{server.url}{ART}", params={"path": "1/../../x"})
+            assert r.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+        keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="trk")["Contents"])
+        assert keys == ["tracking/1/run/artifacts/model/model.pkl", "tracking/1/run/artifacts/notes.txt"]
+        assert not list((tmp_path / "s").rglob("*.pkl"))  # nothing kept locally
+    finally:
+        moto.stop()
