@@ -233,3 +233,53 @@ def test_register_unknown_run_is_one_clear_error(tmp_path: Path, platform: tuple
     )
     assert result.exit_code == 2
     assert "RESOURCE_DOES_NOT_EXIST" in result.output and "Traceback" not in result.output
+
+
+def test_register_opens_a_gitlab_merge_request(tmp_path: Path, platform: tuple[Path, Path], server: Server) -> None:
+    import httpx
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from standins.gitlab_api import GitLabStandIn
+
+    work, bare = platform
+    api = f"{server.url}/api/2.0/mlflow"
+    run = httpx.post(f"{api}/runs/create", json={"experiment_id": "0", "run_name": "gl"}).json()["run"]["info"]
+    httpx.post(
+        f"{api}/runs/log-batch",
+        json={"run_id": run["run_id"], "metrics": [{"key": "accuracy", "value": 0.96, "timestamp": 1}]},
+    )
+    X, y = load_iris(return_X_y=True)
+    joblib.dump(LogisticRegression(max_iter=500).fit(X, y), tmp_path / "model.pkl")
+    art = run["artifact_uri"].split(":", 1)[1].strip("/")
+    url = f"{server.url}/api/2.0/mlflow-artifacts/artifacts/{art}/model/model.pkl"
+    assert httpx.put(url, content=(tmp_path / "model.pkl").read_bytes()).status_code == 200
+    standin = GitLabStandIn({"t-bot": "mlp-bot"})
+    standin.add_project("acme/platform", bare)
+    with serve(standin.app) as gl_url:
+        result = CliRunner().invoke(
+            cli,
+            [
+                "models",
+                "register",
+                "--run",
+                run["run_id"],
+                "--model",
+                "iris",
+                "--to",
+                (tmp_path / "store").as_uri(),
+                "--repo",
+                str(work),
+                "--tracking-uri",
+                server.url,
+                "--gitlab-project",
+                "acme/platform",
+                "--gitlab-url",
+                f"{gl_url}/api/v4",
+            ],
+            env={"GITLAB_TOKEN": "t-bot"},
+        )
+    assert result.exit_code == 0, result.output
+    (mr,) = [c.body for c in standin.calls("POST") if c.path.endswith("/merge_requests")]
+    assert mr["source_branch"] == "mlp/register/iris-v3" and mr["target_branch"] == "main"
+    notes = standin.projects["acme/platform"].notes[1]
+    assert len(notes) == 1 and "| `accuracy` | 0.96 |" in notes[0]["body"]
