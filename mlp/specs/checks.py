@@ -151,6 +151,15 @@ def _experiments(specs: SpecSet) -> Iterator[Problem]:
             if not specs.declared("Model", exp.spec.model):
                 yield _at(specs, "Experiment", name, ("spec", "model"), f"model {exp.spec.model!r} does not exist")
             continue
+        # the runtime ranks runs against this version: it must exist
+        if exp.spec.baseline is not None and model.spec.version(exp.spec.baseline) is None:
+            yield _at(
+                specs,
+                "Experiment",
+                name,
+                ("spec", "baseline"),
+                f"model {model.metadata.name!r} has no version {exp.spec.baseline}",
+            )
         for i, run in enumerate(exp.spec.runs):
             if run.modelVersion is not None and model.spec.version(run.modelVersion) is None:
                 yield _at(
