@@ -175,6 +175,30 @@ def example_curl(base: str, dep: dict[str, Any]) -> str:
 IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 
 
+def _start_monitors(
+    repo: Path,
+    env: str,
+    state: Path,
+    runtime: Runtime,
+    s3_endpoint_url: str | None,
+    interval: float | None,
+    payload_log: bool,
+) -> Any:
+    """The environment's Monitor specs, run in this process on their schedules (mlp.cli.monitor)."""
+    if not payload_log:
+        return None
+    try:
+        from mlp.cli.monitor import LocalMonitors
+    except ImportError as exc:  # the `monitors` extra is not installed: serve anyway
+        click.echo(f"mlp up: monitors not started: {exc}", err=True)
+        return None
+    monitors = LocalMonitors(
+        repo, env, state, registry=runtime.metrics.registry, s3_endpoint_url=s3_endpoint_url, interval=interval
+    )
+    monitors.start()
+    return monitors
+
+
 @click.command("up")
 @click.argument("repo", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--env", "env", default="dev", show_default=True, help="Environment to serve (target kind local).")
@@ -199,6 +223,11 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
 @click.option(
+    "--monitor-interval",
+    type=click.FloatRange(min=0.1),
+    help="Run the environment's monitors every N seconds instead of on their cron schedules.",
+)
+@click.option(
     "--format",
     "fmt",
     type=click.Choice(["text", "json"]),
@@ -217,6 +246,7 @@ def up(
     max_body_mb: float,
     max_inflight: int,
     payload_log: bool,
+    monitor_interval: float | None,
     fmt: str,
 ) -> None:
     """Serve an environment's models on this machine (embedded runtime).
@@ -303,11 +333,14 @@ def up(
     sys.stdout.flush()
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
+    monitors = _start_monitors(repo, env, state, runtime, s3_endpoint_url, monitor_interval, payload_log)
     try:
         serve(app, sock)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:
         loop.stop()
+        if monitors is not None:
+            monitors.stop()
         runtime.close()
         click.echo("mlp up: stopped", err=True)
