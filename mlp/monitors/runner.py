@@ -162,6 +162,7 @@ class MonitorRunner:
         )
         self._labels: dict[str, Labels] = {}
         self._warned: set[str] = set()
+        self._last_pending = -1
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -221,9 +222,10 @@ class MonitorRunner:
         self.windower.add(self.source.read_new())
         reports = [self._evaluate(w.table, w.start_ms, w.end_ms, now) for w in self.windower.cut(int(now * 1000))]
         dump_state(self.state_dir, self.source, self.windower)
-        if not reports:
-            pending = self.windower.pending.num_rows if self.windower.pending is not None else 0
+        pending = self.windower.pending.num_rows if self.windower.pending is not None else 0
+        if not reports and pending != self._last_pending:  # say it once per change, not every check
             self._say(f"waiting: {pending} row(s) pending, a window is {self._window_text()}")
+        self._last_pending = pending
         return reports
 
     def _window_text(self) -> str:
