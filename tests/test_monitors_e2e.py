@@ -191,7 +191,10 @@ def test_drift_fires_once_naming_the_two_shifted_features_and_resolves(up: Up, r
     assert [json.loads(a)["event"] for a in audit] == ["alert.firing", "alert.resolved"]
     with client(url) as c:
         metrics = c.get("/metrics").text
-    assert 'mlp_monitor_feature_drift{environment="dev",feature="sepal_width",model="iris",monitor="iris-drift"} 0.0' in metrics
+    assert (
+        'mlp_monitor_feature_drift{environment="dev",feature="sepal_width",model="iris",monitor="iris-drift"} 0.0'
+        in metrics
+    )
 
 
 @pytest.mark.slow

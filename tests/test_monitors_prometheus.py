@@ -35,11 +35,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPR = re.compile(r"^(\w+)\{(.*)\} (>|<) (\S+)$")
 
 
-def binary(name: str) -> str:
-    for candidate in (shutil.which(name), f"/usr/bin/{name}", f"/usr/sbin/{name}"):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.skip(f"{name} not found on PATH, /usr/bin or /usr/sbin (Debian: .ci/setup.d/20-prometheus.sh)")
+def binary(*names: str) -> str:
+    for name in names:
+        for candidate in (shutil.which(name), f"/usr/bin/{name}", f"/usr/sbin/{name}"):
+            if candidate and Path(candidate).is_file():
+                return candidate
+    pytest.skip(f"{' or '.join(names)} not found on PATH, /usr/bin or /usr/sbin (installed by .ci/setup.d/2*.sh)")
 
 
 def free_port() -> int:
@@ -185,7 +186,7 @@ def test_prometheus_scrapes_mlp_monitor_run_and_alertmanager_delivers_the_drift_
     tmp_path: Path, rx: Receiver
 ) -> None:
     pytest.importorskip("alibi_detect", reason="alibi-detect (the `monitors` extra) is not installed")
-    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager")
+    prometheus, alertmanager = binary("prometheus"), binary("prometheus-alertmanager", "alertmanager")
     x, y = iris()
     rng = np.random.default_rng(5)
     ref = write_reference(tmp_path / "ref", x, y)
@@ -235,7 +236,9 @@ def test_prometheus_scrapes_mlp_monitor_run_and_alertmanager_delivers_the_drift_
                     "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                     "rule_files": [str(tmp_path / "rules.yml")],
                     "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{aport}"]}]}]},
-                    "scrape_configs": [{"job_name": "mlp-monitor", "static_configs": [{"targets": [f"127.0.0.1:{mport}"]}]}],
+                    "scrape_configs": [
+                        {"job_name": "mlp-monitor", "static_configs": [{"targets": [f"127.0.0.1:{mport}"]}]}
+                    ],
                 }
             )
         )
@@ -254,9 +257,12 @@ def test_prometheus_scrapes_mlp_monitor_run_and_alertmanager_delivers_the_drift_
             return text if "mlp_monitor_feature_drift{" in text else None
 
         scrape = wait_for(scraped, 90, logs)
-        exposed = {line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and not line.startswith("#")}
+        exposed = {
+            line.split("{")[0].split(" ")[0] for line in scrape.splitlines() if line and not line.startswith("#")
+        }
         for rule in rules:
             assert EXPR.match(rule["expr"]).group(1) in exposed, rule["expr"]  # type: ignore[union-attr]
+
         # Prometheus scraped it and evaluates the rule
         def firing() -> Any:
             r = httpx.get(f"http://127.0.0.1:{pport}/api/v1/alerts").json()
@@ -264,6 +270,7 @@ def test_prometheus_scrapes_mlp_monitor_run_and_alertmanager_delivers_the_drift_
 
         alerts = wait_for(firing, 60, logs)
         assert {a["labels"]["feature"] for a in alerts} == {"petal_length"}
+
         # Alertmanager delivered it to the receiver
         def delivered() -> Any:
             return [b for p, b in list(rx.bodies) if p == "/alertmanager" and b.get("status") == "firing"]

@@ -124,7 +124,9 @@ def test_labels_below_tolerance_fire_one_model_drift_alert_and_good_labels_resol
             pred = truth.copy()
             flip = rng.random(150) < wrong
             pred[flip] = (pred[flip] + 1) % 3
-            write_payloads(tmp_path / "log", x[idx], start_ms=1_700_000_000_000 + i, seq=i, prediction=pred, request_ids=ids)
+            write_payloads(
+                tmp_path / "log", x[idx], start_ms=1_700_000_000_000 + i, seq=i, prediction=pred, request_ids=ids
+            )
             import pyarrow as pa
             import pyarrow.parquet as pq
 

@@ -98,7 +98,9 @@ class PayloadSource:
             try:
                 tables.append(self._read(name))
             except Exception as exc:  # corrupt Parquet, a vanished key: skip this file, keep going
-                self.on_problem(f"skipped {self.model}/{name}: not a readable Parquet file ({str(exc).splitlines()[0]})")
+                self.on_problem(
+                    f"skipped {self.model}/{name}: not a readable Parquet file ({str(exc).splitlines()[0]})"
+                )
         self.seen &= set(names)  # forget files rotation deleted
         return tables
 

@@ -29,6 +29,7 @@ namespace and name, with every mapping's keys sorted, so output is byte-stable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -259,13 +260,18 @@ def _monitor_ctx(specs: SpecSet, monitor: Monitor, env: Environment) -> dict[str
     spec = monitor.spec
     name = monitor.metadata.name
     config = monitor_config(specs, monitor, env)
+    text = json.dumps(config, sort_keys=True, indent=2) + "\n"
     return {
         "name": name,
         "resourceName": f"{name}-monitor",
         "model": spec.model,
         "schedule": spec.schedule,
-        "config": json.dumps(config, sort_keys=True, indent=2) + "\n",
+        "config": text,
+        # in the pod template: a changed configuration (a promoted version's baselines) rolls the pod
+        "configHash": "sha256:" + hashlib.sha256(text.encode()).hexdigest(),
         "image": spec.image or DEFAULT_IMAGE,
+        # boto3 in the pod reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (KServe's S3 secret keys)
+        "storageSecret": env.spec.storageSecret,
         "metricsPort": METRICS_PORT,
         "rules": alert_rules(config),
         "labels": {"app.kubernetes.io/name": f"{name}-monitor", "mlp.dev/monitor": name, "mlp.dev/model": spec.model},

@@ -162,20 +162,23 @@ def _monitors(specs: SpecSet) -> Iterator[Problem]:
         for i, check in enumerate(mon.spec.performance):
             if check.tolerance is None:
                 continue
+            lacking: set[int] = set()
             for env in watched:
                 dep = specs.environments[env].spec.deployments.get(mon.spec.model)
                 numbers = [dep.version] + ([dep.canary.version] if dep and dep.canary else []) if dep else []
                 for number in numbers:
                     version = model.spec.version(number)
                     if version is not None and check.metric not in version.metrics:
-                        yield _at(
-                            specs,
-                            "Monitor",
-                            name,
-                            ("spec", "performance", i, "tolerance"),
-                            f"tolerance needs version {number} of model {model.metadata.name!r} to record "
-                            f"metrics.{check.metric} (deployed in {env})",
-                        )
+                        lacking.add(number)
+            if lacking:
+                yield _at(
+                    specs,
+                    "Monitor",
+                    name,
+                    ("spec", "performance", i, "tolerance"),
+                    f"tolerance needs model {model.metadata.name!r} to record metrics.{check.metric} on deployed "
+                    f"version(s) {', '.join(str(n) for n in sorted(lacking))}",
+                )
         if mon.spec.payloadLog is None:
             for env in watched:
                 if specs.environments[env].spec.target.kind == "kubernetes":
