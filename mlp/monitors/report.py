@@ -89,7 +89,10 @@ def _histogram_png(feature: str, ref: np.ndarray | None, cur: np.ndarray | None)
 
 def as_html(name: str, reports: list[dict[str, Any]], reference: pa.Table | None, state_dir: Path) -> str:
     last_path = state_dir / "last-window.parquet"
-    current = pq.read_table(last_path) if last_path.is_file() else None
+    try:
+        current = pq.read_table(last_path) if last_path.is_file() else None
+    except (pa.ArrowException, OSError):  # being rewritten by the running monitor
+        current = None
     last = next((r for r in reversed(reports) if r.get("drift")), None)
     esc = html.escape
     parts = [

@@ -163,6 +163,7 @@ class MonitorRunner:
         self._labels: dict[str, Labels] = {}
         self._warned: set[str] = set()
         self._last_pending = -1
+        self._last_ok: pa.Table | None = None
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -221,6 +222,7 @@ class MonitorRunner:
         now = time.time() if now is None else now
         self.windower.add(self.source.read_new())
         reports = [self._evaluate(w.table, w.start_ms, w.end_ms, now) for w in self.windower.cut(int(now * 1000))]
+        self._write_last_window()
         dump_state(self.state_dir, self.source, self.windower)
         pending = self.windower.pending.num_rows if self.windower.pending is not None else 0
         if not reports and pending != self._last_pending:  # say it once per change, not every check
@@ -445,11 +447,23 @@ class MonitorRunner:
         return path.read_text().splitlines() if path.is_file() else []
 
     def _record(self, report: WindowReport, t: pa.Table) -> None:
-        lines = self._reports_lines()[-(MAX_REPORTS - 1) :]
-        lines.append(json.dumps(asdict(report), sort_keys=True, allow_nan=True))
-        tmp = self.state_dir / ".reports.jsonl"
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(self.state_dir / "reports.jsonl")
+        path = self.state_dir / "reports.jsonl"
+        with path.open("a") as fh:
+            fh.write(json.dumps(asdict(report), sort_keys=True, allow_nan=True) + "\n")
+        if report.index % MAX_REPORTS == 0:  # keep the file bounded: trim now and then, not per window
+            lines = self._reports_lines()[-MAX_REPORTS:]
+            tmp = self.state_dir / ".reports.jsonl"
+            tmp.write_text("\n".join(lines) + "\n")
+            tmp.replace(path)
         if report.status == "ok":
-            pq.write_table(t, self.state_dir / ".last-window.parquet")
-            (self.state_dir / ".last-window.parquet").replace(self.state_dir / "last-window.parquet")
+            self._last_ok = t
+
+    def _write_last_window(self) -> None:
+        """The last tested window, for the report's histograms (once per check, watched columns only)."""
+        t, self._last_ok = self._last_ok, None
+        if t is None:
+            return
+        keep = [c for c in [*self.features, *(self.config.get("outputs") or [])[:1], "prediction"] if c in t.column_names]
+        # written in place, not renamed (a rename costs more than the check here); the report
+        # reader treats a torn file as "no last window"
+        pq.write_table(t.select(list(dict.fromkeys(keep))), self.state_dir / "last-window.parquet")

@@ -8,8 +8,6 @@ that is not valid Parquet is reported once and skipped: it never stops the monit
 
 from __future__ import annotations
 
-import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +78,10 @@ class PayloadSource:
     def _read(self, name: str) -> pa.Table:
         if self.root.startswith("s3://"):
             body = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
-            return pq.read_table(pa.BufferReader(body))
-        return pq.read_table(self.folder / name)
+            return pq.ParquetFile(pa.BufferReader(body)).read()
+        # ParquetFile, not read_table: no dataset discovery per file (a third of the cost here)
+        with pq.ParquetFile(self.folder / name) as f:
+            return f.read()
 
     def read_new(self) -> list[pa.Table]:
         """Tables of files not read before (corrupt ones reported through `on_problem`)."""
@@ -103,12 +103,6 @@ class PayloadSource:
                 )
         self.seen &= set(names)  # forget files rotation deleted
         return tables
-
-    def state(self) -> dict[str, Any]:
-        return {"seen": sorted(self.seen)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.seen = set(state.get("seen") or [])
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -167,22 +161,37 @@ class Windower:
 
 
 def dump_state(path: Path, source: PayloadSource, windower: Windower) -> None:
+    """Persist the cursor: an append-only list of files read (a rename per check costs more than
+    the check on some file systems), compacted when it holds many names no longer listed."""
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / ".cursor.json"
-    tmp.write_text(json.dumps(source.state()))
+    log = path / "cursor.log"
+    written: set[str] = getattr(source, "_persisted", set())
+    new = sorted(source.seen - written)
+    if len(written) > 2 * len(source.seen) + 1000:
+        tmp = path / ".cursor.log"
+        tmp.write_text("".join(n + "\n" for n in sorted(source.seen)))
+        tmp.replace(log)
+        written = set(source.seen)
+    elif new:
+        with log.open("a") as fh:
+            fh.write("".join(n + "\n" for n in new))
+        written |= set(new)
+    source._persisted = written  # type: ignore[attr-defined]
+    pending = path / "pending.parquet"
     if windower.pending is not None and windower.pending.num_rows:
         pq.write_table(windower.pending, path / ".pending.parquet")
-        (path / ".pending.parquet").replace(path / "pending.parquet")
-    else:
-        (path / "pending.parquet").unlink(missing_ok=True)
-    tmp.replace(path / "cursor.json")
+        (path / ".pending.parquet").replace(pending)
+    elif pending.exists():
+        pending.unlink()
 
 
 def load_state(path: Path, source: PayloadSource, windower: Windower) -> None:
-    cursor = path / "cursor.json"
-    if cursor.is_file():
-        with contextlib.suppress(ValueError):
-            source.restore(json.loads(cursor.read_text()))
+    log = path / "cursor.log"
+    if log.is_file():
+        # a torn last line (crash mid-append) names no real file: harmless
+        names = {line for line in log.read_text().splitlines() if line}
+        source.seen = set(names)
+        source._persisted = set(names)  # type: ignore[attr-defined]
     pending = path / "pending.parquet"
     if pending.is_file():
         try:
