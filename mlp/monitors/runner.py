@@ -463,7 +463,9 @@ class MonitorRunner:
         t, self._last_ok = self._last_ok, None
         if t is None:
             return
-        keep = [c for c in [*self.features, *(self.config.get("outputs") or [])[:1], "prediction"] if c in t.column_names]
+        keep = [
+            c for c in [*self.features, *(self.config.get("outputs") or [])[:1], "prediction"] if c in t.column_names
+        ]
         # written in place, not renamed (a rename costs more than the check here); the report
         # reader treats a torn file as "no last window"
         pq.write_table(t.select(list(dict.fromkeys(keep))), self.state_dir / "last-window.parquet")
