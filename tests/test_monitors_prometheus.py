@@ -282,3 +282,49 @@ def test_prometheus_scrapes_mlp_monitor_run_and_alertmanager_delivers_the_drift_
     finally:
         for p in reversed(procs):
             p.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_local_route_to_an_alertmanager_url_fires_and_resolves_through_a_real_alertmanager(
+    tmp_path: Path, rx: Receiver
+) -> None:
+    from mlp.monitors.alerts import Alerter, Condition
+
+    alertmanager = binary("prometheus-alertmanager", "alertmanager")
+    aport = free_port()
+    (tmp_path / "am.yml").write_text(
+        yaml.safe_dump(
+            {
+                "route": {"receiver": "test", "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+                "receivers": [{"name": "test", "webhook_configs": [{"url": f"{rx.url}/am", "send_resolved": True}]}],
+            }
+        )
+    )
+    am = Proc(
+        [alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}"]
+        + [f"--web.listen-address=127.0.0.1:{aport}", "--cluster.listen-address="],
+        tmp_path / "alertmanager.log",
+    )
+    try:
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{aport}/-/ready").status_code == 200, 30, [am.log])
+        events: list[dict[str, Any]] = []
+        alerter = Alerter([{"type": "alertmanager", "url": f"http://127.0.0.1:{aport}"}], audit=events.append)
+        labels = {"alertname": "IrisDriftDataDrift", "monitor": "iris-drift", "features": "petal_length"}
+        assert alerter.update([Condition("data-drift", True, "drift in petal_length", labels)]) == [
+            ("data-drift", "firing")
+        ]
+        assert alerter.update([Condition("data-drift", True, "drift in petal_length", labels)]) == []
+
+        def statuses() -> list[str]:
+            return [b["status"] for p, b in list(rx.bodies) if p == "/am"]
+
+        wait_for(lambda: "firing" in statuses(), 30, [am.log])
+        assert alerter.update([Condition("data-drift", False, "no drift", labels)]) == [("data-drift", "resolved")]
+        wait_for(lambda: "resolved" in statuses(), 30, [am.log])
+        body = next(b for p, b in rx.bodies if p == "/am")
+        assert body["alerts"][0]["labels"]["features"] == "petal_length"
+        assert [e["event"] for e in events] == ["alert.firing", "alert.resolved"]
+        assert all(e["delivered"] == ["alertmanager"] for e in events)
+    finally:
+        am.stop()

@@ -252,3 +252,29 @@ def test_s3_payload_log_through_moto(tmp_path: Path) -> None:
         assert set(reports[0].drift["p_values"]) == set(IRIS)  # type: ignore[index]
     finally:
         server.stop()
+
+
+def test_slack_and_webhook_bodies_and_a_failing_receiver_is_reported_not_fatal(tmp_path: Path) -> None:
+    from mlp.monitors.alerts import Alerter, Condition
+
+    lines: list[str] = []
+    with receiver() as rx:
+        alerter = Alerter(
+            [
+                {"type": "slack", "url": f"{rx.url}/slack"},
+                {"type": "webhook", "url": "http://127.0.0.1:9/unreachable"},
+            ],
+            state_file=tmp_path / "alerts.json",
+            echo=lines.append,
+            timeout=0.5,
+        )
+        alerter.update([Condition("data-drift", True, "data drift on iris: petal_length", {"monitor": "m"})])
+        assert [b for p, b in rx.bodies if p == "/slack"] == [
+            {"text": ":rotating_light: [FIRING] data drift on iris: petal_length"}
+        ]
+        assert any("delivery to webhook receiver failed" in line for line in lines)
+        # the active set survives a restart: no second "firing" for the same condition
+        again = Alerter([{"type": "slack", "url": f"{rx.url}/slack"}], state_file=tmp_path / "alerts.json")
+        assert again.update([Condition("data-drift", True, "x", {})]) == []
+        assert again.update([Condition("data-drift", False, "x", {})]) == [("data-drift", "resolved")]
+        assert rx.bodies[-1][1]["text"].startswith(":white_check_mark: [RESOLVED]")
