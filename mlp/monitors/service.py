@@ -1,6 +1,6 @@
 """Run monitors on their cron schedules: the loop of `mlp monitor run` and `mlp up`'s monitor thread.
 
-A schedule is the spec's five-field cron (`mlp.governance.cron`), evaluated in UTC at minute
+A schedule is the spec's cron (`cronsim`, as `mlp validate` checks it), evaluated in UTC at minute
 granularity; `interval` (seconds) replaces it for development and tests. A runner that fails to
 prepare (bad reference digest, missing alibi-detect) is reported once per attempt and retried
 at its next due time; a check that throws is reported and never stops the others.
@@ -13,19 +13,19 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from mlp.governance.cron import Cron
 from mlp.monitors.runner import MonitorError, MonitorRunner
+from mlp.specs.units import parse_cron
 
 
 def next_due(schedule: str, after: float) -> float:
-    """The first matching minute strictly after `after` (unix seconds)."""
-    cron = Cron.parse(schedule)
-    t = datetime.fromtimestamp(after, UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    for _ in range(366 * 24 * 60):
-        if cron.matches(t):
-            return t.timestamp()
-        t += timedelta(minutes=1)
-    return after + 366 * 86400.0
+    """The first matching minute strictly after `after` (unix seconds), by cronsim as validate checks it."""
+    from cronsim import CronSim
+
+    start = datetime.fromtimestamp(after, UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    try:
+        return float(next(CronSim(parse_cron(schedule), start)).timestamp())
+    except StopIteration:  # a schedule that never matches again (e.g. 30 February)
+        return after + 366 * 86400.0
 
 
 class Scheduled:
