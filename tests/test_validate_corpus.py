@@ -341,7 +341,7 @@ CASES: list[Case] = [
         replace("specs/monitor.yaml", "  model: iris\n", "  model: iris\n  schedule: every five minutes\n"),
         "specs/monitor.yaml",
         "every five minutes",
-        "does not match the pattern",
+        "Wrong number of fields",
     ),
     Case(
         "duplicate-model-version",
