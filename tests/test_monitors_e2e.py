@@ -1,6 +1,7 @@
 """Local target end to end: `mlp up` serves a real model, real traffic, its monitor fires and resolves.
 
-The monitor runs inside `mlp up`'s process tree (`--monitor-interval` replaces its cron
+The monitor runs inside `mlp up`'s process tree (a child process, `mlp monitor local`;
+`--monitor-interval` replaces its cron
 schedule so the test need not wait for whole minutes); alerts go to a real HTTP receiver.
 """
 
@@ -186,11 +187,11 @@ def test_drift_fires_once_naming_the_two_shifted_features_and_resolves(up: Up, r
     wait_for(lambda: len(rx.events()) >= 2, 60, up)
     time.sleep(1.0)  # nothing more arrives
     assert [(c, s) for c, s, _ in rx.events()] == [("data-drift", "firing"), ("data-drift", "resolved")]
-    # each transition is in the audit log, and the metrics are on mlp up's /metrics
+    # each transition is in the audit log, and the series are on the monitor metrics URL mlp up printed
     audit = (up.state / "monitors" / "iris-drift" / "audit.jsonl").read_text().splitlines()
     assert [json.loads(a)["event"] for a in audit] == ["alert.firing", "alert.resolved"]
     with client(url) as c:
-        metrics = c.get("/metrics").text
+        metrics = c.get(up.info["monitorMetrics"]).text
     assert (
         'mlp_monitor_feature_drift{environment="dev",feature="sepal_width",model="iris",monitor="iris-drift"} 0.0'
         in metrics

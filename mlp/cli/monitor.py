@@ -244,6 +244,54 @@ def report(
         click.echo(text, nl=False)
 
 
+@monitor.command("local", context_settings=CONTEXT)
+@click.argument("repo", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--env", "env", required=True, help="The local environment whose monitors to run.")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="mlp up's state.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0, show_default=True)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--interval", type=click.FloatRange(min=0.1), help="Check every N seconds instead of the schedules.")
+@click.option("--parent-pid", type=int, help="Exit when this process (mlp up) is gone.")
+@click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint [env MLP_S3_ENDPOINT_URL].")
+def local(
+    repo: Path,
+    env: str,
+    state_dir: Path,
+    metrics_port: int,
+    metrics_host: str,
+    interval: float | None,
+    parent_pid: int | None,
+    s3_endpoint_url: str | None,
+) -> None:
+    """Run every monitor of a local environment on its schedule (what `mlp up` starts).
+
+    \b
+    Example:
+      mlp monitor local . --env dev --state-dir .mlp/up-dev --metrics-port 9102
+    """
+    import os
+
+    from prometheus_client import start_http_server
+
+    monitors = LocalMonitors(repo, env, state_dir, s3_endpoint_url=s3_endpoint_url, interval=interval)
+    try:
+        start_http_server(metrics_port, addr=metrics_host, registry=monitors.metrics.registry)
+    except OSError as exc:
+        fail(f"cannot serve monitor metrics on {metrics_host}:{metrics_port}: {exc.strerror}")
+    if parent_pid is not None:
+        refresh = monitors.refresh
+
+        def refresh_while_parent_lives() -> None:
+            if os.getppid() != parent_pid:
+                monitors.service.stop_soon()
+                return
+            refresh()
+
+        monitors.service.before_tick = refresh_while_parent_lives
+    with contextlib.suppress(KeyboardInterrupt):
+        monitors.service.run()
+
+
 class LocalMonitors:
     """`mlp up`'s monitors: the environment's Monitor specs, re-read when the repository changes.
 

@@ -186,27 +186,46 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 
 
 def _start_monitors(
-    repo: Path,
-    env: str,
-    state: Path,
-    runtime: Runtime,
-    s3_endpoint_url: str | None,
-    interval: float | None,
-    payload_log: bool,
-) -> Any:
-    """The environment's Monitor specs, run in this process on their schedules (mlp.cli.monitor)."""
-    if not payload_log:
-        return None
+    repo: Path, env: str, state: Path, s3_endpoint_url: str | None, interval: float | None, host: str
+) -> tuple[Any, str] | None:
+    """The environment's monitors, in a child process (`mlp monitor local`) with its own metrics port.
+
+    A child, not a thread: alibi-detect's import and the tests are seconds of CPU under the GIL,
+    which would stall the data plane. The child exits when this process does.
+    """
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port for the child's /metrics
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlp.cli.main", "monitor", "local", str(repo), "--env", env]
+    cmd += ["--state-dir", str(state), "--metrics-host", host, "--metrics-port", str(port)]
+    cmd += ["--parent-pid", str(os.getpid())]
+    if interval:
+        cmd += ["--interval", str(interval)]
+    if s3_endpoint_url:
+        cmd += ["--s3-endpoint-url", s3_endpoint_url]
     try:
-        from mlp.cli.monitor import LocalMonitors
-    except ImportError as exc:  # the `monitors` extra is not installed: serve anyway
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    except OSError as exc:
         click.echo(f"mlp up: monitors not started: {exc}", err=True)
         return None
-    monitors = LocalMonitors(
-        repo, env, state, registry=runtime.metrics.registry, s3_endpoint_url=s3_endpoint_url, interval=interval
-    )
-    monitors.start()
-    return monitors
+    return proc, f"http://{host if ':' not in host else '[' + host + ']'}:{port}/metrics"
+
+
+def _stop_monitors(monitors: tuple[Any, str] | None) -> None:
+    import subprocess
+
+    if monitors is None:
+        return
+    proc = monitors[0]
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 @click.command("up")
@@ -306,6 +325,7 @@ def up(
             sys.exit(1)
         # last known good: keep serving what the state folder restored until the repository loads
         click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}", err=True)
+    monitors = _start_monitors(repo, env, state, s3_endpoint_url, monitor_interval, host) if payload_log else None
     app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
@@ -315,6 +335,7 @@ def up(
                 {
                     "url": base,
                     "metrics": f"{base}/metrics",
+                    "monitorMetrics": monitors[1] if monitors else None,
                     "environment": env,
                     "revision": loop.revision,
                     "models": {
@@ -336,6 +357,8 @@ def up(
             click.echo(f"  {name:<16} POST {base}/v1/models/{name}:predict   (KServe v1)")
             click.echo(f"  {'':<16} POST {base}/v2/models/{name}/infer   (Open Inference Protocol v2)")
         click.echo(f"  {'metrics':<16} GET  {base}/metrics")
+        if monitors:
+            click.echo(f"  {'monitor metrics':<16} GET  {monitors[1]}")
         if pick:
             click.echo("  try:")
             click.echo("    " + example_curl(base, pick))
@@ -343,14 +366,12 @@ def up(
     sys.stdout.flush()
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
-    monitors = _start_monitors(repo, env, state, runtime, s3_endpoint_url, monitor_interval, payload_log)
     try:
         serve(app, sock)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:
         loop.stop()
-        if monitors is not None:
-            monitors.stop()
+        _stop_monitors(monitors)
         runtime.close()
         click.echo("mlp up: stopped", err=True)

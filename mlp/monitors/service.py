@@ -84,6 +84,10 @@ class MonitorService:
             cap = 1.0 if self.before_tick is not None else 60.0
             self._stop.wait(max(0.05, min(cap, due - time.time())))
 
+    def stop_soon(self) -> None:
+        """Make `run` return after the current pass (from inside a hook)."""
+        self._stop.set()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="mlp-monitors", daemon=True)
         self._thread.start()
