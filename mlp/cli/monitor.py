@@ -118,7 +118,13 @@ def _where_options(f: Any) -> Any:
 
 @click.group("monitor", context_settings=CONTEXT)
 def monitor() -> None:
-    """Drift and model-performance monitors (alibi-detect, BSL 1.1: pip install 'mlp[monitors]')."""
+    """Drift and model-performance monitors (alibi-detect, BSL 1.1: pip install 'mlp[monitors]').
+
+    \b
+    Example:
+      mlp monitor run iris-drift --env dev --once
+      mlp monitor report iris-drift --env dev -o html --out drift.html
+    """
 
 
 @monitor.command("run", context_settings=CONTEXT)
