@@ -549,14 +549,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return problem_response(500, "internal error", instance=request.url.path)
 
     errors = _problem_responses(400, 401, 403, 404, 422, 503)
-    router = APIRouter(responses=errors)
 
     def route(method: str, path: str, permission: Permission, model: Any = None, status: int = 200, **kw: Any) -> Any:
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-            router.add_api_route(
+            app.add_api_route(
                 path,
                 fn,
                 methods=[method],
+                responses={**errors, **kw.pop("responses", {})},
                 response_model=model,
                 status_code=status,
                 openapi_extra={"x-mlp-permission": permission.value},
@@ -1068,7 +1068,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
         }
         return json_response(request, out)
 
-    app.include_router(router)
     for extra in settings.routers:  # the tracking server, feature lookups, ...
         app.include_router(extra)
     _install_openapi(app)
