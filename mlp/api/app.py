@@ -20,7 +20,6 @@ server, feature lookups): they get the same limits, errors and identity dependen
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -59,7 +58,10 @@ log = logging.getLogger("mlp.api")
 
 NAME = Annotated[str, PathParam(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 LIMIT = Annotated[int, Query(ge=1, le=1000, description="Page size")]
-CURSOR = Annotated[str | None, Query(max_length=200, description="`nextCursor` of the previous page")]
+CURSOR = Annotated[
+    str | None, Query(pattern=r"^[a-z0-9][-a-z0-9/]{0,127}$", description="`nextCursor` of the previous page")
+]
+NUM_CURSOR = Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$", description="`nextCursor` of the previous page")]
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -369,6 +371,13 @@ class PullRequestOut(BaseModel):
     title: str
 
 
+class NewVersion(ModelVersion):
+    """A model version to register (the spec's ModelVersion; unknown fields are errors)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)]
+
+
 class SyncRequest(Strict):
     reason: str = Field(default="", max_length=200)
 
@@ -412,17 +421,9 @@ class Caller:
             raise ApiProblem(403, f"{self.permission.value} on {what} needs a role in team {team or '(platform)'}")
 
 
-def _cursor_encode(value: str) -> str:
-    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
-
-
 def _cursor_decode(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise ApiProblem(400, "cursor: not a cursor this server issued") from None
+    """Cursors are the sort key of the last item of the previous page (a name, or an audit record id)."""
+    return value or None
 
 
 def _iso(t: float | None) -> str | None:
@@ -503,7 +504,7 @@ def json_response(request: Request, payload: Any, status: int = 200, headers: di
 
 
 def page_response(request: Request, items: list[Any], next_key: str | None) -> Response:
-    cursor = _cursor_encode(next_key) if next_key is not None else None
+    cursor = next_key
     headers = {}
     if cursor:
         url = request.url.include_query_params(cursor=cursor)
@@ -807,7 +808,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         c: Caller = caller(Permission.read),
         stage: Annotated[str | None, Query(max_length=20)] = None,
         limit: LIMIT = 100,
-        cursor: CURSOR = None,
+        cursor: NUM_CURSOR = None,
     ) -> Response:
         m = model_of(c, model)
         after = _cursor_decode(cursor)
@@ -840,7 +841,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         description="Open a pull request that adds this version to the model's spec.",
     )
     def register_version(
-        request: Request, model: NAME, version: ModelVersion, c: Caller = caller(Permission.propose)
+        request: Request, model: NAME, version: NewVersion, c: Caller = caller(Permission.propose)
     ) -> Response:
         from mlp.api.proposals import ProposalError
         from mlp.webhooks.hosting import HostError
@@ -1011,7 +1012,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         action: Annotated[str | None, Query(max_length=40)] = None,
         since: Annotated[datetime | None, Query(description="ISO-8601 time")] = None,
         limit: LIMIT = 100,
-        cursor: CURSOR = None,
+        cursor: NUM_CURSOR = None,
     ) -> Response:
         envs = visible_envs(c) if c.grants.everywhere is None else None
         if environment is not None:
@@ -1030,8 +1031,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
             params.append(since.timestamp() if since.tzinfo else since.replace(tzinfo=UTC).timestamp())
         after = _cursor_decode(cursor)
         if after is not None:
-            if not after.isdigit():
-                raise ApiProblem(400, "cursor: not a cursor this server issued")
             sql += " AND id < ?"
             params.append(int(after))
         sql += f" ORDER BY id DESC LIMIT {limit + 1}"
