@@ -131,14 +131,23 @@ def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes (413), by Content-Length or while streaming."""
+    """Refuse request heads over `header_limit` bytes or 100 fields (431), and bodies over `limit` bytes (413).
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    uvicorn's h11 bound only applies to a head that arrives in pieces; this one holds for any.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, header_limit: int = 16 * 1024) -> None:
+        self.app, self.limit, self.header_limit = app, limit, header_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        size += sum(len(n) + len(v) + 4 for n, v in headers)
+        if size > self.header_limit or len(headers) > 100:
+            await _send_problem(send, 431, f"request head over {self.header_limit} bytes or 100 fields")
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -149,33 +158,33 @@ class BodyLimit:
                 if too_big:
                     await _send_problem(send, 413, f"request body over {self.limit} bytes")
                     return
+        # Read the whole body first (it is bounded), so an oversized stream is refused before
+        # any handler runs, whatever the handler would have done with a read error.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
-
-        async def tracking(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking)
-        except _TooLarge:
-            if not started:
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
                 await _send_problem(send, 413, f"request body over {self.limit} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_problem(send: Send, status: int, detail: str) -> None:
@@ -392,6 +401,7 @@ class ApiSettings:
     kratos_url: str | None = None
     ref: str | None = None
     max_body: int = 1 << 20
+    max_header_bytes: int = 16 * 1024
     session_ttl: float = 30.0
     session_cache: int = 10_000
     refresh: float = 2.0
@@ -524,6 +534,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         openapi_url="/api/v1/openapi.json",
     )
     app.state.api = api
+    app.add_middleware(BodyLimit, limit=settings.max_body, header_limit=settings.max_header_bytes)
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, exc: ApiProblem) -> Response:
@@ -540,6 +551,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
             for e in exc.errors()[:50]
         ]
         first = errors[0] if errors else {"location": "", "message": "invalid request"}
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            return problem_response(400, f"malformed JSON: {first['message']}", instance=request.url.path)
         return problem_response(
             422, f"{first['location']}: {first['message']}", instance=request.url.path, errors=errors
         )
