@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any

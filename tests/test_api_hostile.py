@@ -37,7 +37,9 @@ def _problem(r: httpx.Response, status: int) -> dict[str, object]:
 
 def test_oversized_body_is_413_by_length_and_by_stream(world: ApiWorld, admin: httpx.Client) -> None:
     big = b'{"reason": "' + b"x" * (128 * 1024) + b'"}'
-    _problem(admin.post("/api/v1/environments/dev/sync", content=big, headers={"content-type": "application/json"}), 413)
+    _problem(
+        admin.post("/api/v1/environments/dev/sync", content=big, headers={"content-type": "application/json"}), 413
+    )
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: chunked, counted as it arrives
         for _ in range(200):
@@ -49,7 +51,9 @@ def test_oversized_body_is_413_by_length_and_by_stream(world: ApiWorld, admin: h
 
 def test_malformed_json_is_400_and_unknown_fields_422(admin: httpx.Client) -> None:
     body = _problem(
-        admin.post("/api/v1/environments/dev/sync", content=b'{"reason": ', headers={"content-type": "application/json"}),
+        admin.post(
+            "/api/v1/environments/dev/sync", content=b'{"reason": ', headers={"content-type": "application/json"}
+        ),
         400,
     )
     assert "malformed JSON" in str(body["detail"])

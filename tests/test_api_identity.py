@@ -57,7 +57,9 @@ def test_kratos_down_is_503_never_an_open_door(tmp_path: Path) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    app = create_app(ApiSettings(repo=str(make_platform_repo(tmp_path / "r")), state_dir=tmp_path / "s", kratos_url=dead))
+    app = create_app(
+        ApiSettings(repo=str(make_platform_repo(tmp_path / "r")), state_dir=tmp_path / "s", kratos_url=dead)
+    )
     with ApiThread(app) as server:
         r = httpx.get(f"{server.url}/api/v1/models", headers={"X-Session-Token": "anything"})
         assert r.status_code == 503, r.text

@@ -1,4 +1,4 @@
-"""Every route × every role × own team / other team against the documented matrix (mlp.api.rbac.MATRIX).
+"""Every route x every role x own team / other team against the documented matrix (mlp.api.rbac.MATRIX).
 
 A route that declares no permission, or that this test has no sample request for, fails
 `test_every_route_declares_a_permission_and_has_a_sample`: adding a route means adding
@@ -25,6 +25,7 @@ def _version_body() -> dict[str, Any]:
     return {"version": next(_versions), "uri": "s3://mlp-models/iris/9/model.joblib", "digest": "sha256:" + "a" * 64}
 
 
+_ROLLOUT = "/api/v1/environments/dev/rollouts/iris"
 # (method, route path) -> (url, body factory or None, how to tell "visible" in a list: key of the sample item)
 SAMPLES: dict[tuple[str, str], tuple[str, Any, str | None]] = {
     ("GET", "/healthz"): ("/healthz", None, None),
@@ -45,10 +46,8 @@ SAMPLES: dict[tuple[str, str], tuple[str, Any, str | None]] = {
     ("GET", "/api/v1/monitors/{name}"): ("/api/v1/monitors/iris-drift", None, None),
     ("GET", "/api/v1/rollouts"): ("/api/v1/rollouts", None, "dev/iris"),
     ("GET", "/api/v1/environments/{env}/rollouts/{model}"): ("/api/v1/environments/dev/rollouts/iris", None, None),
-    ("POST", "/api/v1/environments/{env}/rollouts/{model}/pause"): (
-        "/api/v1/environments/dev/rollouts/iris/pause", None, None),  # fmt: skip
-    ("POST", "/api/v1/environments/{env}/rollouts/{model}/resume"): (
-        "/api/v1/environments/dev/rollouts/iris/resume", None, None),  # fmt: skip
+    ("POST", "/api/v1/environments/{env}/rollouts/{model}/pause"): (_ROLLOUT + "/pause", None, None),
+    ("POST", "/api/v1/environments/{env}/rollouts/{model}/resume"): (_ROLLOUT + "/resume", None, None),
     ("GET", "/api/v1/audit"): ("/api/v1/audit?environment=dev", None, None),
     ("GET", "/api/v1/audit/served"): ("/api/v1/audit/served?environment=dev&time=2030-01-01T00:00:00Z", None, None),
 }
@@ -114,7 +113,9 @@ def _keys(items: list[dict[str, Any]]) -> set[str]:
 CASES = [(m, p, role, team) for (m, p) in SAMPLES for role in Role for team in (OWN, OTHER)]
 
 
-@pytest.mark.parametrize(("method", "path", "role", "team"), CASES, ids=[f"{m} {p} {r.value} {t}" for m, p, r, t in CASES])
+@pytest.mark.parametrize(
+    ("method", "path", "role", "team"), CASES, ids=[f"{m} {p} {r.value} {t}" for m, p, r, t in CASES]
+)
 def test_route_role_team_matrix(world: ApiWorld, method: str, path: str, role: Role, team: str) -> None:
     url, body, list_key = SAMPLES[(method, path)]
     permission = _permission(world, method, path)
@@ -172,7 +173,9 @@ def test_writes_reach_controller_state_and_git(world: ApiWorld) -> None:
     assert client.post("/api/v1/environments/dev/sync", json={"reason": "now"}).status_code == 202
     store = StateStore(world.state)
     requests = store.take_sync_requests()
-    assert any(env == "dev" and reason.startswith("api: token:") and reason.endswith(": now") for env, reason in requests)
+    assert any(
+        env == "dev" and reason.startswith("api: token:") and reason.endswith(": now") for env, reason in requests
+    )
     body = _version_body()
     pr = client.post("/api/v1/models/iris/versions", json=body)
     assert pr.status_code == 201, pr.text

@@ -67,7 +67,9 @@ def test_deleting_a_record_names_the_gap(state: Path) -> None:
 def test_deleting_the_first_record_names_the_gap(state: Path) -> None:
     with _db(state) as db:
         db.execute("DELETE FROM audit WHERE id IN (1, 2)")
-    assert "record 3: record(s) 1..2 before it were deleted" in _run("audit", "verify", "--state-dir", str(state)).stderr
+    assert (
+        "record 3: record(s) 1..2 before it were deleted" in _run("audit", "verify", "--state-dir", str(state)).stderr
+    )
 
 
 def test_reordering_two_records_names_the_first_of_them(state: Path) -> None:

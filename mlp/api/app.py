@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -1163,7 +1162,3 @@ def _install_openapi(app: FastAPI) -> None:
 
 def openapi_document(app: FastAPI) -> str:
     return json.dumps(app.openapi(), indent=2, sort_keys=True) + "\n"
-
-
-def _unused(*_: Any) -> None:  # keep linters quiet about names only used in annotations
-    _ = time

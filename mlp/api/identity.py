@@ -78,7 +78,7 @@ class KratosSessions:
         self.calls = 0  # round trips to Kratos (observable in tests)
 
     def close(self) -> None:
-        self._client.close()
+        self._client.rest_client.pool_manager.clear()
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from mlp.cli._tls import check_tls_or_exit, tls_options
 from mlp.cli.status import require_state, state_dir_option
 from mlp.specs.models import Environment
 from mlp.targets.base import Target, TargetError
@@ -154,6 +155,7 @@ def _stamp() -> str:
     "block it), and exit: 0 when all are synced.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
+@tls_options
 def controller(
     repo: str | None,
     watch_dir: Path | None,
@@ -173,6 +175,8 @@ def controller(
     kube_api_burst: int,
     once: bool,
     quiet: bool,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Keep every environment in step with Git, continuously.
 
@@ -194,6 +198,7 @@ def controller(
     from mlp.controller.reconciler import Reconciler, StepResult
     from mlp.controller.store import StateStore
 
+    check_tls_or_exit(tls_cert, tls_key)
     _limit_malloc_arenas()
     # Warnings reach the user through the progress lines below; the log carries only crashes.
     logging.basicConfig(level=logging.ERROR, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -284,11 +289,16 @@ def controller(
     server = None
     if metrics_port >= 0:
         try:
-            server, port = serve_metrics(metrics, metrics_port, metrics_host)
+            context = None
+            if tls_cert and tls_key:
+                from mlp.api.server import tls_context
+
+                context = tls_context(tls_cert, tls_key)
+            server, port = serve_metrics(metrics, metrics_port, metrics_host, ssl_context=context)
         except OSError as exc:
             click.echo(f"error: metrics port {metrics_port}: {exc.strerror or exc}", err=True)
             sys.exit(2)
-        click.echo(f"metrics: http://{metrics_host}:{port}/metrics", err=True)
+        click.echo(f"metrics: {'https' if tls_cert else 'http'}://{metrics_host}:{port}/metrics", err=True)
         (state_dir / "controller.json").write_text(json.dumps({"metricsPort": port, "pid": __import__("os").getpid()}))
 
     if watch_dir is not None:

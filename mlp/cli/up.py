@@ -21,6 +21,7 @@ from typing import Any
 
 import click
 
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -206,6 +207,7 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     show_default=True,
     help="json: print one JSON line with the URLs when ready.",
 )
+@tls_options
 def up(
     repo: Path,
     env: str,
@@ -218,6 +220,8 @@ def up(
     max_inflight: int,
     payload_log: bool,
     fmt: str,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Serve an environment's models on this machine (embedded runtime).
 
@@ -229,6 +233,7 @@ def up(
     from mlp.serving.app import DataPlane
     from mlp.serving.server import bind, serve
 
+    check_tls_or_exit(tls_cert, tls_key)
     if not (repo / "environments").is_dir():
         click.echo(f"error: {repo}: not a platform repository (no environments/ folder)", err=True)
         sys.exit(2)
@@ -242,7 +247,9 @@ def up(
     except OSError as exc:
         click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(2)
-    base = f"http://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
+    base = (
+        f"{'https' if tls_cert else 'http'}://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
+    )
 
     def event(msg: str) -> None:
         click.echo(f"mlp up: {msg}", err=True)
@@ -304,7 +311,7 @@ def up(
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
     try:
-        serve(app, sock)
+        serve(app, sock, **uvicorn_tls(tls_cert, tls_key))
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--repo", "repo", required=True, help="Platform repository: a local Git path or a clone URL.")
@@ -61,6 +63,7 @@ import click
     show_default=True,
     help="User name sent with the token (GitLab: oauth2).",
 )
+@tls_options
 def webhooks(
     repo: str,
     host: str,
@@ -77,6 +80,8 @@ def webhooks(
     git_token_env: str | None,
     git_token_file: Path | None,
     git_username: str,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Serve /webhooks/github and /webhooks/gitlab.
 
@@ -94,6 +99,8 @@ def webhooks(
     import uvicorn
 
     from mlp.sources.git import GitAuth
+
+    check_tls_or_exit(tls_cert, tls_key)
     from mlp.webhooks.prcheck import WorkspaceError
     from mlp.webhooks.service import (
         GITHUB_API_TOKEN_ENVS,
@@ -147,12 +154,16 @@ def webhooks(
     providers = [p for p, s in (("github", config.github_secret), ("gitlab", config.gitlab_token)) if s]
     bound = sock.getsockname()[1]
     click.echo(
-        f"mlp webhooks: listening on http://{host}:{bound} ({', '.join('/webhooks/' + p for p in providers)}); "
+        f"mlp webhooks: listening on {'https' if tls_cert else 'http'}://{host}:{bound} ({', '.join('/webhooks/' + p for p in providers)}); "
         f"state in {state_dir}",
         err=True,
     )
     try:
-        server = uvicorn.Server(uvicorn.Config(receiver.app, log_level="warning", access_log=False, lifespan="off"))
+        server = uvicorn.Server(
+            uvicorn.Config(
+                receiver.app, log_level="warning", access_log=False, lifespan="off", **uvicorn_tls(tls_cert, tls_key)
+            )
+        )
         server.run(sockets=[sock])
     finally:
         receiver.stop()
