@@ -23,12 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -457,6 +460,15 @@ class Api:
         self.controls = RolloutControls(settings.state_dir)
         self.rollouts: RolloutReader = settings.rollouts or _default_rollouts(settings.state_dir)
         self.monitors: MonitorReader = settings.monitors or NoMonitorResults()
+        self._read: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+
+    def audit_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Audit reads on a plain-tuple connection of their own (a 1,000-row page is the hot path)."""
+        with self._read_lock:
+            if self._read is None:
+                self._read = sqlite3.connect(self.settings.state_dir / "state.db", check_same_thread=False)
+            return self._read.execute(sql, params).fetchall()
 
     def authenticate(self, request: Request) -> Principal:
         auth = request.headers.get("authorization", "")
@@ -502,7 +514,7 @@ def _default_rollouts(state_dir: Path) -> RolloutReader:
 
 def json_response(request: Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     """JSON with a strong ETag; 304 when the client already has it."""
-    body = json.dumps(payload, separators=(",", ":"), default=str).encode()
+    body = orjson.dumps(payload, default=str)
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
     extra = {"ETag": etag, **(headers or {})}
     if status == 200:
@@ -1046,9 +1058,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             sql += " AND id < ?"
             params.append(int(after))
         sql += f" ORDER BY id DESC LIMIT {limit + 1}"
-        rows = api.audit.query(sql, params)
+        rows = api.audit_rows(sql.replace("SELECT *", f"SELECT {_AUDIT_COLUMNS}", 1), params)
         items = [_audit_json(r) for r in rows[:limit]]
-        return page_response(request, items, str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+        return page_response(request, items, str(rows[limit - 1][0]) if len(rows) > limit else None)
 
     @route("GET", "/api/v1/audit/served", Permission.audit, ServedAt)
     def served(
@@ -1107,22 +1119,29 @@ def _status_json(status: Any, details: bool = False) -> dict[str, Any]:
     return out
 
 
-def _audit_json(r: Any) -> dict[str, Any]:
+_AUDIT_COLUMNS = (
+    "id, time, environment, action, outcome, revision, author, objects, message, pr, approvers, merge_commit,"
+    " hash, prev_hash"
+)
+
+
+def _audit_json(r: tuple[Any, ...]) -> dict[str, Any]:
+    # objects / approvers are stored as JSON text written by the store: passed through, not re-parsed
     return {
-        "id": r["id"],
-        "time": _iso(r["time"]) or "",
-        "environment": r["environment"],
-        "action": r["action"],
-        "outcome": r["outcome"],
-        "revision": r["revision"],
-        "author": r["author"],
-        "objects": json.loads(r["objects"] or "[]"),
-        "message": r["message"] or "",
-        "pr": r["pr"],
-        "approvers": json.loads(r["approvers"]) if r["approvers"] else None,
-        "mergeCommit": r["merge_commit"],
-        "hash": r["hash"],
-        "prevHash": r["prev_hash"],
+        "id": r[0],
+        "time": _iso(r[1]) or "",
+        "environment": r[2],
+        "action": r[3],
+        "outcome": r[4],
+        "revision": r[5],
+        "author": r[6],
+        "objects": orjson.Fragment(r[7] or "[]"),
+        "message": r[8] or "",
+        "pr": r[9],
+        "approvers": orjson.Fragment(r[10]) if r[10] else None,
+        "mergeCommit": r[11],
+        "hash": r[12],
+        "prevHash": r[13],
     }
 
 
