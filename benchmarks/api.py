@@ -212,7 +212,7 @@ def main() -> None:
         base = results[0][1]["p99"]
         print(f"\nmodels: {opts.models}, audit events: {opts.events}, rate: {opts.rate:.0f}/s for {opts.seconds:.0f} s"
               f" per route; first request (loads the 10,000 specs from Git): {load:.1f} s\n")  # fmt: skip
-        print(f"| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99 |")
+        print("| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99 |")
         print("|---|---|---|---|---|---|---|---|")
         for name, r in results:
             print(f"| {name} | {r['n']} | {r['rate']:.0f} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} |"

@@ -71,7 +71,9 @@ def test_etag_and_304(world: ApiWorld) -> None:
 
 def test_deployments_show_the_observed_version_and_split(world: ApiWorld) -> None:
     store = StateStore(world.state)
-    store.save(EnvStatus("dev", "Synced", "Healthy", revision="abc", models=[ModelStatus("iris", 1, {"1": 80, "2": 20})]))
+    store.save(
+        EnvStatus("dev", "Synced", "Healthy", revision="abc", models=[ModelStatus("iris", 1, {"1": 80, "2": 20})])
+    )
     client = world.client(world.token("data-science", "viewer"))
     items = {d["model"]: d for d in client.get("/api/v1/environments/dev/deployments").json()["items"]}
     assert items["iris"]["declared"]["canary"]["version"] == 2

@@ -112,13 +112,47 @@ def test_https_everywhere_and_no_secret_in_any_log(tmp_path: Path, kratos: Krato
     }
     tls = ["--tls-cert", str(cert), "--tls-key", str(key)]
     procs = [
-        Process(["server", "--repo", str(repo), "--state-dir", str(state), "--port", "0",
-                 "--github-repo", "acme/platform", "--github-url", "http://127.0.0.1:9", *tls],
-                env, tmp_path / "server.log"),  # fmt: skip
-        Process(["webhooks", "--repo", str(repo), "--state-dir", str(state), "--port", "0", *tls],
-                env, tmp_path / "webhooks.log"),  # fmt: skip
-        Process(["controller", "--repo", str(repo), "--env", "dev", "--interval", "1", "--metrics-port", "0",
-                 "--state-dir", str(state / "ctl"), *tls], env, tmp_path / "controller.log"),  # fmt: skip
+        Process(
+            [
+                "server",
+                "--repo",
+                str(repo),
+                "--state-dir",
+                str(state),
+                "--port",
+                "0",
+                "--github-repo",
+                "acme/platform",
+                "--github-url",
+                "http://127.0.0.1:9",
+                *tls,
+            ],
+            env,
+            tmp_path / "server.log",
+        ),
+        Process(
+            ["webhooks", "--repo", str(repo), "--state-dir", str(state), "--port", "0", *tls],
+            env,
+            tmp_path / "webhooks.log",
+        ),
+        Process(
+            [
+                "controller",
+                "--repo",
+                str(repo),
+                "--env",
+                "dev",
+                "--interval",
+                "1",
+                "--metrics-port",
+                "0",
+                "--state-dir",
+                str(state / "ctl"),
+                *tls,
+            ],
+            env,
+            tmp_path / "controller.log",
+        ),
     ]
     try:
         api = procs[0].wait_for(r"listening on (https://\S+):(\d+)/api/v1")
@@ -131,17 +165,27 @@ def test_https_everywhere_and_no_secret_in_any_log(tmp_path: Path, kratos: Krato
             who = client.get(f"{urls[0]}/api/v1/whoami", headers={"X-Session-Token": session})
             assert who.status_code == 200 and who.json()["identity"]["email"] == "dave@example.com"
             # wrong on purpose: the secrets must not come back in errors or logs either
-            assert client.get(f"{urls[0]}/api/v1/models", headers={"Authorization": f"Bearer {api_token}x"}).status_code == 401
+            assert (
+                client.get(f"{urls[0]}/api/v1/models", headers={"Authorization": f"Bearer {api_token}x"}).status_code
+                == 401
+            )
             assert client.get(f"{urls[0]}/api/v1/models", headers={"X-Session-Token": session + "x"}).status_code == 401
             body = {"version": 9, "uri": "s3://b/k", "digest": "sha256:" + "a" * 64}
-            failed = client.post(f"{urls[0]}/api/v1/models/iris/versions", json=body,
-                                 headers={"Authorization": f"Bearer {api_token}"})  # fmt: skip
+            failed = client.post(
+                f"{urls[0]}/api/v1/models/iris/versions", json=body, headers={"Authorization": f"Bearer {api_token}"}
+            )
             assert failed.status_code == 502  # the Git host is down; its token is not in the error
             payload = json.dumps({"zen": "x", "hook_id": 1}).encode()
-            signed = client.post(f"{urls[1]}/webhooks/github", content=payload,
-                                 headers={"X-GitHub-Event": "ping", "X-GitHub-Delivery": "1",
-                                          "X-Hub-Signature-256": "sha256=" + "0" * 64,
-                                          "Content-Type": "application/json"})  # fmt: skip
+            signed = client.post(
+                f"{urls[1]}/webhooks/github",
+                content=payload,
+                headers={
+                    "X-GitHub-Event": "ping",
+                    "X-GitHub-Delivery": "1",
+                    "X-Hub-Signature-256": "sha256=" + "0" * 64,
+                    "Content-Type": "application/json",
+                },
+            )
             assert signed.status_code == 401
             assert client.get(f"{urls[1]}/healthz").status_code == 200
             assert client.get(f"{urls[2]}/healthz").status_code == 200

@@ -516,7 +516,9 @@ def json_response(request: Request, payload: Any, status: int = 200, headers: di
     """JSON with a strong ETag; 304 when the client already has it."""
     body = orjson.dumps(payload, default=str)
     etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-    extra = {"ETag": etag, **(headers or {})}
+    extra = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff", **(headers or {})}
+    if request.url.scheme == "https":
+        extra["Strict-Transport-Security"] = "max-age=31536000"
     if status == 200:
         match = request.headers.get("if-none-match", "")
         if match and (match.strip() == "*" or etag in [m.strip().removeprefix("W/") for m in match.split(",")]):
