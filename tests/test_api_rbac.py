@@ -79,9 +79,9 @@ def _routes(world: ApiWorld) -> list[APIRoute]:
     return [r for r in _flatten(world.app.routes) if r.path not in EXEMPT]
 
 
-def test_every_route_declares_a_permission_and_has_a_sample(world: ApiWorld) -> None:
+def _undeclared(routes: list[APIRoute]) -> list[str]:
     missing = []
-    for route in _routes(world):
+    for route in routes:
         declared = (route.openapi_extra or {}).get("x-mlp-permission")
         if declared is None or Permission(declared) not in MATRIX:
             missing.append(f"{sorted(route.methods)} {route.path}: no x-mlp-permission")
@@ -93,6 +93,11 @@ def test_every_route_declares_a_permission_and_has_a_sample(world: ApiWorld) -> 
         enforced = {getattr(d.call, "permission", None) for d in route.dependant.dependencies}
         if declared not in ("public",) and Permission(declared) not in enforced:
             missing.append(f"{route.path}: declares {declared} but its handler depends on {enforced}")
+    return missing
+
+
+def test_every_route_declares_a_permission_and_has_a_sample(world: ApiWorld) -> None:
+    missing = _undeclared(_routes(world))
     assert not missing, "\n".join(missing)
     documented = {(m, p) for m, p in SAMPLES}
     served = {(m, r.path) for r in _routes(world) for m in r.methods}
@@ -193,3 +198,18 @@ def test_writes_reach_controller_state_and_git(world: ApiWorld) -> None:
     assert client.post("/api/v1/environments/dev/rollouts/iris/pause").status_code == 202
     state = client.get("/api/v1/environments/dev/rollouts/iris").json()["state"]
     assert state["paused"] is True
+
+
+def test_a_mounted_route_without_a_permission_is_caught(world: ApiWorld) -> None:
+    from fastapi import APIRouter, FastAPI
+
+    extra = APIRouter()
+
+    @extra.get("/api/v1/tracking/experiments")
+    def sneaky() -> dict[str, str]:
+        return {}
+
+    app = FastAPI()
+    app.include_router(extra)
+    missing = _undeclared(list(_flatten(app.routes)))
+    assert any("/api/v1/tracking/experiments: no x-mlp-permission" in m for m in missing)
