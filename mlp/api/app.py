@@ -21,6 +21,7 @@ server, feature lookups): they get the same limits, errors and identity dependen
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import sqlite3
@@ -779,19 +780,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
         cursor: CURSOR = None,
     ) -> Response:
         catalog = c.catalog
-        start = catalog.models_after(_cursor_decode(cursor))
+        start = catalog.models_after(_cursor_decode(cursor), prefix)
         items: list[dict[str, Any]] = []
         last = None
         visible: dict[str | None, bool] = {}
-        for summary in catalog.models[start:]:
+        for summary in itertools.islice(catalog.models, start, None):
+            if prefix is not None and not summary["name"].startswith(prefix):
+                break  # sorted by name: past the prefix's range
             t = summary["team"]
             if t not in visible:
                 visible[t] = c.sees(t)
             if not visible[t] or (team is not None and t != team):
                 continue
-            if (framework is not None and summary["framework"] != framework) or (
-                prefix is not None and not summary["name"].startswith(prefix)
-            ):
+            if framework is not None and summary["framework"] != framework:
                 continue
             if len(items) == limit:
                 last = items[-1]["name"]
@@ -1067,9 +1068,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         next_key = str(edge[0][0]) if len(edge) == 2 else None
         try:
             # SQLite renders the page (a 1,000-event page is the hot path): no Python object per row
-            (items,) = api.audit_rows(
-                f"SELECT json_group_array({_AUDIT_JSON}) FROM ({sql} LIMIT ?)", [*params, limit]
-            )[0]
+            (items,) = api.audit_rows(f"SELECT json_group_array({_AUDIT_JSON}) FROM ({sql} LIMIT ?)", [*params, limit])[
+                0
+            ]
             payload: Any = {"items": orjson.Fragment(items), "nextCursor": next_key}
         except sqlite3.Error:  # a row whose stored JSON was damaged: render it in Python, as it is
             rows = api.audit_rows(sql.replace("SELECT *", f"SELECT {_AUDIT_COLUMNS}", 1) + " LIMIT ?", [*params, limit])

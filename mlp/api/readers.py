@@ -12,9 +12,10 @@ specs declare and what the controller's state database records.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,8 +42,9 @@ class Catalog:
             self.models.append(model_summary(self.specs.models[name]))
         self.model_names = [m["name"] for m in self.models]
 
-    def models_after(self, cursor: str | None) -> int:
-        return bisect_right(self.model_names, cursor) if cursor else 0
+    def models_after(self, cursor: str | None, prefix: str | None = None) -> int:
+        start = bisect_right(self.model_names, cursor) if cursor else 0
+        return max(start, bisect_left(self.model_names, prefix)) if prefix else start
 
 
 def model_summary(model: Model) -> dict[str, Any]:
@@ -110,6 +112,10 @@ class RepoView:
                 else:
                     self._catalog = catalog
                 self._key = key
+                # A catalog lives until the next commit: keep its (many) objects out of the cyclic
+                # collector's full passes, which would otherwise walk all of them mid-request.
+                gc.collect()
+                gc.freeze()
             return self._catalog
 
     def _current_key(self) -> str:
