@@ -5,14 +5,16 @@ world is a commit on a branch `mlp-api/...` of the platform repository and a pul
 request (GitHub) or merge request (GitLab) opened through `mlp.webhooks.hosting`,
 which then meets the same checks and approvals as any other.
 
-The spec file is edited in a temporary work folder of the base commit with ruamel's
-round-trip mode, so the rest of the file (comments, order, other documents) is kept.
+The spec file is edited with ruamel's round-trip mode (the rest of the file, comments,
+order and other documents, is kept) and committed in Git's object store on top of the
+revision the API serves: no work folder, nothing to clean up.
 """
 
 from __future__ import annotations
 
 import io
 import secrets
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -50,39 +52,54 @@ class Proposals:
             raise ProposalError(f"model {model!r} already has version {version['version']}")
         branch = f"mlp-api/{model}-v{version['version']}-{secrets.token_hex(3)}"
         title = f"Register {model} version {version['version']}"
-        with self._lock, self.workspace.checkout(catalog.revision) as folder:
-            root = folder / self.workspace.subdir if self.workspace.subdir else folder
-            path = root / source.path
-            self._append_version(path, source.doc, model, version)
-            repo = self.workspace.repo
+        rel = f"{self.workspace.subdir}/{source.path}" if self.workspace.subdir else source.path
+        message = f"{title}\n\nRequested through the mlp API by {author}."
+        with self._lock:
             try:
-                work = type(repo)(folder)
-                work.git.add(str(path))
-                work.git.execute(
-                    ["git", "-c", "user.name=mlp-api", "-c", "user.email=mlp-api@localhost", "commit", "-q", "-m",
-                     f"{title}\n\nRequested through the mlp API by {author}."]
-                )  # fmt: skip
+                commit = self._commit(catalog.revision, rel, source.doc, model, version, message)
+                repo = self.workspace.repo
                 if self.workspace.remote:
-                    work.git.execute(
-                        ["git", "push", "-q", "origin", f"HEAD:refs/heads/{branch}"],
+                    repo.git.execute(
+                        ["git", "push", "-q", "origin", f"{commit}:refs/heads/{branch}"],
                         env=self.workspace.auth.environment(),
                     )
                 else:
-                    work.git.branch(branch, "HEAD")
+                    repo.git.update_ref(f"refs/heads/{branch}", commit)
             except GitCommandError as exc:
                 raise ProposalError(f"cannot commit the change: {(exc.stderr or '').strip()[:200]}", 502) from None
         body = f"Opened through the mlp API by `{author}`: adds version {version['version']} to model `{model}`."
         return self.host.open_change_request(self.host_repo, branch, self.view.ref, title, body)
 
+    def _commit(self, base: str, path: str, doc_index: int, model: str, version: dict[str, Any], message: str) -> str:
+        """A commit on top of `base` with the edited file, made in Git's object store (no work folder)."""
+        repo = self.workspace.repo
+        text = repo.git.show(f"{base}:{path}")
+        edited = self._append_version(text, doc_index, model, version)
+        with tempfile.TemporaryDirectory(prefix="mlp-api-") as tmp:
+            blob_file = Path(tmp) / "blob"
+            blob_file.write_text(edited, encoding="utf-8")
+            blob = repo.git.hash_object("-w", str(blob_file))
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            repo.git.execute(["git", "read-tree", base], env=env)
+            repo.git.execute(["git", "update-index", "--cacheinfo", f"100644,{blob},{path}"], env=env)
+            tree = repo.git.execute(["git", "write-tree"], env=env)
+        identity = {
+            "GIT_AUTHOR_NAME": "mlp-api",
+            "GIT_AUTHOR_EMAIL": "mlp-api@localhost",
+            "GIT_COMMITTER_NAME": "mlp-api",
+            "GIT_COMMITTER_EMAIL": "mlp-api@localhost",
+        }
+        return str(repo.git.execute(["git", "commit-tree", str(tree), "-p", base, "-m", message], env=identity))
+
     @staticmethod
-    def _append_version(path: Path, doc_index: int, model: str, version: dict[str, Any]) -> None:
+    def _append_version(text: str, doc_index: int, model: str, version: dict[str, Any]) -> str:
         yaml = YAML()
         yaml.preserve_quotes = True
-        docs = list(yaml.load_all(path.read_text(encoding="utf-8")))
+        docs = list(yaml.load_all(text))
         doc = docs[doc_index] if doc_index < len(docs) else None
         if not isinstance(doc, dict) or doc.get("metadata", {}).get("name") != model:
-            raise ProposalError(f"{path.name}: cannot find model {model!r} in its file", 409)
+            raise ProposalError(f"cannot find model {model!r} in its file", 409)
         doc["spec"].setdefault("versions", []).append(version)
         out = io.StringIO()
         yaml.dump_all(docs, out)
-        path.write_text(out.getvalue(), encoding="utf-8")
+        return out.getvalue()

@@ -1,10 +1,9 @@
 """Run the API under uvicorn with bounded headers, connections and idle time, and optional TLS.
 
-Bounds (every server mlp runs has them): request headers at most `max_header_bytes`
-(h11's incomplete-event limit: a larger head gets 431/400 and the connection closes),
-at most `max_connections` concurrent connections (more get 503 at once), idle
-keep-alive connections closed after `idle_timeout` seconds; bodies are bounded in the
-app (`BodyLimit`). With `tls_cert` and `tls_key` the listener speaks only TLS
+Bounds (every server mlp runs has them, `mlp.serving.httpbounds`): request heads at most
+`max_header_bytes` and 100 fields (431, connection closed), a complete head within the
+header timeout, at most `max_connections` open connections, idle keep-alive connections
+closed after `idle_timeout` seconds; bodies are bounded in the app (`BodyLimit`). With `tls_cert` and `tls_key` the listener speaks only TLS
 (TLS 1.2 at least).
 """
 
@@ -58,17 +57,21 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 
 def uvicorn_config(app: Any, listener: Listener, **extra: Any) -> uvicorn.Config:
+    from mlp.serving.httpbounds import HttpLimits, bounded_config
+
     tls: dict[str, Any] = {}
     if listener.tls_cert and listener.tls_key:
         tls = {"ssl_certfile": str(listener.tls_cert), "ssl_keyfile": str(listener.tls_key)}
-    return uvicorn.Config(
+    limits = HttpLimits.from_environment(
+        max_header_bytes=listener.max_header_bytes,
+        max_connections=listener.max_connections,
+        keep_alive_timeout=float(listener.idle_timeout),
+    )
+    return bounded_config(
         app,
+        limits=limits,
         host=listener.host,
         port=listener.port,
-        http="h11",  # h11 bounds the request head; httptools has no such limit
-        h11_max_incomplete_event_size=listener.max_header_bytes,
-        limit_concurrency=listener.max_connections,
-        timeout_keep_alive=listener.idle_timeout,
         lifespan="off",
         access_log=False,
         log_level="warning",

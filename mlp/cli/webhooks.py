@@ -98,9 +98,9 @@ def webhooks(
     """
     import uvicorn
 
+    from mlp.cli._common import lock_folder
+    from mlp.serving.httpbounds import bounded_config
     from mlp.sources.git import GitAuth
-
-    check_tls_or_exit(tls_cert, tls_key)
     from mlp.webhooks.prcheck import WorkspaceError
     from mlp.webhooks.service import (
         GITHUB_API_TOKEN_ENVS,
@@ -113,6 +113,7 @@ def webhooks(
         read_secret,
     )
 
+    check_tls_or_exit(tls_cert, tls_key)
     try:
         config = ServiceConfig(
             repo=repo,
@@ -137,6 +138,11 @@ def webhooks(
             err=True,
         )
         sys.exit(2)
+    # One receiver per state folder: a second one would take the first one's queue.
+    lock = lock_folder(state_dir / "webhooks")
+    if lock is None:
+        click.echo(f"error: {state_dir}: state folder in use by another mlp webhooks (use --state-dir)", err=True)
+        sys.exit(2)
     try:
         receiver = build_receiver(config)
     except WorkspaceError as exc:
@@ -159,8 +165,9 @@ def webhooks(
         err=True,
     )
     try:
+        # header size and count, header-read and idle timeouts, connection cap
         server = uvicorn.Server(
-            uvicorn.Config(
+            bounded_config(
                 receiver.app, log_level="warning", access_log=False, lifespan="off", **uvicorn_tls(tls_cert, tls_key)
             )
         )
