@@ -191,6 +191,12 @@ async def run_rate(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc): what a request costs the server, whatever the load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=10_000)
@@ -236,21 +242,28 @@ def main() -> None:
                 ("GET /api/v1/audit?limit=1000", f"{api_url}/api/v1/audit?limit=1000", auth),
             ]
             results = []
-            for name, url, headers in routes:
+            for (name, url, headers), proc in zip(routes, [hello, server, server, server], strict=True):
                 asyncio.run(run_rate(url, headers, opts.rate, 1.0))  # warm up connections
-                results.append((name, asyncio.run(run_rate(url, headers, opts.rate, opts.seconds))))
+                before = cpu_seconds(proc.pid)
+                result = asyncio.run(run_rate(url, headers, opts.rate, opts.seconds))
+                result["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / result["n"]
+                results.append((name, result))
         finally:
             for proc in (server, hello):
                 proc.terminate()
                 proc.wait(timeout=20)
         base = results[0][1]["p99"]
+        base_cpu = results[0][1]["cpu_ms"]
         print(f"\nmodels: {opts.models}, audit events: {opts.events}, rate: {opts.rate:.0f}/s for {opts.seconds:.0f} s"
               f" per route; first request (loads the 10,000 specs from Git): {load:.1f} s\n")  # fmt: skip
-        print("| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99 |")
-        print("|---|---|---|---|---|---|---|---|")
+        print(
+            "| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99"
+            " | server CPU ms/request | CPU / hello CPU |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for name, r in results:
             print(f"| {name} | {r['n']} | {r['rate']:.0f} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} |"
-                  f" {r['max']:.1f} | {r['p99'] / base:.1f}x |")  # fmt: skip
+                  f" {r['max']:.1f} | {r['p99'] / base:.1f}x | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base_cpu:.1f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

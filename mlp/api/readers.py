@@ -67,6 +67,7 @@ class RepoView:
         self._checked = 0.0
         self._catalog: Catalog | None = None
         self._key: str | None = None
+        self._refreshing = False
         self.workspace: Workspace | None = None
         local = Path(repo)
         if "://" in repo or not local.exists() or (local / ".git").exists() or _inside_git(local):
@@ -93,30 +94,50 @@ class RepoView:
             return "HEAD"
 
     def catalog(self) -> Catalog:
+        """The current catalog. Only the first call waits for a load; later ones never wait for Git:
+        a stale catalog is served while one background thread checks the ref and loads a new commit."""
         with self._lock:
-            now = time.monotonic()
-            if self._catalog is not None and now - self._checked < self.refresh:
+            if self._catalog is None:
+                self._refresh()
+                assert self._catalog is not None
                 return self._catalog
-            self._checked = now
-            try:
-                key = self._current_key()
-            except WorkspaceError:
-                if self._catalog is not None:
-                    return self._catalog
-                raise
-            if key != self._key or self._catalog is None:
-                catalog = self._load(key)
-                # keep the last revision that loaded when the new one does not (as the controller does)
-                if catalog.errors and self._catalog is not None and not self._catalog.errors:
-                    self._catalog.errors = catalog.errors
-                else:
-                    self._catalog = catalog
-                self._key = key
-                # A catalog lives until the next commit: keep its (many) objects out of the cyclic
-                # collector's full passes, which would otherwise walk all of them mid-request.
-                gc.collect()
-                gc.freeze()
+            now = time.monotonic()
+            if now - self._checked >= self.refresh and not self._refreshing:
+                self._checked = now
+                self._refreshing = True
+                threading.Thread(target=self._background_refresh, name="mlp-api-repo", daemon=True).start()
             return self._catalog
+
+    def _background_refresh(self) -> None:
+        try:
+            with self._lock:
+                pass  # wait for a first load in progress
+            self._refresh()
+        except Exception:
+            pass
+        finally:
+            self._refreshing = False
+
+    def _refresh(self) -> None:
+        try:
+            key = self._current_key()
+        except WorkspaceError:
+            if self._catalog is not None:
+                return
+            raise
+        if key == self._key and self._catalog is not None:
+            return
+        catalog = self._load(key)
+        # keep the last revision that loaded when the new one does not (as the controller does)
+        if catalog.errors and self._catalog is not None and not self._catalog.errors:
+            self._catalog.errors = catalog.errors
+        else:
+            self._catalog = catalog
+        self._key = key
+        # A catalog lives until the next commit: keep its (many) objects out of the cyclic
+        # collector's full passes, which would otherwise walk all of them mid-request.
+        gc.collect()
+        gc.freeze()
 
     def _current_key(self) -> str:
         if self.workspace is not None:
