@@ -12,6 +12,7 @@ keeps serving); one model that fails to apply does not stop the others.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import threading
@@ -21,7 +22,11 @@ from typing import Any
 
 import click
 
+<<<<<<< HEAD
 from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
+=======
+from mlp.cli._common import log_options, output_option
+>>>>>>> main
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -209,6 +214,7 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
+<<<<<<< HEAD
 @click.option(
     "--format",
     "fmt",
@@ -218,6 +224,10 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="json: print one JSON line with the URLs when ready.",
 )
 @tls_options
+=======
+@output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
+@log_options
+>>>>>>> main
 def up(
     repo: Path,
     env: str,
@@ -261,8 +271,13 @@ def up(
         f"{'https' if tls_cert else 'http'}://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
     )
 
+    json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"
+
     def event(msg: str) -> None:
-        click.echo(f"mlp up: {msg}", err=True)
+        if json_logs:
+            logging.getLogger("mlp.up").info(msg, extra={"environment": env})
+        else:
+            click.echo(f"mlp up: {msg}", err=True)
 
     runtime = Runtime(
         state,
