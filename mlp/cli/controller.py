@@ -24,13 +24,9 @@ from typing import Any
 
 import click
 
-<<<<<<< HEAD
-from mlp.cli._tls import check_tls_or_exit, tls_options
-from mlp.cli.status import require_state, state_dir_option
-=======
 from mlp.cli._common import context_option, fail, kubeconfig_option, log_options, output_option, state_dir_option
+from mlp.cli._tls import check_tls_or_exit, tls_options
 from mlp.cli.status import require_state
->>>>>>> main
 from mlp.specs.models import Environment
 from mlp.targets.base import Target, TargetError
 
@@ -467,12 +463,12 @@ def controller(
     server = None
     if metrics_port >= 0:
         try:
-            context = None
+            metrics_tls = None
             if tls_cert and tls_key:
                 from mlp.api.server import tls_context
 
-                context = tls_context(tls_cert, tls_key)
-            server, port = serve_metrics(metrics, metrics_port, metrics_host, ssl_context=context)
+                metrics_tls = tls_context(tls_cert, tls_key)
+            server, port = serve_metrics(metrics, metrics_port, metrics_host, ssl_context=metrics_tls)
         except OSError as exc:
             click.echo(f"error: metrics port {metrics_port}: {exc.strerror or exc}", err=True)
             sys.exit(2)

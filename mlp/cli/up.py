@@ -22,11 +22,8 @@ from typing import Any
 
 import click
 
-<<<<<<< HEAD
-from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
-=======
 from mlp.cli._common import log_options, output_option
->>>>>>> main
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -214,20 +211,9 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
-<<<<<<< HEAD
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print one JSON line with the URLs when ready.",
-)
-@tls_options
-=======
 @output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
 @log_options
->>>>>>> main
+@tls_options
 def up(
     repo: Path,
     env: str,

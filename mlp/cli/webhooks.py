@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 from mlp.cli._common import log_options, state_dir_option
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
