@@ -25,6 +25,7 @@ from typing import Any
 import click
 
 from mlp.cli._common import context_option, fail, kubeconfig_option, log_options, output_option, state_dir_option
+from mlp.cli._tls import check_tls_or_exit, tls_options
 from mlp.cli.status import require_state
 from mlp.specs.models import Environment
 from mlp.targets.base import Target, TargetError
@@ -245,6 +246,7 @@ def _stamp() -> str:
 @click.option("--leader-elect-renew-deadline", type=float, default=10.0, show_default=True)
 @click.option("--leader-elect-retry-period", type=float, default=2.0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
+@tls_options
 def controller(
     repo: str | None,
     watch_dir: Path | None,
@@ -272,6 +274,8 @@ def controller(
     leader_elect_renew_deadline: float,
     leader_elect_retry_period: float,
     quiet: bool,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Keep every environment in step with Git, continuously.
 
@@ -294,6 +298,7 @@ def controller(
     from mlp.controller.reconciler import Reconciler, StepResult
     from mlp.controller.store import StateStore
 
+    check_tls_or_exit(tls_cert, tls_key)
     _limit_malloc_arenas()
     if bool(repo) == bool(watch_dir):
         click.echo("error: give exactly one of --repo URL|PATH or --watch DIR", err=True)
@@ -458,11 +463,16 @@ def controller(
     server = None
     if metrics_port >= 0:
         try:
-            server, port = serve_metrics(metrics, metrics_port, metrics_host)
+            metrics_tls = None
+            if tls_cert and tls_key:
+                from mlp.api.server import tls_context
+
+                metrics_tls = tls_context(tls_cert, tls_key)
+            server, port = serve_metrics(metrics, metrics_port, metrics_host, ssl_context=metrics_tls)
         except OSError as exc:
             click.echo(f"error: metrics port {metrics_port}: {exc.strerror or exc}", err=True)
             sys.exit(2)
-        click.echo(f"metrics: http://{metrics_host}:{port}/metrics", err=True)
+        click.echo(f"metrics: {'https' if tls_cert else 'http'}://{metrics_host}:{port}/metrics", err=True)
         (state_dir / "controller.json").write_text(json.dumps({"metricsPort": port, "pid": __import__("os").getpid()}))
 
     if watch_dir is not None:

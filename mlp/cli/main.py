@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "controller": ("mlp.cli.controller:controller", "Run the GitOps reconciler continuously."),
     "sync": ("mlp.cli.controller:sync", "Ask a running controller to reconcile an environment now."),
     "status": ("mlp.cli.status:status", "Show sync and health status of environments."),
-    "audit": ("mlp.cli.status:audit", "Show the audit log."),
+    "audit": ("mlp.cli.audit:audit", "Show, verify and export the audit log."),
     "up": ("mlp.cli.up:up", "Serve an environment's models on this machine."),
     "predict": ("mlp.cli.predict:predict", "Run batch inference over a file."),
     "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
@@ -41,6 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tracking": ("mlp.cli.tracking:tracking", "Serve MLflow-protocol experiment tracking."),
     "runs": ("mlp.cli.runs:runs", "List, show, compare, plot and import tracked runs."),
     "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
+    "server": ("mlp.cli.server:server", "Serve the platform REST API (identity, RBAC, audit)."),
+    "token": ("mlp.cli.token:token", "Create, list and revoke API tokens."),
 }
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from mlp.cli._common import log_options, output_option
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -260,6 +261,7 @@ def _stop_monitors(monitors: tuple[Any, str] | None) -> None:
 )
 @output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
 @log_options
+@tls_options
 def up(
     repo: Path,
     env: str,
@@ -273,6 +275,8 @@ def up(
     payload_log: bool,
     monitor_interval: float | None,
     fmt: str,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Serve an environment's models on this machine (embedded runtime).
 
@@ -284,6 +288,7 @@ def up(
     from mlp.serving.app import DataPlane
     from mlp.serving.server import bind, serve
 
+    check_tls_or_exit(tls_cert, tls_key)
     if not (repo / "environments").is_dir():
         click.echo(f"error: {repo}: not a platform repository (no environments/ folder)", err=True)
         sys.exit(2)
@@ -297,7 +302,9 @@ def up(
     except OSError as exc:
         click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(2)
-    base = f"http://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
+    base = (
+        f"{'https' if tls_cert else 'http'}://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
+    )
 
     json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"
 
@@ -368,7 +375,7 @@ def up(
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
     try:
-        serve(app, sock)
+        serve(app, sock, **uvicorn_tls(tls_cert, tls_key))
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from mlp.cli._common import log_options, state_dir_option
+from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -57,6 +58,7 @@ from mlp.cli._common import log_options, state_dir_option
     show_default=True,
     help="User name sent with the token (GitLab: oauth2).",
 )
+@tls_options
 def webhooks(
     repo: str,
     host: str,
@@ -73,6 +75,8 @@ def webhooks(
     git_token_env: str | None,
     git_token_file: Path | None,
     git_username: str,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
 ) -> None:
     """Serve /webhooks/github and /webhooks/gitlab.
 
@@ -104,6 +108,7 @@ def webhooks(
         read_secret,
     )
 
+    check_tls_or_exit(tls_cert, tls_key)
     try:
         config = ServiceConfig(
             repo=repo,
@@ -150,14 +155,21 @@ def webhooks(
     providers = [p for p, s in (("github", config.github_secret), ("gitlab", config.gitlab_token)) if s]
     bound = sock.getsockname()[1]
     click.echo(
-        f"mlp webhooks: listening on http://{host}:{bound} ({', '.join('/webhooks/' + p for p in providers)}); "
+        f"mlp webhooks: listening on {'https' if tls_cert else 'http'}://{host}:{bound} ({', '.join('/webhooks/' + p for p in providers)}); "
         f"state in {state_dir}",
         err=True,
     )
     try:
         # bounded (header size and count, timeouts, connections); log_config=None keeps --log-format's logging
         server = uvicorn.Server(
-            bounded_config(receiver.app, log_level="warning", access_log=False, lifespan="off", log_config=None)
+            bounded_config(
+                receiver.app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                log_config=None,
+                **uvicorn_tls(tls_cert, tls_key),
+            )
         )
         server.run(sockets=[sock])
     finally:

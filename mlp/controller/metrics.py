@@ -88,6 +88,8 @@ class ControllerMetrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = 10  # seconds a connection may sit idle (or mid-handshake) before it is closed
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
@@ -96,8 +98,13 @@ class _Server(WSGIServer):
     daemon_threads = True
 
 
-def serve_metrics(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1") -> tuple[WSGIServer, int]:
-    """Serve /metrics and /healthz in a daemon thread; returns the server and its port (port 0 picks one)."""
+def serve_metrics(
+    metrics: ControllerMetrics, port: int, host: str = "127.0.0.1", ssl_context: Any = None
+) -> tuple[WSGIServer, int]:
+    """Serve /metrics and /healthz in a daemon thread; returns the server and its port (port 0 picks one).
+
+    With `ssl_context` (an `ssl.SSLContext`) the listener speaks HTTPS only.
+    """
     prom = make_wsgi_app(metrics.registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -108,6 +115,9 @@ def serve_metrics(metrics: ControllerMetrics, port: int, host: str = "127.0.0.1"
         return result
 
     server = make_server(host, port, app, server_class=_Server, handler_class=_QuietHandler)
+    if ssl_context is not None:
+        # the handshake runs on the first read, under the handler's timeout, not in accept()
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 1.0}, daemon=True, name="mlp-metrics"
     )

@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlp.controller.auditchain import chain_record
+
 DB_NAME = "state.db"
 
 SYNCED, OUT_OF_SYNC, UNKNOWN = "Synced", "OutOfSync", "Unknown"
@@ -99,7 +101,9 @@ CREATE TABLE IF NOT EXISTS audit (
     message TEXT NOT NULL DEFAULT '',
     pr TEXT,
     approvers TEXT,
-    merge_commit TEXT
+    merge_commit TEXT,
+    prev_hash TEXT,            -- hash of the record before this one: the tamper-evident chain (auditchain.py)
+    hash TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_env_time ON audit (environment, time);
 """
@@ -115,6 +119,10 @@ def connect(state_dir: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(_SCHEMA)
+    columns = {r["name"] for r in conn.execute("PRAGMA table_info(audit)")}
+    for column in ("prev_hash", "hash"):  # a state folder from before the chain: its old rows stay unchained
+        if column not in columns:
+            conn.execute(f"ALTER TABLE audit ADD COLUMN {column} TEXT")
     # state folders from before observed status: add its columns
     columns = {r[1] for r in conn.execute("PRAGMA table_info(models)")}
     if "observed" not in columns:
@@ -199,7 +207,9 @@ def _insert_audit(conn: sqlite3.Connection, e: AuditEvent) -> int:
             e.merge_commit,
         ),
     )
-    return int(cur.lastrowid or 0)
+    row_id = int(cur.lastrowid or 0)
+    chain_record(conn, row_id)
+    return row_id
 
 
 def _row_to_event(row: sqlite3.Row) -> AuditEvent:

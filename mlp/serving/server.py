@@ -20,7 +20,7 @@ import uvicorn
 from mlp.serving.httpbounds import HttpLimits, bounded_config
 
 
-def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def _uvicorn_config(app: Any, host: str, port: int, **tls: Any) -> uvicorn.Config:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     # header size and count, header-read and keep-alive timeouts, connection cap
     return bounded_config(
@@ -34,6 +34,7 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         backlog=4096,
         host=host,
         port=port,
+        **tls,  # ssl_certfile / ssl_keyfile (mlp up --tls-cert/--tls-key)
     )
 
 
@@ -48,7 +49,7 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: Any, sock: socket.socket) -> None:
+def serve(app: Any, sock: socket.socket, **tls: Any) -> None:
     """Serve until SIGINT/SIGTERM (uvicorn's handlers), on an already-bound socket."""
     # The payload-log writer and batch jobs run in threads beside the event loop; with the
     # default 5 ms GIL switch interval a busy thread can hold requests for 5 ms at a time.
@@ -60,7 +61,7 @@ def serve(app: Any, sock: socket.socket) -> None:
         gc.freeze()
     # Hand uvicorn the socket object, not its fd: uvicorn treats a bare fd as a UNIX socket,
     # and then the TCP connections lose TCP_NODELAY (40 ms Nagle/delayed-ACK stalls).
-    server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", 0))
+    server = uvicorn.Server(_uvicorn_config(app, "127.0.0.1", 0, **tls))
     server.run(sockets=[sock])
 
 

@@ -367,12 +367,20 @@ class Monitor(Strict):
 
 class Member(Strict):
     user: Annotated[str, Field(min_length=1, max_length=255, description="Git hosting username")]
-    role: Literal["owner", "maintainer", "member"] = "member"
-    email: str | None = None
+    role: Literal["owner", "maintainer", "member", "viewer", "developer", "approver", "admin"] = Field(
+        default="member",
+        description="API role in this team: viewer, developer, approver, admin "
+        "(owner = admin, maintainer = approver, member = developer)",
+    )
+    email: str | None = Field(default=None, description="Matches the Kratos identity's `email` trait")
+    identity: str | None = Field(default=None, description="Kratos identity id (matched before email and username)")
 
 
 class TeamSpec(Strict):
     members: list[Member] = Field(min_length=1)
+    platform: bool = Field(
+        default=False, description="Platform team: its members' roles apply to every team (admins see everything)"
+    )
 
 
 class Team(Strict):

@@ -1,0 +1,1 @@
+"""The platform REST API: reads and writes over HTTP behind Ory Kratos identity, API tokens and RBAC per team."""

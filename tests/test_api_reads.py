@@ -1,0 +1,109 @@
+"""Read routes: pagination, filters, ETags, observed state, the PR plan, and the reader ports."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mlp.controller.store import EnvStatus, ModelStatus, StateStore
+from tests.api_support import ApiWorld, git
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
+    class Monitors:
+        def latest(self, monitor: str) -> list[dict[str, Any]]:
+            return [{"environment": "dev", "driftDetected": True, "pValue": 0.01}] if monitor == "iris-drift" else []
+
+    w = ApiWorld(tmp_path_factory.mktemp("reads"), monitors=Monitors())
+    # more models, to page through
+    extra = "\n---\n".join(
+        (w.repo / "specs" / "models" / "iris.yaml").read_text().replace("name: iris", f"name: extra-{i:02d}")
+        for i in range(25)
+    )
+    (w.repo / "specs" / "models" / "extra.yaml").write_text(extra)
+    git(w.repo, "add", "-A")
+    git(w.repo, "commit", "-q", "-m", "more models")
+    yield w
+    w.close()
+
+
+def test_pages_follow_cursor_and_link(world: ApiWorld) -> None:
+    client = world.client(world.token("data-science", "viewer"))
+    seen: list[str] = []
+    url = "/api/v1/models?limit=10"
+    pages = 0
+    while url:
+        r = client.get(url)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        seen += [m["name"] for m in body["items"]]
+        pages += 1
+        link = r.headers.get("link")
+        if body["nextCursor"]:
+            assert link and 'rel="next"' in link
+            url = link.split(">")[0].lstrip("<")
+        else:
+            assert link is None
+            url = ""
+    assert pages == 3 and len(seen) == 27 and seen == sorted(seen) and len(set(seen)) == 27
+
+
+def test_filters(world: ApiWorld) -> None:
+    client = world.client(world.token("data-science", "viewer"))
+    assert {m["name"] for m in client.get("/api/v1/models?framework=xgboost").json()["items"]} == {"breast-cancer"}
+    assert len(client.get("/api/v1/models?prefix=extra-1").json()["items"]) == 10
+    assert client.get("/api/v1/models?team=ml-leads").json()["items"] == []
+
+
+def test_etag_and_304(world: ApiWorld) -> None:
+    client = world.client(world.token("data-science", "viewer"))
+    first = client.get("/api/v1/models/iris")
+    etag = first.headers["etag"]
+    again = client.get("/api/v1/models/iris", headers={"If-None-Match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert client.get("/api/v1/models/iris", headers={"If-None-Match": '"other"'}).status_code == 200
+    assert client.get("/api/v1/models/breast-cancer").headers["etag"] != etag
+
+
+def test_deployments_show_the_observed_version_and_split(world: ApiWorld) -> None:
+    store = StateStore(world.state)
+    store.save(
+        EnvStatus("dev", "Synced", "Healthy", revision="abc", models=[ModelStatus("iris", 1, {"1": 80, "2": 20})])
+    )
+    client = world.client(world.token("data-science", "viewer"))
+    items = {d["model"]: d for d in client.get("/api/v1/environments/dev/deployments").json()["items"]}
+    assert items["iris"]["declared"]["canary"]["version"] == 2
+    assert items["iris"]["observed"] == {"servedVersion": 1, "traffic": {"1": 80, "2": 20}}
+    assert items["breast-cancer"]["observed"] is None
+    env = client.get("/api/v1/environments/dev").json()
+    assert env["status"]["syncStatus"] == "Synced" and env["status"]["models"][0]["traffic"] == {"1": 80, "2": 20}
+    rollout = client.get("/api/v1/environments/dev/rollouts/iris").json()
+    assert rollout["state"]["observedTraffic"] == {"1": 80, "2": 20}
+
+
+def test_monitor_results_come_from_the_reader_port(world: ApiWorld) -> None:
+    client = world.client(world.token("data-science", "viewer"))
+    assert client.get("/api/v1/monitors/iris-drift").json()["latest"][0]["driftDetected"] is True
+
+
+def test_plan_is_the_pr_comment_for_that_environment(world: ApiWorld) -> None:
+    git(world.repo, "checkout", "-q", "-b", "bump-iris")
+    path = world.repo / "environments" / "dev.yaml"
+    path.write_text(path.read_text().replace("steps: [20, 50, 100]", "steps: [30, 60, 100]"))
+    git(world.repo, "commit", "-q", "-am", "faster canary")
+    git(world.repo, "checkout", "-q", "main")
+    client = world.client(world.token("data-science", "viewer"))
+    plan = client.get("/api/v1/environments/dev/plan", params={"ref": "bump-iris"}).json()
+    assert plan["affected"] is True and plan["valid"] is True
+    assert "dev" in plan["markdown"] and "UPDATE" in plan["markdown"].upper()
+    assert plan["plan"] is not None
+    from mlp.webhooks.prcheck import Workspace, check_revisions
+
+    check = check_revisions(Workspace(world.repo), "main", "bump-iris")
+    assert plan["head"] == check.head_sha and plan["base"] == check.base_sha
+    assert client.get("/api/v1/environments/dev/plan", params={"ref": "no-such-branch"}).status_code == 404
+    _ = Path
