@@ -171,7 +171,12 @@ def _version(api: Any, doc: dict[str, Any]) -> str:
     return str(obj["metadata"]["resourceVersion"])
 
 
+def _platform_image(image: str) -> bool:
+    return image.rpartition("/")[2].split(":")[0] == "mlp"
+
+
 def _deployment_commands(docs: list[dict[str, Any]]) -> list[list[str]]:
+    """The args of every container that runs the platform image (Deployments, CronJobs, Jobs)."""
     commands = []
     for doc in docs:
         spec = doc.get("spec", {})
@@ -179,8 +184,15 @@ def _deployment_commands(docs: list[dict[str, Any]]) -> list[list[str]]:
             "template", {}
         ).get("spec")
         for container in (pod or {}).get("containers", []):
-            commands.append(list(container["args"]))
+            if _platform_image(container.get("image", "")):
+                commands.append(list(container["args"]))
     return commands
+
+
+def _rendered_environment(env: str) -> list[dict[str, Any]]:
+    res = CliRunner().invoke(cli, ["render", "--env", env, "--repo", str(REPO_ROOT), "-o", "json"])
+    assert res.exit_code == 0, res.output
+    return list(json.loads(res.output)["items"])
 
 
 @pytest.mark.slow
@@ -190,6 +202,10 @@ def test_every_rendered_command_is_a_real_command_of_a_freshly_installed_wheel()
     docs = _render("--registry", "registry.example/acme")
     commands = _deployment_commands(docs)
     assert len(commands) == 3
+    # and every object the environments render to run the platform image (monitor runners, jobs)
+    for env in ("staging", "prod"):
+        commands += _deployment_commands(_rendered_environment(env))
+    assert any(args[:2] == ["monitor", "run"] for args in commands), commands
     work = Path(tempfile.mkdtemp(prefix="mlp-wheel-"))
     try:
         os.chmod(work, 0o755)
@@ -209,7 +225,9 @@ def test_every_rendered_command_is_a_real_command_of_a_freshly_installed_wheel()
         )
         (wheel,) = (work / "dist").glob("*.whl")
         subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True)
-        extras = "controller,webhooks,kubernetes,api"
+        extras = (
+            "controller,webhooks,kubernetes,api"  # what --help needs: commands import their heavy parts when they run
+        )
         subprocess.run(
             [str(work / "venv" / "bin" / "pip"), "install", "--quiet", f"{wheel}[{extras}]"],
             check=True,
