@@ -66,10 +66,31 @@ def import_(backup: Path, state_dir: Path, force: bool, fmt: str) -> None:
     from mlp.controller.backup import BackupError, import_state
 
     try:
-        summary = import_state(backup, state_dir, force=force, progress=lambda m: click.echo(m, err=True))
+        summary = import_state(
+            backup, state_dir, force=force, verify=_verify_audit_chain, progress=lambda m: click.echo(m, err=True)
+        )
     except BackupError as exc:
         fail(str(exc))
     _report(summary, fmt, f"restored into {state_dir}")
+
+
+def _verify_audit_chain(db: Path) -> None:
+    """Refuse a restored database whose audit chain does not hold (an edited or reordered log)."""
+    import sqlite3
+
+    from mlp.controller.auditchain import verify
+    from mlp.controller.backup import BackupError
+
+    conn = sqlite3.connect(db)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(audit)")}
+        if "hash" not in columns:
+            return  # not the controller's state database, or one from before the chain
+        result = verify(conn)
+    finally:
+        conn.close()
+    if not result.ok:
+        raise BackupError(f"the backup's audit chain does not hold: {result.problem}")
 
 
 def _report(summary: dict[str, dict[str, int]], fmt: str, what: str) -> None:
