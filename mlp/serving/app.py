@@ -178,7 +178,7 @@ class DataPlane:
                 await self._infer_custom(send, dep, vs, body, raw, scope, v2, t0)
                 return
             try:
-                x = codec.decode_v2(dep.signature, body) if v2 else codec.decode_v1(dep.signature, body)
+                x = codec.decode_v2(dep.signature, body, raw) if v2 else codec.decode_v1(dep.signature, body, raw)
             except BadRequest:
                 vs.metrics.bad.inc()
                 vs.metrics.input_errors.inc()
@@ -230,7 +230,9 @@ class DataPlane:
                 and self.runtime.payloads is not None
                 and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
-                self.runtime.payloads.put(dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
             if pinned is None and dep.router.shadow is not None:
                 shadow = dep.router.mirror()
                 if shadow is not None and shadow in dep.versions:
@@ -250,7 +252,9 @@ class DataPlane:
             pred = await vs.batcher.submit(x)
             vs.metrics.ok.inc()
             if dep.payload_rate > 0 and self.runtime.payloads is not None and self._rand() < dep.payload_rate:
-                self.runtime.payloads.put(dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
         except Exception:
             vs.metrics.model_errors.inc()
         finally:
