@@ -357,3 +357,44 @@ def test_local_runtime_reports_its_live_split_as_observed(tmp_path: Path) -> Non
         ObjectRef("mlp.dev/v1", "ModelDeployment", "local", "iris")
     ]
     runtime.close()
+
+
+def test_a_kind_plugin_resolves_renders_and_owns_its_objects(tmp_path: Path) -> None:
+    """The registration API the monitors / rollouts / feature-store kinds plug into."""
+    from mlp.engine import KindPlugin, Policy, reconcile, register
+    from mlp.engine.plugins import unregister
+    from mlp.sources.directory import read_directory
+    from mlp.testing import MemoryTarget
+
+    repo = make_platform_repo(tmp_path / "platform")
+    root = Path(repo.working_tree_dir or ".")
+    template = root / "templates" / "kubernetes" / "model-card.yaml.j2"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    template.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: '{{ card.name }}-card'}\ndata: {stable: '{{ card.stable }}'}\n"
+    )
+    seen: dict[str, Any] = {}
+
+    def resolve(specs: Any, env: str) -> dict[str, str]:
+        return {name: str(dep.version) for name, dep in specs.environments[env].spec.deployments.items()}
+
+    def render(specs: Any, env: str, resolved: Any, emit: Any) -> None:
+        seen.update(resolved)
+        for name, stable in sorted(resolved.items()):
+            emit("kubernetes/model-card.yaml.j2", f"Model.{name}", {"card": {"name": name, "stable": stable}})
+
+    register(
+        KindPlugin("model-cards", owned_kinds={"kubernetes": [("v1", "ConfigMap")]}, resolve=resolve, render=render)
+    )
+    try:
+        target = MemoryTarget(namespace=NS)
+        result = reconcile(read_directory(root), ENV, target, Policy(prune=True))
+        assert result.resolved["model-cards"] == seen and seen
+        cards = {r.name: o for r, o in target.objects.items() if r.name.endswith("-card")}
+        assert sorted(cards) == sorted(f"{n}-card" for n in seen)
+        card = next(iter(cards.values()))
+        assert card["metadata"]["namespace"] == NS  # placed, stamped and owned like the package's own
+        assert card["metadata"]["labels"]["mlp.dev/environment"] == ENV
+        assert {r.name for r in target.inventories[ENV]} >= set(cards)
+    finally:
+        unregister("model-cards")

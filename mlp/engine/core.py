@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from mlp.engine.inventory import adopted_kinds, read_inventory, write_inventory
-from mlp.engine.plugins import plugins
+from mlp.engine.plugins import Emit, KindPlugin, plugins
 from mlp.objects import KindKey, Manifest, ObjectRef, ResolvedDeployment
 from mlp.plan.core import Action, Plan, PlanItem, PlanRefused, make_plan
 from mlp.plan.execute import ChangeSet, execute
@@ -122,14 +123,19 @@ def resolve_stage(specs: SpecSet, environment: str) -> dict[str, Any]:
 def render_stage(
     specs: SpecSet, environment: str, resolved: Mapping[str, Any], *, revision: str, templates: Mapping[str, str]
 ) -> list[Manifest]:
-    extra = [
-        (lambda emit, p=p: p.render(specs, environment, resolved.get(p.name) or {}, emit))  # type: ignore[misc]
-        for p in plugins()
-        if p.render is not None
-    ]
+    """The package's templates (deployments, monitors) plus every plug-in's `render`, through one
+    sandboxed, stamped path."""
+    extra = [partial(_plugin_render, p, specs, environment, resolved) for p in plugins() if p.render is not None]
     return render(
         specs, environment, revision=revision, templates=templates, resolved=resolved.get("deployments"), extra=extra
     )
+
+
+def _plugin_render(
+    plugin: KindPlugin, specs: SpecSet, environment: str, resolved: Mapping[str, Any], emit: Emit
+) -> None:
+    if plugin.render is not None:
+        plugin.render(specs, environment, resolved.get(plugin.name) or {}, emit)
 
 
 def kinds_stage(

@@ -66,6 +66,11 @@ def register(plugin: KindPlugin) -> KindPlugin:
     return plugin
 
 
+def unregister(name: str) -> None:
+    """Remove a plug-in (tests); the kinds it registered stay known for adoption."""
+    _PLUGINS.pop(name, None)
+
+
 def plugins() -> list[KindPlugin]:
     return list(_PLUGINS.values())
 
