@@ -352,10 +352,13 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> 
     for r in routes:
         r.pop("format", None)
     custom = model.spec.custom
+    # enrichment is only in the object when asked for, so other deployments render as before
+    enrich = {"features": {"view": model.spec.features}} if model.spec.enrichFromFeatures else {}
     return {
         "name": name,
         "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
         "spec": {
+            **enrich,
             "model": name,
             "framework": model.spec.framework.value,
             "modelClass": custom.modelClass if custom else None,

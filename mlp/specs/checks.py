@@ -63,6 +63,14 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
             )
         elif model.spec.features:
             view = specs.feature_views[model.spec.features]
+            if model.spec.enrichFromFeatures and not view.spec.online:
+                yield _at(
+                    specs,
+                    "Model",
+                    name,
+                    ("spec", "enrichFromFeatures"),
+                    f"feature view {view.metadata.name!r} is not online (online: false), so nothing can enrich requests",
+                )
             available = {f.name: f.type for f in view.spec.features}
             for entity_name in view.spec.entities:
                 entity = specs.entities.get(entity_name)
@@ -93,6 +101,32 @@ def _features(specs: SpecSet) -> Iterator[Problem]:
         for i, entity in enumerate(view.spec.entities):
             if not specs.declared("Entity", entity):
                 yield _at(specs, "FeatureView", name, ("spec", "entities", i), f"entity {entity!r} does not exist")
+        keys = [k for e in view.spec.entities if (ent := specs.entities.get(e)) for k in ent.spec.joinKeys]
+        for i, f in enumerate(view.spec.features):
+            if f.name in keys:
+                yield _at(
+                    specs, "FeatureView", name, ("spec", "features", i, "name"), f"{f.name!r} is an entity join key"
+                )
+    for env_name, env in specs.environments.items():
+        mat = env.spec.features.materialize if env.spec.features else None
+        for i, view_name in enumerate(mat.views if mat else []):
+            fv = specs.feature_views.get(view_name)
+            if fv is None and not specs.declared("FeatureView", view_name):
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "materialize", "views", i),
+                    f"feature view {view_name!r} does not exist",
+                )
+            elif fv is not None and not fv.spec.online:
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "materialize", "views", i),
+                    f"feature view {view_name!r} is not online (online: false)",
+                )
 
 
 def _experiments(specs: SpecSet) -> Iterator[Problem]:
