@@ -108,7 +108,13 @@ def historical(
     t0 = time.perf_counter()
     if not entities_path.is_file():
         raise FeatureError(f"{entities_path}: entity file does not exist")
-    con = connect(repo, memory_limit=memory_limit, temp_dir=temp_dir or repo / ".mlp" / "features" / "spill")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(
+        repo,
+        memory_limit=memory_limit,
+        temp_dir=temp_dir or repo / ".mlp" / "features" / "spill",
+        allow=(entities_path.parent, out.parent),
+    )
     table = entity_table(entities_path.resolve())
     try:
         cols = describe(con, table)

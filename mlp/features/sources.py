@@ -127,7 +127,10 @@ def resolve(
         digest = hashlib.sha256(src.query.encode())
         for p in files:
             digest.update(file_hash(p).encode() if hash_files else str(p.stat().st_mtime_ns).encode())
-        return Source(view, keys, key_types, f"({src.query})", files, digest.hexdigest(), "sql query")
+        # relative file names become absolute: the sandboxed connection allows only these folders
+        root = str(repo.resolve())
+        query = _FILE_ARG.sub(lambda m: m.group(1) + literal(f"{root}/{m.group(2)}"), src.query)
+        return Source(view, keys, key_types, f"({query})", files, digest.hexdigest(), "sql query")
     if src.uri is not None:
         files = _s3_files(name, src.uri, src.kind, cache, s3_endpoint_url)
     else:
@@ -286,7 +289,7 @@ _FORBIDDEN = re.compile(
     r"|\b(read_text|read_blob|glob|getenv|sniff_csv|httpfs)\s*\(",
     re.IGNORECASE,
 )
-_FILE_ARG = re.compile(r"read_(?:parquet|csv(?:_auto)?|json(?:_auto)?)\s*\(\s*'([^']*)'", re.IGNORECASE)
+_FILE_ARG = re.compile(r"(read_(?:parquet|csv(?:_auto)?|json(?:_auto)?)\s*\(\s*)'([^']*)'", re.IGNORECASE)
 
 
 def _check_query(view: str, query: str) -> None:
@@ -305,7 +308,7 @@ def _check_query(view: str, query: str) -> None:
 
 def _query_files(query: str, repo: Path) -> Iterator[Path]:
     root = repo.resolve()
-    for arg in _FILE_ARG.findall(query):
+    for _, arg in _FILE_ARG.findall(query):
         if "://" in arg or arg.startswith("/") or ".." in arg.split("/"):
             raise FeatureError(f"sql source: {arg!r} must be a repository-relative path")
         for p in sorted(root.glob(arg)) if any(c in arg for c in "*?[") else [root / arg]:
@@ -314,19 +317,27 @@ def _query_files(query: str, repo: Path) -> Iterator[Path]:
             yield p
 
 
-def connect(repo: Path, *, memory_limit: str | None = None, temp_dir: Path | None = None) -> Any:
-    """A DuckDB connection for feature work: UTC, repository-relative paths, no extensions."""
+def connect(
+    repo: Path, *, memory_limit: str | None = None, temp_dir: Path | None = None, allow: tuple[Path, ...] = ()
+) -> Any:
+    """A sandboxed DuckDB connection for feature work: UTC, no extensions, and file access only
+    under the repository, its feature cache and the `allow`ed folders (a sql source comes from
+    a pull request: it must not read /etc or write anywhere)."""
     import duckdb
 
     con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET file_search_path = {literal(str(repo.resolve()))}")
     if memory_limit:
         con.execute(f"SET memory_limit = {literal(memory_limit)}")
+    folders = [repo.resolve(), *(p.resolve() for p in allow)]
     if temp_dir is not None:
         temp_dir.mkdir(parents=True, exist_ok=True)
         con.execute(f"SET temp_directory = {literal(str(temp_dir))}")
+        folders.append(temp_dir.resolve())
+    con.execute(f"SET allowed_directories = [{', '.join(literal(str(f) + '/') for f in folders)}]")
+    con.execute("SET enable_external_access = false")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
