@@ -336,7 +336,7 @@ def materialize(
     total = 0
     newest = prior.max_event if prior is not None and prior.version == version else None
     try:
-        reader = con.execute(query).fetch_record_batch(batch_rows)
+        reader = con.sql(query).to_arrow_reader(batch_rows)
         for batch in reader:
             cols = batch.to_pydict()
             names = list(cols)
