@@ -44,7 +44,11 @@ def write_repo(
     for v in views:
         feats = v.get("features") or {"x": "double"}
         assert isinstance(feats, dict)
-        where = f"query: {v['query']!r}" if v.get("query") else (f"uri: {v['uri']}" if v.get("uri") else f"path: {v['path']}")
+        where = (
+            f"query: {v['query']!r}"
+            if v.get("query")
+            else (f"uri: {v['uri']}" if v.get("uri") else f"path: {v['path']}")
+        )
         text += VIEW % {
             "name": v["name"],
             "kind": v.get("kind", "parquet"),

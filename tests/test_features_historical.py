@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from featurerepo import write_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from featurerepo import write_repo
 from mlp.features import FeatureError
 from mlp.features.historical import historical, read_lineage
 from mlp.features.sources import resolve
@@ -87,7 +87,12 @@ def test_a_feature_updated_one_second_after_the_label_never_leaks(tmp_path: Path
     pd.DataFrame(
         {
             "customer_id": [7, 7, 7, 8],
-            "ts": [T0, label_time + timedelta(seconds=1), label_time + timedelta(days=1), label_time + timedelta(seconds=1)],
+            "ts": [
+                T0,
+                label_time + timedelta(seconds=1),
+                label_time + timedelta(days=1),
+                label_time + timedelta(seconds=1),
+            ],
             "x": [1.0, 999.0, 998.0, 999.0],
         }
     ).to_parquet(tmp_path / "stats.parquet")
@@ -168,7 +173,16 @@ def test_a_column_of_the_wrong_type_names_file_column_and_view(tmp_path: Path) -
     (tmp_path / "data" / "1.csv").write_text("customer_id,ts,x\n1,2024-01-01 00:00:00,1.5\n")
     (tmp_path / "data" / "2.csv").write_text("customer_id,ts,x\n1,2024-01-02 00:00:00,high\n")
     (tmp_path / "ents.csv").write_text("customer_id,event_timestamp\n1,2024-01-03 00:00:00\n")
-    res = _cli(tmp_path, "historical", "--view", "stats", "--entities", str(tmp_path / "ents.csv"), "--out", str(tmp_path / "o.parquet"))
+    res = _cli(
+        tmp_path,
+        "historical",
+        "--view",
+        "stats",
+        "--entities",
+        str(tmp_path / "ents.csv"),
+        "--out",
+        str(tmp_path / "o.parquet"),
+    )
     assert res.returncode == 2
     assert "Traceback" not in res.stderr
     line = res.stderr.strip().splitlines()[-1]
@@ -192,7 +206,16 @@ def test_a_column_of_the_wrong_type_names_file_column_and_view(tmp_path: Path) -
 def test_a_missing_source_is_a_located_error(tmp_path: Path) -> None:
     write_repo(tmp_path, [{"name": "stats", "path": "nowhere/stats.parquet"}])
     (tmp_path / "ents.csv").write_text("customer_id,event_timestamp\n1,2024-01-03 00:00:00\n")
-    res = _cli(tmp_path, "historical", "--view", "stats", "--entities", str(tmp_path / "ents.csv"), "--out", str(tmp_path / "o.parquet"))
+    res = _cli(
+        tmp_path,
+        "historical",
+        "--view",
+        "stats",
+        "--entities",
+        str(tmp_path / "ents.csv"),
+        "--out",
+        str(tmp_path / "o.parquet"),
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "FeatureView/stats: source 'nowhere/stats.parquet' does not exist" in res.stderr
 
@@ -217,7 +240,15 @@ def test_an_avro_folder_with_a_schema_change_mid_folder_is_refused(tmp_path: Pat
     with open(tmp_path / "avro" / "part-1.avro", "wb") as fh:
         fastavro.writer(fh, changed, [{"customer_id": 1, "ts": T0 + timedelta(days=1), "x": "1.0"}])
     (tmp_path / "ents.csv").write_text("customer_id,event_timestamp\n1,2024-01-03 00:00:00\n")
-    args = ["historical", "--view", "stats", "--entities", str(tmp_path / "ents.csv"), "--out", str(tmp_path / "o.parquet")]
+    args = [
+        "historical",
+        "--view",
+        "stats",
+        "--entities",
+        str(tmp_path / "ents.csv"),
+        "--out",
+        str(tmp_path / "o.parquet"),
+    ]
     res = _cli(tmp_path, *args)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "part-1.avro: Avro schema differs from part-0.avro" in res.stderr and "'x'" in res.stderr, res.stderr
@@ -232,7 +263,16 @@ def test_an_entity_file_without_the_timestamp_column_is_refused(tmp_path: Path) 
     write_repo(tmp_path, [{"name": "stats", "path": "stats.parquet"}])
     pd.DataFrame({"customer_id": [1], "ts": [T0], "x": [1.0]}).to_parquet(tmp_path / "stats.parquet")
     (tmp_path / "ents.csv").write_text("customer_id,label_time\n1,2024-01-03 00:00:00\n")
-    res = _cli(tmp_path, "historical", "--view", "stats", "--entities", str(tmp_path / "ents.csv"), "--out", str(tmp_path / "o.parquet"))
+    res = _cli(
+        tmp_path,
+        "historical",
+        "--view",
+        "stats",
+        "--entities",
+        str(tmp_path / "ents.csv"),
+        "--out",
+        str(tmp_path / "o.parquet"),
+    )
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "ents.csv: no timestamp column 'event_timestamp'" in res.stderr and "label_time" in res.stderr
 
@@ -263,5 +303,5 @@ def test_sql_sources_read_repository_files_and_refuse_anything_but_one_select(tm
     outside.write_text("customer_id,ts,x\n1,2024-01-01 00:00:00,1.0\n")
     view.spec.source.query = f"SELECT * FROM '{outside}'"
     src = resolve(view, specs.entities, tmp_path)
-    with pytest.raises(FeatureError, match="cannot read|disabled|does not exist"):
+    with pytest.raises(FeatureError, match=r"cannot read|disabled|does not exist"):
         historical([src], tmp_path / "e.parquet", tmp_path / "o.parquet", repo=tmp_path)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from featurerepo import write_repo
+
 from mlp.features.online import SQLiteStore, lookup, materialize, open_store
 from mlp.features.sources import resolve
 from mlp.sources.directory import read_directory
@@ -75,9 +75,9 @@ def test_materialize_twice_gives_no_duplicates_and_is_incremental(tmp_path: Path
     assert rest.since == until
     assert _values(store) == _latest(df)
     st = store.state("stats")
-    assert st is not None and st.max_event == int((df.ts.max() - pd.Timestamp("2024-01-01")).total_seconds() * 1e6) + int(
-        T0.timestamp() * 1e6
-    )
+    assert st is not None and st.max_event == int(
+        (df.ts.max() - pd.Timestamp("2024-01-01")).total_seconds() * 1e6
+    ) + int(T0.timestamp() * 1e6)
 
 
 def test_an_older_row_never_replaces_a_newer_one(tmp_path: Path) -> None:
@@ -115,7 +115,9 @@ def test_a_run_killed_half_way_and_rerun_gives_the_same_store(tmp_path: Path) ->
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     clean = tmp_path / "clean.db"
-    one_go = subprocess.run([str(clean) if c == str(killed) else c for c in cmd], capture_output=True, text=True, timeout=300)
+    one_go = subprocess.run(
+        [str(clean) if c == str(killed) else c for c in cmd], capture_output=True, text=True, timeout=300
+    )
     assert one_go.returncode == 0, one_go.stderr
     a, b = SQLiteStore(killed), SQLiteStore(clean)
     assert a.dump("stats") == b.dump("stats")

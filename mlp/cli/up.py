@@ -175,6 +175,21 @@ def example_curl(base: str, dep: dict[str, Any]) -> str:
 IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 
 
+def _feature_service(repo: Path, env: str, runtime: Runtime, event: Any) -> Any:
+    """Online features and request enrichment (mlp.features), when that extra is installed."""
+    try:
+        from mlp.features.service import FeatureService
+    except ImportError:
+        return None
+    try:
+        svc = FeatureService.for_environment(repo, env)
+    except Exception as exc:  # a bad store must not stop the models from serving
+        event(f"features: not served: {type(exc).__name__}: {exc}")
+        return None
+    runtime.metrics.registry.register(svc)
+    return svc
+
+
 @click.command("up")
 @click.argument("repo", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--env", "env", default="dev", show_default=True, help="Environment to serve (target kind local).")
@@ -266,7 +281,8 @@ def up(
             sys.exit(1)
         # last known good: keep serving what the state folder restored until the repository loads
         click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}", err=True)
-    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
+    features = _feature_service(repo, env, runtime, event)
+    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight, features=features)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
     if fmt == "json":
@@ -275,6 +291,7 @@ def up(
                 {
                     "url": base,
                     "metrics": f"{base}/metrics",
+                    "features": f"{base}/v1/features" if features is not None else None,
                     "environment": env,
                     "revision": loop.revision,
                     "models": {
@@ -296,6 +313,8 @@ def up(
             click.echo(f"  {name:<16} POST {base}/v1/models/{name}:predict   (KServe v1)")
             click.echo(f"  {'':<16} POST {base}/v2/models/{name}/infer   (Open Inference Protocol v2)")
         click.echo(f"  {'metrics':<16} GET  {base}/metrics")
+        if features is not None and features.views:
+            click.echo(f"  {'features':<16} GET  {base}/v1/features/VIEW?entity=KEY")
         if pick:
             click.echo("  try:")
             click.echo("    " + example_curl(base, pick))
@@ -303,11 +322,17 @@ def up(
     sys.stdout.flush()
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
+    if features is not None:
+        threading.Thread(
+            target=features.run_schedule, args=(max(interval, 1.0), event), name="mlp-up-features", daemon=True
+        ).start()
     try:
         serve(app, sock)
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:
         loop.stop()
+        if features is not None:
+            features.stop()
         runtime.close()
         click.echo("mlp up: stopped", err=True)

@@ -15,7 +15,9 @@ from mlp.specs.diagnostics import Diagnostic
 from mlp.specs.yamlio import Locator
 
 
-def check_sources(specs: Any, files: dict[str, bytes], repo: Path, *, s3_endpoint_url: str | None = None) -> list[Diagnostic]:
+def check_sources(
+    specs: Any, files: dict[str, bytes], repo: Path, *, s3_endpoint_url: str | None = None
+) -> list[Diagnostic]:
     import duckdb
 
     locator = Locator(files)

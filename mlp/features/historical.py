@@ -27,7 +27,7 @@ from typing import Any
 
 from mlp import __version__
 from mlp.features import FeatureError
-from mlp.features.sources import Source, file_hash, check_schema, connect, describe, ident, literal
+from mlp.features.sources import Source, check_schema, connect, describe, file_hash, ident, literal
 
 TTL_UNITS = {"s": "SECONDS", "m": "MINUTES", "h": "HOURS", "d": "DAYS", "w": "DAYS"}
 

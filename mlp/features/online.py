@@ -162,7 +162,9 @@ class SQLiteStore:
     def read(self, view: str, keys: Sequence[str]) -> list[tuple[int, bytes] | None]:
         con = self._con()
         if len(keys) == 1:
-            row = con.execute("SELECT ts, value FROM feature_rows WHERE view = ? AND key = ?", (view, keys[0])).fetchone()
+            row = con.execute(
+                "SELECT ts, value FROM feature_rows WHERE view = ? AND key = ?", (view, keys[0])
+            ).fetchone()
             return [(row[0], row[1]) if row else None]
         found: dict[str, tuple[int, bytes]] = {}
         for i in range(0, len(keys), 500):
@@ -175,10 +177,14 @@ class SQLiteStore:
         return [found.get(k) for k in keys]
 
     def state(self, view: str) -> ViewState | None:
-        row = self._con().execute(
-            "SELECT view, version, watermark, max_event, materialized_at, rows FROM feature_state WHERE view = ?",
-            (view,),
-        ).fetchone()
+        row = (
+            self._con()
+            .execute(
+                "SELECT view, version, watermark, max_event, materialized_at, rows FROM feature_state WHERE view = ?",
+                (view,),
+            )
+            .fetchone()
+        )
         return ViewState(*row) if row else None
 
     def set_state(self, st: ViewState) -> None:

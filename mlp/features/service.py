@@ -214,7 +214,9 @@ class FeatureService:
         for i in need:
             missing = [k for k in info.keys if k not in rows[i]]
             if missing:
-                raise LookupError_(f"instances[{i}]: missing input(s) and no entity key {', '.join(missing)} to look them up")
+                raise LookupError_(
+                    f"instances[{i}]: missing input(s) and no entity key {', '.join(missing)} to look them up"
+                )
             try:
                 keys.append(check_key([rows[i][k] for k in info.keys], info.key_types, info.name))
             except ValueError as exc:
@@ -309,16 +311,6 @@ def _load(repo: Path) -> Any:
 
 def router(service: FeatureService) -> Any:
     """A FastAPI APIRouter serving the same `/v1/features` routes (for `mlp server`)."""
-    from fastapi import APIRouter, Request, Response
+    from mlp.features.api import make_router
 
-    r = APIRouter()
-
-    async def features(request: Request, view: str = "") -> Response:
-        body = await request.body() if request.method == "POST" else None
-        path = "/v1/features" + (f"/{view}" if view else "")
-        status, out = service.handle(request.method, path, request.url.query.encode("latin-1"), body)
-        return Response(out, status_code=status, media_type="application/json")
-
-    r.add_api_route("/v1/features", features, methods=["GET"])
-    r.add_api_route("/v1/features/{view}", features, methods=["GET", "POST"])
-    return r
+    return make_router(service)

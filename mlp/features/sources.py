@@ -44,7 +44,6 @@ ACCEPTS: dict[DataType, set[str]] = {
     DataType.string: {"VARCHAR"},
     DataType.bytes: {"BLOB"},
 }
-TIMESTAMPS = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE"}
 
 
 @dataclass
@@ -376,7 +375,7 @@ def check_schema(con: Any, source: Source) -> None:
                 raise FeatureError(f"{where}: no column {col!r} ({view} declares it; columns: {', '.join(cols)})")
             actual = _base(cols[col])
             if declared is None:
-                if actual not in TIMESTAMPS:
+                if not actual.startswith(("TIMESTAMP", "DATE")):
                     raise FeatureError(
                         f"{where}: column {col!r} is {cols[col]}, not a timestamp ({view} spec.source.timestampField)"
                     )
