@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
-from featurerepo import write_repo
+from featurerepo import redis_url, write_repo
 
 from mlp.features.online import SQLiteStore, lookup, materialize, open_store
 from mlp.features.sources import resolve
@@ -124,53 +119,7 @@ def test_a_run_killed_half_way_and_rerun_gives_the_same_store(tmp_path: Path) ->
     assert len(a.dump("stats")) == len(_latest(df))
 
 
-# --- Redis: a real redis-server on a free loopback port --------------------------------------
-
-
-def _redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server"):
-        if os.access(p, os.X_OK):
-            return p
-    return None
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    binary = _redis_binary()
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian package redis-server; .ci/setup.d/40-redis.sh installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    data = tmp_path / "redis"
-    data.mkdir()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=10)
+__all__ = ["redis_url"]
 
 
 def test_redis_store_materializes_idempotently_and_matches_sqlite(tmp_path: Path, redis_url: str) -> None:

@@ -148,6 +148,11 @@ def historical_cmd(
 @click.option("--until", help="End of the window, exclusive (ISO 8601) [default: now].")
 @click.option("--store", help="Online store override: a SQLite file or redis://HOST:PORT/DB.")
 @click.option("--batch-rows", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where S3 objects and converted Avro files are cached [default: REPO/.mlp/features/cache].",
+)
 @click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
 @s3_opt
 def materialize_cmd(
@@ -158,6 +163,7 @@ def materialize_cmd(
     until: str | None,
     store: str | None,
     batch_rows: int,
+    cache_dir: Path | None,
     output: str,
     s3_endpoint_url: str | None,
 ) -> None:
@@ -186,7 +192,7 @@ def materialize_cmd(
     try:
         online = open_store(target)
         for view in selected:
-            src = resolve(view, specs.entities, repo, s3_endpoint_url=s3_endpoint_url)
+            src = resolve(view, specs.entities, repo, cache=cache_dir, s3_endpoint_url=s3_endpoint_url)
             done = materialize(src, online, repo=repo, since=since, until=until, batch_rows=batch_rows, progress=_say)
             results.append(done)
         online.close()

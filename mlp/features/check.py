@@ -22,16 +22,16 @@ def check_sources(
 
     locator = Locator(files)
     out: list[Diagnostic] = []
-    con = connect(repo)
-    try:
-        for name, view in sorted(specs.feature_views.items()):
-            ref = specs.sources[("FeatureView", name)]
+    for name, view in sorted(specs.feature_views.items()):
+        ref = specs.sources[("FeatureView", name)]
+        try:
+            src = resolve(view, specs.entities, repo, s3_endpoint_url=s3_endpoint_url, hash_files=False)
+            con = connect(repo, allow=(src.cache,) if src.cache else ())
             try:
-                src = resolve(view, specs.entities, repo, s3_endpoint_url=s3_endpoint_url, hash_files=False)
                 check_schema(con, src)
-            except (FeatureError, duckdb.Error) as exc:
-                line, col = locator.locate(ref.path, ref.doc, ("spec", "source"))
-                out.append(Diagnostic(ref.path, line, col, "FeatureView", name, str(exc), rule="source"))
-    finally:
-        con.close()
+            finally:
+                con.close()
+        except (FeatureError, duckdb.Error) as exc:
+            line, col = locator.locate(ref.path, ref.doc, ("spec", "source"))
+            out.append(Diagnostic(ref.path, line, col, "FeatureView", name, str(exc), rule="source"))
     return out

@@ -113,7 +113,7 @@ def historical(
         repo,
         memory_limit=memory_limit,
         temp_dir=temp_dir or repo / ".mlp" / "features" / "spill",
-        allow=(entities_path.parent, out.parent),
+        allow=(entities_path.parent, out.parent, *(s.cache for s in sources if s.cache)),
     )
     table = entity_table(entities_path.resolve())
     try:

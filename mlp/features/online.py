@@ -324,7 +324,7 @@ def materialize(
     if start is not None and start >= end:
         say(f"FeatureView/{name}: up to date (watermark {start.isoformat()})")
         return Materialized(name, 0, start, end, _freshness(prior))
-    con = connect(repo)
+    con = connect(repo, allow=(source.cache,) if source.cache else ())
     check_schema(con, source)
     keys = ", ".join(ident(k) for k in source.keys)
     ts = f"CAST({ident(source.ts)} AS TIMESTAMPTZ)"

@@ -57,6 +57,7 @@ class Source:
     files: list[Path] = field(default_factory=list)
     snapshot: str = ""  # sha256 over the files' contents (or the query and its files)
     display: str = ""
+    cache: Path | None = None  # where S3 objects and converted Avro files live (read access needed)
 
     @property
     def name(self) -> str:
@@ -129,7 +130,7 @@ def resolve(
         # relative file names become absolute: the sandboxed connection allows only these folders
         root = str(repo.resolve())
         query = _FILE_ARG.sub(lambda m: m.group(1) + literal(f"{root}/{m.group(2)}"), src.query)
-        return Source(view, keys, key_types, f"({query})", files, digest.hexdigest(), "sql query")
+        return Source(view, keys, key_types, f"({query})", files, digest.hexdigest(), "sql query", cache)
     if src.uri is not None:
         files = _s3_files(name, src.uri, src.kind, cache, s3_endpoint_url)
     else:
@@ -150,7 +151,7 @@ def resolve(
         table = f"read_csv([{', '.join(literal(str(p)) for p in files)}], header=true)"
     else:
         table = f"read_json([{', '.join(literal(str(p)) for p in files)}], format='newline_delimited')"
-    return Source(view, keys, key_types, table, files, digest.hexdigest(), src.uri or src.path or "")
+    return Source(view, keys, key_types, table, files, digest.hexdigest(), src.uri or src.path or "", cache)
 
 
 def _local_files(view: str, uri: str, kind: str, repo: Path) -> list[Path]:

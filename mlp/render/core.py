@@ -37,6 +37,7 @@ from ruamel.yaml.error import YAMLError
 
 from mlp import __version__
 from mlp.render.engine import RenderError, make_environment, render_template
+from mlp.render.features import materialize_context
 from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all, sort_keys
 from mlp.specs import SpecSet
@@ -71,6 +72,7 @@ MANAGED_KINDS: dict[str, list[tuple[str, str]]] = {
         ("v1", "ConfigMap"),
         ("v1", "Service"),
         ("apps/v1", "Deployment"),
+        ("batch/v1", "CronJob"),
         ("serving.kserve.io/v1beta1", "InferenceService"),
         ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
@@ -467,6 +469,10 @@ def render(
                 "prometheusrule",
             ):
                 r.emit(f"kubernetes/{template}.yaml.j2", spec, mctx)
+        materialize = materialize_context(specs, env, namespace, service_account)
+        if materialize is not None:
+            for template in ("features-configmap", "features-cronjob"):
+                r.emit(f"kubernetes/{template}.yaml.j2", env_spec, {"env": env_ctx, "materialize": materialize})
     objs = [sort_keys(o) for o in r.out]
     seen: set[tuple[str, str, str]] = set()
     for o in objs:

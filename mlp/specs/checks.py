@@ -127,6 +127,27 @@ def _features(specs: SpecSet) -> Iterator[Problem]:
                     ("spec", "features", "materialize", "views", i),
                     f"feature view {view_name!r} is not online (online: false)",
                 )
+        if mat is not None and env.spec.target.kind == "kubernetes":
+            assert env.spec.features is not None
+            if env.spec.features.onlineStore.kind != "redis":
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "onlineStore"),
+                    "materialization on kubernetes needs a redis online store (a pod's SQLite file is lost with it)",
+                )
+            for view_name in mat.views or [n for n, v in specs.feature_views.items() if v.spec.online]:
+                fv = specs.feature_views.get(view_name)
+                if fv is not None and fv.spec.source.uri is None:
+                    yield _at(
+                        specs,
+                        "Environment",
+                        env_name,
+                        ("spec", "features", "materialize"),
+                        f"feature view {view_name!r} reads repository files; a kubernetes CronJob can only read "
+                        "s3:// sources",
+                    )
 
 
 def _experiments(specs: SpecSet) -> Iterator[Problem]:
