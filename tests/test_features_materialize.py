@@ -139,3 +139,23 @@ def test_redis_store_materializes_idempotently_and_matches_sqlite(tmp_path: Path
     assert r.read("stats", keys) == sq.read("stats", keys)
     st = r.state("stats")
     assert st is not None and st.watermark is not None
+
+
+def test_mlp_up_materializes_on_the_environment_schedule(tmp_path: Path) -> None:
+    from mlp.features.service import FeatureService
+
+    write_repo(
+        tmp_path,
+        [{"name": "stats", "path": "stats.parquet"}],
+        env_extra="  features:\n    materialize: {schedule: '*/5 * * * *'}\n",
+    )
+    df = _data(500, 40)
+    df.to_parquet(tmp_path / "stats.parquet")
+    svc = FeatureService.for_environment(tmp_path, "dev")
+    seen: list[str] = []
+    assert svc.tick(datetime(2026, 1, 1, 10, 4, 30, tzinfo=UTC), seen.append) == []  # not due
+    assert svc.tick(datetime(2026, 1, 1, 10, 5, 1, tzinfo=UTC), seen.append) == ["stats"]
+    assert svc.tick(datetime(2026, 1, 1, 10, 5, 40, tzinfo=UTC), seen.append) == []  # once per minute
+    assert _values(svc.store) == _latest(df)
+    assert (tmp_path / ".mlp" / "features" / "dev.db").is_file()  # the default store
+    assert any("materialized FeatureView/stats" in m for m in seen)

@@ -80,6 +80,7 @@ class FeatureService:
         self.entities: dict[str, Any] = {}
         self.now = now
         self._stop = threading.Event()
+        self._last_minute: datetime | None = None
         self.revision: str | None = None
 
     @classmethod
@@ -262,40 +263,47 @@ class FeatureService:
 
     def run_schedule(self, interval: float = 2.0, echo: Callable[[str], None] | None = None) -> None:
         """Re-read the repository when it changes; materialize on the environment's cron schedule."""
+        while not self._stop.wait(interval):
+            self.tick(datetime.now(UTC), echo)
+
+    def tick(self, now: datetime, echo: Callable[[str], None] | None = None) -> list[str]:
+        """One check of the schedule at `now`; returns the views materialized (at most once a minute)."""
         from mlp.governance.cron import Cron, CronError
 
         say = echo or (lambda _m: None)
-        last_minute: datetime | None = None
-        while not self._stop.wait(interval):
+        done: list[str] = []
+        try:
+            specs = _load(self.repo)
+            if specs is None:
+                return done
+            if specs.revision != self.revision:
+                self.update(specs)
+            env = specs.environments.get(self.env)
+            mat = env.spec.features.materialize if env and env.spec.features else None
+            minute = now.astimezone(UTC).replace(second=0, microsecond=0)
+            if mat is None or minute == self._last_minute:
+                return done
+            self._last_minute = minute
             try:
-                specs = _load(self.repo)
-                if specs is None:
+                due = Cron.parse(mat.schedule).matches(minute)
+            except CronError as exc:
+                say(f"features: schedule {mat.schedule!r}: {exc}")
+                return done
+            if not due:
+                return done
+            for name in mat.views or sorted(self.views):
+                info = self.views.get(name)
+                if info is None:
                     continue
-                if specs.revision != self.revision:
-                    self.update(specs)
-                env = specs.environments.get(self.env)
-                mat = env.spec.features.materialize if env and env.spec.features else None
-                minute = datetime.now(UTC).replace(second=0, microsecond=0)
-                if mat is None or minute == last_minute:
-                    continue
-                try:
-                    due = Cron.parse(mat.schedule).matches(minute)
-                except CronError as exc:
-                    say(f"features: schedule {mat.schedule!r}: {exc}")
-                    continue
-                last_minute = minute
-                if due:
-                    for name in mat.views or sorted(self.views):
-                        info = self.views.get(name)
-                        if info is None:
-                            continue
-                        src = resolve(info.view, specs.entities, self.repo)
-                        done = materialize(src, self.store, repo=self.repo)
-                        say(f"features: materialized FeatureView/{name}: {done.rows} rows")
-            except FeatureError as exc:
-                say(f"features: {exc}")
-            except Exception as exc:  # the schedule must survive anything one run throws
-                say(f"features: materialization failed: {type(exc).__name__}: {exc}")
+                src = resolve(info.view, specs.entities, self.repo)
+                result = materialize(src, self.store, repo=self.repo, now=now)
+                say(f"features: materialized FeatureView/{name}: {result.rows} rows")
+                done.append(name)
+        except FeatureError as exc:
+            say(f"features: {exc}")
+        except Exception as exc:  # the schedule must survive anything one run throws
+            say(f"features: materialization failed: {type(exc).__name__}: {exc}")
+        return done
 
     def stop(self) -> None:
         self._stop.set()
