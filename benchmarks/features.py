@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--features", type=int, default=20)
     ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--repeat", type=int, default=2, help="Runs of mlp and raw DuckDB (pandas runs once).")
     ap.add_argument("--online-keys", type=int, default=100_000)
     ap.add_argument("--online-rate", type=int, default=2000)
     ap.add_argument("--online-seconds", type=float, default=20.0)
@@ -306,12 +307,18 @@ def main(argv: list[str] | None = None) -> int:
             make_data(folder, args.rows, args.features)
         print(f"data: {args.rows:,} entity rows, {args.rows:,} feature rows x {args.features} features "
               f"({time.perf_counter() - t:.1f}s to generate)")  # fmt: skip
-        results = {}
-        for name in ("mlp", "duckdb") + (() if args.skip_pandas else ("pandas",)):
-            print(f"running {name} ...", file=sys.stderr)
-            results[name] = measure(name, folder, args.features)
+        results: dict[str, dict[str, float]] = {}
+        # interleaved repetitions, best time kept: the machine is shared and noisy
+        order = ["mlp", "duckdb"] + ([] if args.skip_pandas else ["pandas"])
+        for rep in range(args.repeat):
+            for name in order if rep == 0 else order[:2]:
+                print(f"running {name} ({rep + 1}/{args.repeat}) ...", file=sys.stderr)
+                r = measure(name, folder, args.features)
+                best = results.get(name)
+                if best is None or r["seconds"] < best["seconds"]:
+                    results[name] = {**r, "peak_mib": max(r["peak_mib"], best["peak_mib"] if best else 0)}
         diff = check_equal(folder, args.features)
-        print("\nhistorical retrieval (each in its own process; inputs and output Parquet)")
+        print(f"\nhistorical retrieval (each in its own process; inputs and output Parquet; best of {args.repeat})")
         print(f"{'contender':<20} {'seconds':>9} {'peak MiB':>9} {'mlp speed-up':>13}")
         for name, r in results.items():
             ratio = r["seconds"] / results["mlp"]["seconds"]
