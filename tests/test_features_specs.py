@@ -93,11 +93,26 @@ spec:
 
 
 def test_kubernetes_materialization_needs_redis_and_s3_sources(tmp_path: Path) -> None:
-    write_repo(tmp_path, [{"name": "stats", "path": "x.parquet"}])
-    (tmp_path / "environments" / "prod.yaml").write_text(K8S_ENV % {"store": "sqlite"})
+    model = (
+        "apiVersion: mlp.dev/v1\nkind: Model\nmetadata: {name: m}\nspec:\n  framework: sklearn\n"
+        "  features: stats\n  enrichFromFeatures: true\n"
+        "  signature: {inputs: [{name: x, type: double}], outputs: [{name: y, type: int}]}\n"
+        "  versions: [{version: 1, uri: 's3://b/m.joblib', digest: 'sha256:" + "0" * 64 + "'}]\n"
+    )
+    write_repo(tmp_path, [{"name": "stats", "path": "x.parquet"}], models=model)
+    (tmp_path / "environments" / "prod.yaml").write_text(
+        K8S_ENV % {"store": "sqlite"} + "  deployments:\n    m: {version: 1}\n"
+    )
+    (tmp_path / "environments" / "dev.yaml").write_text(
+        "apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  target: {kind: local}\n"
+        "  features: {materialize: {image: 'mlp:x'}}\n  deployments:\n    m: {version: 1}\n"
+    )
     found = _diagnostics(tmp_path)
     assert any("needs a redis online store" in d for d in found), found
     assert any("can only read s3:// sources" in d for d in found), found
+    assert any("prod" in d and "enrichFromFeatures" in d for d in found), found
+    assert any("image is for kubernetes targets" in d for d in found), found
+    assert not any("dev.yaml" in d and "enrichFromFeatures" in d for d in found), found
 
 
 @pytest.mark.timeout(180)
@@ -161,3 +176,16 @@ def test_the_rendered_cronjob_runs_a_real_materialization(tmp_path: Path, moto_s
     )  # fmt: skip
     assert get.returncode == 0, get.stderr
     assert json.loads(get.stdout)["results"][0]["values"] == {"x": 13.0}  # the later part wins
+
+
+def test_the_example_repository_sources_match_their_views() -> None:
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "data" / "features" / "iris-measurements.csv").is_file():
+        pytest.skip("the example repository's data/ is not in this checkout")
+    res = subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", "validate", str(root), "--check-sources", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr

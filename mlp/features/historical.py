@@ -61,18 +61,23 @@ class Result:
     seconds: float
 
 
-def build_query(sources: list[Source], entities: str, ts_col: str) -> str:
-    """The SELECT joining `entities` (a table expression with column `ts_col`) with each source."""
-    e_ts = "__mlp_entity_ts"
-    selects = ["e.* EXCLUDE (" + e_ts + ")"]
+def build_query(sources: list[Source], entities: str, ts_col: str, entity_ts_type: str = "") -> str:
+    """The SELECT joining `entities` (a table expression with column `ts_col`) with each source.
+
+    Timestamps are compared as UTC `TIMESTAMP`s; a column that already is one is used as is
+    (no cast, no extra column), the common case and the cheaper plan."""
+    plain = entity_ts_type.upper() == "TIMESTAMP"
+    e_ts = ident(ts_col) if plain else "__mlp_entity_ts"
+    selects = ["e.*" if plain else "e.* EXCLUDE (" + e_ts + ")"]
     joins = []
     for i, src in enumerate(sources):
         alias = f"v{i}"
         f_ts = f"__mlp_ts_{i}"
         keys = ", ".join(ident(k) for k in src.keys)
         feats = ", ".join(ident(f) for f in src.features)
+        ts = ident(src.ts) if src.ts_types == {"TIMESTAMP"} else f"CAST({ident(src.ts)} AS TIMESTAMP)"
         joins.append(
-            f"ASOF LEFT JOIN (SELECT {keys}, CAST({ident(src.ts)} AS TIMESTAMP) AS {f_ts}, {feats} FROM {src.table}) "
+            f"ASOF LEFT JOIN (SELECT {keys}, {ts} AS {f_ts}, {feats} FROM {src.table}) "
             f"{alias} ON "
             + " AND ".join(f"e.{ident(k)} = {alias}.{ident(k)}" for k in src.keys)
             + f" AND e.{e_ts} >= {alias}.{f_ts}"
@@ -83,10 +88,8 @@ def build_query(sources: list[Source], entities: str, ts_col: str) -> str:
             if ttl:
                 col = f"CASE WHEN {alias}.{f_ts} >= e.{e_ts} - {ttl_interval(ttl)} THEN {col} END"
             selects.append(f"{col} AS {ident(f)}")
-    return (
-        f"SELECT {', '.join(selects)} FROM (SELECT *, CAST({ident(ts_col)} AS TIMESTAMP) AS {e_ts} FROM {entities}) e "
-        + " ".join(joins)
-    )
+    frame = entities if plain else f"(SELECT *, CAST({ident(ts_col)} AS TIMESTAMP) AS {e_ts} FROM {entities})"
+    return f"SELECT {', '.join(selects)} FROM {frame} e " + " ".join(joins)
 
 
 def historical(
@@ -143,7 +146,7 @@ def historical(
             if f in seen:
                 raise FeatureError(f"feature {f!r} is in both FeatureView/{seen[f]} and FeatureView/{src.name}")
             seen[f] = src.name
-    query = build_query(sources, table, ts_col)
+    query = build_query(sources, table, ts_col, cols[ts_col])
     lineage = {
         "mlp": __version__,
         "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -58,6 +58,7 @@ class Source:
     snapshot: str = ""  # sha256 over the files' contents (or the query and its files)
     display: str = ""
     cache: Path | None = None  # where S3 objects and converted Avro files live (read access needed)
+    ts_types: set[str] = field(default_factory=set)  # the timestamp column's types seen by check_schema
 
     @property
     def name(self) -> str:
@@ -337,6 +338,9 @@ def connect(
     con.execute(f"SET allowed_directories = [{', '.join(literal(str(f) + '/') for f in folders)}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET preserve_insertion_order = false")
+    # tracked, not printed: `historical` reports query_progress() on stderr itself
+    con.execute("SET enable_progress_bar = true")
+    con.execute("SET enable_progress_bar_print = false")
     con.execute("SET lock_configuration = true")
     return con
 
@@ -376,6 +380,7 @@ def check_schema(con: Any, source: Source) -> None:
                 raise FeatureError(f"{where}: no column {col!r} ({view} declares it; columns: {', '.join(cols)})")
             actual = _base(cols[col])
             if declared is None:
+                source.ts_types.add(actual)
                 if not actual.startswith(("TIMESTAMP", "DATE")):
                     raise FeatureError(
                         f"{where}: column {col!r} is {cols[col]}, not a timestamp ({view} spec.source.timestampField)"

@@ -127,6 +127,26 @@ def _features(specs: SpecSet) -> Iterator[Problem]:
                     ("spec", "features", "materialize", "views", i),
                     f"feature view {view_name!r} is not online (online: false)",
                 )
+        if mat is not None and mat.image and env.spec.target.kind != "kubernetes":
+            yield _at(
+                specs,
+                "Environment",
+                env_name,
+                ("spec", "features", "materialize", "image"),
+                "image is for kubernetes targets (mlp up materializes in its own process)",
+            )
+        if env.spec.target.kind == "kubernetes":
+            for model_name in env.spec.deployments:
+                model = specs.models.get(model_name)
+                if model is not None and model.spec.enrichFromFeatures:
+                    yield _at(
+                        specs,
+                        "Environment",
+                        env_name,
+                        ("spec", "deployments", model_name),
+                        f"model {model_name!r} sets enrichFromFeatures, which mlp's own data plane serves "
+                        "(local targets); a KServe InferenceService would not enrich its requests",
+                    )
         if mat is not None and env.spec.target.kind == "kubernetes":
             assert env.spec.features is not None
             if env.spec.features.onlineStore.kind != "redis":
