@@ -12,7 +12,7 @@ import pytest
 from featurerepo import moto_s3, redis_url, write_repo
 from pydantic import ValidationError
 
-from mlp.render import render
+from mlp.engine import desired
 from mlp.sources.directory import read_directory
 from mlp.specs import load
 from mlp.specs.models import FeatureSource, ModelSpec, OnlineStore
@@ -144,7 +144,7 @@ def test_the_rendered_cronjob_runs_a_real_materialization(tmp_path: Path, moto_s
             fastavro.writer(fh, schema, rows)
         s3.upload_file(str(local), "feature-bucket", f"stats/part-{part}.avro")
 
-    objs = render(load(read_directory(repo)).specs, "prod")
+    objs = desired(read_directory(repo), "prod")  # the engine: the feature-views plug-in renders these
     cron = next(o for o in objs if o["kind"] == "CronJob")
     cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == cron["metadata"]["name"])
     assert cron["spec"]["schedule"] == "*/10 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"

@@ -28,7 +28,9 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    from mlp.specs.diagnostics import printable
+
+    click.echo(f"error: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -95,12 +97,12 @@ def environment(result: LoadResult, name: str) -> Environment:
 
 def render_env(snapshot: Snapshot, result: LoadResult, env: str) -> list[Manifest]:
     """Render or exit 2 with the located template error."""
+    from mlp.engine import desired
     from mlp.plan.core import PlanRefused
-    from mlp.plan.pipeline import desired_state
     from mlp.render import RenderError
 
     try:
-        return desired_state(result, env, revision=snapshot.revision, templates=snapshot.templates())
+        return desired(snapshot, env, loaded=result)
     except (RenderError, PlanRefused) as exc:
         fail(str(exc))
 
@@ -141,28 +143,6 @@ def make_target(
     return LocalTarget(runtime)  # type: ignore[no-any-return]
 
 
-def read_live(
-    target: Target, environment: str, kinds: list[tuple[str, str]], needed: set[tuple[str, str]]
-) -> list[Manifest]:
-    """Owned objects of `environment`, kind by kind.
-
-    A kind the cluster does not serve (its CRD is not installed: 404) cannot hold objects,
-    so it is skipped unless the plan needs to write one (`needed`): then the target's
-    "not installed" message is the error.
-    """
-    from mlp.targets.base import TargetError
-
-    out: list[Manifest] = []
-    for kind in kinds:
-        try:
-            out.extend(target.list_owned(environment, [kind]))
-        except TargetError as exc:
-            if exc.status == 404 and kind not in needed:
-                continue
-            fail(str(exc))
-    return out
-
-
 def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None] | None:
     """Per-object progress on stderr: `[2/5] apply InferenceService/ml-prod/iris ... configured`."""
     if not enabled:
@@ -179,3 +159,19 @@ def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None]
             click.echo(f" {what}", err=True)
 
     return show
+
+
+def lock_folder(folder: Path) -> Any:
+    """An exclusive lock (`flock`) on `folder/.lock`, held while the returned file stays open; None if taken.
+
+    The kernel drops the lock when the process dies, kill -9 included: no stale lock files."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fh = open(folder / ".lock", "w")  # noqa: SIM115 - held open on purpose until exit
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh

@@ -6,10 +6,9 @@ Both read the controller's state folder; neither needs the controller to be runn
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,11 +101,16 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
             out.append("\nERRORS")
             out.extend(f"  {e}" for e in s.errors)
         if s.models:
-            rows = [["MODEL", "SERVED", "TRAFFIC"]]
+            # declared: what the repository asks; observed: what the runtime reports it serves
+            rows = [["MODEL", "SERVED", "DECLARED", "OBSERVED", ""]]
             for m in s.models:
-                split = ", ".join(f"v{k}: {v}%" for k, v in m.traffic.items())
-                rows.append([m.model, str(m.served_version or "-"), split])
+                declared = ", ".join(f"v{k}: {v}%" for k, v in m.traffic.items())
+                observed = ", ".join(f"v{k}: {v}%" for k, v in (m.observed or {}).items()) or "-"
+                rows.append([m.model, str(m.served_version or "-"), declared, observed, "DIFFERS" if m.differs else ""])
             out.append("\n" + _table(rows))
+            notes = [f"  {m.model}: {m.observed_message}" for m in s.models if m.observed_message]
+            if notes:
+                out.append("\n".join(["", "OBSERVED", *notes]))
         if s.objects:
             rows = [["OBJECT", "SYNC", "HEALTH", "MESSAGE"]]
             rows += [[o.ref, o.sync_status, o.health, o.message] for o in s.objects]
@@ -152,12 +156,14 @@ def status(env: str | None, state_dir: Path, fmt: str, watch: bool, every: float
 
 
 def parse_since(text: str) -> float:
-    """`30m`, `2h`, `7d` ago, or an ISO 8601 time (UTC when no zone) -> Unix time."""
-    m = re.fullmatch(r"(\d+)([smhd])", text.strip())
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        delta = timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: n})
-        return time.time() - delta.total_seconds()
+    """`30m`, `2h30m`, `7d` ago (the one duration parser, `mlp.specs.units`), or an ISO 8601 time
+    (UTC when no zone) -> Unix time."""
+    from mlp.specs.units import parse_duration
+
+    try:
+        return time.time() - parse_duration(text.strip()).total_seconds()
+    except ValueError:
+        pass
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:

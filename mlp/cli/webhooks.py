@@ -93,6 +93,8 @@ def webhooks(
     """
     import uvicorn
 
+    from mlp.cli._common import lock_folder
+    from mlp.serving.httpbounds import bounded_config
     from mlp.sources.git import GitAuth
     from mlp.webhooks.prcheck import WorkspaceError
     from mlp.webhooks.service import (
@@ -130,6 +132,11 @@ def webhooks(
             err=True,
         )
         sys.exit(2)
+    # One receiver per state folder: a second one would take the first one's queue.
+    lock = lock_folder(state_dir / "webhooks")
+    if lock is None:
+        click.echo(f"error: {state_dir}: state folder in use by another mlp webhooks (use --state-dir)", err=True)
+        sys.exit(2)
     try:
         receiver = build_receiver(config)
     except WorkspaceError as exc:
@@ -152,7 +159,8 @@ def webhooks(
         err=True,
     )
     try:
-        server = uvicorn.Server(uvicorn.Config(receiver.app, log_level="warning", access_log=False, lifespan="off"))
+        # header size and count, header-read and idle timeouts, connection cap
+        server = uvicorn.Server(bounded_config(receiver.app, log_level="warning", access_log=False, lifespan="off"))
         server.run(sockets=[sock])
     finally:
         receiver.stop()

@@ -28,18 +28,16 @@ from typing import Any
 from mlp import __version__
 from mlp.features import FeatureError
 from mlp.features.sources import Source, check_schema, connect, describe, file_hash, ident, literal
-
-TTL_UNITS = {"s": "SECONDS", "m": "MINUTES", "h": "HOURS", "d": "DAYS", "w": "DAYS"}
-
-
-def ttl_interval(ttl: str) -> str:
-    n, unit = int(ttl[:-1]), ttl[-1]
-    return f"INTERVAL {n * 7 if unit == 'w' else n} {TTL_UNITS[unit]}"
+from mlp.specs.units import parse_duration
 
 
 def ttl_seconds(ttl: str) -> int:
-    n, unit = int(ttl[:-1]), ttl[-1]
-    return n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    """A TTL (`30d`, `2h30m`: the specs' one duration syntax) in whole seconds."""
+    return int(parse_duration(ttl).total_seconds())
+
+
+def ttl_interval(ttl: str) -> str:
+    return f"INTERVAL {ttl_seconds(ttl)} SECONDS"
 
 
 def entity_table(path: Path) -> str:

@@ -79,9 +79,12 @@ class DataPlane:
         try:
             if path.startswith("/v2/models/") or path.startswith("/v1/models/"):
                 await self._model_route(scope, receive, send, path, method)
-            elif path == "/v2/health/live" or path == "/v2/health/ready" or path == "/":
-                ready = path != "/v2/health/ready" or all(self.runtime.models.values())
-                await _send(send, 200 if ready else 503, b'{"live":true}' if "live" in path else b'{"ready":true}')
+            elif path == "/v2/health/live" or path == "/":
+                await _send(send, 200, b'{"live":true}')  # the process answers: live, loaded or not
+            elif path == "/v2/health/ready":
+                # ready: every declared model loaded (and none refused its first load)
+                ready = self.runtime.ready()
+                await _send(send, 200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
             elif path == "/metrics":
                 await _send(
                     send,
@@ -127,6 +130,10 @@ class DataPlane:
             version = None
         dep = self.runtime.models.get(name)
         if dep is None:
+            failed = self.runtime.failed.get(name)
+            if failed is not None and action in ("ready", ""):
+                await _send(send, 503, codec.dumps({"name": name, "ready": False, "error": failed}))
+                return
             raise BadRequest(f"model {name!r} is not deployed here (see GET /v1/models)", 404)
         if version is not None and version not in dep.versions:
             raise BadRequest(
@@ -187,7 +194,7 @@ class DataPlane:
                 await self._infer_custom(send, dep, vs, body, raw, scope, v2, t0)
                 return
             try:
-                x = codec.decode_v2(dep.signature, body) if v2 else codec.decode_v1(dep.signature, body)
+                x = codec.decode_v2(dep.signature, body, raw) if v2 else codec.decode_v1(dep.signature, body, raw)
             except BadRequest:
                 vs.metrics.bad.inc()
                 vs.metrics.input_errors.inc()
@@ -239,7 +246,9 @@ class DataPlane:
                 and self.runtime.payloads is not None
                 and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
-                self.runtime.payloads.put(dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
             if pinned is None and dep.router.shadow is not None:
                 shadow = dep.router.mirror()
                 if shadow is not None and shadow in dep.versions:
@@ -259,7 +268,9 @@ class DataPlane:
             pred = await vs.batcher.submit(x)
             vs.metrics.ok.inc()
             if dep.payload_rate > 0 and self.runtime.payloads is not None and self._rand() < dep.payload_rate:
-                self.runtime.payloads.put(dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs)
+                self.runtime.payloads.put(
+                    dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                )
         except Exception:
             vs.metrics.model_errors.inc()
         finally:

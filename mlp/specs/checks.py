@@ -32,9 +32,55 @@ REFERENCE_VALUE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$|^(env|file|secret|
 
 def check(specs: SpecSet) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_models, _features, _experiments, _monitors, _environments, _promotion, _teams, _policy):
+    for rule in (
+        _models,
+        _features,
+        _experiments,
+        _monitors,
+        _environments,
+        _promotion,
+        _teams,
+        _policy,
+        _derived_names,
+    ):
         problems.extend(rule(specs))
     return problems
+
+
+# What each spec becomes on a cluster, and the suffix its name gets: a Kubernetes name is a
+# DNS label of at most 63 characters, and Services and KServe InferenceServices also need a
+# leading letter (DNS-1035). Checked on the derived name, suffix included.
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63
+
+
+def _derived_name_problem(name: str, suffix: str, becomes: str) -> str | None:
+    full = name + suffix
+    if len(full) > MAX_NAME:
+        return (
+            f"name {name!r} is too long: it becomes the {becomes} {full!r} ({len(full)} characters,"
+            f" at most {MAX_NAME}); use at most {MAX_NAME - len(suffix)} characters"
+        )
+    if not DNS1035.match(full):
+        return f"name {name!r} must start with a letter: it becomes the {becomes} {full!r} (a DNS-1035 label)"
+    return None
+
+
+def _derived_names(specs: SpecSet) -> Iterator[Problem]:
+    for name in specs.models:
+        problem = _derived_name_problem(name, "", "KServe InferenceService")
+        if problem:
+            yield _at(specs, "Model", name, ("metadata", "name"), problem, rule="schema")
+    for name in specs.monitors:
+        problem = _derived_name_problem(name, "-monitor", "Service")
+        if problem:
+            yield _at(specs, "Monitor", name, ("metadata", "name"), problem, rule="schema")
+    for env_name, env in specs.environments.items():
+        for model, dep in env.spec.deployments.items():
+            for suffix, key, used in (("-ab", "abTest", dep.abTest), ("-shadow", "shadow", dep.shadow)):
+                problem = _derived_name_problem(model, suffix, "InferenceService") if used is not None else None
+                if problem and DNS1035.match(model):  # a bad leading letter is reported on the model
+                    yield _at(specs, "Environment", env_name, ("spec", "deployments", model, key), problem, "schema")
 
 
 def _at(specs: SpecSet, kind: str, name: str, loc: Loc, message: str, rule: str = "reference") -> Problem:

@@ -31,14 +31,16 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlp.engine.inventory import INVENTORY_KEY, INVENTORY_LABEL, adopted_kinds, decode, encode, inventory_name
 from mlp.targets.base import (
     ENV_LABEL,
+    FIELD_MANAGER,
     MANAGED_BY,
     MANAGED_BY_VALUE,
     ApplyResult,
@@ -46,8 +48,6 @@ from mlp.targets.base import (
     ObjectRef,
     TargetError,
 )
-
-FIELD_MANAGER = "mlp"
 
 _T = TypeVar("_T")
 
@@ -91,19 +91,6 @@ KNOWN_KINDS: dict[tuple[str, str], ResourceInfo] = {
         ResourceInfo("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", True),
     )
 }
-
-# What `list_owned` looks at when not told. Namespaces are left out on purpose: listing them
-# needs cluster-wide rights, and pruning one would delete everything inside it.
-DEFAULT_OWNED_KINDS: list[tuple[str, str]] = [
-    ("serving.kserve.io/v1beta1", "InferenceService"),
-    ("v1", "ServiceAccount"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("batch/v1", "CronJob"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-]
 
 # Products whose CRDs mlp relies on, for the "X is not installed" message.
 CRD_PRODUCTS = {"serving.kserve.io": "KServe", "monitoring.coreos.com": "Prometheus Operator"}
@@ -342,8 +329,18 @@ class KubernetesTarget:
         impersonate: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        terminating_timeout: float | None = None,
     ) -> None:
         self.api = api_client
+        # How long an apply waits for an object that is still being deleted (a prune's foreground
+        # deletion) before it re-creates it; past that the apply fails saying so.
+        if terminating_timeout is None:
+            try:
+                terminating_timeout = float(os.environ.get("MLP_TERMINATING_TIMEOUT", "") or 120.0)
+            except ValueError:
+                terminating_timeout = 120.0
+        self.terminating_timeout = terminating_timeout
+        self._clock = clock
         self.namespace = namespace
         self.field_manager = field_manager
         self.max_retries = max_retries
@@ -455,7 +452,7 @@ class KubernetesTarget:
     ) -> list[_T]:
         selector = f"{MANAGED_BY}={MANAGED_BY_VALUE},{ENV_LABEL}={environment}"
         out: list[_T] = []
-        for api_version, kind in kinds or DEFAULT_OWNED_KINDS:
+        for api_version, kind in kinds or adopted_kinds("kubernetes"):
             ref = ObjectRef(api_version, kind, self.namespace or "", "")
             try:
                 info = self.resource_for(api_version, kind)
@@ -523,6 +520,10 @@ class KubernetesTarget:
         if status not in (200, 201):
             raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server)
         live = json.loads(raw)
+        deleting = (live.get("metadata") or {}).get("deletionTimestamp")
+        if deleting and not dry_run:
+            # Applied to an object a deletion is already removing: it would vanish right after.
+            return self._apply_after_deletion(obj, ref, str(deleting), force_conflicts)
         if status == 201:
             action = "created"
         elif dry_run:
@@ -537,6 +538,23 @@ class KubernetesTarget:
         if not dry_run:
             self._remember(live)
         return ApplyResult(ref=ref, action=action, live=live)
+
+    def _apply_after_deletion(self, obj: Manifest, ref: ObjectRef, since: str, force_conflicts: bool) -> ApplyResult:
+        """Wait (bounded) until a terminating object is gone, then create it afresh."""
+        deadline = self._clock() + self.terminating_timeout
+        delay = 0.2
+        while self.get(ref) is not None:
+            if self._clock() >= deadline:
+                raise TargetError(
+                    f"{ref}: still terminating after {self.terminating_timeout:.0f}s (deletion requested at {since});"
+                    " apply again once it is gone",
+                    ref=ref,
+                    status=409,
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 2.0)
+        result = self.apply(obj, force_conflicts=force_conflicts)
+        return ApplyResult(ref=result.ref, action="created", live=result.live)
 
     def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
         info, ref = self._locate(ref)
@@ -560,6 +578,38 @@ class KubernetesTarget:
             with self._lock:
                 for seen in self._seen.values():
                     seen.pop(ref, None)
+
+    # ---- inventory (mlp.engine.inventory) ----
+
+    def _inventory_ref(self, environment: str) -> ObjectRef:
+        return ObjectRef("v1", "ConfigMap", self.namespace or "default", inventory_name(environment))
+
+    def read_inventory(self, environment: str) -> list[ObjectRef] | None:
+        """The environment's inventory ConfigMap, or None when there is none (or it is unreadable)."""
+        obj = self.get(self._inventory_ref(environment))
+        if obj is None:
+            return None
+        try:
+            return decode(str((obj.get("data") or {}).get(INVENTORY_KEY) or ""))
+        except ValueError:
+            self.warnings.append(f"{self._inventory_ref(environment)}: unreadable inventory; adopting labelled objects")
+            return None
+
+    def write_inventory(self, environment: str, refs: list[ObjectRef]) -> None:
+        ref = self._inventory_ref(environment)
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": ref.name,
+                    "namespace": ref.namespace,
+                    # not the environment label: the inventory is never listed, planned or pruned as owned
+                    "labels": {MANAGED_BY: MANAGED_BY_VALUE, INVENTORY_LABEL: environment},
+                },
+                "data": {INVENTORY_KEY: encode(refs)},
+            }
+        )
 
     # ---- extras ----
 
@@ -811,13 +861,3 @@ def _retry_after(headers: Any, raw: bytes, ctype: str) -> float | None:
     st = _parse_status(raw, ctype) or {}
     seconds = (st.get("details") or {}).get("retryAfterSeconds")
     return float(seconds) if isinstance(seconds, int | float) else None
-
-
-def owned_kinds(objects: Iterable[Manifest]) -> list[tuple[str, str]]:
-    """The (apiVersion, kind) pairs of some manifests plus the defaults, for `list_owned`."""
-    kinds = list(DEFAULT_OWNED_KINDS)
-    for o in objects:
-        pair = (str(o.get("apiVersion")), str(o.get("kind")))
-        if pair not in kinds and pair[1] != "Namespace":
-            kinds.append(pair)
-    return kinds

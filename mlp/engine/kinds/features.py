@@ -1,4 +1,4 @@
-"""Rendering an environment's feature materialization schedule for Kubernetes.
+"""Feature views: an environment's materialization schedule, rendered for Kubernetes.
 
 An environment with `spec.features.materialize` on a kubernetes target gets
 - a ConfigMap `mlp-features-ENV` holding a minimal platform repository (the materialized
@@ -8,15 +8,19 @@ An environment with `spec.features.materialize` on a kubernetes target gets
   previous one; an interrupted run is simply redone, materialization being idempotent).
 
 Validation (`mlp.specs.checks`) requires such an environment to use a Redis online store and
-S3 sources, the only ones a pod can reach. Pure: specs in, template contexts out.
+S3 sources, the only ones a pod can reach. On local targets `mlp up` runs the schedule itself
+(`mlp.features.service.FeatureService.tick`), so nothing is rendered there.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from mlp import __version__
+from mlp.engine.plugins import Emit, KindPlugin, register
+from mlp.render.core import DEFAULT_SERVICE_ACCOUNT
 from mlp.specs import SpecSet
 from mlp.specs.models import Environment
 
@@ -65,3 +69,26 @@ def materialize_context(
         },
         "labels": {"app.kubernetes.io/name": "mlp-features", "app.kubernetes.io/component": "materialization"},
     }
+
+
+def _render(specs: SpecSet, environment: str, resolved: Mapping[str, Any], emit: Emit) -> None:
+    env = specs.environments[environment]
+    if env.spec.target.kind != "kubernetes":
+        return
+    namespace = env.spec.target.namespace or "default"
+    service_account = env.spec.serviceAccount or (DEFAULT_SERVICE_ACCOUNT if env.spec.storageSecret else None)
+    ctx = materialize_context(specs, env, namespace, service_account)
+    if ctx is None:
+        return
+    env_ctx = {"name": environment, "namespace": namespace, "tier": env.spec.tier, "target": "kubernetes"}
+    for template in ("features-configmap", "features-cronjob"):
+        emit(f"kubernetes/{template}.yaml.j2", f"Environment.{environment}", {"env": env_ctx, "materialize": ctx})
+
+
+PLUGIN = register(
+    KindPlugin(
+        "feature-views",
+        owned_kinds={"kubernetes": [("v1", "ConfigMap"), ("batch/v1", "CronJob")]},
+        render=_render,
+    )
+)
