@@ -88,7 +88,8 @@ def _render(specs: SpecSet, environment: str, resolved: Mapping[str, Any], emit:
 PLUGIN = register(
     KindPlugin(
         "feature-views",
-        owned_kinds={"kubernetes": [("v1", "ConfigMap"), ("batch/v1", "CronJob")]},
+        # no owned_kinds: CronJobs are listed and pruned through the inventory once rendered, so an
+        # environment without materialization never needs the right to list them
         render=_render,
     )
 )
