@@ -183,7 +183,7 @@ def test_the_example_repository_sources_match_their_views() -> None:
     if not (root / "data" / "features" / "iris-measurements.csv").is_file():
         pytest.skip("the example repository's data/ is not in this checkout")
     res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(root), "--check-sources", "--format", "json"],
+        [sys.executable, "-m", "mlp.cli.main", "validate", str(root), "--check-sources", "-o", "json"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -121,13 +121,14 @@ class Lineage(Strict):
     run: str | None = None
     experiment: Name | None = None
     dataset: str | None = None
+    datasetDigest: str | None = Field(default=None, description="Digest of the training dataset as the run logged it.")
     commit: str | None = None
     trainedAt: str | None = None
 
 
 class ModelVersion(Strict):
     version: Version
-    uri: str = Field(description="Artifact location: s3://, gs://, https://, pvc://, oci:// or file:///.")
+    uri: str = Field(description="Artifact location: s3://, gs://, azure://, https://, pvc://, oci:// or file:///.")
     digest: Annotated[str, Field(pattern=DIGEST_PATTERN)]
     format: str | None = Field(default=None, description="Artifact format when not implied: joblib, json, ubj, onnx.")
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -272,6 +273,15 @@ class ExperimentSpec(Strict):
     model: Name
     objective: Objective
     dataset: str | None = None
+    mlflowExperiment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Name of the tracking (MLflow) experiment whose runs belong here; default: metadata.name.",
+    )
+    baseline: int | None = Field(
+        default=None, ge=1, description="Model version runs are ranked against; default: the newest version."
+    )
     runs: list[Run] = Field(default_factory=list)
 
 
