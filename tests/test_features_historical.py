@@ -156,10 +156,11 @@ def test_cli_writes_csv_with_a_lineage_sidecar_and_progress_on_stderr(tmp_path: 
     (tmp_path / "ents.csv").write_text("customer_id,when\n1,2024-01-01 12:00:00\n")
     res = _cli(
         tmp_path, "historical", "--view", "stats", "--entities", str(tmp_path / "ents.csv"),
-        "--out", str(tmp_path / "train.csv"), "-o", "csv", "--timestamp-column", "when",
+        "--out", str(tmp_path / "train.csv"), "--file-format", "csv", "--timestamp-column", "when", "-o", "json",
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert "joining 1 view(s)" in res.stderr
+    assert json.loads(res.stdout)["rows"] == 1
     assert (tmp_path / "train.csv").read_text().splitlines() == ["customer_id,when,x", "1,2024-01-01 12:00:00,3.5"]
     assert json.loads((tmp_path / "train.csv.lineage.json").read_text())["views"]["stats"]["version"]
 

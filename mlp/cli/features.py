@@ -94,7 +94,13 @@ def features() -> None:
     help="Entity rows: join keys + timestamp (.parquet, .csv, .jsonl).",
 )
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output file.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True)
+@click.option(
+    "--file-format",
+    "fmt",
+    type=click.Choice(["parquet", "csv"]),
+    help="Output file format [default: from --out's extension, else parquet]. (`-o` is the summary's format.)",
+)
+@click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
 @click.option("--timestamp-column", default="event_timestamp", show_default=True, help="Entity rows' time column.")
 @click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit; the rest spills to disk.")
 @s3_opt
@@ -103,7 +109,8 @@ def historical_cmd(
     views: tuple[str, ...],
     entities: Path,
     out: Path,
-    fmt: str,
+    fmt: str | None,
+    output: str,
     timestamp_column: str,
     memory_limit: str,
     s3_endpoint_url: str | None,
@@ -117,6 +124,7 @@ def historical_cmd(
     \b
     Example:
       mlp features historical --view customer-stats --entities labels.parquet --out train.parquet
+      mlp features historical --view a --view b --entities labels.csv --out train.csv -o json
     """
     from mlp.features import FeatureError
     from mlp.features.historical import historical
@@ -130,14 +138,18 @@ def historical_cmd(
             entities,
             out,
             repo=repo,
-            fmt=fmt,
+            fmt=fmt or ("csv" if out.name.lower().endswith(".csv") else "parquet"),
             ts_col=timestamp_column,
             memory_limit=memory_limit,
             progress=_say,
         )
     except FeatureError as exc:
         fail(str(exc))
-    click.echo(f"{result.out}: {result.rows} rows")
+    _emit(
+        {"out": str(result.out), "rows": result.rows, "seconds": round(result.seconds, 3), "lineage": result.lineage},
+        output,
+        f"{result.out}: {result.rows} rows",
+    )
 
 
 @features.command("materialize", context_settings=CONTEXT)
