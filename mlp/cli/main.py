@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
     "server": ("mlp.cli.server:server", "Serve the platform REST API (identity, RBAC, audit)."),
     "token": ("mlp.cli.token:token", "Create, list and revoke API tokens."),
+    "features": ("mlp.cli.features:features", "Feature store: training sets, materialization, lookups."),
 }
 
 

@@ -231,6 +231,21 @@ def _stop_monitors(monitors: tuple[Any, str] | None) -> None:
         proc.kill()
 
 
+def _feature_service(repo: Path, env: str, runtime: Runtime, event: Any) -> Any:
+    """Online features and request enrichment (mlp.features), when that extra is installed."""
+    try:
+        from mlp.features.service import FeatureService
+    except ImportError:
+        return None
+    try:
+        svc = FeatureService.for_environment(repo, env)
+    except Exception as exc:  # a bad store must not stop the models from serving
+        event(f"features: not served: {type(exc).__name__}: {exc}")
+        return None
+    runtime.metrics.registry.register(svc)
+    return svc
+
+
 @click.command("up")
 @click.argument("repo", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--env", "env", default="dev", show_default=True, help="Environment to serve (target kind local).")
@@ -334,7 +349,8 @@ def up(
         # last known good: keep serving what the state folder restored until the repository loads
         click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}", err=True)
     monitors = _start_monitors(repo, env, state, s3_endpoint_url, monitor_interval, host) if payload_log else None
-    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
+    features = _feature_service(repo, env, runtime, event)
+    app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight, features=features)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
     if fmt == "json":
@@ -344,6 +360,7 @@ def up(
                     "url": base,
                     "metrics": f"{base}/metrics",
                     "monitorMetrics": monitors[1] if monitors else None,
+                    "features": f"{base}/v1/features" if features is not None else None,
                     "environment": env,
                     "revision": loop.revision,
                     "models": {
@@ -367,6 +384,8 @@ def up(
         click.echo(f"  {'metrics':<16} GET  {base}/metrics")
         if monitors:
             click.echo(f"  {'monitor metrics':<16} GET  {monitors[1]}")
+        if features is not None and features.views:
+            click.echo(f"  {'features':<16} GET  {base}/v1/features/VIEW?entity=KEY")
         if pick:
             click.echo("  try:")
             click.echo("    " + example_curl(base, pick))
@@ -374,6 +393,10 @@ def up(
     sys.stdout.flush()
     watcher = threading.Thread(target=loop.run, args=(interval,), name="mlp-up-watch", daemon=True)
     watcher.start()
+    if features is not None:
+        threading.Thread(
+            target=features.run_schedule, args=(max(interval, 1.0), event), name="mlp-up-features", daemon=True
+        ).start()
     try:
         serve(app, sock, **uvicorn_tls(tls_cert, tls_key))
     except KeyboardInterrupt:
@@ -381,5 +404,7 @@ def up(
     finally:
         loop.stop()
         _stop_monitors(monitors)
+        if features is not None:
+            features.stop()
         runtime.close()
         click.echo("mlp up: stopped", err=True)

@@ -49,7 +49,15 @@ def _workspace_relative(diagnostics: list[Diagnostic], path: Path) -> list[Diagn
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report to this file (e.g. gl-code-quality-report.json) instead of stdout.",
 )
-def validate(path: Path, fmt: str, output: Path | None) -> None:
+@click.option(
+    "--check-sources",
+    is_flag=True,
+    help="Also read every FeatureView's source and check its columns and types against the spec.",
+)
+@click.option(
+    "--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint for s3:// sources [env MLP_S3_ENDPOINT_URL]."
+)
+def validate(path: Path, fmt: str, output: Path | None, check_sources: bool, s3_endpoint_url: str | None) -> None:
     """Validate every spec under PATH/specs and PATH/environments.
 
     Reports every problem as `path:line:col: Kind/name: message`: YAML syntax, schema,
@@ -63,6 +71,7 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
       mlp validate platform/ -o github
       mlp validate . -o json | jq .summary
       mlp validate . -o gitlab --output-file gl-code-quality-report.json
+      mlp validate . --check-sources
     """
     from mlp.sources.directory import read_directory
     from mlp.specs import load, report
@@ -90,6 +99,11 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
             err=True,
         )
         sys.exit(2)
+    if check_sources and result.ok:
+        from mlp.features.check import check_sources as read_sources
+
+        found = read_sources(result.specs, dict(snapshot.files), path, s3_endpoint_url=s3_endpoint_url)
+        result = dataclasses.replace(result, diagnostics=sorted([*result.diagnostics, *found]))
     docs = len(result.specs)
     if fmt == "text":
         text = report.as_text(result.diagnostics, len(spec_files), docs)

@@ -219,10 +219,13 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment, res
         for r in res.routes
     ]
     custom = model.spec.custom
+    # enrichment is only in the object when asked for, so other deployments render as before
+    enrich = {"features": {"view": model.spec.features}} if model.spec.enrichFromFeatures else {}
     return {
         "name": name,
         "namespace": env.spec.target.namespace or LOCAL_NAMESPACE,
         "spec": {
+            **enrich,
             "model": name,
             "framework": model.spec.framework.value,
             "modelClass": custom.modelClass if custom else None,

@@ -56,8 +56,11 @@ class DataPlane:
         max_body_bytes: int = MAX_BODY,
         max_inflight: int = 2048,
         batch_jobs: BatchJobs | None = None,
+        features: Any = None,
     ) -> None:
         self.runtime = runtime
+        # mlp.features.service.FeatureService (duck-typed: serving does not import the feature store)
+        self.features = features
         self.max_body = max_body_bytes
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -95,6 +98,10 @@ class DataPlane:
                 await _send(send, 200, codec.dumps({"models": sorted(self.runtime.models)}))
             elif path.startswith("/v1/batch/jobs"):
                 await self._batch(scope, receive, send, path, method)
+            elif self.features is not None and (path == "/v1/features" or path.startswith("/v1/features/")):
+                raw = await self._read_body(receive) if method == "POST" else None
+                status, out = self.features.handle(method, path, scope.get("query_string", b""), raw)
+                await _send(send, status, out)
             else:
                 await _error(send, 404, f"no route for {method} {path}")
         except BadRequest as exc:
@@ -172,6 +179,15 @@ class DataPlane:
         try:
             raw = await self._read_body(receive)
             body = codec.loads(raw)
+            enrich = dep.obj.get("spec", {}).get("features")
+            if enrich and self.features is not None and not v2:
+                try:
+                    body = self.features.enrich(enrich, dep.signature.inputs, body)
+                except Exception as exc:  # lookup errors carry their status; anything else is the store's fault
+                    status = getattr(exc, "status", None)
+                    if status is None:
+                        log.warning("feature lookup for %s failed: %s", dep.name, exc)
+                    raise BadRequest(str(exc) if status else f"feature lookup failed: {exc}", status or 503) from None
             version = pinned if pinned is not None else dep.router.choose(key)
             vs = dep.versions[version]
             if isinstance(vs.loaded, CustomModel):

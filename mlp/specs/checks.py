@@ -112,6 +112,14 @@ def _models(specs: SpecSet) -> Iterator[Problem]:
             )
         elif model.spec.features:
             view = specs.feature_views[model.spec.features]
+            if model.spec.enrichFromFeatures and not view.spec.online:
+                yield _at(
+                    specs,
+                    "Model",
+                    name,
+                    ("spec", "enrichFromFeatures"),
+                    f"feature view {view.metadata.name!r} is not online (online: false), so nothing can enrich requests",
+                )
             available = {f.name: f.type for f in view.spec.features}
             for entity_name in view.spec.entities:
                 entity = specs.entities.get(entity_name)
@@ -142,6 +150,73 @@ def _features(specs: SpecSet) -> Iterator[Problem]:
         for i, entity in enumerate(view.spec.entities):
             if not specs.declared("Entity", entity):
                 yield _at(specs, "FeatureView", name, ("spec", "entities", i), f"entity {entity!r} does not exist")
+        keys = [k for e in view.spec.entities if (ent := specs.entities.get(e)) for k in ent.spec.joinKeys]
+        for i, f in enumerate(view.spec.features):
+            if f.name in keys:
+                yield _at(
+                    specs, "FeatureView", name, ("spec", "features", i, "name"), f"{f.name!r} is an entity join key"
+                )
+    for env_name, env in specs.environments.items():
+        mat = env.spec.features.materialize if env.spec.features else None
+        for i, view_name in enumerate(mat.views if mat else []):
+            fv = specs.feature_views.get(view_name)
+            if fv is None and not specs.declared("FeatureView", view_name):
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "materialize", "views", i),
+                    f"feature view {view_name!r} does not exist",
+                )
+            elif fv is not None and not fv.spec.online:
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "materialize", "views", i),
+                    f"feature view {view_name!r} is not online (online: false)",
+                )
+        if mat is not None and mat.image and env.spec.target.kind != "kubernetes":
+            yield _at(
+                specs,
+                "Environment",
+                env_name,
+                ("spec", "features", "materialize", "image"),
+                "image is for kubernetes targets (mlp up materializes in its own process)",
+            )
+        if env.spec.target.kind == "kubernetes":
+            for model_name in env.spec.deployments:
+                model = specs.models.get(model_name)
+                if model is not None and model.spec.enrichFromFeatures:
+                    yield _at(
+                        specs,
+                        "Environment",
+                        env_name,
+                        ("spec", "deployments", model_name),
+                        f"model {model_name!r} sets enrichFromFeatures, which mlp's own data plane serves "
+                        "(local targets); a KServe InferenceService would not enrich its requests",
+                    )
+        if mat is not None and env.spec.target.kind == "kubernetes":
+            assert env.spec.features is not None
+            if env.spec.features.onlineStore.kind != "redis":
+                yield _at(
+                    specs,
+                    "Environment",
+                    env_name,
+                    ("spec", "features", "onlineStore"),
+                    "materialization on kubernetes needs a redis online store (a pod's SQLite file is lost with it)",
+                )
+            for view_name in mat.views or [n for n, v in specs.feature_views.items() if v.spec.online]:
+                fv = specs.feature_views.get(view_name)
+                if fv is not None and fv.spec.source.uri is None:
+                    yield _at(
+                        specs,
+                        "Environment",
+                        env_name,
+                        ("spec", "features", "materialize"),
+                        f"feature view {view_name!r} reads repository files; a kubernetes CronJob can only read "
+                        "s3:// sources",
+                    )
 
 
 def _experiments(specs: SpecSet) -> Iterator[Problem]:

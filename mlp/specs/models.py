@@ -148,6 +148,11 @@ class ModelSpec(Strict):
     framework: Annotated[Framework, Field(strict=False)]
     signature: Signature
     features: Name | None = Field(default=None, description="FeatureView the model reads its inputs from.")
+    enrichFromFeatures: bool = Field(
+        default=False,
+        description="Serving: a request may carry only the entity keys; the data plane fills the other "
+        "inputs from the online store of `features` before calling the model.",
+    )
     custom: CustomRuntime | None = None
     versions: list[ModelVersion] = Field(min_length=1)
 
@@ -157,6 +162,8 @@ class ModelSpec(Strict):
             self.custom is None or not (self.custom.image or self.custom.modelClass)
         ):
             raise ValueError("framework 'custom' needs custom.image or custom.modelClass")
+        if self.enrichFromFeatures and (self.features is None or self.framework is Framework.custom):
+            raise ValueError("enrichFromFeatures needs features (a FeatureView) and a native framework")
         return self
 
     def version(self, number: int) -> ModelVersion | None:
@@ -185,18 +192,59 @@ class Entity(Strict):
     spec: EntitySpec
 
 
+SOURCE_FILE_KINDS = ("parquet", "csv", "jsonl", "avro")
+
+
 class FeatureSource(Strict):
-    kind: Literal["parquet", "csv", "bigquery", "snowflake", "postgres", "kafka"]
-    uri: str
-    timestampField: str | None = None
+    """Where a feature view's rows come from (read by `mlp.features.sources`).
+
+    File kinds take `path` (a repository-relative file, folder of files of that kind, or glob)
+    or `uri` (`s3://bucket/prefix`); `sql` takes `query`: one DuckDB SELECT over repository
+    files (`SELECT ... FROM read_parquet('data/x.parquet')`)."""
+
+    kind: Literal["parquet", "csv", "jsonl", "avro", "sql"]
+    path: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$", max_length=1024)] | None = None
+    query: Annotated[str, Field(min_length=1, max_length=20000)] | None = None
+    timestampField: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)] = Field(
+        default="event_timestamp", description="Event-timestamp column: when each row's values became true."
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> FeatureSource:
+        given = [k for k in ("path", "uri", "query") if getattr(self, k) is not None]
+        if self.kind == "sql" and given != ["query"]:
+            raise ValueError("a sql source takes query (and no path or uri)")
+        if self.kind != "sql" and given not in (["path"], ["uri"]):
+            raise ValueError(f"a {self.kind} source takes one of path or uri")
+        if self.path is not None:
+            parts = self.path.replace("\\", "/").split("/")
+            if self.path.startswith("/") or ".." in parts or "://" in self.path or "\0" in self.path:
+                raise ValueError("path must stay inside the repository (relative, no '..')")
+        return self
 
 
 class FeatureViewSpec(Strict):
     entities: list[Name] = Field(min_length=1)
     source: FeatureSource
     features: list[Field_] = Field(min_length=1)
-    ttl: Duration | None = None
-    online: bool = True
+    ttl: Duration | None = Field(
+        default=None, description="Oldest value a lookup may return, relative to the entity row's time."
+    )
+    online: bool = Field(default=True, description="Materialize into the online store and serve lookups.")
+
+    @model_validator(mode="after")
+    def _unique_features(self) -> FeatureViewSpec:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate feature names: {', '.join(dupes)}")
+        if self.source.timestampField in names:
+            raise ValueError(f"{self.source.timestampField!r} is the timestamp field, not a feature")
+        for f in self.features:
+            if f.shape is not None:
+                raise ValueError(f"feature {f.name!r}: features are scalars (no shape)")
+        return self
 
 
 class FeatureView(Strict):
@@ -499,6 +547,42 @@ class Deployment(Strict):
         return self
 
 
+class OnlineStore(Strict):
+    kind: Literal["sqlite", "redis"] = "sqlite"
+    path: Annotated[str, Field(min_length=1, max_length=1024)] | None = Field(
+        default=None, description="sqlite: repository-relative file [default: .mlp/features/ENV.db]"
+    )
+    url: Annotated[str, Field(pattern=r"^rediss?://[^\s]+$", max_length=1024)] | None = Field(
+        default=None, description="redis: redis://HOST:PORT/DB (no credentials in Git: use a Secret)"
+    )
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> OnlineStore:
+        if self.kind == "redis" and (not self.url or self.path is not None):
+            raise ValueError("a redis online store takes url (and no path)")
+        if self.kind == "sqlite":
+            if self.url is not None:
+                raise ValueError("a sqlite online store takes path (and no url)")
+            if self.path is not None and (self.path.startswith("/") or ".." in self.path.split("/")):
+                raise ValueError("path must stay inside the repository (relative, no '..')")
+        if self.url is not None and "@" in self.url.split("//", 1)[1].split("/", 1)[0]:
+            raise ValueError("no credentials in the url: give them to the runtime, not Git")
+        return self
+
+
+class Materialization(Strict):
+    schedule: CronSchedule = Field(
+        default="*/15 * * * *", description="Cron schedule (UTC) of `mlp features materialize`"
+    )
+    views: list[Name] = Field(default_factory=list, description="Feature views to load; empty means every online one.")
+    image: str | None = Field(default=None, description="kubernetes: image of the CronJob [default: mlp's own]")
+
+
+class FeatureStoreConfig(Strict):
+    onlineStore: OnlineStore = Field(default_factory=OnlineStore)
+    materialize: Materialization | None = None
+
+
 class EnvironmentSpec(Strict):
     target: TargetSpec
     tier: Literal["development", "staging", "production"] = "development"
@@ -510,6 +594,7 @@ class EnvironmentSpec(Strict):
     serviceAccount: Name | None = Field(default=None, description="Service account with storage credentials")
     storageSecret: Name | None = Field(default=None, description="Name of the Secret holding storage credentials")
     deployments: dict[Name, Deployment] = Field(default_factory=dict)
+    features: FeatureStoreConfig | None = Field(default=None, description="Online store and materialization schedule")
 
     @field_validator("branch")
     @classmethod

@@ -1,5 +1,5 @@
 """The built-in kind plug-ins; importing this package registers them."""
 
-from mlp.engine.kinds import deployments, monitors
+from mlp.engine.kinds import deployments, features, monitors
 
-__all__ = ["deployments", "monitors"]
+__all__ = ["deployments", "features", "monitors"]

@@ -1,0 +1,217 @@
+"""Point-in-time correct training sets: entity rows joined with feature values as of their time.
+
+For each entity row (join keys + a timestamp) and each view, the value taken is the one from
+the view's latest row with the same keys whose event timestamp is at or before the entity
+row's (`ASOF LEFT JOIN ... ON keys AND entity_ts >= feature_ts`): nothing from after the
+label's time can leak in. A view with a TTL gives nulls when that latest row is older than
+`entity_ts - ttl`. Rows without a match get nulls. Output row order is not the input's.
+
+DuckDB runs the whole join and writes the output file itself (`COPY ... TO`), under a memory
+limit with spilling to a temporary folder, so entity files larger than memory stream through.
+Lineage (each view's definition hash and source snapshot hash, the entity file's hash) goes
+into the Parquet file's key-value metadata under `mlp.lineage`, and beside a CSV as
+`OUT.lineage.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlp import __version__
+from mlp.features import FeatureError
+from mlp.features.sources import Source, check_schema, connect, describe, file_hash, ident, literal
+from mlp.specs.units import parse_duration
+
+
+def ttl_seconds(ttl: str) -> int:
+    """A TTL (`30d`, `2h30m`: the specs' one duration syntax) in whole seconds."""
+    return int(parse_duration(ttl).total_seconds())
+
+
+def ttl_interval(ttl: str) -> str:
+    return f"INTERVAL {ttl_seconds(ttl)} SECONDS"
+
+
+def entity_table(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".parquet", ".pq")):
+        return f"read_parquet({literal(str(path))})"
+    if name.endswith((".csv", ".csv.gz")):
+        return f"read_csv({literal(str(path))}, header=true)"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return f"read_json({literal(str(path))}, format='newline_delimited')"
+    raise FeatureError(f"{path}: entity file must be .parquet, .csv or .jsonl")
+
+
+@dataclass
+class Result:
+    out: Path
+    rows: int
+    lineage: dict[str, Any]
+    seconds: float
+
+
+def build_query(sources: list[Source], entities: str, ts_col: str, entity_ts_type: str = "") -> str:
+    """The SELECT joining `entities` (a table expression with column `ts_col`) with each source.
+
+    Timestamps are compared as UTC `TIMESTAMP`s; a column that already is one is used as is
+    (no cast, no extra column), the common case and the cheaper plan."""
+    plain = entity_ts_type.upper() == "TIMESTAMP"
+    e_ts = ident(ts_col) if plain else "__mlp_entity_ts"
+    selects = ["e.*" if plain else "e.* EXCLUDE (" + e_ts + ")"]
+    joins = []
+    for i, src in enumerate(sources):
+        alias = f"v{i}"
+        f_ts = f"__mlp_ts_{i}"
+        keys = ", ".join(ident(k) for k in src.keys)
+        feats = ", ".join(ident(f) for f in src.features)
+        ts = ident(src.ts) if src.ts_types == {"TIMESTAMP"} else f"CAST({ident(src.ts)} AS TIMESTAMP)"
+        joins.append(
+            f"ASOF LEFT JOIN (SELECT {keys}, {ts} AS {f_ts}, {feats} FROM {src.table}) "
+            f"{alias} ON "
+            + " AND ".join(f"e.{ident(k)} = {alias}.{ident(k)}" for k in src.keys)
+            + f" AND e.{e_ts} >= {alias}.{f_ts}"
+        )
+        ttl = src.view.spec.ttl
+        for f in src.features:
+            col = f"{alias}.{ident(f)}"
+            if ttl:
+                col = f"CASE WHEN {alias}.{f_ts} >= e.{e_ts} - {ttl_interval(ttl)} THEN {col} END"
+            selects.append(f"{col} AS {ident(f)}")
+    frame = entities if plain else f"(SELECT *, CAST({ident(ts_col)} AS TIMESTAMP) AS {e_ts} FROM {entities})"
+    return f"SELECT {', '.join(selects)} FROM {frame} e " + " ".join(joins)
+
+
+def historical(
+    sources: list[Source],
+    entities_path: Path,
+    out: Path,
+    *,
+    repo: Path,
+    fmt: str = "parquet",
+    ts_col: str = "event_timestamp",
+    memory_limit: str | None = "1GB",
+    temp_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    check: bool = True,
+) -> Result:
+    import duckdb
+
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    if not entities_path.is_file():
+        raise FeatureError(f"{entities_path}: entity file does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    con = connect(
+        repo,
+        memory_limit=memory_limit,
+        temp_dir=temp_dir or repo / ".mlp" / "features" / "spill",
+        allow=(entities_path.parent, out.parent, *(s.cache for s in sources if s.cache)),
+    )
+    table = entity_table(entities_path.resolve())
+    try:
+        cols = describe(con, table)
+    except duckdb.Error as exc:
+        raise FeatureError(f"{entities_path}: cannot read the entity file: {str(exc).splitlines()[0]}") from None
+    if ts_col not in cols:
+        raise FeatureError(
+            f"{entities_path}: no timestamp column {ts_col!r} (the time of each entity row; "
+            f"--timestamp-column names another); columns: {', '.join(cols)}"
+        )
+    if not re.match(r"(TIMESTAMP|DATE)", cols[ts_col].upper()):
+        raise FeatureError(f"{entities_path}: column {ts_col!r} is {cols[ts_col]}, not a timestamp")
+    seen: dict[str, str] = {}
+    for src in sources:
+        if check:
+            say(f"checking FeatureView/{src.name} ({src.display}, {len(src.files)} file(s))")
+            check_schema(con, src)
+        for k in src.keys:
+            if k not in cols:
+                raise FeatureError(
+                    f"{entities_path}: no column {k!r}, the join key of FeatureView/{src.name}; columns: {', '.join(cols)}"
+                )
+        for f in src.features:
+            if f in cols:
+                raise FeatureError(f"{entities_path}: column {f!r} is also a feature of FeatureView/{src.name}")
+            if f in seen:
+                raise FeatureError(f"feature {f!r} is in both FeatureView/{seen[f]} and FeatureView/{src.name}")
+            seen[f] = src.name
+    query = build_query(sources, table, ts_col, cols[ts_col])
+    lineage = {
+        "mlp": __version__,
+        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "entities": {
+            "file": entities_path.name,
+            "snapshot": f"sha256:{file_hash(entities_path)}",
+            "timestampColumn": ts_col,
+        },
+        "views": {src.name: src.lineage() for src in sources},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".part")
+    if fmt == "parquet":
+        options = f"FORMAT parquet, KV_METADATA {{'mlp.lineage': {literal(json.dumps(lineage, sort_keys=True))}}}"
+    elif fmt == "csv":
+        options = "FORMAT csv, HEADER true"
+    else:
+        raise FeatureError(f"unknown output format {fmt!r} (parquet or csv)")
+    say(f"joining {len(sources)} view(s) point-in-time into {out}")
+    stop = threading.Event()
+    watcher = threading.Thread(target=_progress, args=(con, stop, say), daemon=True)
+    watcher.start()
+    try:
+        con.execute(f"COPY ({query}) TO {literal(str(tmp))} ({options})")
+    except duckdb.Error as exc:
+        tmp.unlink(missing_ok=True)
+        raise FeatureError(f"historical retrieval failed: {str(exc).splitlines()[0]}") from None
+    finally:
+        stop.set()
+        watcher.join()
+    rows = _count(con, tmp, fmt)
+    tmp.replace(out)
+    if fmt == "csv":
+        out.with_name(out.name + ".lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True) + "\n")
+    con.close()
+    seconds = time.perf_counter() - t0
+    say(f"wrote {rows} rows to {out} in {seconds:.1f}s")
+    return Result(out, rows, lineage, seconds)
+
+
+def _count(con: Any, path: Path, fmt: str) -> int:
+    if fmt == "parquet":
+        row = con.execute(f"SELECT sum(num_rows) FROM parquet_file_metadata({literal(str(path))})").fetchone()
+    else:
+        row = con.execute(f"SELECT count(*) FROM read_csv({literal(str(path))}, header=true)").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def _progress(con: Any, stop: threading.Event, say: Callable[[str], None]) -> None:
+    last = -1
+    while not stop.wait(1.0):
+        try:
+            pct = float(con.query_progress())
+        except Exception:
+            return
+        if pct >= 0 and int(pct) // 10 != last:
+            last = int(pct) // 10
+            say(f"progress {pct:.0f}%")
+
+
+def read_lineage(path: Path) -> dict[str, Any] | None:
+    """The lineage recorded in a historical output (Parquet metadata or the CSV's sidecar)."""
+    if path.name.endswith(".csv"):
+        side = path.with_name(path.name + ".lineage.json")
+        return json.loads(side.read_text()) if side.exists() else None
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"mlp.lineage")
+    return json.loads(raw) if raw else None
