@@ -22,7 +22,7 @@ def test_records_become_parquet_with_one_column_per_input(tmp_path: Path) -> Non
     log.close()
     v1 = pq.ParquetDataset([str(p) for p in (tmp_path / "iris" / "1").glob("*.parquet")]).read()
     assert v1.num_rows == 60
-    assert v1.column_names == ["ts", "model", "version", *NAMES, "species"]
+    assert v1.column_names == ["ts", "model", "version", "request_id", *NAMES, "species"]
     assert sorted(set(v1.column("species").to_pylist())) == list(range(30))
     v2 = pq.read_table(next((tmp_path / "iris" / "2").glob("*.parquet")))
     assert v2.column("species").to_pylist() == [7] and v2.column("version").to_pylist() == ["2"]

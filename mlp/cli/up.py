@@ -42,8 +42,12 @@ class LocalLoop:
         echo: Any = None,
         retry_seconds: float = 10.0,
         s3_endpoint_url: str | None = None,
+        rollouts: Any = None,
     ) -> None:
         self.repo = repo
+        # mlp.rollouts.driver.RolloutDriver: moves canary weights between repository changes
+        self.rollouts = rollouts
+        self._rendered: list[dict[str, Any]] | None = None
         self.env = env
         self.target = target
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
@@ -60,7 +64,10 @@ class LocalLoop:
 
         snap = read_directory(self.repo)
         retry = self.failed_at is not None and time.monotonic() - self.failed_at > self.retry_seconds
+        moved = self.rollouts is not None and self._rendered is not None and self.rollouts.tick(self.env)
         if snap.revision == self.revision and not retry:
+            if moved and self._rendered is not None:
+                return self._converge(self.rollouts.position(self.env, self._rendered), snap.revision)
             return self.last_error is None
         self.revision = snap.revision
         try:
@@ -73,6 +80,10 @@ class LocalLoop:
             self.echo(f"mlp up: revision {snap.revision} refused, still serving the last good state:\n{exc}")
             return False
         self.target.runtime.store.mirror = mirror
+        if self.rollouts is not None:
+            self._rendered = objs
+            self.rollouts.tick(self.env)
+            objs = self.rollouts.position(self.env, objs)
         return self._converge(objs, snap.revision)
 
     def _desired(self, snap: Any) -> tuple[list[dict[str, Any]], Path | None]:
@@ -103,6 +114,8 @@ class LocalLoop:
             objs = render(result.specs, self.env, revision=snap.revision, templates=snap.templates())
         except RenderError as exc:
             raise UpError(str(exc)) from None
+        if self.rollouts is not None:
+            self.rollouts.declare(self.env, snap.revision, env.spec.deployments)
         return [o for o in objs if o.get("kind") == "ModelDeployment"], mirror
 
     def _converge(self, desired: list[dict[str, Any]], revision: str) -> bool:
@@ -133,6 +146,30 @@ class LocalLoop:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _rollouts(
+    runtime: Runtime,
+    state: Path,
+    repo: Path,
+    env: str,
+    event: Any,
+    remote: str,
+    pr_repo: str | None,
+    github_url: str | None,
+    gitlab_url: str | None,
+) -> Any:
+    """The rollout driver (mlp.rollouts): canaries walk their steps on the runtime's own metrics."""
+    import os
+
+    from mlp.rollouts.local import HostConfig, local_driver
+
+    names = ("MLP_GITLAB_TOKEN", "GITLAB_TOKEN") if gitlab_url else ("MLP_GITHUB_TOKEN", "GITHUB_TOKEN")
+    token = next((os.environ[n] for n in names if os.environ.get(n)), None)
+    host = HostConfig(
+        repo=pr_repo, token=token, github_url=github_url, gitlab_url=gitlab_url, remote=remote, base="main"
+    )
+    return local_driver(runtime, state, repo, host=host, echo=event)
 
 
 def _lock_state(state: Path) -> Any:
@@ -198,6 +235,14 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
+@click.option("--git-remote", default="origin", show_default=True, help="Remote a rollback's revert branch is pushed to.")
+@click.option(
+    "--pr-repo",
+    envvar="MLP_PR_REPO",
+    help="owner/name on GitHub (or GitLab with --gitlab-url) to open a rollback's revert PR in [env MLP_PR_REPO].",
+)
+@click.option("--github-url", envvar="MLP_GITHUB_API_URL", help="GitHub API URL [env MLP_GITHUB_API_URL].")
+@click.option("--gitlab-url", envvar="MLP_GITLAB_API_URL", help="GitLab API URL [env MLP_GITLAB_API_URL].")
 @click.option(
     "--format",
     "fmt",
@@ -217,6 +262,10 @@ def up(
     max_body_mb: float,
     max_inflight: int,
     payload_log: bool,
+    git_remote: str,
+    pr_repo: str | None,
+    github_url: str | None,
+    gitlab_url: str | None,
     fmt: str,
 ) -> None:
     """Serve an environment's models on this machine (embedded runtime).
@@ -256,7 +305,13 @@ def up(
     target = LocalTarget(runtime)
     for line in runtime.restore():
         event(f"could not restore {line}")
-    loop = LocalLoop(repo, env, target, s3_endpoint_url=s3_endpoint_url)
+    loop = LocalLoop(
+        repo,
+        env,
+        target,
+        s3_endpoint_url=s3_endpoint_url,
+        rollouts=_rollouts(runtime, state, repo, env, event, git_remote, pr_repo, github_url, gitlab_url),
+    )
     click.echo(f"mlp up: reading {repo} (environment {env})", err=True)
     try:
         loop.step(first=True)

@@ -12,7 +12,8 @@ is closed and renamed into place:
 Small, frequent appends matter on a 2-core machine: one big write per second was a 5 ms
 burst of CPU and GIL that showed up directly in the data plane's p99.
 
-Columns: `ts` (timestamp, ms, UTC), `model`, `version`, one float64 column per signature
+Columns: `ts` (timestamp, ms, UTC), `model`, `version`, `request_id` (the answer's request id,
+repeated on every row of a multi-row request; "" when none was given), one float64 column per signature
 input (or `input`, a list, when the widths disagree), and one column per signature output
 (`prediction` if unnamed). Rotation keeps at most `max_bytes` of closed files per model
 version by deleting the oldest. The monitors read these folders as a dataset (closed files
@@ -40,7 +41,7 @@ class _Stream:
     def __init__(self, input_names: tuple[str, ...], output_names: tuple[str, ...]) -> None:
         self.input_names = input_names
         self.output_names = output_names
-        self.q: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque()
+        self.q: collections.deque[tuple[int, np.ndarray, np.ndarray, str]] = collections.deque()
         self.writer: Any = None
         self.path: Path | None = None
         self.opened = 0.0
@@ -95,6 +96,7 @@ class PayloadLog:
         outputs: np.ndarray,
         input_names: Sequence[str] = (),
         output_names: Sequence[str] = (),
+        request_id: str = "",
     ) -> None:
         """Hand a record to the writer; never blocks (drops and counts when the writer is behind)."""
         stream = self._streams.get((model, version))
@@ -106,7 +108,7 @@ class PayloadLog:
             if self.on_drop is not None:
                 self.on_drop()
             return
-        q.append((int(time.time() * 1000), inputs, outputs))
+        q.append((int(time.time() * 1000), inputs, outputs, request_id))
 
     def flush(self, timeout: float = 5.0) -> None:
         """Write everything queued so far and close the open files (tests, shutdown)."""
@@ -149,12 +151,12 @@ class PayloadLog:
             if stopping:
                 return
 
-    def _table(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]]) -> Any:
+    def _table(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]) -> Any:
         # This thread shares the GIL with the event loop: everything here is C-level (zip,
         # map, numpy, pyarrow), with no Python work per record.
         pa = self._pa
         model, version = key
-        stamps, inputs, outputs = zip(*items, strict=True)
+        stamps, inputs, outputs, ids = zip(*items, strict=True)
         rows = np.fromiter(map(len, inputs), dtype=np.int64, count=len(items))
         ts = np.repeat(np.array(stamps, dtype=np.int64), rows)
         n = int(ts.shape[0])
@@ -162,6 +164,7 @@ class PayloadLog:
             "ts": pa.array(ts.astype("datetime64[ms]")),
             "model": pa.repeat(model, n),
             "version": pa.repeat(version, n),
+            "request_id": pa.array(np.repeat(np.array(ids, dtype=object), rows), pa.string()),
         }
         x = np.concatenate(inputs).reshape(n, -1)
         names = stream.input_names
@@ -179,7 +182,7 @@ class PayloadLog:
             cols["prediction"] = pa.array(list(y))
         return pa.table(cols)
 
-    def _append(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]]) -> None:
+    def _append(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]) -> None:
         table = self._table(key, stream, items)
         if stream.writer is not None and not stream.writer.schema.equals(table.schema):
             self._close_file(stream)  # e.g. a new artifact under the same version answers another dtype
