@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
     "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
     "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
+    "rollout": ("mlp.cli.rollout:rollout", "Look at and steer canary rollouts."),
 }
 
 

@@ -123,6 +123,16 @@ def evaluate(checks: Sequence[AnalysisCheck], min_requests: int, w: Window) -> V
         results.append(CheckResult(check.metric, value, ok, f"{value:.4g} (want {bound}; {how})"))
     enough = w.canary.requests >= min_requests
     if not enough:
+        # Errors already past what the threshold allows over the minimum request count
+        # cannot be undone by the requests still to come: fail now rather than serve more.
+        for check, r in zip(checks, results, strict=True):
+            if check.metric == "error-rate" and check.max is not None and w.canary.errors > check.max * min_requests:
+                return Verdict(
+                    "fail",
+                    f"error-rate {w.canary.errors} failed of {w.canary.requests} canary requests already exceeds "
+                    f"{check.max:g} of the {min_requests} the step needs",
+                    results,
+                )
         return Verdict("wait", f"{w.canary.requests}/{min_requests} canary requests so far", results)
     failed = [r for r in results if r.ok is False]
     if failed:

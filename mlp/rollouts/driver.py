@@ -106,6 +106,8 @@ class RolloutDriver:
             key = machine.declaration_key(dep.version, dep.canary.version, list(dep.canary.steps))
             current = self.store.get(env, model)
             if current is not None and current.key == key:
+                if (env, model) not in self._seen:
+                    self._resume_after_restart(current)
                 continue
             ended = self.store.ended(env, model, key)
             if ended is not None:
@@ -119,6 +121,27 @@ class RolloutDriver:
             if r.model not in declared:
                 self.store.remove(env, r.model)  # the canary is no longer declared: nothing to drive
         self.declared[env] = declared
+
+    def _resume_after_restart(self, r: Rollout) -> None:
+        """First sight of a stored rollout in this process: it continues at its step.
+
+        The step's measurements lived in the previous process, so its interval starts again
+        (a restart never shortens a step's observation)."""
+        now = self.clock()
+
+        def change(cur: Rollout) -> tuple[Rollout, Transition | None]:
+            if cur.key != r.key or cur.phase != PROGRESSING:
+                return cur, None
+            cur = copy.copy(cur)
+            cur.step_started = now
+            cur.message = f"resumed after a restart at step {cur.step + 1}/{len(cur.steps)} ({cur.weight}%)"
+            return cur, None
+
+        after = self.store.update(r.env, r.model, change)
+        if after is not None:
+            self._seen[(r.env, r.model)] = (after.key, after.phase)
+            if after.phase == PROGRESSING:
+                self.echo(f"rollout {r.env}/{r.model}: {after.message}")
 
     # --- analysis ----------------------------------------------------------------------------
 

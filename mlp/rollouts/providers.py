@@ -85,7 +85,15 @@ class LocalProvider:
         self, model: str, stable: str, canary: str, mark: Any, seconds: float, checks: list[AnalysisCheck]
     ) -> Window:
         mark = mark or {}
-        w = Window(canary=self._sample(model, canary, mark.get(canary)), stable=self._sample(model, stable, mark.get(stable)))
+        w = Window(
+            canary=self._sample(model, canary, mark.get(canary)), stable=self._sample(model, stable, mark.get(stable))
+        )
+        dep = self.runtime.models.get(model)
+        vs = dep.versions.get(stable) if dep is not None else None
+        if vs is not None:
+            # the reference for the shift test: the stable version's last answers, not only this
+            # step's (at a 100% step the stable version answers nothing)
+            w.stable.outputs = list(vs.metrics.recent_outputs)
         custom = [c.metric for c in checks if c.query is not None]
         if custom:
             w.error = f"custom metrics ({', '.join(custom)}) need the prometheus provider"
