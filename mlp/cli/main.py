@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
     "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
     "rollout": ("mlp.cli.rollout:rollout", "Look at and steer canary rollouts."),
+    "experiment": ("mlp.cli.experiment:experiment", "A/B experiment reports."),
 }
 
 
