@@ -65,7 +65,12 @@ class Verdict:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if len(values) else None
+    """Nearest-rank percentile (what a latency objective means: q% of requests at or under it)."""
+    if not len(values):
+        return None
+    arr = np.asarray(values, dtype=float)
+    k = min(len(arr) - 1, max(0, int(np.ceil(q / 100 * len(arr))) - 1))
+    return float(np.partition(arr, k)[k])
 
 
 def shift_pvalue(canary: Sequence[float], stable: Sequence[float]) -> float | None:
@@ -76,17 +81,31 @@ def shift_pvalue(canary: Sequence[float], stable: Sequence[float]) -> float | No
     """
     if len(canary) < 5 or len(stable) < 5:
         return None
-    from scipy import stats
+    # By hand over scipy's special functions: scipy.stats' wrappers cost ~5 ms a call,
+    # which 100 rollouts analysed every second cannot afford.
+    from scipy import special
 
     a = np.asarray(canary, dtype=float)
     b = np.asarray(stable, dtype=float)
-    values = np.union1d(np.unique(a), np.unique(b))
+    both = np.concatenate([a, b])
+    values, inverse = np.unique(both, return_inverse=True)
     if len(values) <= 20:
-        table = np.array([[np.count_nonzero(a == v) for v in values], [np.count_nonzero(b == v) for v in values]])
-        if table.shape[1] < 2:
+        if len(values) < 2:
             return 1.0
-        return float(stats.chi2_contingency(table, correction=False).pvalue)
-    return float(stats.ks_2samp(a, b).pvalue)
+        observed = np.stack(
+            [np.bincount(inverse[: len(a)], minlength=len(values)), np.bincount(inverse[len(a) :], minlength=len(values))]
+        ).astype(float)
+        expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
+        stat = float(((observed - expected) ** 2 / expected).sum())
+        return float(special.chdtrc(len(values) - 1, stat))
+    # two-sample Kolmogorov-Smirnov, asymptotic distribution
+    a.sort()
+    b.sort()
+    cdf_a = np.searchsorted(a, both, side="right") / len(a)
+    cdf_b = np.searchsorted(b, both, side="right") / len(b)
+    d = float(np.abs(cdf_a - cdf_b).max())
+    en = np.sqrt(len(a) * len(b) / (len(a) + len(b)))
+    return float(min(1.0, special.kolmogorov(en * d)))
 
 
 def _value(check: AnalysisCheck, w: Window) -> tuple[float | None, str]:

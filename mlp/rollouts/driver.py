@@ -36,6 +36,7 @@ log = logging.getLogger("mlp.rollouts")
 
 WriteBack = Callable[[Rollout], dict[str, Any]]
 PHASE_CODE = {PENDING: 0, PROGRESSING: 1, PAUSED: 2, PROMOTED: 3, ROLLED_BACK: 4}
+VERDICT_WRITE_SECONDS = 5.0
 VERDICT_CODE = {"pass": 1, "wait": 0, "nodata": -1, "fail": -2}
 
 
@@ -89,6 +90,7 @@ class RolloutDriver:
         self._marks: dict[tuple[Any, ...], Any] = {}
         self._seen: dict[tuple[str, str], tuple[str, str]] = {}  # (env, model) -> (key, phase) last seen here
         self._threads: list[threading.Thread] = []
+        self._written: dict[tuple[str, str], float] = {}  # when a rollout's verdict was last stored
 
     def provider(self, analysis: Analysis) -> Provider:
         p = self._provider
@@ -149,8 +151,9 @@ class RolloutDriver:
         """Analyse every active rollout of `env` once; True when some canary's weight changed."""
         changed = False
         now = self.clock()
+        stored = {r.model: r for r in self.store.all(env)}  # one read for every rollout of env
         for model, analysis in self.declared.get(env, {}).items():
-            before = self.store.get(env, model)
+            before = stored.get(model)
             if before is None:
                 continue
             after = before
@@ -181,6 +184,11 @@ class RolloutDriver:
         )
         verdict = evaluate(analysis.checks, analysis.minRequests, window)
         interval = analysis.interval_seconds()
+        quiet, transition = machine.tick(r, verdict, now, interval)
+        last = self._written.get((env, model), 0.0)
+        if transition is None and quiet.phase == r.phase and quiet.step == r.step and now - last < VERDICT_WRITE_SECONDS:
+            return quiet  # only the verdict moved: it is stored every few seconds, not every tick
+        self._written[(env, model)] = now
 
         def change(cur: Rollout) -> tuple[Rollout, Transition | None]:
             if cur.key != r.key or cur.step != r.step or cur.phase != r.phase:

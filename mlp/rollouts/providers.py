@@ -61,17 +61,17 @@ class LocalProvider:
     def mark(self, model: str, versions: tuple[str, str]) -> dict[str, _Mark | None]:
         return {v: self._now(model, v) for v in versions}
 
-    def _sample(self, model: str, version: str, start: _Mark | None) -> Sample:
+    def _sample(self, model: str, version: str, start: _Mark | None, needs: frozenset[str]) -> Sample:
         now = self._now(model, version)
         if now is None:
             return Sample()
         if start is None or now.answered < start.answered:  # (re)loaded since the mark: counters restarted
             start = _Mark(0, 0, 0, 0, 0, 0.0)
         vm = self.runtime.models[model].versions[version].metrics
-        n_lat = min(now.observed - start.observed, len(vm.recent_latency))
-        n_out = min(now.observed_rows - start.observed_rows, len(vm.recent_outputs))
-        lat = list(vm.recent_latency)[len(vm.recent_latency) - n_lat :] if n_lat > 0 else []
-        out = list(vm.recent_outputs)[len(vm.recent_outputs) - n_out :] if n_out > 0 else []
+        n_lat = min(now.observed - start.observed, len(vm.recent_latency)) if "lat" in needs else 0
+        n_out = min(now.observed_rows - start.observed_rows, len(vm.recent_outputs)) if "out" in needs else 0
+        lat = _tail(vm.recent_latency, n_lat)
+        out = _tail(vm.recent_outputs, n_out)
         return Sample(
             requests=now.answered - start.answered,
             errors=now.errors - start.errors,
@@ -85,19 +85,34 @@ class LocalProvider:
         self, model: str, stable: str, canary: str, mark: Any, seconds: float, checks: list[AnalysisCheck]
     ) -> Window:
         mark = mark or {}
+        needs = frozenset(
+            ({"lat"} if any(c.metric == "latency" for c in checks) else set())
+            | ({"out"} if any(c.metric == "prediction-shift" for c in checks) else set())
+        )
         w = Window(
-            canary=self._sample(model, canary, mark.get(canary)), stable=self._sample(model, stable, mark.get(stable))
+            canary=self._sample(model, canary, mark.get(canary), needs),
+            stable=self._sample(model, stable, mark.get(stable), frozenset()),
         )
         dep = self.runtime.models.get(model)
         vs = dep.versions.get(stable) if dep is not None else None
-        if vs is not None:
+        if vs is not None and "out" in needs:
             # the reference for the shift test: the stable version's last answers, not only this
             # step's (at a 100% step the stable version answers nothing)
-            w.stable.outputs = list(vs.metrics.recent_outputs)
+            w.stable.outputs = _tail(vs.metrics.recent_outputs, len(vs.metrics.recent_outputs))
         custom = [c.metric for c in checks if c.query is not None]
         if custom:
             w.error = f"custom metrics ({', '.join(custom)}) need the prometheus provider"
         return w
+
+
+def _tail(values: Any, n: int) -> Any:
+    """The newest `n` entries of a deque of floats as an array (np.fromiter: no Python list)."""
+    import numpy as np
+
+    if n <= 0:
+        return np.empty(0)
+    arr = np.fromiter(values, dtype=np.float64, count=len(values))
+    return arr[len(arr) - n :]
 
 
 # --- Prometheus ------------------------------------------------------------------------------
