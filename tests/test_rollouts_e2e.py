@@ -254,6 +254,10 @@ def test_good_canary_walks_every_step_and_is_promoted(
         assert done["phase"] == "Promoted", (done, "".join(up.log))
         code, shown = cli_status(state)
         assert code == 0 and shown["phase"] == "Promoted" and shown["weight"] == 100
+        overview = subprocess.run(
+            [sys.executable, "-m", "mlp.cli.main", "status", "--state-dir", str(state)], capture_output=True, text=True
+        )
+        assert "dev/iris" in overview.stdout and "Promoted" in overview.stdout, overview
         t = time.time()
         time.sleep(0.5)
         after = load.since(t + 0.3)

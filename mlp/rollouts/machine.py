@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlp.rollouts.analysis import Verdict
+if TYPE_CHECKING:  # numpy and scipy stay out of `mlp status` and `mlp rollout`
+    from mlp.rollouts.analysis import Verdict
 
 PENDING, PROGRESSING, PAUSED, PROMOTED, ROLLED_BACK = "Pending", "Progressing", "Paused", "Promoted", "RolledBack"
 TERMINAL = (PROMOTED, ROLLED_BACK)
