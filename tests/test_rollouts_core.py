@@ -14,7 +14,10 @@ from pydantic import ValidationError
 from mlp.cli.main import cli
 from mlp.rollouts import machine
 from mlp.rollouts.analysis import Sample, Window, evaluate, shift_pvalue
-from mlp.rollouts.driver import RolloutDriver, place
+from mlp.objects import ResolvedDeployment
+from mlp.objects import Route as ObjRoute
+from mlp.render.resolve import Position, with_position
+from mlp.rollouts.driver import RolloutDriver
 from mlp.rollouts.machine import Rollout
 from mlp.rollouts.providers import PrometheusProvider, fill
 from mlp.rollouts.stats import compare
@@ -198,19 +201,21 @@ def test_a_rolled_back_declaration_is_never_retried_and_a_new_one_starts(tmp_pat
     assert fresh is not None and fresh.phase == "Pending" and fresh.revision == "ghi"
 
 
-def test_place_sets_the_weights_of_the_rendered_deployment() -> None:
-    obj = {
-        "metadata": {"name": "iris"},
-        "spec": {
-            "model": "iris",
-            "routes": [{"version": 1, "role": "stable", "weight": 90}, {"version": 2, "role": "canary", "weight": 10}],
-        },
-    }
-    weights = lambda o: [(x["version"], x["role"], x["weight"]) for x in o["spec"]["routes"]]  # noqa: E731
-    assert weights(place(obj, _r(phase="Progressing", step=1))) == [(1, "stable", 50), (2, "canary", 50)]
-    assert weights(place(obj, _r(phase="RolledBack"))) == [(1, "stable", 100)]
-    assert weights(place(obj, _r(phase="Promoted"))) == [(2, "stable", 100)]
-    assert obj["spec"]["routes"][0]["weight"] == 90  # the rendered object is not changed
+def test_the_resolve_stage_puts_the_canary_at_the_rollout_position() -> None:
+    rd = ResolvedDeployment(
+        "iris",
+        (ObjRoute("1", "stable", 90, "file:///1", "d1"), ObjRoute("2", "canary", 10, "file:///2", "d2")),
+        canary_steps=(10, 50, 100),
+    )
+
+    def weights(pos: Position) -> list[tuple[str, str, int]]:
+        return [(r.version, r.role, r.weight) for r in with_position(rd, pos).routes]
+
+    assert weights(Position("Progressing", 50)) == [("1", "stable", 50), ("2", "canary", 50)]
+    assert weights(Position("Paused", 100)) == [("1", "stable", 0), ("2", "canary", 100)]
+    assert weights(Position("RolledBack", 0)) == [("1", "stable", 100)]
+    assert weights(Position("Promoted", 100)) == [("2", "stable", 100)]
+    assert rd.routes[0].weight == 90  # resolved values are not changed in place
 
 
 def test_promql_templates_fill_only_known_placeholders() -> None:

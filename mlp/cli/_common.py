@@ -95,12 +95,12 @@ def environment(result: LoadResult, name: str) -> Environment:
 
 def render_env(snapshot: Snapshot, result: LoadResult, env: str) -> list[Manifest]:
     """Render or exit 2 with the located template error."""
+    from mlp.engine import desired
     from mlp.plan.core import PlanRefused
-    from mlp.plan.pipeline import desired_state
     from mlp.render import RenderError
 
     try:
-        return desired_state(result, env, revision=snapshot.revision, templates=snapshot.templates())
+        return desired(snapshot, env, loaded=result)
     except (RenderError, PlanRefused) as exc:
         fail(str(exc))
 
@@ -139,28 +139,6 @@ def make_target(
     for problem in runtime.restore():
         click.echo(f"warning: could not restore {problem}", err=True)
     return LocalTarget(runtime)  # type: ignore[no-any-return]
-
-
-def read_live(
-    target: Target, environment: str, kinds: list[tuple[str, str]], needed: set[tuple[str, str]]
-) -> list[Manifest]:
-    """Owned objects of `environment`, kind by kind.
-
-    A kind the cluster does not serve (its CRD is not installed: 404) cannot hold objects,
-    so it is skipped unless the plan needs to write one (`needed`): then the target's
-    "not installed" message is the error.
-    """
-    from mlp.targets.base import TargetError
-
-    out: list[Manifest] = []
-    for kind in kinds:
-        try:
-            out.extend(target.list_owned(environment, [kind]))
-        except TargetError as exc:
-            if exc.status == 404 and kind not in needed:
-                continue
-            fail(str(exc))
-    return out
 
 
 def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None] | None:

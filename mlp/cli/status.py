@@ -107,11 +107,16 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
             out.append("\nERRORS")
             out.extend(f"  {e}" for e in s.errors)
         if s.models:
-            rows = [["MODEL", "SERVED", "TRAFFIC"]]
+            # declared: what the repository asks; observed: what the runtime reports it serves
+            rows = [["MODEL", "SERVED", "DECLARED", "OBSERVED", ""]]
             for m in s.models:
-                split = ", ".join(f"v{k}: {v}%" for k, v in m.traffic.items())
-                rows.append([m.model, str(m.served_version or "-"), split])
+                declared = ", ".join(f"v{k}: {v}%" for k, v in m.traffic.items())
+                observed = ", ".join(f"v{k}: {v}%" for k, v in (m.observed or {}).items()) or "-"
+                rows.append([m.model, str(m.served_version or "-"), declared, observed, "DIFFERS" if m.differs else ""])
             out.append("\n" + _table(rows))
+            notes = [f"  {m.model}: {m.observed_message}" for m in s.models if m.observed_message]
+            if notes:
+                out.append("\n".join(["", "OBSERVED", *notes]))
         if s.objects:
             rows = [["OBJECT", "SYNC", "HEALTH", "MESSAGE"]]
             rows += [[o.ref, o.sync_status, o.health, o.message] for o in s.objects]

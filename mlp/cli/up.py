@@ -1,7 +1,7 @@
 """`mlp up`: serve one local environment of a platform repository on this machine.
 
-Wiring only: a directory source, the spec loader, render (which emits `ModelDeployment`
-objects for `local` targets), the plan, and the local target over the embedded runtime.
+Wiring only: a directory source, the engine (`mlp.engine.reconcile`, as every other caller)
+and the local target over the embedded runtime.
 One process: uvicorn serves the data plane and `/metrics` in the main thread; a watcher
 thread re-reads the repository every `--interval` seconds and converges the runtime
 (load -> render -> plan -> apply/delete), so editing `environments/dev.yaml` swaps
@@ -47,7 +47,7 @@ class LocalLoop:
         self.repo = repo
         # mlp.rollouts.driver.RolloutDriver: moves canary weights between repository changes
         self.rollouts = rollouts
-        self._rendered: list[dict[str, Any]] | None = None
+        self._last: tuple[Any, Any] | None = None  # (snapshot, loaded specs) last reconciled
         self.env = env
         self.target = target
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
@@ -64,14 +64,19 @@ class LocalLoop:
 
         snap = read_directory(self.repo)
         retry = self.failed_at is not None and time.monotonic() - self.failed_at > self.retry_seconds
-        moved = self.rollouts is not None and self._rendered is not None and self.rollouts.tick(self.env)
+        moved = self.rollouts is not None and self._last is not None and self.rollouts.tick(self.env)
         if snap.revision == self.revision and not retry:
-            if moved and self._rendered is not None:
-                return self._converge(self.rollouts.position(self.env, self._rendered), snap.revision)
+            if moved and self._last is not None:
+                # a canary moved: the same snapshot, re-resolved at the rollouts' new positions
+                try:
+                    return self._converge(*self._last)
+                except UpError as exc:
+                    self.last_error = str(exc)
+                    return False
             return self.last_error is None
         self.revision = snap.revision
         try:
-            objs, mirror = self._desired(snap)
+            result, mirror = self._load(snap)
         except UpError as exc:
             self.last_error = str(exc)
             self.failed_at = None  # nothing to retry until the files change
@@ -81,13 +86,22 @@ class LocalLoop:
             return False
         self.target.runtime.store.mirror = mirror
         if self.rollouts is not None:
-            self._rendered = objs
+            deployments = result.specs.environments[self.env].spec.deployments
+            self.rollouts.declare(self.env, snap.revision, deployments)
             self.rollouts.tick(self.env)
-            objs = self.rollouts.position(self.env, objs)
-        return self._converge(objs, snap.revision)
+            self._last = (snap, result)
+        try:
+            return self._converge(snap, result)
+        except UpError as exc:
+            self.last_error = str(exc)
+            self.failed_at = None
+            if first:
+                raise
+            self.echo(f"mlp up: revision {snap.revision} refused, still serving the last good state:\n{exc}")
+            return False
 
-    def _desired(self, snap: Any) -> tuple[list[dict[str, Any]], Path | None]:
-        from mlp.render import RenderError, render
+    def _load(self, snap: Any) -> tuple[Any, Path | None]:
+        """The snapshot's specs, checked for what `mlp up` needs (a local target, a mirror inside the repo)."""
         from mlp.specs import load
 
         result = load(snap)
@@ -110,25 +124,26 @@ class LocalLoop:
                 mirror.relative_to(self.repo.resolve())
             except ValueError:
                 raise UpError(f"Environment/{self.env}: artifactMirror leaves the repository") from None
+        return result, mirror
+
+    def _converge(self, snap: Any, result: Any) -> bool:
+        from mlp.engine import Policy, reconcile
+        from mlp.plan.core import PlanRefused
+        from mlp.render import RenderError
+
+        # the embedded runtime: prune what is no longer declared, and one model's refused
+        # artifact does not hold back the others (what was serving keeps serving)
+        policy = Policy(prune=True, allow_empty=True, keep_going=True)
         try:
-            objs = render(result.specs, self.env, revision=snap.revision, templates=snap.templates())
-        except RenderError as exc:
+            positions = self.rollouts.positions(self.env) if self.rollouts is not None else None
+            run = reconcile(snap, self.env, self.target, policy, loaded=result, positions=positions)
+        except (RenderError, PlanRefused, ValueError) as exc:
             raise UpError(str(exc)) from None
-        if self.rollouts is not None:
-            self.rollouts.declare(self.env, snap.revision, env.spec.deployments)
-        return [o for o in objs if o.get("kind") == "ModelDeployment"], mirror
-
-    def _converge(self, desired: list[dict[str, Any]], revision: str) -> bool:
-        from mlp.plan.core import make_plan
-        from mlp.plan.execute import execute
-
-        live = self.target.list_owned(self.env)
-        plan = make_plan(desired, live, environment=self.env, revision=revision, prune=True, allow_empty=True)
-        changes = execute(plan, self.target, keep_going=True)
-        for change in changes.done:
+        changes = run.changes
+        for change in changes.done if changes is not None else []:
             if change.result == "deleted":
                 self.echo(f"mlp up: removed {change.ref}")
-        errors = [f"{ref}: {exc}" for ref, exc in changes.failures]
+        errors = [f"{ref}: {exc}" for ref, exc in changes.failures] if changes is not None else []
         if errors:
             self.last_error = "\n".join(errors)
             self.failed_at = time.monotonic()

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from mlp.objects import ObjectRef
 from mlp.plan.core import Action, Plan, PlanItem
-from mlp.targets.base import ObjectRef, Target, TargetError
+from mlp.plan.target import Target, TargetError
 
 # progress(index starting at 1, total, item, outcome): outcome is "applying"/"deleting" before
 # the call and the result ("created", "configured", "unchanged", "deleted", "failed") after it.

@@ -28,10 +28,10 @@ import difflib
 import json
 from typing import Any
 
+from mlp.objects import ObjectRef
 from mlp.plan.core import MISSING, Action, FieldDiff, Plan, PlanItem, compare
 from mlp.plan.normalize import normalize
 from mlp.render.yamlio import dump
-from mlp.targets.base import ObjectRef
 
 _RESET, _BOLD, _RED, _GREEN, _CYAN = "\x1b[0m", "\x1b[1m", "\x1b[31m", "\x1b[32m", "\x1b[36m"
 

@@ -31,9 +31,7 @@ import copy
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from mlp.targets.base import REVISION_ANNOTATION, Manifest
-
-FIELD_MANAGER = "mlp"
+from mlp.objects import REVISION_ANNOTATION, Manifest
 
 # metadata fields the API server owns; never part of a comparison.
 SERVER_METADATA = (

@@ -8,9 +8,8 @@ The loop that reconciles an environment calls, each time round:
   after a restart too (the state database holds the step and when it began);
 - `tick(env)`: one analysis per active rollout and at most one transition each; returns
   True when a canary's weight changed, so the caller re-applies the rendered objects;
-- `position(env, objects)`: the rendered `ModelDeployment`s with each canary's route set
-  to the rollout's weight (promoted: the canary is the only, stable, version; rolled back:
-  the canary is gone).
+- `positions(env)`: where each canary stands, for the engine's resolve stage
+  (`mlp.engine.reconcile(..., positions=...)`), which sets the canary's route before render.
 
 After a rollback (by analysis or `mlp rollout abort`) the write-back hook runs once, off the
 loop's thread; its result (revert branch, PR link) is stored with the rollout.
@@ -30,6 +29,7 @@ from mlp.rollouts.analysis import evaluate
 from mlp.rollouts.machine import PAUSED, PENDING, PROGRESSING, PROMOTED, ROLLED_BACK, Rollout, Transition
 from mlp.rollouts.providers import Provider
 from mlp.rollouts.store import RolloutStore
+from mlp.render.resolve import Position
 from mlp.specs.models import Analysis, Deployment
 
 log = logging.getLogger("mlp.rollouts")
@@ -238,36 +238,6 @@ class RolloutDriver:
 
     # --- where traffic goes ------------------------------------------------------------------
 
-    def position(self, env: str, objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        rollouts = {r.model: r for r in self.store.all(env)}
-        out = []
-        for obj in objects:
-            spec = obj.get("spec") or {}
-            r = rollouts.get(str(spec.get("model") or obj["metadata"]["name"]))
-            out.append(obj if r is None else place(obj, r))
-        return out
-
-
-def place(obj: dict[str, Any], r: Rollout) -> dict[str, Any]:
-    """A copy of a rendered ModelDeployment with the canary route at the rollout's weight."""
-    obj = copy.deepcopy(obj)
-    routes = obj["spec"]["routes"]
-    canary = next((x for x in routes if x.get("role") == "canary"), None)
-    stable = next((x for x in routes if x.get("role") == "stable"), None)
-    if canary is None or stable is None:
-        return obj
-    others = sum(int(x.get("weight") or 0) for x in routes if x.get("role") == "ab")
-    if r.phase == PROMOTED:
-        canary["role"], canary["weight"] = "stable", 100 - others
-        routes.remove(stable)
-    elif r.phase == ROLLED_BACK:
-        routes.remove(canary)
-        stable["weight"] = 100 - others
-    else:
-        weight = min(r.weight, 100 - others)
-        canary["weight"] = weight
-        stable["weight"] = 100 - others - weight
-    ann = obj["metadata"].setdefault("annotations", {})
-    ann["mlp.dev/rollout-phase"] = r.phase
-    ann["mlp.dev/rollout-weight"] = str(r.weight)
-    return obj
+    def positions(self, env: str) -> dict[str, Position]:
+        """model -> where its canary stands, for the engine's resolve stage."""
+        return {r.model: Position(r.phase, r.weight) for r in self.store.all(env) if r.model in self.declared.get(env, {})}
