@@ -65,8 +65,22 @@ def rollback_once(tmp: Path, artifacts: dict[int, tuple[Path, str]]) -> float:
     (repo / "specs" / "iris.yaml").write_text(model_spec(artifacts))
     (repo / "environments" / "dev.yaml").write_text(ENV)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlp.cli.main", "up", str(repo), "--port", "0", "--state-dir", str(tmp / "state"),
-         "--interval", "0.2", "--format", "json", "--no-payload-log"],
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "up",
+            str(repo),
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp / "state"),
+            "--interval",
+            "0.2",
+            "--format",
+            "json",
+            "--no-payload-log",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -128,7 +142,10 @@ def analysis_cost(tmp: Path, rollouts: int, ticks: int, checks: list[dict[str, A
                 vm.ok.inc()
                 vm.observe(rng.integers(0, 3, 1), float(rng.uniform(0.001, 0.01)))
         deps[name] = Deployment.model_validate(
-            {"version": 1, "canary": {"version": 2, "steps": [20, 50, 100], "analysis": {"interval": "1h", "checks": checks}}}
+            {
+                "version": 1,
+                "canary": {"version": 2, "steps": [20, 50, 100], "analysis": {"interval": "1h", "checks": checks}},
+            }
         )
     driver = RolloutDriver(RolloutStore(tmp / "state"), LocalProvider(rt), echo=lambda m: None)
     driver.declare("dev", "bench", deps)

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 
 from mlp.cli.main import cli
-from mlp.rollouts import machine
-from mlp.rollouts.analysis import Sample, Window, evaluate, shift_pvalue
 from mlp.objects import ResolvedDeployment
 from mlp.objects import Route as ObjRoute
 from mlp.render.resolve import Position, with_position
+from mlp.rollouts import machine
+from mlp.rollouts.analysis import Sample, Window, evaluate, shift_pvalue
 from mlp.rollouts.driver import RolloutDriver
 from mlp.rollouts.machine import Rollout
 from mlp.rollouts.providers import PrometheusProvider, fill
@@ -113,7 +113,7 @@ def test_analysis_spec_fields_validate() -> None:
         Analysis.model_validate({"checks": [{"metric": "latency"}]})
     with pytest.raises(ValidationError, match="share between 0 and 1"):
         Analysis.model_validate({"checks": [{"metric": "error-rate", "max": 5}]})
-    with pytest.raises(ValidationError, match="prometheus.url"):
+    with pytest.raises(ValidationError, match=r"prometheus\.url"):
         Analysis.model_validate({"provider": "prometheus"})
     custom = Analysis.model_validate({"checks": [{"metric": "conversion", "min": 0.1, "query": "sum(x)"}]})
     assert custom.checks[0].query == "sum(x)"
@@ -219,9 +219,10 @@ def test_the_resolve_stage_puts_the_canary_at_the_rollout_position() -> None:
 
 
 def test_promql_templates_fill_only_known_placeholders() -> None:
-    q = fill('rate(x{model="{model}",version="{version}"}[{window}]) {__class__} {0}', {
-        "model": "iris", "version": "2", "stable": "1", "namespace": "", "window": "30s"
-    })
+    q = fill(
+        'rate(x{model="{model}",version="{version}"}[{window}]) {__class__} {0}',
+        {"model": "iris", "version": "2", "stable": "1", "namespace": "", "window": "30s"},
+    )
     assert q == 'rate(x{model="iris",version="2"}[30s]) {__class__} {0}'
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 import git
 import pytest
+from standins.github_api import GitHubStandIn, serve
 
 from mlp.rollouts.store import RolloutStore
 from mlp.serving.testing import client, train_faulty, train_iris
-from standins.github_api import GitHubStandIn, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "t-mlp-bot"
@@ -202,7 +202,19 @@ def rollout(state: Path) -> dict[str, Any] | None:
 
 def cli_status(state: Path) -> tuple[int, dict[str, Any]]:
     res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "rollout", "status", "dev", "iris", "--state-dir", str(state), "-o", "json"],
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "rollout",
+            "status",
+            "dev",
+            "iris",
+            "--state-dir",
+            str(state),
+            "-o",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -230,7 +242,20 @@ def phase_is(state: Path, *phases: str) -> Callable[[], dict[str, Any] | None]:
 
 def audit(state: Path) -> list[dict[str, Any]]:
     res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "audit", "--env", "dev", "--action", "rollout", "--state-dir", str(state), "--format", "json"],
+        [
+            sys.executable,
+            "-m",
+            "mlp.cli.main",
+            "audit",
+            "--env",
+            "dev",
+            "--action",
+            "rollout",
+            "--state-dir",
+            str(state),
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -327,7 +352,12 @@ def check_rolled_back(
         time.sleep(1.5)
         assert (rollout(state) or {}).get("phase") == "RolledBack"
         with client(up2.url) as c:
-            versions = {c.post("/v1/models/iris:predict", json={"instances": [[6.8, 2.8, 4.8, 1.4]]}).headers["x-mlp-model-version"] for _ in range(30)}
+            versions = {
+                c.post("/v1/models/iris:predict", json={"instances": [[6.8, 2.8, 4.8, 1.4]]}).headers[
+                    "x-mlp-model-version"
+                ]
+                for _ in range(30)
+            }
         assert versions == {"1"}
     finally:
         up2.stop()

@@ -56,9 +56,7 @@ def rendered() -> list[dict[str, Any]]:
 
 
 def _rollout(step: int, phase: str = machine.PROGRESSING) -> Rollout:
-    return Rollout(
-        "staging", "iris", 1, 2, [10, 50, 100], "k", phase=phase, step=step
-    )
+    return Rollout("staging", "iris", 1, 2, [10, 50, 100], "k", phase=phase, step=step)
 
 
 @pytest.fixture
@@ -81,7 +79,9 @@ def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | 
                 schema_factory=_crd_factory(FIXTURES / "httproutes.yaml", "v1"),
             )
         )
-        target = KubernetesTarget.from_kubeconfig(write_kubeconfig(tmp_path / "kubeconfig", api.url), None, namespace=NS)
+        target = KubernetesTarget.from_kubeconfig(
+            write_kubeconfig(tmp_path / "kubeconfig", api.url), None, namespace=NS
+        )
         yield target, api
 
 
@@ -98,11 +98,16 @@ def test_standard_mode_renders_two_inferenceservices_and_a_valid_httproute() -> 
         jsonschema.validate(route, schema)
         weights = [(b["name"], b["weight"]) for b in route["spec"]["rules"][0]["backendRefs"]]
         assert weights == [("iris-predictor", stable_w), ("iris-canary-predictor", canary_w)]
-    back = position(rendered(), _rollout(1, machine.ROLLED_BACK), mode="standard", stable_uri=STABLE_URI, gateway={"name": "ml"})
+    back = position(
+        rendered(), _rollout(1, machine.ROLLED_BACK), mode="standard", stable_uri=STABLE_URI, gateway={"name": "ml"}
+    )
     route = next(o for o in back if o["kind"] == "HTTPRoute")
     assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100]
     assert [o["metadata"]["name"] for o in back if o["kind"] == "InferenceService"] == ["iris"]
-    bad = {**route, "spec": {"parentRefs": [{"name": "ml"}], "rules": [{"backendRefs": [{"name": "x", "port": 80, "weight": -1}]}]}}
+    bad = {
+        **route,
+        "spec": {"parentRefs": [{"name": "ml"}], "rules": [{"backendRefs": [{"name": "x", "port": 80, "weight": -1}]}]},
+    }
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
 
@@ -141,8 +146,18 @@ def test_serverless_mode_patches_canary_traffic_percent_step_by_step_and_reads_s
                     "components": {
                         "predictor": {
                             "traffic": [
-                                {"revisionName": "iris-predictor-00002", "tag": "latest", "latestRevision": True, "percent": pct},
-                                {"revisionName": "iris-predictor-00001", "tag": "prev", "latestRevision": False, "percent": 100 - pct},
+                                {
+                                    "revisionName": "iris-predictor-00002",
+                                    "tag": "latest",
+                                    "latestRevision": True,
+                                    "percent": pct,
+                                },
+                                {
+                                    "revisionName": "iris-predictor-00001",
+                                    "tag": "prev",
+                                    "latestRevision": False,
+                                    "percent": 100 - pct,
+                                },
                             ]
                         }
                     }

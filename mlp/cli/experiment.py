@@ -117,7 +117,10 @@ def report(
     ]
     facts = [
         ("test", f"{rep.test}, always-valid (mSPRT)"),
-        ("effect", f"{rep.effect:+.4g}" + (f" ({rep.relative_effect:+.1%})" if rep.relative_effect is not None else "")),
+        (
+            "effect",
+            f"{rep.effect:+.4g}" + (f" ({rep.relative_effect:+.1%})" if rep.relative_effect is not None else ""),
+        ),
         (f"{1 - alpha:.0%} confidence interval", f"[{rep.ci_low:+.4g}, {rep.ci_high:+.4g}]"),
         ("p-value (safe to peek)", f"{rep.p_value:.4g}"),
         ("p-value (one look, fixed horizon)", f"{rep.fixed_horizon_p_value:.4g}"),

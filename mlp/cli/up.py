@@ -250,7 +250,9 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
-@click.option("--git-remote", default="origin", show_default=True, help="Remote a rollback's revert branch is pushed to.")
+@click.option(
+    "--git-remote", default="origin", show_default=True, help="Remote a rollback's revert branch is pushed to."
+)
 @click.option(
     "--pr-repo",
     envvar="MLP_PR_REPO",

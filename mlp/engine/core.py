@@ -109,9 +109,7 @@ def load_stage(snapshot: Snapshot, loaded: LoadResult | SpecSet | None = None) -
     return result.specs
 
 
-def resolve_stage(
-    specs: SpecSet, environment: str, positions: Mapping[str, Position] | None = None
-) -> dict[str, Any]:
+def resolve_stage(specs: SpecSet, environment: str, positions: Mapping[str, Position] | None = None) -> dict[str, Any]:
     """Every plug-in's resolution for `environment`, by plug-in name; `positions` (model ->
     rollout position, from mlp.rollouts) set where each canary stands."""
     if environment not in specs.environments:

@@ -93,7 +93,10 @@ def shift_pvalue(canary: Sequence[float], stable: Sequence[float]) -> float | No
         if len(values) < 2:
             return 1.0
         observed = np.stack(
-            [np.bincount(inverse[: len(a)], minlength=len(values)), np.bincount(inverse[len(a) :], minlength=len(values))]
+            [
+                np.bincount(inverse[: len(a)], minlength=len(values)),
+                np.bincount(inverse[len(a) :], minlength=len(values)),
+            ]
         ).astype(float)
         expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True) / observed.sum()
         stat = float(((observed - expected) ** 2 / expected).sum())
@@ -137,14 +140,19 @@ def evaluate(checks: Sequence[AnalysisCheck], min_requests: int, w: Window) -> V
             continue
         ok = (check.max is None or value <= check.max) and (check.min is None or value >= check.min)
         bound = " and ".join(
-            s for s in (f">= {check.min:g}" if check.min is not None else "", f"<= {check.max:g}" if check.max is not None else "") if s
+            s
+            for s in (
+                f">= {check.min:g}" if check.min is not None else "",
+                f"<= {check.max:g}" if check.max is not None else "",
+            )
+            if s
         )
         results.append(CheckResult(check.metric, value, ok, f"{value:.4g} (want {bound}; {how})"))
     enough = w.canary.requests >= min_requests
     if not enough:
         # Errors already past what the threshold allows over the minimum request count
         # cannot be undone by the requests still to come: fail now rather than serve more.
-        for check, r in zip(checks, results, strict=True):
+        for check in checks:
             if check.metric == "error-rate" and check.max is not None and w.canary.errors > check.max * min_requests:
                 return Verdict(
                     "fail",

@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mlp.render.resolve import Position
 from mlp.rollouts import machine
 from mlp.rollouts.analysis import evaluate
 from mlp.rollouts.machine import PAUSED, PENDING, PROGRESSING, PROMOTED, ROLLED_BACK, Rollout, Transition
 from mlp.rollouts.providers import Provider
 from mlp.rollouts.store import RolloutStore
-from mlp.render.resolve import Position
 from mlp.specs.models import Analysis, Deployment
 
 log = logging.getLogger("mlp.rollouts")
@@ -156,9 +156,11 @@ class RolloutDriver:
             before = stored.get(model)
             if before is None:
                 continue
-            after = before
+            after: Rollout | None = before
             if before.phase == PENDING:
-                after = self.store.update(env, model, lambda r: machine.start(r, now) if r.phase == PENDING else (r, None))
+                after = self.store.update(
+                    env, model, lambda r: machine.start(r, now) if r.phase == PENDING else (r, None)
+                )
             elif before.phase in (PROGRESSING, PAUSED) and not (before.phase == PAUSED and before.paused_by == "user"):
                 after = self._analyse(env, model, analysis, before, now)
             if after is None:
@@ -186,7 +188,12 @@ class RolloutDriver:
         interval = analysis.interval_seconds()
         quiet, transition = machine.tick(r, verdict, now, interval)
         last = self._written.get((env, model), 0.0)
-        if transition is None and quiet.phase == r.phase and quiet.step == r.step and now - last < VERDICT_WRITE_SECONDS:
+        if (
+            transition is None
+            and quiet.phase == r.phase
+            and quiet.step == r.step
+            and now - last < VERDICT_WRITE_SECONDS
+        ):
             return quiet  # only the verdict moved: it is stored every few seconds, not every tick
         self._written[(env, model)] = now
 
@@ -240,4 +247,6 @@ class RolloutDriver:
 
     def positions(self, env: str) -> dict[str, Position]:
         """model -> where its canary stands, for the engine's resolve stage."""
-        return {r.model: Position(r.phase, r.weight) for r in self.store.all(env) if r.model in self.declared.get(env, {})}
+        return {
+            r.model: Position(r.phase, r.weight) for r in self.store.all(env) if r.model in self.declared.get(env, {})
+        }

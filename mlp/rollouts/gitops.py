@@ -57,7 +57,11 @@ def find_environment_file(root: Path, env: str) -> tuple[Path, int]:
         except Exception:
             continue
         for i, doc in enumerate(docs):
-            if isinstance(doc, dict) and doc.get("kind") == "Environment" and (doc.get("metadata") or {}).get("name") == env:
+            if (
+                isinstance(doc, dict)
+                and doc.get("kind") == "Environment"
+                and (doc.get("metadata") or {}).get("name") == env
+            ):
                 return path, i
     raise WriteBackError(f"environments/: no file declares Environment {env!r}")
 
@@ -107,8 +111,7 @@ def revert_canary(root: Path, r: Rollout, config: WriteBackConfig) -> Revert:
             target.write_text(remove_canary(before, index, r.model))
             work.index.add([rel])
             message = (
-                f"Roll back the {r.model} canary v{r.canary} in {r.env}\n\n"
-                f"mlp rolled the canary back: {r.message}\n"
+                f"Roll back the {r.model} canary v{r.canary} in {r.env}\n\nmlp rolled the canary back: {r.message}\n"
             )
             actor = git.Actor("mlp", "mlp@localhost")
             commit = work.index.commit(message, author=actor, committer=actor)

@@ -17,6 +17,7 @@ from mlp.rollouts.machine import Rollout
 from mlp.rollouts.providers import LocalProvider, PrometheusProvider, Provider
 from mlp.rollouts.store import RolloutStore
 from mlp.serving.runtime import Runtime
+from mlp.webhooks.hosting import GitHost
 from mlp.specs.models import Analysis
 
 
@@ -52,7 +53,7 @@ def local_driver(
     host = host or HostConfig()
 
     def writeback(r: Rollout) -> dict[str, Any]:
-        git_host = None
+        git_host: GitHost | None = None
         if host.repo and host.token:
             if host.gitlab_url:
                 from mlp.webhooks.gitlab import GitLabClient

@@ -109,7 +109,9 @@ def tick(r: Rollout, verdict: Verdict, now: float, interval: float) -> tuple[Rol
         msg = f"step {k + 1}/{len(r.steps)}: {r.steps[k]}%"
         new = replace(r, step=k, step_started=now, message=msg, last_verdict=v)
         return new, Transition(PROGRESSING, PROGRESSING, f"advanced to {msg}")
-    return replace(r, last_verdict=v, message=f"step {r.step + 1}/{len(r.steps)} at {r.weight}%: {verdict.reason}"), None
+    return replace(
+        r, last_verdict=v, message=f"step {r.step + 1}/{len(r.steps)} at {r.weight}%: {verdict.reason}"
+    ), None
 
 
 def pause(r: Rollout, why: str = "paused by user") -> tuple[Rollout, Transition | None]:

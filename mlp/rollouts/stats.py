@@ -120,9 +120,7 @@ def compare(
         better = "variant" if effect > 0 else "control"
         recommendation = f"ship the {better}: the difference is significant (always-valid p={p:.3g})"
     elif remaining == 0:
-        recommendation = (
-            f"stop: no difference as large as {mde:.3g} at {power:.0%} power; keep the control or decide on other grounds"
-        )
+        recommendation = f"stop: no difference as large as {mde:.3g} at {power:.0%} power; keep the control or decide on other grounds"
     else:
         recommendation = f"keep running: about {remaining} more outcomes per arm for {power:.0%} power at {mde:.3g}"
     return Report(

@@ -221,10 +221,7 @@ class DataPlane:
                 return
             finally:
                 vs.inflight -= 1
-            if v2:
-                out = codec.encode_v2(dep.signature, dep.name, version, pred, rid)
-            else:
-                out = codec.encode_v1(pred)
+            out = codec.encode_v2(dep.signature, dep.name, version, pred, rid) if v2 else codec.encode_v1(pred)
             await send(
                 {
                     "type": "http.response.start",
@@ -442,7 +439,13 @@ async def _problem(send: Any, status: int, detail: str) -> None:
     """RFC 9457 problem JSON (`error` too, like every other answer of the data plane)."""
     titles = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large"}
     body = codec.dumps(
-        {"type": "about:blank", "title": titles.get(status, "Error"), "status": status, "detail": detail, "error": detail}
+        {
+            "type": "about:blank",
+            "title": titles.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "error": detail,
+        }
     )
     await _send(send, status, body, [(b"content-type", b"application/problem+json")])
 

@@ -83,9 +83,9 @@ class FeedbackStore:
             rid, outcome = item.get("id"), item.get("outcome")
             if not isinstance(rid, str) or not rid or len(rid) > 256:
                 raise FeedbackError(f"{where}.id: a request id string is required")
-            if isinstance(outcome, bool):
-                value = float(outcome)
-            elif isinstance(outcome, int | float) and outcome == outcome and abs(outcome) != float("inf"):
+            if isinstance(outcome, bool) or (
+                isinstance(outcome, int | float) and outcome == outcome and abs(outcome) != float("inf")
+            ):
                 value = float(outcome)
             else:
                 raise FeedbackError(f"{where}.outcome: a finite number or a boolean is required")

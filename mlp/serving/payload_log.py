@@ -151,7 +151,9 @@ class PayloadLog:
             if stopping:
                 return
 
-    def _table(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]) -> Any:
+    def _table(
+        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]
+    ) -> Any:
         # This thread shares the GIL with the event loop: everything here is C-level (zip,
         # map, numpy, pyarrow), with no Python work per record.
         pa = self._pa
@@ -182,7 +184,9 @@ class PayloadLog:
             cols["prediction"] = pa.array(list(y))
         return pa.table(cols)
 
-    def _append(self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]) -> None:
+    def _append(
+        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]]
+    ) -> None:
         table = self._table(key, stream, items)
         if stream.writer is not None and not stream.writer.schema.equals(table.schema):
             self._close_file(stream)  # e.g. a new artifact under the same version answers another dtype
