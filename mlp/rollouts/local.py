@@ -17,8 +17,8 @@ from mlp.rollouts.machine import Rollout
 from mlp.rollouts.providers import LocalProvider, PrometheusProvider, Provider
 from mlp.rollouts.store import RolloutStore
 from mlp.serving.runtime import Runtime
-from mlp.webhooks.hosting import GitHost
 from mlp.specs.models import Analysis
+from mlp.webhooks.hosting import GitHost
 
 
 @dataclass
