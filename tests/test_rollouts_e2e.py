@@ -286,6 +286,11 @@ def test_good_canary_walks_every_step_and_is_promoted(
         t = time.time()
         time.sleep(0.5)
         after = load.since(t + 0.3)
+        with client(up.url) as c:
+            metrics = c.get("/metrics").text
+        labels = '{canary="2",environment="dev",model="iris"}'
+        assert f"mlp_rollout_canary_weight{labels} 100.0" in metrics
+        assert f"mlp_rollout_phase{labels} 3.0" in metrics and f"mlp_rollout_step{labels} 3.0" in metrics
     finally:
         load.stop()
         up.stop()

@@ -106,6 +106,10 @@ def test_promql_error_rate_matches_the_local_counters(plane: tuple[Runtime, str]
     got = prom.window("iris", "1", "3", None, time.time() - started + 5, checks)
     assert got.error is None, got.error
     assert got.canary.requests > 0
+    print(
+        f"local {want.canary.errors}/{want.canary.requests} = {want.canary.error_rate:.4f}; "
+        f"promql {got.canary.errors}/{got.canary.requests} = {got.canary.error_rate:.4f}"
+    )
     # increase() extrapolates both counters alike; the rates agree within one point
     assert abs(got.canary.error_rate - want.canary.error_rate) <= 0.01, (got.canary, want.canary)  # type: ignore[operator]
     assert got.stable.errors == 0 and got.stable.requests > 0
