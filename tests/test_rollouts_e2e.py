@@ -263,7 +263,7 @@ def audit(state: Path) -> list[dict[str, Any]]:
     return list(json.loads(res.stdout))
 
 
-ANALYSIS = "analysis: {interval: 1500ms, minRequests: 20, checks: [{metric: error-rate, max: 0.05}, {metric: prediction-shift, min: 0.001}]}"
+ANALYSIS = "analysis: {interval: 2s, minRequests: 20, checks: [{metric: error-rate, max: 0.05}, {metric: prediction-shift, min: 0.001}]}"
 
 
 @pytest.mark.timeout(120)
@@ -308,7 +308,7 @@ def test_good_canary_walks_every_step_and_is_promoted(
 def check_rolled_back(
     tmp_path: Path, artifacts: dict[int, tuple[Path, str]], github: GitHubStandIn, version: int, reason: str
 ) -> None:
-    canary = f"{{version: {version}, steps: [20, 50, 100], {ANALYSIS.replace('1500ms', '3s')}}}"
+    canary = f"{{version: {version}, steps: [20, 50, 100], {ANALYSIS.replace('2s', '3s')}}}"
     repo = make_repo(tmp_path, artifacts, canary, github)
     state = tmp_path / "state"
     up = Up(repo, state, github.base_url)

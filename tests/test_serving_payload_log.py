@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from mlp.serving.payload_log import PayloadLog
 
@@ -22,7 +23,8 @@ def test_records_become_parquet_with_one_column_per_input(tmp_path: Path) -> Non
     log.close()
     v1 = pq.ParquetDataset([str(p) for p in (tmp_path / "iris" / "1").glob("*.parquet")]).read()
     assert v1.num_rows == 60
-    assert v1.column_names == ["ts", "model", "version", "request_id", *NAMES, "species"]
+    assert v1.column_names == ["ts", "model", "version", "sample_rate", "request_id", *NAMES, "species"]
+    assert set(v1.column("sample_rate").to_pylist()) == {1.0}
     assert sorted(set(v1.column("species").to_pylist())) == list(range(30))
     v2 = pq.read_table(next((tmp_path / "iris" / "2").glob("*.parquet")))
     assert v2.column("species").to_pylist() == [7] and v2.column("version").to_pylist() == ["2"]
@@ -51,3 +53,8 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking(tmp_path: Path) -> No
     assert time.perf_counter() - t0 < 0.5  # never waits for the writer
     assert log.dropped > 0 and len(dropped) == log.dropped
     log.close()
+    # the rows written say at what rate they were kept: weighted, they count every request
+    rates = pq.ParquetDataset([str(p) for p in (tmp_path / "m" / "1").glob("*.parquet")]).read()
+    kept = rates.column("sample_rate").to_pylist()
+    assert min(kept) < 1.0
+    assert sum(1 / r for r in kept) == pytest.approx(500)

@@ -161,7 +161,7 @@ CASES: list[Case] = [
         add("specs/utf16.yaml", "apiVersion: mlp.dev/v1\n".encode("utf-16")),
         "specs/utf16.yaml",
         None,
-        "binary file",
+        "UTF-16 text",
     ),
     Case(
         "alias-bomb", add("specs/bomb.yaml", billion_laughs()), "specs/bomb.yaml", "f: &f", "alias bomb", hostile=True

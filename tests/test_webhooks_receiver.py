@@ -260,3 +260,21 @@ def test_every_fixture_parses(fixtures_dir: Path) -> None:
     command = parse_gitlab("Note Hook", note)
     assert isinstance(command, ChangeRequestEvent) and command.kind == "command" and command.command == "recheck"
     assert parse_gitlab("Pipeline Hook", gl["pipeline.json"]) is None
+
+
+def test_a_delivery_started_three_times_without_finishing_is_quarantined(tmp_path: Path) -> None:
+    from mlp.webhooks.store import DeliveryStore
+
+    store = DeliveryStore(tmp_path / "d.db")
+    assert store.add("a", "github", "push", b"{}")
+    assert store.add("b", "github", "push", b"{ }")
+    for _ in range(3):
+        store.started("a", "github")  # e.g. the process was killed while working on it, three times
+    store.started("b", "github")
+    assert [d.id for d in store.pending()] == ["b"]
+    assert store.counts() == {"queued": 1, "quarantined": 1}
+    # a redelivery of the quarantined one (same id) queues it again, with its attempts reset
+    assert store.add("a", "github", "push", b"{}")
+    assert [d.id for d in store.pending()] == ["a", "b"]
+    store.finish("a", "github")
+    assert not store.add("a", "github", "push", b"{}")  # done: deduplicated

@@ -28,10 +28,11 @@ as removals, exactly what applying will delete.
 from __future__ import annotations
 
 import copy
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from mlp.objects import REVISION_ANNOTATION, Manifest
+from mlp.specs import units
 
 # metadata fields the API server owns; never part of a comparison.
 SERVER_METADATA = (
@@ -103,46 +104,14 @@ def project(live: Any, desired: Any) -> Any:
     return live
 
 
-_SUFFIXES: dict[str, int | Decimal] = {
-    "": 1,
-    "m": Decimal("0.001"),
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "P": 10**15,
-    "E": 10**18,
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "Pi": 2**50,
-    "Ei": 2**60,
-    "n": Decimal("1e-9"),
-    "u": Decimal("1e-6"),
-}
-
-
 def parse_quantity(value: Any) -> Decimal | None:
-    """The numeric value of a Kubernetes quantity ("500m", "2Gi", 1, "1e3"), or None if not one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return Decimal(str(value))
-    if not isinstance(value, str) or not value:
-        return None
-    text = value.strip()
+    """The numeric value of a Kubernetes quantity ("500m", "2Gi", 1, "1e3"), or None if not one.
+
+    The same parser validation uses (`mlp.specs.units.parse_quantity`, the official client's)."""
     try:
-        return Decimal(text)  # plain and exponent forms: "1", "0.5", "1e3"
-    except InvalidOperation:
-        pass
-    for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "n", "u"):
-        if text.endswith(suffix):
-            try:
-                return Decimal(text[: -len(suffix)]) * Decimal(_SUFFIXES[suffix])
-            except InvalidOperation:
-                return None
-    return None
+        return units.parse_quantity(value)
+    except ValueError:
+        return None
 
 
 def _is_quantity_path(path: tuple[str, ...]) -> bool:

@@ -30,6 +30,7 @@ namespace and name, with every mapping's keys sorted, so output is byte-stable.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -37,7 +38,7 @@ from ruamel.yaml.error import YAMLError
 
 from mlp import __version__
 from mlp.objects import CLUSTER_SCOPED, Manifest, ResolvedDeployment, Route, sort_manifests
-from mlp.render.engine import RenderError, make_environment, render_template
+from mlp.render.engine import RenderError, close_environment, make_environment, render_template
 from mlp.render.resolve import resolve_deployments
 from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all, sort_keys
@@ -286,6 +287,8 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment, res
 class _Renderer:
     def __init__(self, templates: Mapping[str, str] | None, env: Environment, revision: str) -> None:
         self.jinja = make_environment(templates)
+        # Repository templates render in a child process: stop it as soon as this render is over.
+        weakref.finalize(self, close_environment, self.jinja)
         self.env = env
         self.revision = revision
         self.out: list[Manifest] = []

@@ -193,7 +193,7 @@ class DataPlane:
                 await self._infer_custom(send, dep, vs, body, raw, scope, v2, t0)
                 return
             try:
-                x = codec.decode_v2(dep.signature, body) if v2 else codec.decode_v1(dep.signature, body)
+                x = codec.decode_v2(dep.signature, body, raw) if v2 else codec.decode_v1(dep.signature, body, raw)
             except BadRequest:
                 vs.metrics.bad.inc()
                 vs.metrics.input_errors.inc()
@@ -245,7 +245,14 @@ class DataPlane:
                 and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
                 self.runtime.payloads.put(
-                    dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs, request_id=rid
+                    dep.name,
+                    version,
+                    x,
+                    pred,
+                    dep.signature.inputs,
+                    dep.signature.outputs,
+                    dep.payload_rate,
+                    request_id=rid,
                 )
             if pinned is None and dep.router.shadow is not None:
                 shadow = dep.router.mirror()
@@ -273,7 +280,14 @@ class DataPlane:
                 vs.metrics.shadow_agreed += 1
             if dep.payload_rate > 0 and self.runtime.payloads is not None and self._rand() < dep.payload_rate:
                 self.runtime.payloads.put(
-                    dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs, request_id=rid
+                    dep.name,
+                    vs.version,
+                    x,
+                    pred,
+                    dep.signature.inputs,
+                    dep.signature.outputs,
+                    dep.payload_rate,
+                    request_id=rid,
                 )
         except Exception:
             vs.metrics.model_errors.inc()

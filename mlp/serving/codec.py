@@ -66,6 +66,7 @@ class Signature:
     numeric: bool
     outputs: tuple[str, ...]
     input_dtype: Any = np.float64
+    accepts_bool: bool = False  # an input is declared `bool`: true/false are values, not errors
 
     @classmethod
     def from_spec(cls, sig: dict[str, Any] | None, input_dtype: Any = np.float64) -> Signature:
@@ -89,6 +90,7 @@ class Signature:
             numeric,
             tuple(o["name"] for o in outputs),
             input_dtype,
+            any(f.get("type") == "bool" for f in inputs),
         )
 
 
@@ -99,7 +101,31 @@ def loads(body: bytes) -> Any:
         raise BadRequest(f"malformed JSON body: {exc}") from None
 
 
-def _as_batch(sig: Signature, data: Any, what: str) -> np.ndarray:
+def _contains_bool(data: Any) -> bool:
+    """True when a JSON value holds `true`/`false` anywhere (numpy would read them as 1 and 0)."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            return True
+        if type(item) is list:
+            if bool in set(map(type, item)):
+                return True
+            stack.extend(x for x in item if type(x) in (list, dict))
+        elif type(item) is dict:
+            stack.extend(item.values())
+    return False
+
+
+def _maybe_bool(raw: bytes | None) -> bool:
+    # The exact walk costs a pass over the data in Python: only pay it when the raw JSON could
+    # hold a boolean at all (no raw body given: always check).
+    return raw is None or b"true" in raw or b"false" in raw
+
+
+def _as_batch(sig: Signature, data: Any, what: str, raw: bytes | None = None) -> np.ndarray:
+    if sig.numeric and not sig.accepts_bool and _maybe_bool(raw) and _contains_bool(data):
+        raise BadRequest(f"{what}: expected numbers, got booleans (true/false)")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):
@@ -129,7 +155,7 @@ def _check_width(sig: Signature, arr: np.ndarray, what: str) -> np.ndarray:
     return arr
 
 
-def decode_v1(sig: Signature, body: Any) -> np.ndarray:
+def decode_v1(sig: Signature, body: Any, raw: bytes | None = None) -> np.ndarray:
     """`{"instances": [[...], ...]}` (or `"inputs"`), rows as lists or as {name: value} objects."""
     if not isinstance(body, dict):
         raise BadRequest('v1 body must be a JSON object with "instances"')
@@ -145,17 +171,17 @@ def decode_v1(sig: Signature, body: Any) -> np.ndarray:
             raise BadRequest(f"instances: missing input {exc.args[0]!r} (expected {', '.join(sig.inputs)})") from None
         except TypeError:
             raise BadRequest("instances: every row must be an object when the first one is") from None
-    return _check_width(sig, _as_batch(sig, instances, "instances"), "instances")
+    return _check_width(sig, _as_batch(sig, instances, "instances", raw), "instances")
 
 
-def decode_v2(sig: Signature, body: Any) -> np.ndarray:
+def decode_v2(sig: Signature, body: Any, raw: bytes | None = None) -> np.ndarray:
     """OIP inputs: one tensor `[rows, features]`, or one `[rows]` tensor per signature input."""
     if not isinstance(body, dict):
         raise BadRequest('v2 body must be a JSON object with "inputs"')
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise BadRequest('v2 body needs "inputs": a non-empty list of tensors')
-    tensors = [_v2_tensor(sig, t, i) for i, t in enumerate(inputs)]
+    tensors = [_v2_tensor(sig, t, i, _maybe_bool(raw)) for i, t in enumerate(inputs)]
     if len(tensors) == 1:
         name, arr = tensors[0]
         if arr.ndim == 1 and sig.width == 1:
@@ -172,7 +198,7 @@ def decode_v2(sig: Signature, body: Any) -> np.ndarray:
     return _check_width(sig, np.concatenate(cols, axis=1), "inputs")
 
 
-def _v2_tensor(sig: Signature, t: Any, i: int) -> tuple[str, np.ndarray]:
+def _v2_tensor(sig: Signature, t: Any, i: int, maybe_bool: bool = True) -> tuple[str, np.ndarray]:
     if not isinstance(t, dict):
         raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
     name = t.get("name")
@@ -193,6 +219,8 @@ def _v2_tensor(sig: Signature, t: Any, i: int) -> tuple[str, np.ndarray]:
         raise BadRequest(f"inputs[{name}].datatype {datatype!r} is not an Open Inference Protocol datatype")
     if data is None:
         raise BadRequest(f"inputs[{name}].data is missing")
+    if datatype != "BOOL" and maybe_bool and _contains_bool(data):
+        raise BadRequest(f"inputs[{name}].data holds booleans (true/false), not {datatype}")
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError):

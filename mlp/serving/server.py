@@ -17,18 +17,20 @@ from typing import Any
 
 import uvicorn
 
+from mlp.serving.httpbounds import HttpLimits, bounded_config
+
 
 def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return uvicorn.Config(
+    # header size and count, header-read and keep-alive timeouts, connection cap
+    return bounded_config(
         app,
+        limits=HttpLimits.from_environment(keep_alive_timeout=30),
         loop=loop,
-        http=http,
         lifespan="off",
         access_log=False,
         log_level="warning",
-        timeout_keep_alive=30,
+        log_config=None,  # keep the logging `mlp up --log-format` set up
         backlog=4096,
         host=host,
         port=port,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import os
+import posixpath
 import re
 import shlex
 import threading
@@ -30,7 +31,15 @@ from pathlib import Path
 import git
 from git.exc import BadName, GitCommandError
 
-from mlp.sources.base import MAX_SPEC_BYTES, SPEC_DIRS, TEMPLATE_DIR, YAML_SUFFIXES, Snapshot
+from mlp.sources.base import (
+    MAX_REPOSITORY_BYTES,
+    MAX_SPEC_BYTES,
+    OVER_BUDGET,
+    SPEC_DIRS,
+    TEMPLATE_DIR,
+    YAML_SUFFIXES,
+    Snapshot,
+)
 
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _SYMLINK_MODE = 0o120000
@@ -253,34 +262,13 @@ class GitSource:
                 commit = self._repo.commit(name)
             except (BadName, ValueError) as exc:
                 raise GitSourceError(f"{self.safe_url}: unknown revision {rev!r} (not fetched)") from exc
-            files: dict[str, bytes] = {}
-            oversized: dict[str, int] = {}
-            for top in (*SPEC_DIRS, TEMPLATE_DIR):
-                try:
-                    tree = commit.tree / top
-                except KeyError:
-                    continue
-                if tree.type != "tree":
-                    continue
-                for item in tree.traverse():
-                    if not isinstance(item, git.Blob) or item.mode == _SYMLINK_MODE:
-                        continue  # symlinks could point outside the repository: ignored, as in directories
-                    path = str(item.path)
-                    if any(part.startswith(".") for part in path.split("/")[1:-1]):
-                        continue  # hidden folders are skipped, as the directory source does
-                    if top == TEMPLATE_DIR and not path.endswith(".j2"):
-                        continue
-                    if top != TEMPLATE_DIR and not path.endswith(YAML_SUFFIXES):
-                        continue
-                    if item.size > self.max_bytes:
-                        oversized[path] = item.size
-                        continue
-                    files[path] = item.data_stream.read()
+            files, oversized, refused = read_tree(commit, max_bytes=self.max_bytes)
             author = f"{commit.author.name} <{commit.author.email}>"
             return Snapshot(
                 revision=commit.hexsha,
                 files=files,
                 oversized=oversized,
+                refused=refused,
                 author=author,
                 message=str(commit.message).strip(),
             )
@@ -288,3 +276,78 @@ class GitSource:
     def close(self) -> None:
         with self._lock:
             self._repo.close()
+
+
+def read_tree(
+    commit: git.Commit, subdir: str = "", *, max_bytes: int = MAX_SPEC_BYTES
+) -> tuple[dict[str, bytes], dict[str, int], dict[str, str]]:
+    """(files, oversized, refused) of the platform folders in a commit, read from the object store.
+
+    Only `specs/`, `environments/` and `templates/` (under `subdir` for a platform folder inside
+    a larger repository) are read, never the rest of the tree; files over `max_bytes` are
+    listed unread. A symbolic link is followed when it leads to a file inside the platform
+    folder, as the directory source does; otherwise it is refused with the reason.
+    """
+    root = commit.tree
+    if subdir:
+        try:
+            root = commit.tree / subdir
+        except KeyError:
+            return {}, {}, {}
+    files: dict[str, bytes] = {}
+    oversized: dict[str, int] = {}
+    refused: dict[str, str] = {}
+    budget = MAX_REPOSITORY_BYTES
+    for top in (*SPEC_DIRS, TEMPLATE_DIR):
+        try:
+            tree = root / top
+        except KeyError:
+            continue
+        if tree.type != "tree":
+            continue
+        cut = len(str(root.path)) + 1 if subdir else 0
+        for item in tree.traverse():
+            if not isinstance(item, git.Blob):
+                continue
+            path = str(item.path)[cut:]
+            if any(part.startswith(".") for part in path.split("/")[1:-1]):
+                continue  # hidden folders are skipped, as the directory source does
+            if top == TEMPLATE_DIR and not path.endswith(".j2"):
+                continue
+            if top != TEMPLATE_DIR and not path.endswith(YAML_SUFFIXES):
+                continue
+            if item.mode == _SYMLINK_MODE:
+                target, reason = _follow(root, item, cut)
+                if target is None:
+                    refused[path] = reason
+                    continue
+                item = target
+            if item.size > max_bytes:
+                oversized[path] = item.size
+                continue
+            if item.size > budget:
+                refused[path] = OVER_BUDGET
+                continue
+            budget -= item.size
+            files[path] = item.data_stream.read()
+    return files, oversized, refused
+
+
+def _follow(root: git.Tree, link: git.Blob, cut: int = 0, hops: int = 8) -> tuple[git.Blob | None, str]:
+    """The blob a symbolic link leads to inside `root`, or None and why not."""
+    item: git.Blob = link
+    for _ in range(hops):
+        target = item.data_stream.read().decode("utf-8", "replace")
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(str(item.path)[cut:]), target))
+        if target.startswith("/") or joined == ".." or joined.startswith("../"):
+            return None, "symbolic link leads outside the repository: not read"
+        try:
+            found = root / joined
+        except KeyError:
+            return None, "dangling symbolic link: its target does not exist"
+        if not isinstance(found, git.Blob):
+            return None, "a folder, not a regular file: not read"
+        if found.mode != _SYMLINK_MODE:
+            return found, ""
+        item = found
+    return None, "symbolic link loops: not read"

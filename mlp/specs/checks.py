@@ -17,8 +17,11 @@ from urllib.parse import unquote, urlsplit
 from mlp.specs.diagnostics import Loc, Problem
 from mlp.specs.loader import SpecSet
 
-ALLOWED_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs", "file")
+ALLOWED_URI_SCHEMES = ("s3", "gs", "azure", "https", "pvc", "oci", "hdfs", "file")
+# What KServe's storage initializer reads (Azure Blob as https://ACCOUNT.blob.core.windows.net/...).
 REMOTE_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs")
+# What the embedded runtime's artifact store reads (mlp.serving.artifacts).
+LOCAL_URI_SCHEMES = ("s3", "gs", "azure", "https", "file")
 SECRET_KEY = re.compile(
     r"(^|[_.-])(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)$",
     re.IGNORECASE,
@@ -32,9 +35,55 @@ REFERENCE_VALUE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$|^(env|file|secret|
 
 def check(specs: SpecSet) -> list[Problem]:
     problems: list[Problem] = []
-    for rule in (_models, _features, _experiments, _monitors, _environments, _promotion, _teams, _policy):
+    for rule in (
+        _models,
+        _features,
+        _experiments,
+        _monitors,
+        _environments,
+        _promotion,
+        _teams,
+        _policy,
+        _derived_names,
+    ):
         problems.extend(rule(specs))
     return problems
+
+
+# What each spec becomes on a cluster, and the suffix its name gets: a Kubernetes name is a
+# DNS label of at most 63 characters, and Services and KServe InferenceServices also need a
+# leading letter (DNS-1035). Checked on the derived name, suffix included.
+DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63
+
+
+def _derived_name_problem(name: str, suffix: str, becomes: str) -> str | None:
+    full = name + suffix
+    if len(full) > MAX_NAME:
+        return (
+            f"name {name!r} is too long: it becomes the {becomes} {full!r} ({len(full)} characters,"
+            f" at most {MAX_NAME}); use at most {MAX_NAME - len(suffix)} characters"
+        )
+    if not DNS1035.match(full):
+        return f"name {name!r} must start with a letter: it becomes the {becomes} {full!r} (a DNS-1035 label)"
+    return None
+
+
+def _derived_names(specs: SpecSet) -> Iterator[Problem]:
+    for name in specs.models:
+        problem = _derived_name_problem(name, "", "KServe InferenceService")
+        if problem:
+            yield _at(specs, "Model", name, ("metadata", "name"), problem, rule="schema")
+    for name in specs.monitors:
+        problem = _derived_name_problem(name, "-monitor", "Service")
+        if problem:
+            yield _at(specs, "Monitor", name, ("metadata", "name"), problem, rule="schema")
+    for env_name, env in specs.environments.items():
+        for model, dep in env.spec.deployments.items():
+            for suffix, key, used in (("-ab", "abTest", dep.abTest), ("-shadow", "shadow", dep.shadow)):
+                problem = _derived_name_problem(model, suffix, "InferenceService") if used is not None else None
+                if problem and DNS1035.match(model):  # a bad leading letter is reported on the model
+                    yield _at(specs, "Environment", env_name, ("spec", "deployments", model, key), problem, "schema")
 
 
 def _at(specs: SpecSet, kind: str, name: str, loc: Loc, message: str, rule: str = "reference") -> Problem:
@@ -213,7 +262,17 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                         name,
                         loc,
                         f"{label} {number} of model {model_name!r} has a local artifact URI "
-                        f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
+                        f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs (Azure Blob as https://ACCOUNT.blob.core.windows.net/...)",
+                        rule="policy",
+                    )
+                elif not kubernetes and _scheme(version.uri) not in LOCAL_URI_SCHEMES and not uri_problem(version.uri):
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        loc,
+                        f"{label} {number} of model {model_name!r} has an artifact URI the local runtime cannot "
+                        f"read ({version.uri}); a local target needs file, s3, gs, azure or https",
                         rule="policy",
                     )
             for label, number, loc in routed[1:]:
@@ -382,4 +441,9 @@ def uri_problem(uri: str) -> str | None:
         return f"URI {uri!r}: file URIs must be absolute, as file:///path"
     if parts.scheme in ("s3", "gs") and not parts.netloc:
         return f"URI {uri!r} names no bucket"
+    if parts.query or parts.fragment:
+        # SAS tokens and signed URLs travel in the query string: credentials go by reference.
+        return f"URI {uri!r} has a query string or fragment: credentials go in the environment's storage secret"
+    if parts.scheme == "azure" and len([seg for seg in decoded.split("/") if seg]) < 2:
+        return f"URI {uri!r}: azure URIs name an account, a container and a key (azure://ACCOUNT/CONTAINER/key)"
     return None

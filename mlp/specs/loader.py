@@ -28,7 +28,7 @@ from mlp.specs.models import (
     Strict,
     Team,
 )
-from mlp.specs.snapshot import MAX_SPEC_BYTES, Snapshot
+from mlp.specs.snapshot import MAX_DOCUMENTS, MAX_REPOSITORY_BYTES, MAX_SPEC_BYTES, Snapshot
 from mlp.specs.yamlio import Locator, ParseError, parse
 
 
@@ -98,8 +98,21 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
     problems: list[Problem] = []
     documents: list[tuple[SourceRef, dict[str, Any]]] = []
     files = dict(snapshot.files)
+    for path, reason in snapshot.refused_files():
+        problems.append(Problem(path, -1, (1, 1), reason, rule="syntax"))
+    # The whole repository's work is bounded too: past these, files are listed, not parsed.
+    budget_bytes, budget_docs = MAX_REPOSITORY_BYTES, MAX_DOCUMENTS
 
     for path in snapshot.spec_files():
+        if path not in snapshot.oversized and (len(files[path]) > budget_bytes or budget_docs <= 0):
+            what = f"{MAX_REPOSITORY_BYTES:,} bytes" if budget_docs > 0 else f"{MAX_DOCUMENTS:,} documents"
+            problems.append(
+                Problem(
+                    path, -1, (1, 1), f"not read: the repository's spec files exceed {what} in total", rule="syntax"
+                )
+            )
+            specs.invalid.update(_declared_names(files[path]))
+            continue
         if path in snapshot.oversized or len(files[path]) > MAX_SPEC_BYTES:
             # sources list oversized files unread; a snapshot built any other way is bounded here
             size = snapshot.oversized.get(path) or len(files[path])
@@ -113,10 +126,20 @@ def load(snapshot: Snapshot, *, checks: bool = True) -> LoadResult:
                 )
             )
             continue
+        budget_bytes -= len(files[path])
         try:
             docs = parse(files[path])
         except ParseError as exc:
             problems.append(_located(path, exc))
+            specs.invalid.update(_declared_names(files[path]))
+            continue
+        budget_docs -= len(docs)
+        if budget_docs < 0:
+            problems.append(
+                Problem(
+                    path, -1, (1, 1), f"not read: the repository holds over {MAX_DOCUMENTS:,} documents", rule="syntax"
+                )
+            )
             specs.invalid.update(_declared_names(files[path]))
             continue
         for index, doc in enumerate(docs):
@@ -155,7 +178,18 @@ def _declared_names(data: bytes) -> set[tuple[str, str]]:
     a second, misleading "does not exist" error elsewhere.
     """
     found: set[tuple[str, str]] = set()
-    for chunk in _DOC_SEPARATOR.split(data[:MAX_SPEC_BYTES]):
+    data = data[:MAX_SPEC_BYTES]
+    for bom, codec in (
+        (b"\xff\xfe\0\0", "utf-32-le"),
+        (b"\0\0\xfe\xff", "utf-32-be"),
+        (b"\xff\xfe", "utf-16-le"),
+        (b"\xfe\xff", "utf-16-be"),
+    ):
+        if data.startswith(bom):
+            # A UTF-16 file is refused, but what it declares still exists for the other files.
+            data = data[len(bom) :].decode(codec, errors="replace").encode("utf-8")
+            break
+    for chunk in _DOC_SEPARATOR.split(data):
         kind, name = _KIND_LINE.search(chunk), _NAME.search(chunk)
         if kind and name and kind.group(1).decode() in KINDS:
             found.add((kind.group(1).decode(), name.group(1).decode()))

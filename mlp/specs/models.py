@@ -12,15 +12,57 @@ import re
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mlp.specs.units import INT32_MAX, INT64_MAX, parse_cron, parse_duration, parse_quantity, parse_timezone
 
 API_VERSION = "mlp.dev/v1"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Services and KServe InferenceServices need a leading letter (DNS-1035).
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 
 Name = Annotated[str, Field(pattern=DNS1123_LABEL, min_length=1, max_length=63)]
 Percent = Annotated[int, Field(ge=0, le=100)]
-Quantity = Annotated[str | int | float, Field(description="Kubernetes quantity, e.g. 500m, 2Gi")]
+# Integers are bounded by what stores them: versions by SQLite's int64, replica counts and the
+# like by the Kubernetes int32 fields they become.
+Version = Annotated[int, Field(ge=1, le=INT64_MAX)]
+
+
+def _quantity(value: str | int | float) -> str | int | float:
+    parse_quantity(value)
+    return value
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _cron(value: str) -> str:
+    parse_cron(value)
+    return value
+
+
+def _timezone(value: str) -> str:
+    parse_timezone(value)
+    return value
+
+
+Quantity = Annotated[
+    str | int | float,
+    AfterValidator(_quantity),
+    Field(description="Kubernetes quantity, e.g. 500m, 2, 512Mi, 1Gi (kubernetes.utils.parse_quantity)"),
+]
+Duration = Annotated[
+    str,
+    AfterValidator(_duration),
+    Field(pattern=r"^(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?$", description="e.g. 30s, 15m, 4h, 2d, 2h30m"),
+]
+CronSchedule = Annotated[
+    str, AfterValidator(_cron), Field(description="Cron schedule: five fields or @hourly/@daily/@weekly/...")
+]
+TimeZone = Annotated[str, AfterValidator(_timezone), Field(description="IANA time zone, e.g. Europe/Paris")]
 
 
 class Strict(BaseModel):
@@ -64,7 +106,9 @@ class DataType(str, Enum):
 class Field_(Strict):
     name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$", max_length=128)]
     type: Annotated[DataType, Field(strict=False)]
-    shape: list[int] | None = Field(default=None, description="Per-example shape; -1 for a variable axis.")
+    shape: list[Annotated[int, Field(ge=-1, le=INT64_MAX)]] | None = Field(
+        default=None, description="Per-example shape; -1 for a variable axis."
+    )
     description: str | None = None
 
 
@@ -82,8 +126,8 @@ class Lineage(Strict):
 
 
 class ModelVersion(Strict):
-    version: Annotated[int, Field(ge=1)]
-    uri: str = Field(description="Artifact location: s3://, gs://, https://, pvc://, oci:// or file:///.")
+    version: Version
+    uri: str = Field(description="Artifact location: s3://, gs://, azure://, https://, pvc://, oci:// or file:///.")
     digest: Annotated[str, Field(pattern=DIGEST_PATTERN)]
     format: str | None = Field(default=None, description="Artifact format when not implied: joblib, json, ubj, onnx.")
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -150,7 +194,7 @@ class FeatureViewSpec(Strict):
     entities: list[Name] = Field(min_length=1)
     source: FeatureSource
     features: list[Field_] = Field(min_length=1)
-    ttl: Annotated[str, Field(pattern=r"^\d+[smhdw]$")] | None = None
+    ttl: Duration | None = None
     online: bool = True
 
 
@@ -173,7 +217,7 @@ class Run(Strict):
     id: str
     params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     metrics: dict[str, float] = Field(default_factory=dict)
-    modelVersion: int | None = Field(default=None, ge=1, description="Model version this run produced.")
+    modelVersion: int | None = Field(default=None, ge=1, le=INT64_MAX, description="Model version this run produced.")
 
 
 class ExperimentSpec(Strict):
@@ -197,7 +241,7 @@ class Drift(Strict):
     detector: Literal["ks", "mmd", "chi2", "psi", "tabular"] = "ks"
     features: list[str] = Field(default_factory=list, description="Inputs to watch; empty means all.")
     threshold: float = Field(default=0.05, gt=0, le=1, description="p-value (ks, mmd, chi2) or PSI bound")
-    window: Annotated[int, Field(ge=10)] = 1000
+    window: Annotated[int, Field(ge=10, le=INT32_MAX)] = 1000
     reference: str | None = Field(default=None, description="URI of the reference sample")
 
 
@@ -210,14 +254,14 @@ class PerformanceCheck(Strict):
 
 class Alert(Strict):
     severity: Literal["info", "warning", "critical"] = "warning"
-    for_: Annotated[str, Field(alias="for", pattern=r"^\d+[smh]$")] = "5m"
+    for_: Annotated[Duration, Field(alias="for")] = "5m"
     route: str | None = None
 
 
 class MonitorSpec(Strict):
     model: Name
     environments: list[Name] = Field(default_factory=list, description="Empty: every environment deploying it.")
-    schedule: str = Field(default="*/15 * * * *", description="Cron schedule of the check")
+    schedule: CronSchedule = Field(default="*/15 * * * *", description="Cron schedule of the check")
     drift: Drift | None = None
     performance: list[PerformanceCheck] = Field(default_factory=list)
     alerts: list[Alert] = Field(default_factory=list)
@@ -290,9 +334,9 @@ class MetricGate(Strict):
 
 class SyncWindow(Strict):
     kind: Literal["allow", "deny"]
-    schedule: str = Field(description="Cron expression of the window's start, e.g. '0 22 * * 5'")
-    duration: Annotated[str, Field(pattern=r"^\d+[mhd]$")]
-    timezone: str = "UTC"
+    schedule: CronSchedule = Field(description="Cron expression of the window's start, e.g. '0 22 * * 5'")
+    duration: Duration
+    timezone: TimeZone = "UTC"
 
 
 class SyncPolicy(Strict):
@@ -308,10 +352,10 @@ class Resources(Strict):
 
 
 class Autoscaling(Strict):
-    minReplicas: Annotated[int, Field(ge=0)] = 1
-    maxReplicas: Annotated[int, Field(ge=1)] = 1
+    minReplicas: Annotated[int, Field(ge=0, le=INT32_MAX)] = 1
+    maxReplicas: Annotated[int, Field(ge=1, le=INT32_MAX)] = 1
     metric: Literal["concurrency", "rps", "cpu", "memory"] = "concurrency"
-    target: Annotated[int, Field(ge=1)] | None = None
+    target: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
 
     @model_validator(mode="after")
     def _bounds(self) -> Autoscaling:
@@ -370,7 +414,7 @@ class Analysis(Strict):
     metric: str | None = Field(default=None, description="Shorthand for one check: with max/min")
     max: float | None = None
     min: float | None = None
-    interval: Annotated[str, Field(pattern=r"^\d+(ms|s|m|h)$")] = "5m"
+    interval: Duration = "5m"
     minRequests: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
         default=20, description="Requests the canary must answer in a step before it may advance"
     )
@@ -401,19 +445,11 @@ class Analysis(Strict):
         return self
 
     def interval_seconds(self) -> float:
-        return duration_seconds(self.interval)
-
-
-def duration_seconds(text: str) -> float:
-    """'500ms', '30s', '5m', '1h' in seconds."""
-    m = re.fullmatch(r"(\d+)(ms|s|m|h)", text)
-    if m is None:
-        raise ValueError(f"not a duration: {text!r}")
-    return int(m.group(1)) * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[m.group(2)]
+        return parse_duration(self.interval).total_seconds()
 
 
 class Canary(Strict):
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     steps: list[Percent] = Field(min_length=1)
     traffic: Percent | None = Field(default=None, description="Current share; defaults to the first step")
     analysis: Analysis | None = None
@@ -424,18 +460,18 @@ class Canary(Strict):
 
 
 class ABTest(Strict):
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     share: Percent = 50
     stickyHeader: str = "x-mlp-key"
 
 
 class Shadow(Strict):
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     percent: Percent = 100
 
 
 class Deployment(Strict):
-    version: Annotated[int, Field(ge=1)]
+    version: Version
     canary: Canary | None = None
     abTest: ABTest | None = None
     shadow: Shadow | None = None

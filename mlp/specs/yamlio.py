@@ -43,6 +43,8 @@ from mlp.specs.diagnostics import Loc
 # Largest number of nodes a document may expand to through aliases.
 MAX_EXPANDED_NODES = 100_000
 MAX_DEPTH = 64
+# Files up to this size that libyaml refuses are read again by the YAML 1.2 loader.
+PURE_FALLBACK_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,38 @@ def _safe() -> YAML:
     return yaml
 
 
+def _pure() -> YAML:
+    """ruamel's pure-Python YAML 1.2 loader: the fallback when libyaml (YAML 1.1) refuses valid 1.2."""
+    yaml: YAML | None = getattr(_local, "pure", None)
+    if yaml is None:
+        yaml = _local.pure = YAML(typ="safe", pure=True)
+    return yaml
+
+
+def _load_all_12(text: str) -> list[Any]:
+    """Documents via libyaml; on a libyaml syntax error, via the YAML 1.2 loader, whose error counts.
+
+    libyaml refuses some valid YAML 1.2, e.g. `from: [team:ml-leads]` (a colon inside a plain
+    scalar in a flow sequence, as ruamel itself writes it)."""
+    try:
+        docs = _fast_load_all(text)
+        return docs if docs is not None else list(_safe().load_all(text))
+    except YAMLError:
+        if len(text) > PURE_FALLBACK_CHARS:
+            raise  # the pure loader is several times slower: not for large files
+        return list(_pure().load_all(text))
+
+
 def decode(data: bytes) -> str:
     """Decode UTF-8 spec text, refusing binary files with the position of the first bad byte."""
+    for bom, name in (
+        (b"\xff\xfe\0\0", "UTF-32"),
+        (b"\0\0\xfe\xff", "UTF-32"),
+        (b"\xff\xfe", "UTF-16"),
+        (b"\xfe\xff", "UTF-16"),
+    ):
+        if data.startswith(bom):
+            raise ParseError(f"{name} text: spec files must be UTF-8 (save this file as UTF-8)", 1, 1)
     nul = data.find(b"\0")
     if nul >= 0:
         line, col = _position(data, nul)
@@ -307,9 +339,7 @@ def parse(data: bytes) -> list[Any]:
         _check_depth(text)
         if "&" in text and "*" in text:
             _check_aliases(text)
-        docs = _fast_load_all(text)
-        if docs is None:
-            docs = list(_safe().load_all(text))
+        docs = _load_all_12(text)
     except ParseError:
         raise
     except YAMLError as exc:
@@ -381,5 +411,9 @@ def _compose_all(text: str) -> list[Node | None]:
         while composer.check_node():
             docs.append(composer.get_node())
         return docs
+    except YAMLError:
+        if len(text) > PURE_FALLBACK_CHARS:
+            raise
+        return list(_pure().compose_all(text))  # valid YAML 1.2 that libyaml refuses
     finally:
         composer.dispose()

@@ -24,6 +24,7 @@ server-side apply that creates).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -329,8 +330,18 @@ class KubernetesTarget:
         impersonate: str | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        terminating_timeout: float | None = None,
     ) -> None:
         self.api = api_client
+        # How long an apply waits for an object that is still being deleted (a prune's foreground
+        # deletion) before it re-creates it; past that the apply fails saying so.
+        if terminating_timeout is None:
+            try:
+                terminating_timeout = float(os.environ.get("MLP_TERMINATING_TIMEOUT", "") or 120.0)
+            except ValueError:
+                terminating_timeout = 120.0
+        self.terminating_timeout = terminating_timeout
+        self._clock = clock
         self.namespace = namespace
         self.field_manager = field_manager
         self.max_retries = max_retries
@@ -355,6 +366,23 @@ class KubernetesTarget:
             api_client.set_default_header("Impersonate-User", impersonate)
 
     # ---- construction ----
+
+    @property
+    def cluster(self) -> object:
+        """What targets on one cluster share (their client-side rate limit): the identity of the cluster."""
+        return self.bucket
+
+    def scoped(self, namespace: str | None) -> KubernetesTarget:
+        """The same client, rate limit and discovery, listing and keeping its inventory in `namespace`.
+
+        Environments on one cluster share a target but each lists only its own namespace, so
+        the controller needs no cluster-wide read rights (least-privilege RBAC per namespace).
+        """
+        if namespace == self.namespace:
+            return self
+        other = copy.copy(self)
+        other.namespace = namespace
+        return other
 
     @classmethod
     def from_kubeconfig(
@@ -407,6 +435,9 @@ class KubernetesTarget:
 
         # Retries are ours (with backoff and a clear error); urllib3's own would hide the cause.
         cfg.retries = False
+        cfg.connection_pool_maxsize = (
+            32  # one pooled connection per concurrent apply (cli._common.MAX_APPLY_CONCURRENCY)
+        )
         return client.ApiClient(cfg)
 
     @property
@@ -510,6 +541,10 @@ class KubernetesTarget:
         if status not in (200, 201):
             raise error_from_response(status, raw, ctype, ref=ref, verb="apply", server=self.server)
         live = json.loads(raw)
+        deleting = (live.get("metadata") or {}).get("deletionTimestamp")
+        if deleting and not dry_run:
+            # Applied to an object a deletion is already removing: it would vanish right after.
+            return self._apply_after_deletion(obj, ref, str(deleting), force_conflicts)
         if status == 201:
             action = "created"
         elif dry_run:
@@ -524,6 +559,23 @@ class KubernetesTarget:
         if not dry_run:
             self._remember(live)
         return ApplyResult(ref=ref, action=action, live=live)
+
+    def _apply_after_deletion(self, obj: Manifest, ref: ObjectRef, since: str, force_conflicts: bool) -> ApplyResult:
+        """Wait (bounded) until a terminating object is gone, then create it afresh."""
+        deadline = self._clock() + self.terminating_timeout
+        delay = 0.2
+        while self.get(ref) is not None:
+            if self._clock() >= deadline:
+                raise TargetError(
+                    f"{ref}: still terminating after {self.terminating_timeout:.0f}s (deletion requested at {since});"
+                    " apply again once it is gone",
+                    ref=ref,
+                    status=409,
+                )
+            self._sleep(delay)
+            delay = min(delay * 2, 2.0)
+        result = self.apply(obj, force_conflicts=force_conflicts)
+        return ApplyResult(ref=result.ref, action="created", live=result.live)
 
     def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
         info, ref = self._locate(ref)

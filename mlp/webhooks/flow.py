@@ -209,6 +209,12 @@ class PullRequestFlow:
             self._status(host, repo, cr.head_sha, VALIDATE_CONTEXT, "error", str(exc))
             self._status(host, repo, cr.head_sha, GOVERNANCE_CONTEXT, "error", "the change could not be checked out")
             raise
+        except Exception as exc:
+            # Never leave the statuses pending: say the check broke, then let the delivery fail.
+            message = f"the check failed: {type(exc).__name__}: {exc}"
+            self._status(host, repo, cr.head_sha, VALIDATE_CONTEXT, "error", message)
+            self._status(host, repo, cr.head_sha, GOVERNANCE_CONTEXT, "error", "the change could not be checked")
+            raise
         self._checks[(host.provider, repo, number)] = check
         if check.valid and not check.render_failed:
             n = len(check.affected)
@@ -224,8 +230,14 @@ class PullRequestFlow:
             first = check.diagnostics[0] if check.diagnostics else "invalid"
             self._status(host, repo, cr.head_sha, VALIDATE_CONTEXT, "failure", first)
         else:
+            first = next(e.render_error for e in check.environments if e.render_error)
             self._status(
-                host, repo, cr.head_sha, VALIDATE_CONTEXT, "failure", "render failed: " + ", ".join(check.render_failed)
+                host,
+                repo,
+                cr.head_sha,
+                VALIDATE_CONTEXT,
+                "failure",
+                f"render failed ({', '.join(check.render_failed)}): {first}",
             )
         return self._govern(host, repo, cr, check)
 
@@ -240,6 +252,12 @@ class PullRequestFlow:
         if not check.valid:
             verdict = EnvironmentVerdict(
                 "*", [Requirement("*", "validation", False, "the head does not validate", hard=True)]
+            )
+            return GovernanceResult([verdict])
+        if check.render_failed:
+            failed = ", ".join(check.render_failed)
+            verdict = EnvironmentVerdict(
+                "*", [Requirement("*", "validation", False, f"the head does not render ({failed})", hard=True)]
             )
             return GovernanceResult([verdict])
         facts = PullRequestFacts(

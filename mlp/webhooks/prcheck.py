@@ -3,9 +3,11 @@
 `Workspace` is the repository the checks read: a local repository used in place, or a
 remote mirrored into a cache folder (a bare clone; pull/merge request heads are
 fetched by their `refs/pull/N/head` / `refs/merge-requests/N/head` refs). Each revision
-is checked out into its own temporary work folder (`git worktree add --detach`), read
-with the directory source and removed again, so concurrent checks never share files
-and nothing runs in the repository's own work tree.
+is read straight from Git's object store, and only its `specs/`, `environments/` and
+`templates/` folders, with the sources' size limits (`mlp.sources.git.read_tree`): a
+pull request that adds a 2 GB file costs nothing to check, and nothing is written to
+disk, so a killed process leaves no work folders behind. (Work folders earlier versions
+left in the temporary folder are removed when the workspace opens.)
 
 `check_revisions` is what both the webhook PR flow and `mlp plan --base --head` call:
 for each environment, the head's rendered objects are planned against the base's
@@ -18,7 +20,6 @@ import contextlib
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,8 +31,7 @@ from mlp.governance import affected_by_specs, version_changes
 from mlp.objects import Manifest
 from mlp.plan import Plan
 from mlp.render import RenderError
-from mlp.sources.directory import read_directory
-from mlp.sources.git import GitAuth, remote_url
+from mlp.sources.git import GitAuth, read_tree, remote_url
 from mlp.specs import LoadResult, SpecSet, load
 from mlp.specs.snapshot import Snapshot
 from mlp.webhooks.report import EnvironmentReport, report_markdown
@@ -111,33 +111,38 @@ class Workspace:
         out = self.repo.git.diff("--name-only", merge_base, head)
         return sorted(line for line in out.splitlines() if line)
 
-    @contextlib.contextmanager
-    def checkout(self, sha: str) -> Iterator[Path]:
-        """A temporary work folder holding `sha`, removed afterwards."""
-        folder = Path(tempfile.mkdtemp(prefix="mlp-rev-"))
-        path = folder / sha[:12]
+    def load(self, sha: str) -> tuple[LoadResult, Snapshot]:
+        """Specs and template overrides at `sha`, read from the object store (platform folders only)."""
         with self._lock:
             try:
-                self.repo.git.worktree("add", "--detach", "--force", str(path), sha)
-            except GitCommandError as exc:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise WorkspaceError(f"cannot check out {sha[:12]}: {(exc.stderr or '').strip()}") from exc
-        try:
-            yield path
-        finally:
-            with self._lock:
-                try:
-                    self.repo.git.worktree("remove", "--force", str(path))
-                except GitCommandError:
-                    shutil.rmtree(path, ignore_errors=True)
-                    self.repo.git.worktree("prune")
-            shutil.rmtree(folder, ignore_errors=True)
-
-    def load(self, sha: str) -> tuple[LoadResult, Snapshot]:
-        """Specs and the snapshot (with its template overrides) at `sha`, read from an isolated checkout."""
-        with self.checkout(sha) as path:
-            snapshot = read_directory(path / self.subdir if self.subdir else path, revision=sha)
+                commit = self.repo.commit(sha)
+            except (BadName, ValueError, GitCommandError) as exc:
+                raise WorkspaceError(f"cannot read {sha[:12]}: not in the repository") from exc
+            files, oversized, refused = read_tree(commit, self.subdir)
+        snapshot = Snapshot(revision=sha, files=files, oversized=oversized, refused=refused)
         return load(snapshot), snapshot
+
+    def clean_leftovers(self) -> int:
+        """Remove work folders (`mlp-rev-*`) a killed process left registered on this repository."""
+        removed = 0
+        with self._lock:
+            try:
+                listing = self.repo.git.worktree("list", "--porcelain")
+            except GitCommandError:
+                return 0
+            tmp = Path(tempfile.gettempdir()).resolve()
+            for line in listing.splitlines():
+                if not line.startswith("worktree "):
+                    continue
+                path = Path(line.removeprefix("worktree "))
+                if path.parent.name.startswith("mlp-rev-") and path.parent.parent.resolve() == tmp:
+                    with contextlib.suppress(GitCommandError):
+                        self.repo.git.worktree("remove", "--force", str(path))
+                    shutil.rmtree(path.parent, ignore_errors=True)
+                    removed += 1
+            with contextlib.suppress(GitCommandError):
+                self.repo.git.worktree("prune")
+        return removed
 
 
 @dataclass
@@ -197,9 +202,13 @@ def check_revisions(workspace: Workspace, base_ref: str, head_ref: str) -> Revis
     base_specs = base.specs if base.ok else None
     names = sorted(set(head.specs.environments) | set(base_specs.environments if base_specs else ()))
     by_specs = affected_by_specs(base_specs, head.specs)
+    over_budget: RenderError | None = None
     for name in names:
         report = EnvironmentReport(name, head.specs.environments.get(name), None)
         try:
+            if over_budget is not None:
+                # The same templates would burn the same budget again for every environment.
+                raise over_budget
             before: list[Manifest] = []
             if base_specs is not None and name in base_specs.environments:
                 with contextlib.suppress(RenderError):  # a base that did not render: everything is new
@@ -207,6 +216,8 @@ def check_revisions(workspace: Workspace, base_ref: str, head_ref: str) -> Revis
             report.plan = preview(head_snapshot, name, before, loaded=head.specs)
         except RenderError as exc:
             report.render_error = str(exc)
+            if exc.budget and name in head.specs.environments:
+                over_budget = exc
         report.changes = version_changes(base_specs, head.specs, name)
         if report.render_error or (report.plan is not None and report.plan.has_changes) or name in by_specs:
             check.environments.append(report)

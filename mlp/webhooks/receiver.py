@@ -14,6 +14,7 @@ alone with `mlp webhooks`.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import queue
@@ -28,13 +29,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from mlp.webhooks.events import Event, parse_github, parse_gitlab
-from mlp.webhooks.signatures import verify_github, verify_gitlab
+from mlp.webhooks.signatures import verify_gitlab
 from mlp.webhooks.store import DeliveryStore, StoredDelivery
 
 log = logging.getLogger("mlp.webhooks")
 
 # GitHub caps webhook payloads at 25 MB and drops larger ones, so nothing legitimate is bigger.
 DEFAULT_MAX_BODY = 25 * 1024 * 1024
+# Body bytes of not-yet-authenticated GitHub deliveries held at once, across all requests:
+# past it a delivery gets 503 (and the host's redelivery) instead of the receiver's memory.
+DEFAULT_MAX_UNVERIFIED_BYTES = 64 * 1024 * 1024
 
 EventHandler = Callable[[Event], None]
 
@@ -45,6 +49,7 @@ class ReceiverConfig:
     gitlab_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     dedupe_window_seconds: float = 14 * 24 * 3600
+    max_unverified_bytes: int = DEFAULT_MAX_UNVERIFIED_BYTES
 
 
 @dataclass
@@ -59,6 +64,10 @@ class ReceiverStats:
 
 class BodyTooLarge(Exception):
     pass
+
+
+class Busy(Exception):
+    """Too many unauthenticated body bytes in flight."""
 
 
 def _error(status: int, message: str, **headers: str) -> JSONResponse:
@@ -97,6 +106,7 @@ class WebhookReceiver:
         self._busy = 0
         self._idle = threading.Condition()
         self._stats_lock = threading.Lock()
+        self._unverified = 0  # body bytes reserved by GitHub deliveries not yet authenticated
         self.app = self._build_app()
 
     # --- HTTP -------------------------------------------------------------------------
@@ -119,11 +129,20 @@ class WebhookReceiver:
                 return self._reject(400, "missing X-GitHub-Event header")
             if not signature:
                 return self._reject(401, "missing X-Hub-Signature-256 header: unsigned deliveries are refused")
+            if not signature.startswith("sha256="):
+                return self._reject(401, "X-Hub-Signature-256 is not a sha256= signature")
+            # The signature covers the whole body, so the body must be read before it is known to
+            # be genuine: the HMAC is computed as it streams in, and the bytes held for
+            # unauthenticated requests, all together, are bounded.
+            mac = hmac.new(secret, digestmod=hashlib.sha256)
             try:
-                body = await self._read_body(request)
+                body = await self._read_body(request, mac=mac, reserve=True)
             except BodyTooLarge as exc:
                 return self._reject(413, str(exc), Connection="close")
-            if not verify_github(secret, body, signature):
+            except Busy as exc:
+                return self._reject(503, str(exc), Connection="close", **{"Retry-After": "5"})
+            expected = "sha256=" + mac.hexdigest()
+            if not hmac.compare_digest(expected.encode(), signature.strip().encode()):
                 return self._reject(401, "X-Hub-Signature-256 does not match the body")
             delivery = request.headers.get("x-github-delivery") or "sha256-" + hashlib.sha256(body).hexdigest()
             return self._accept("github", event, delivery, body)
@@ -155,25 +174,38 @@ class WebhookReceiver:
 
         return app
 
-    async def _read_body(self, request: Request) -> bytes:
+    async def _read_body(self, request: Request, *, mac: Any = None, reserve: bool = False) -> bytes:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
+        size: int | None = None
         if declared is not None:
             try:
                 size = int(declared)
             except ValueError:
                 raise BodyTooLarge("invalid Content-Length") from None
-            if size > limit:
+            if size > limit or size < 0:
                 # Refused from the header alone: not one byte of the body is read.
                 raise BodyTooLarge(f"body of {size} bytes exceeds the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        reserved = 0
+        if reserve:
+            # A chunked body may grow to the limit: reserve that much up front.
+            reserved = size if size is not None else limit
+            if self._unverified + reserved > self.config.max_unverified_bytes:
+                raise Busy("too many unauthenticated deliveries in flight; retry shortly")
+            self._unverified += reserved
+        try:
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit or (size is not None and total > size):
+                    raise BodyTooLarge(f"body exceeds the limit of {limit} bytes")
+                if mac is not None:
+                    mac.update(chunk)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            self._unverified -= reserved
 
     def _reject(self, status: int, message: str, **headers: str) -> JSONResponse:
         self.stats.rejected += 1
@@ -242,6 +274,7 @@ class WebhookReceiver:
     def process(self, item: StoredDelivery) -> None:
         """Parse one stored delivery and hand its event to the handler; record the outcome."""
         error: str | None = None
+        self.store.started(item.id, item.provider)
         try:
             payload = decode_body(item.body)
             parse = parse_github if item.provider == "github" else parse_gitlab

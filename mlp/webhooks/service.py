@@ -72,8 +72,10 @@ def build_receiver(
     if config.gitlab_api_token:
         hosts["gitlab"] = GitLabClient(config.gitlab_api_token, config.gitlab_api_url or "https://gitlab.com/api/v4")
     state = str(config.state_dir)
+    workspace = Workspace(config.repo, config.state_dir / "webhooks", auth=config.git_auth)
+    workspace.clean_leftovers()  # work folders a killed earlier version left behind
     flow = PullRequestFlow(
-        Workspace(config.repo, config.state_dir / "webhooks", auth=config.git_auth),
+        workspace,
         hosts,
         trigger=trigger or request_sync_trigger(state),
         audit=audit or ControllerAudit(state),
