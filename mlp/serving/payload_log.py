@@ -170,7 +170,11 @@ class PayloadLog:
                 return
 
     def _table(
-        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]], dropped: int = 0
+        self,
+        key: tuple[str, str],
+        stream: _Stream,
+        items: list[tuple[int, np.ndarray, np.ndarray, str]],
+        dropped: int = 0,
     ) -> Any:
         # This thread shares the GIL with the event loop: everything here is C-level (zip,
         # map, numpy, pyarrow), with no Python work per record.
@@ -204,7 +208,11 @@ class PayloadLog:
         return pa.table(cols)
 
     def _append(
-        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray, str]], dropped: int = 0
+        self,
+        key: tuple[str, str],
+        stream: _Stream,
+        items: list[tuple[int, np.ndarray, np.ndarray, str]],
+        dropped: int = 0,
     ) -> None:
         table = self._table(key, stream, items, dropped)
         if stream.writer is not None and not stream.writer.schema.equals(table.schema):
