@@ -23,7 +23,7 @@ def test_records_become_parquet_with_one_column_per_input(tmp_path: Path) -> Non
     log.close()
     v1 = pq.ParquetDataset([str(p) for p in (tmp_path / "iris" / "1").glob("*.parquet")]).read()
     assert v1.num_rows == 60
-    assert v1.column_names == ["ts", "model", "version", "sample_rate", *NAMES, "species"]
+    assert v1.column_names == ["ts", "model", "version", "sample_rate", "request_id", *NAMES, "species"]
     assert set(v1.column("sample_rate").to_pylist()) == {1.0}
     assert sorted(set(v1.column("species").to_pylist())) == list(range(30))
     v2 = pq.read_table(next((tmp_path / "iris" / "2").glob("*.parquet")))

@@ -10,7 +10,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -72,11 +72,16 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
     finally:
         store.close()
     code = 0 if statuses and all(s.sync_status == "Synced" and s.health == "Healthy" for s in statuses) else 1
+    rollouts = _rollouts(state_dir, env)
     if fmt == "json":
         data = [s.to_json() for s in statuses]
+        for d in data:
+            d["rollouts"] = [r for r in rollouts if r["env"] == d.get("env")]
         return json.dumps(data[0] if env else data, indent=2), code
-    if not statuses:
+    if not statuses and not rollouts:
         return "no environments reconciled yet", 1
+    if not statuses:  # `mlp up` records rollouts but no environment status
+        return _rollout_table(rollouts), code
     rows = [["ENVIRONMENT", "SYNC", "HEALTH", "REVISION", "SYNCED", "LAST SYNC", "MESSAGE"]]
     for s in statuses:
         rows.append(
@@ -111,7 +116,36 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
             rows = [["OBJECT", "SYNC", "HEALTH", "MESSAGE"]]
             rows += [[o.ref, o.sync_status, o.health, o.message] for o in s.objects]
             out.append("\n" + _table(rows))
+    if rollouts:
+        out.append("\n" + _rollout_table(rollouts))
     return "\n".join(out), code
+
+
+def _rollouts(state_dir: Path, env: str | None) -> list[dict[str, Any]]:
+    """Canary rollouts recorded in the state folder (mlp.rollouts), as JSON-ready dicts."""
+    from mlp.rollouts.store import RolloutStore
+
+    store = RolloutStore(state_dir)
+    try:
+        return [r.to_json() for r in store.all(env)]
+    finally:
+        store.close()
+
+
+def _rollout_table(rollouts: list[dict[str, Any]]) -> str:
+    rows = [["ROLLOUT", "PHASE", "CANARY", "STEP", "WEIGHT", "MESSAGE"]]
+    for r in rollouts:
+        rows.append(
+            [
+                f"{r['env']}/{r['model']}",
+                r["phase"],
+                f"v{r['canary']} (stable v{r['stable']})",
+                f"{r['step'] + 1}/{len(r['steps'])}",
+                f"{r['weight']}%",
+                (r["message"] + (f" [{r['revert_url']}]" if r.get("revert_url") else ""))[:120],
+            ]
+        )
+    return _table(rows)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -45,8 +45,12 @@ class LocalLoop:
         echo: Any = None,
         retry_seconds: float = 10.0,
         s3_endpoint_url: str | None = None,
+        rollouts: Any = None,
     ) -> None:
         self.repo = repo
+        # mlp.rollouts.driver.RolloutDriver: moves canary weights between repository changes
+        self.rollouts = rollouts
+        self._last: tuple[Any, Any] | None = None  # (snapshot, loaded specs) last reconciled
         self.env = env
         self.target = target
         self.echo = echo or (lambda msg: click.echo(msg, err=True))
@@ -63,7 +67,15 @@ class LocalLoop:
 
         snap = read_directory(self.repo)
         retry = self.failed_at is not None and time.monotonic() - self.failed_at > self.retry_seconds
+        moved = self.rollouts is not None and self._last is not None and self.rollouts.tick(self.env)
         if snap.revision == self.revision and not retry:
+            if moved and self._last is not None:
+                # a canary moved: the same snapshot, re-resolved at the rollouts' new positions
+                try:
+                    return self._converge(*self._last)
+                except UpError as exc:
+                    self.last_error = str(exc)
+                    return False
             return self.last_error is None
         self.revision = snap.revision
         try:
@@ -76,6 +88,11 @@ class LocalLoop:
             self.echo(f"mlp up: revision {snap.revision} refused, still serving the last good state:\n{exc}")
             return False
         self.target.runtime.store.mirror = mirror
+        if self.rollouts is not None:
+            deployments = result.specs.environments[self.env].spec.deployments
+            self.rollouts.declare(self.env, snap.revision, deployments)
+            self.rollouts.tick(self.env)
+            self._last = (snap, result)
         try:
             return self._converge(snap, result)
         except UpError as exc:
@@ -121,7 +138,8 @@ class LocalLoop:
         # artifact does not hold back the others (what was serving keeps serving)
         policy = Policy(prune=True, allow_empty=True, keep_going=True)
         try:
-            run = reconcile(snap, self.env, self.target, policy, loaded=result)
+            positions = self.rollouts.positions(self.env) if self.rollouts is not None else None
+            run = reconcile(snap, self.env, self.target, policy, loaded=result, positions=positions)
         except (RenderError, PlanRefused, ValueError) as exc:
             raise UpError(str(exc)) from None
         changes = run.changes
@@ -146,6 +164,30 @@ class LocalLoop:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _rollouts(
+    runtime: Runtime,
+    state: Path,
+    repo: Path,
+    env: str,
+    event: Any,
+    remote: str,
+    pr_repo: str | None,
+    github_url: str | None,
+    gitlab_url: str | None,
+) -> Any:
+    """The rollout driver (mlp.rollouts): canaries walk their steps on the runtime's own metrics."""
+    import os
+
+    from mlp.rollouts.local import HostConfig, local_driver
+
+    names = ("MLP_GITLAB_TOKEN", "GITLAB_TOKEN") if gitlab_url else ("MLP_GITHUB_TOKEN", "GITHUB_TOKEN")
+    token = next((os.environ[n] for n in names if os.environ.get(n)), None)
+    host = HostConfig(
+        repo=pr_repo, token=token, github_url=github_url, gitlab_url=gitlab_url, remote=remote, base="main"
+    )
+    return local_driver(runtime, state, repo, host=host, echo=event)
 
 
 def _lock_state(state: Path) -> Any:
@@ -274,6 +316,16 @@ def _feature_service(repo: Path, env: str, runtime: Runtime, event: Any) -> Any:
     type=click.FloatRange(min=0.1),
     help="Run the environment's monitors every N seconds instead of on their cron schedules.",
 )
+@click.option(
+    "--git-remote", default="origin", show_default=True, help="Remote a rollback's revert branch is pushed to."
+)
+@click.option(
+    "--pr-repo",
+    envvar="MLP_PR_REPO",
+    help="owner/name on GitHub (or GitLab with --gitlab-url) to open a rollback's revert PR in [env MLP_PR_REPO].",
+)
+@click.option("--github-url", envvar="MLP_GITHUB_API_URL", help="GitHub API URL [env MLP_GITHUB_API_URL].")
+@click.option("--gitlab-url", envvar="MLP_GITLAB_API_URL", help="GitLab API URL [env MLP_GITLAB_API_URL].")
 @output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
 @log_options
 @tls_options
@@ -289,6 +341,10 @@ def up(
     max_inflight: int,
     payload_log: bool,
     monitor_interval: float | None,
+    git_remote: str,
+    pr_repo: str | None,
+    github_url: str | None,
+    gitlab_url: str | None,
     fmt: str,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
@@ -338,7 +394,13 @@ def up(
     target = LocalTarget(runtime)
     for line in runtime.restore():
         event(f"could not restore {line}")
-    loop = LocalLoop(repo, env, target, s3_endpoint_url=s3_endpoint_url)
+    loop = LocalLoop(
+        repo,
+        env,
+        target,
+        s3_endpoint_url=s3_endpoint_url,
+        rollouts=_rollouts(runtime, state, repo, env, event, git_remote, pr_repo, github_url, gitlab_url),
+    )
     click.echo(f"mlp up: reading {repo} (environment {env})", err=True)
     try:
         loop.step(first=True)

@@ -106,6 +106,23 @@ CREATE TABLE IF NOT EXISTS audit (
     hash TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_env_time ON audit (environment, time);
+CREATE TABLE IF NOT EXISTS rollouts (  -- mlp.rollouts: one row per deployment's current rollout
+    env TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,                  -- hash of the canary declaration (stable, canary, steps)
+    phase TEXT NOT NULL,
+    state TEXT NOT NULL,                -- JSON of mlp.rollouts.machine.Rollout
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (env, model)
+);
+CREATE TABLE IF NOT EXISTS rollout_history (  -- declarations that ended, so a rolled-back one is never retried
+    env TEXT NOT NULL,
+    model TEXT NOT NULL,
+    key TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (env, model, key)
+);
 """
 
 

@@ -31,6 +31,7 @@ from mlp.plan.core import Action, Plan, PlanItem, PlanRefused, make_plan
 from mlp.plan.execute import ChangeSet, execute
 from mlp.plan.target import ApplyResult, Target, TargetError
 from mlp.render import render
+from mlp.render.resolve import Position, with_position
 from mlp.specs import LoadResult, SpecSet, load
 from mlp.specs.snapshot import Snapshot
 
@@ -110,14 +111,21 @@ def load_stage(snapshot: Snapshot, loaded: LoadResult | SpecSet | None = None) -
     return result.specs
 
 
-def resolve_stage(specs: SpecSet, environment: str) -> dict[str, Any]:
-    """Every plug-in's resolution for `environment`, by plug-in name."""
+def resolve_stage(specs: SpecSet, environment: str, positions: Mapping[str, Position] | None = None) -> dict[str, Any]:
+    """Every plug-in's resolution for `environment`, by plug-in name; `positions` (model ->
+    rollout position, from mlp.rollouts) set where each canary stands."""
     if environment not in specs.environments:
         from mlp.render import RenderError
 
         known = ", ".join(sorted(specs.environments)) or "none"
         raise RenderError(f"unknown environment {environment!r} (declared: {known})")
-    return {p.name: dict(p.resolve(specs, environment)) for p in plugins() if p.resolve is not None}
+    resolved = {p.name: dict(p.resolve(specs, environment)) for p in plugins() if p.resolve is not None}
+    if positions and "deployments" in resolved:
+        deployments = resolved["deployments"]
+        for name, pos in positions.items():
+            if name in deployments:
+                deployments[name] = with_position(deployments[name], pos)
+    return resolved
 
 
 def render_stage(
@@ -279,17 +287,18 @@ def reconcile(
     loaded: LoadResult | SpecSet | None = None,
     live: list[Manifest] | None = None,
     live_kinds: list[KindKey] | None = None,
+    positions: Mapping[str, Position] | None = None,
 ) -> Result:
     """Converge `environment` on `target` with `snapshot`, as far as `policy` allows.
 
     `loaded` spares loading the snapshot again (a caller that validated it already);
     `live` spares the list when the caller has just listed `live_kinds` (only the kinds
-    missing from them are listed).
+    missing from them are listed); `positions` are the canary rollouts' positions (resolve).
     """
     policy = policy or Policy()
     specs = load_stage(snapshot, loaded)
     revision = snapshot.revision
-    resolved = resolve_stage(specs, environment)
+    resolved = resolve_stage(specs, environment, positions)
     desired = render_stage(specs, environment, resolved, revision=revision, templates=snapshot.templates())
     target_kind = specs.environments[environment].spec.target.kind
     kinds, inventory = kinds_stage(target, environment, target_kind, desired)

@@ -2,10 +2,15 @@
 
 The engine's resolve stage calls `resolve_deployments`; render, status and policy read the
 result (`mlp.objects.ResolvedDeployment`) instead of recomputing `100 - canary` on their own.
-A rollout position (progressive delivery) will override a canary's weight here, before render.
+A rollout position (`Position`, from `mlp.rollouts`) overrides a canary's weight here, before
+render: progressing or paused, the canary serves the rollout's step; promoted, the canary is the
+only (stable) version; rolled back, the canary is gone.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 from mlp.objects import ResolvedDeployment, Route
 from mlp.render.engine import RenderError
@@ -44,6 +49,42 @@ def resolve_deployment(specs: SpecSet, environment: str, name: str, dep: Deploym
         canary_steps=tuple(dep.canary.steps) if dep.canary else (),
         sticky_header=dep.abTest.stickyHeader if dep.abTest else None,
     )
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a deployment's canary rollout stands: its phase and the canary's share of traffic."""
+
+    phase: str  # Pending | Progressing | Paused | Promoted | RolledBack
+    weight: int
+
+
+def with_position(rd: ResolvedDeployment, pos: Position) -> ResolvedDeployment:
+    """`rd` with its canary route at the rollout's position (unchanged without a canary)."""
+    canary, stable = rd.route("canary"), rd.route("stable")
+    if canary is None or stable is None:
+        return rd
+    others = sum(r.weight for r in rd.routes if r.role == "ab")
+    routes: list[Route] = []
+    for r in rd.routes:
+        if pos.phase == "Promoted":
+            if r.role == "stable":
+                continue
+            routes.append(dataclasses.replace(r, role="stable", weight=100 - others) if r is canary else r)
+        elif pos.phase == "RolledBack":
+            if r is canary:
+                continue
+            routes.append(dataclasses.replace(r, weight=100 - others) if r is stable else r)
+        else:
+            weight = min(max(pos.weight, 0), 100 - others)
+            if r is canary:
+                routes.append(dataclasses.replace(r, weight=weight))
+            elif r is stable:
+                routes.append(dataclasses.replace(r, weight=100 - others - weight))
+            else:
+                routes.append(r)
+    promoted_first = sorted(routes, key=lambda r: r.role != "stable")
+    return dataclasses.replace(rd, routes=tuple(promoted_first))
 
 
 def resolve_deployments(specs: SpecSet, environment: str) -> dict[str, ResolvedDeployment]:

@@ -11,10 +11,12 @@ Endpoints
   POST /v2/models/NAME[/versions/V]/infer     inference
   GET  /v1/models | /v1/models/NAME            list, readiness
   POST /v1/models/NAME:predict                 inference
+  POST /v2/models/NAME/feedback                outcomes for answered request ids (FEEDBACK_CONTRACT.md)
   POST /v1/batch/jobs, GET /v1/batch/jobs/ID   batch jobs over files in the batch folder
   GET  /metrics                                Prometheus
 
-Every inference answer carries `x-mlp-model-version` (the version that answered) and
+Every inference answer carries `x-request-id` (v2 echoes the request's `id`, else one is
+generated; the v2 body carries it too), `x-mlp-model-version` (the version that answered) and
 `x-mlp-route` (stable, canary, ab). Client mistakes are 4xx with `{"error": "..."}` and
 never reach the model: 400 malformed or mis-shaped input, 404 unknown model or version,
 405 wrong method, 413 body over the limit (refused from Content-Length before reading),
@@ -24,7 +26,9 @@ never reach the model: 400 malformed or mis-shaped input, 404 unknown model or v
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import random
 import time
 from typing import Any
@@ -35,6 +39,7 @@ from mlp.serving import codec
 from mlp.serving.batch import BatchError, BatchJobs
 from mlp.serving.batching import Overloaded
 from mlp.serving.codec import BadRequest
+from mlp.serving.feedback import FeedbackError
 from mlp.serving.loaders import CustomModel
 from mlp.serving.runtime import Deployed, Runtime, VersionState
 
@@ -67,6 +72,9 @@ class DataPlane:
         self.jobs = batch_jobs or BatchJobs(runtime.state_dir / "batch")
         self._rand = random.random
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        # request ids: a random per-process prefix and a counter, unique across restarts and cheap
+        self._id_prefix = os.urandom(6).hex() + "-"
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -139,6 +147,11 @@ class DataPlane:
             raise BadRequest(
                 f"model {name!r} has no loaded version {version!r} (loaded: {', '.join(dep.versions)})", 404
             )
+        if action == "feedback" and v2 and version is None:
+            if method != "POST":
+                raise BadRequest(f"{path} takes POST", 405)
+            await self._feedback(scope, receive, send, dep)
+            return
         if action not in ("infer", "predict", "ready", ""):
             raise BadRequest(f"no route for {method} {path} (explain and generate are not served)", 404)
         if action in ("infer", "predict"):
@@ -190,6 +203,8 @@ class DataPlane:
                     raise BadRequest(str(exc) if status else f"feature lookup failed: {exc}", status or 503) from None
             version = pinned if pinned is not None else dep.router.choose(key)
             vs = dep.versions[version]
+            given = body.get("id") if v2 and isinstance(body, dict) else None
+            rid = given if isinstance(given, str) and 0 < len(given) <= 256 else f"{self._id_prefix}{next(self._ids)}"
             if isinstance(vs.loaded, CustomModel):
                 await self._infer_custom(send, dep, vs, body, raw, scope, v2, t0)
                 return
@@ -222,10 +237,7 @@ class DataPlane:
                 return
             finally:
                 vs.inflight -= 1
-            if v2:
-                out = codec.encode_v2(dep.signature, dep.name, version, pred, body.get("id"))
-            else:
-                out = codec.encode_v1(pred)
+            out = codec.encode_v2(dep.signature, dep.name, version, pred, rid) if v2 else codec.encode_v1(pred)
             await send(
                 {
                     "type": "http.response.start",
@@ -235,41 +247,63 @@ class DataPlane:
                         (b"content-length", str(len(out)).encode()),
                         (b"x-mlp-model-version", version.encode()),
                         (b"x-mlp-route", vs.role.encode()),
+                        (b"x-request-id", rid.encode("latin-1", "replace")),
                     ],
                 }
             )
             await send({"type": "http.response.body", "body": out})
             vs.metrics.ok.inc()
-            vs.metrics.latency.observe(time.perf_counter() - t0)
+            vs.metrics.observe(pred, time.perf_counter() - t0)
+            self.runtime.feedback.ledger.add(rid, dep.name, version)
             if (
                 dep.payload_rate > 0
                 and self.runtime.payloads is not None
                 and (dep.payload_rate >= 1.0 or self._rand() < dep.payload_rate)
             ):
                 self.runtime.payloads.put(
-                    dep.name, version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                    dep.name,
+                    version,
+                    x,
+                    pred,
+                    dep.signature.inputs,
+                    dep.signature.outputs,
+                    dep.payload_rate,
+                    request_id=rid,
                 )
             if pinned is None and dep.router.shadow is not None:
                 shadow = dep.router.mirror()
                 if shadow is not None and shadow in dep.versions:
-                    task = asyncio.get_running_loop().create_task(self._shadow(dep, dep.versions[shadow], x))
+                    task = asyncio.get_running_loop().create_task(self._shadow(dep, dep.versions[shadow], x, pred, rid))
                     self._shadow_tasks.add(task)
                     task.add_done_callback(self._shadow_tasks.discard)
         finally:
             self.inflight -= 1
 
-    async def _shadow(self, dep: Deployed, vs: VersionState, x: np.ndarray) -> None:
-        # Mirrored after the main response is sent; the answer is only logged and counted.
+    async def _shadow(self, dep: Deployed, vs: VersionState, x: np.ndarray, served: np.ndarray, rid: str) -> None:
+        # Mirrored after the main response is sent; the answer is only logged, counted and
+        # compared with what the served version answered.
         if vs.batcher is None:
             return
         vs.metrics.shadow.inc()
         vs.inflight += 1
+        t0 = time.perf_counter()
         try:
             pred = await vs.batcher.submit(x)
             vs.metrics.ok.inc()
+            vs.metrics.observe(pred, time.perf_counter() - t0)
+            vs.metrics.shadow_compared += 1
+            if np.array_equal(pred, served):
+                vs.metrics.shadow_agreed += 1
             if dep.payload_rate > 0 and self.runtime.payloads is not None and self._rand() < dep.payload_rate:
                 self.runtime.payloads.put(
-                    dep.name, vs.version, x, pred, dep.signature.inputs, dep.signature.outputs, dep.payload_rate
+                    dep.name,
+                    vs.version,
+                    x,
+                    pred,
+                    dep.signature.inputs,
+                    dep.signature.outputs,
+                    dep.payload_rate,
+                    request_id=rid,
                 )
         except Exception:
             vs.metrics.model_errors.inc()
@@ -321,13 +355,21 @@ class DataPlane:
             result = {**result, "model_name": dep.name, "model_version": vs.version}
             if not result.get("id") and isinstance(body, dict) and body.get("id"):
                 result["id"] = body["id"]
+        rid = result.get("id") if isinstance(result, dict) and isinstance(result.get("id"), str) else None
+        rid = rid or f"{self._id_prefix}{next(self._ids)}"
         out = codec.dumps(result)
         await _send(
             send,
             200,
             out,
-            [*JSON_HEADERS, (b"x-mlp-model-version", vs.version.encode()), (b"x-mlp-route", vs.role.encode())],
+            [
+                *JSON_HEADERS,
+                (b"x-mlp-model-version", vs.version.encode()),
+                (b"x-mlp-route", vs.role.encode()),
+                (b"x-request-id", rid.encode("latin-1", "replace")),
+            ],
         )
+        self.runtime.feedback.ledger.add(rid, dep.name, vs.version)
         vs.metrics.ok.inc()
         vs.metrics.latency.observe(time.perf_counter() - t0)
 
@@ -351,6 +393,25 @@ class DataPlane:
             parts.append(chunk)
             if not msg.get("more_body"):
                 return b"".join(parts)
+
+    async def _feedback(self, scope: dict[str, Any], receive: Any, send: Any, dep: Deployed) -> None:
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), b"-1")
+        if length.isdigit() and int(length) > self.max_body:
+            raise BadRequest(f"request body of {int(length)} bytes exceeds the {self.max_body} byte limit", 413)
+        body = codec.loads(await self._read_body(receive))
+        if isinstance(body, dict) and "feedback" in body and set(body) == {"feedback"}:
+            items = body["feedback"]
+            if not isinstance(items, list):
+                raise BadRequest('"feedback" must be a list of {"id", "outcome"}')
+        else:
+            items = [body]
+        try:
+            # a Parquet write: off the event loop
+            n = await asyncio.get_running_loop().run_in_executor(None, self.runtime.feedback.record, dep.name, items)
+        except FeedbackError as exc:
+            await _problem(send, exc.status, str(exc))
+            return
+        await _send(send, 200, codec.dumps({"stored": n}))
 
     # --- batch jobs -----------------------------------------------------------------------
 
@@ -402,6 +463,21 @@ async def _error(send: Any, status: int, message: str, *, version: str | None = 
     if version is not None:
         headers.append((b"x-mlp-model-version", version.encode()))
     await _send(send, status, codec.dumps({"error": message}), headers)
+
+
+async def _problem(send: Any, status: int, detail: str) -> None:
+    """RFC 9457 problem JSON (`error` too, like every other answer of the data plane)."""
+    titles = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large"}
+    body = codec.dumps(
+        {
+            "type": "about:blank",
+            "title": titles.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "error": detail,
+        }
+    )
+    await _send(send, status, body, [(b"content-type", b"application/problem+json")])
 
 
 async def _lifespan(receive: Any, send: Any) -> None:

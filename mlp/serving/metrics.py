@@ -7,6 +7,9 @@ pays one `inc()`/`observe()` each, not a label lookup.
 
 from __future__ import annotations
 
+import collections
+
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -21,6 +24,7 @@ from prometheus_client import (
 disable_created_metrics()
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+RECENT = 4096  # outputs and latencies kept per version for canary analysis
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -75,3 +79,29 @@ class VersionMetrics:
         self.model_errors = m.errors.labels(model, version, "model")
         self.input_errors = m.errors.labels(model, version, "input")
         self.shadow = m.shadow.labels(model, version)
+        # The last answers' outputs and latencies, for canary analysis (two-sample tests,
+        # percentiles over exactly one step's window); `observed` counts every append so a
+        # window is "the newest observed - start entries".
+        self.recent_outputs: collections.deque[float] = collections.deque(maxlen=RECENT)
+        self.recent_latency: collections.deque[float] = collections.deque(maxlen=RECENT)
+        self.observed = 0
+        self.observed_rows = 0
+        # shadow only: answers compared with what the served version said for the same request
+        self.shadow_compared = 0
+        self.shadow_agreed = 0
+
+    def observe(self, pred: np.ndarray, seconds: float) -> None:
+        """One answered request: its latency and its outputs (first output column)."""
+        self.latency.observe(seconds)
+        rows = pred.shape[0] if pred.ndim else 1
+        first = pred.reshape(rows, -1)[:, 0] if pred.ndim else pred.reshape(1)
+        self.recent_outputs.extend(first.tolist())
+        self.recent_latency.append(seconds)
+        self.observed += 1
+        self.observed_rows += len(first)
+
+    def counts(self) -> tuple[int, int]:
+        """(answered, server errors) since the version was loaded: 2xx + 5xx, and 5xx."""
+        ok = int(self.ok._value.get())  # prometheus_client keeps the value here; reading it is O(1)
+        failed = int(self.failed._value.get())
+        return ok + failed, failed

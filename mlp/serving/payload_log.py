@@ -12,7 +12,8 @@ is closed and renamed into place:
 Small, frequent appends matter on a 2-core machine: one big write per second was a 5 ms
 burst of CPU and GIL that showed up directly in the data plane's p99.
 
-Columns: `ts` (timestamp, ms, UTC), `model`, `version`, `sample_rate`, one float64 column
+Columns: `ts` (timestamp, ms, UTC), `model`, `version`, `sample_rate`, `request_id` (the
+answer's request id, on every row of a multi-row request; "" when none), one float64 column
 per signature input (or `input`, a list, when the widths disagree), and one column per
 signature output (`prediction` if unnamed).
 
@@ -51,7 +52,7 @@ class _Stream:
         self.output_names = output_names
         self.rate = 1.0  # the request sample rate records arrive at
         self.dropped = 0  # records dropped since the writer last drained this stream
-        self.q: collections.deque[tuple[int, np.ndarray, np.ndarray]] = collections.deque()
+        self.q: collections.deque[tuple[int, np.ndarray, np.ndarray, str]] = collections.deque()
         self.writer: Any = None
         self.path: Path | None = None
         self.opened = 0.0
@@ -107,6 +108,7 @@ class PayloadLog:
         input_names: Sequence[str] = (),
         output_names: Sequence[str] = (),
         rate: float = 1.0,
+        request_id: str = "",
     ) -> None:
         """Hand a record (sampled at `rate`) to the writer; never blocks (drops and counts when it is behind)."""
         stream = self._streams.get((model, version))
@@ -121,7 +123,7 @@ class PayloadLog:
             if self.on_drop is not None:
                 self.on_drop()
             return
-        q.append((int(time.time() * 1000), inputs, outputs))
+        q.append((int(time.time() * 1000), inputs, outputs, request_id))
         if n == self.max_queue >> 2:
             self._wake.set()  # falling behind: drain now rather than at the next tick
 
@@ -168,13 +170,17 @@ class PayloadLog:
                 return
 
     def _table(
-        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]], dropped: int = 0
+        self,
+        key: tuple[str, str],
+        stream: _Stream,
+        items: list[tuple[int, np.ndarray, np.ndarray, str]],
+        dropped: int = 0,
     ) -> Any:
         # This thread shares the GIL with the event loop: everything here is C-level (zip,
         # map, numpy, pyarrow), with no Python work per record.
         pa = self._pa
         model, version = key
-        stamps, inputs, outputs = zip(*items, strict=True)
+        stamps, inputs, outputs, ids = zip(*items, strict=True)
         rows = np.fromiter(map(len, inputs), dtype=np.int64, count=len(items))
         ts = np.repeat(np.array(stamps, dtype=np.int64), rows)
         n = int(ts.shape[0])
@@ -183,6 +189,7 @@ class PayloadLog:
             "model": pa.repeat(model, n),
             "version": pa.repeat(version, n),
             "sample_rate": pa.repeat(stream.rate * len(items) / (len(items) + dropped), n),
+            "request_id": pa.array(np.repeat(np.array(ids, dtype=object), rows), pa.string()),
         }
         x = np.concatenate(inputs).reshape(n, -1)
         names = stream.input_names
@@ -201,7 +208,11 @@ class PayloadLog:
         return pa.table(cols)
 
     def _append(
-        self, key: tuple[str, str], stream: _Stream, items: list[tuple[int, np.ndarray, np.ndarray]], dropped: int = 0
+        self,
+        key: tuple[str, str],
+        stream: _Stream,
+        items: list[tuple[int, np.ndarray, np.ndarray, str]],
+        dropped: int = 0,
     ) -> None:
         table = self._table(key, stream, items, dropped)
         if stream.writer is not None and not stream.writer.schema.equals(table.schema):

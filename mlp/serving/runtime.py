@@ -34,6 +34,7 @@ from mlp.objects import InvalidObject, ModelDeployment, canonical_json
 from mlp.serving.artifacts import ArtifactError, ArtifactStore
 from mlp.serving.batching import Batcher
 from mlp.serving.codec import Signature
+from mlp.serving.feedback import FeedbackStore
 from mlp.serving.loaders import CustomModel, LoadedModel, LoadError, load_model
 from mlp.serving.metrics import Metrics, VersionMetrics
 from mlp.serving.payload_log import PayloadLog
@@ -116,6 +117,8 @@ class Runtime:
         self.payloads: PayloadLog | None = (
             PayloadLog(self.state_dir / "payloads", on_drop=self.metrics.payload_dropped.inc) if payload_log else None
         )
+        # feedback sits beside the payload log (its files under payloads/<model>/_feedback)
+        self.feedback = FeedbackStore(self.state_dir / "payloads")
         self.drain_seconds = drain_seconds
         self.max_queue_rows = max_queue_rows
         self.on_event = on_event or (lambda msg: log.info(msg))

@@ -88,3 +88,49 @@ def client(base_url: str, timeout: float = 10.0) -> Any:
 
     transport = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
     return httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+
+
+class Faulty:
+    """A fitted estimator that fails on a share of calls, or answers from a shifted distribution.
+
+    For rollout tests and benchmarks: a canary that errs (`fail_share` of input rows, by a hash of the row) or whose
+    predictions move (`constant`: always that class) without any error. Picklable, so
+    joblib writes it like any model and `mlp up` loads it in another process.
+    """
+
+    def __init__(self, inner: Any, *, fail_share: float = 0.0, constant: int | None = None) -> None:
+        self.inner = inner
+        self.fail_share = fail_share
+        self.constant = constant
+        self.n_features_in_ = inner.n_features_in_
+
+    def predict(self, x: Any) -> Any:
+        import hashlib
+
+        import numpy as np
+
+        if self.fail_share > 0:
+            # a function of the input: a retry of the same row fails again, as a real bug would
+            for row in np.asarray(x, dtype=np.float64):
+                digest = hashlib.blake2b(row.tobytes(), digest_size=8).digest()
+                if int.from_bytes(digest, "big") % 10_000 < self.fail_share * 10_000:
+                    raise RuntimeError("injected failure")
+        if self.constant is not None:
+            return np.full(len(x), self.constant)
+        return self.inner.predict(x)
+
+
+def train_faulty(
+    folder: str | Path, *, fail_share: float = 0.0, constant: int | None = None, name: str = "model.joblib"
+) -> tuple[Path, str]:
+    """An iris model wrapped in `Faulty`; return (path, digest)."""
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = load_iris(return_X_y=True)
+    path = folder / name
+    joblib.dump(Faulty(LogisticRegression(max_iter=1000).fit(x, y), fail_share=fail_share, constant=constant), path)
+    return path, sha256_file(path)

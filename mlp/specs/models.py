@@ -502,11 +502,88 @@ class Autoscaling(Strict):
         return self
 
 
+# The checks a rollout's analysis can run, and the direction each threshold takes.
+# error-rate: 5xx share 0..1 (max); latency: seconds at `percentile` (max); prediction-shift:
+# p-value of a two-sample test between canary and stable outputs (min); accuracy and outcome:
+# mean feedback outcome of the canary's answers (min, or max). A custom metric needs a
+# PromQL `query` and the prometheus provider.
+ANALYSIS_METRICS = ("error-rate", "latency", "prediction-shift", "accuracy", "outcome")
+
+
+class AnalysisCheck(Strict):
+    metric: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]*$", max_length=63)]
+    max: float | None = None
+    min: float | None = None
+    percentile: float = Field(default=99.0, gt=0, lt=100, description="latency only")
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="PromQL template for a custom metric ({model}, {version}, {namespace}, {window})",
+    )
+
+    @model_validator(mode="after")
+    def _known(self) -> AnalysisCheck:
+        if self.metric == "prediction-shift" and self.max is None and self.min is None:
+            self.min = 0.01
+        problem = _check_problem(self.metric, self.max, self.min, self.query)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+
+def _check_problem(metric: str, max_: float | None, min_: float | None, query: str | None) -> str | None:
+    if metric not in ANALYSIS_METRICS and query is None:
+        return (
+            f"unknown analysis metric {metric!r} (known: {', '.join(ANALYSIS_METRICS)}; "
+            "a custom metric needs a PromQL query)"
+        )
+    if max_ is None and min_ is None:
+        return f"analysis metric {metric!r} needs a max or a min threshold"
+    if metric == "error-rate" and max_ is not None and not 0 <= max_ <= 1:
+        return "error-rate max is a share between 0 and 1"
+    return None
+
+
+class PrometheusProvider(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
+
+
 class Analysis(Strict):
-    metric: str = "error-rate"
+    metric: str | None = Field(default=None, description="Shorthand for one check: with max/min")
     max: float | None = None
     min: float | None = None
     interval: Duration = "5m"
+    minRequests: Annotated[int, Field(ge=1, le=10_000_000)] = Field(
+        default=20, description="Requests the canary must answer in a step before it may advance"
+    )
+    checks: list[AnalysisCheck] = Field(default_factory=list)
+    provider: Literal["local", "prometheus"] | None = Field(
+        default=None, description="Where metrics come from; default local for local targets, else prometheus"
+    )
+    prometheus: PrometheusProvider | None = None
+
+    @model_validator(mode="after")
+    def _shorthand(self) -> Analysis:
+        if self.metric is None and (self.max is not None or self.min is not None):
+            self.metric = "error-rate"
+        if self.metric is not None:
+            if self.max is None and self.min is None and self.metric == "error-rate":
+                self.max = 0.01
+            min_ = 0.01 if self.metric == "prediction-shift" and self.max is None and self.min is None else self.min
+            problem = _check_problem(self.metric, self.max, min_, None)
+            if problem:
+                raise ValueError(problem)
+            one = AnalysisCheck(metric=self.metric, max=self.max, min=min_)
+            if not any(c.metric == one.metric for c in self.checks):
+                self.checks = [one, *self.checks]
+        if not self.checks:
+            self.checks = [AnalysisCheck(metric="error-rate", max=0.01)]
+        if self.provider == "prometheus" and self.prometheus is None:
+            raise ValueError("provider prometheus needs prometheus.url")
+        return self
+
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval).total_seconds()
 
 
 class Canary(Strict):

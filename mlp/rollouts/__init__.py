@@ -1,0 +1,1 @@
+"""Progressive delivery: canary rollouts on metrics, A/B statistics, shadows and Git write-back."""
