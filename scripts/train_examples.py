@@ -70,6 +70,21 @@ RECIPES: dict[tuple[str, int], Callable[[Path], None]] = {
 }
 
 
+def iris_reference_csv() -> str:
+    """The iris training data as CSV (signature column names, the true species): the example
+    monitor's reference sample. Plain text from the bundled dataset, so its digest is stable."""
+    from sklearn.datasets import load_iris
+
+    x, y = load_iris(return_X_y=True)
+    lines = ["sepal_length,sepal_width,petal_length,petal_width,species"]
+    lines += [",".join(repr(float(v)) for v in row) + f",{int(t)}" for row, t in zip(x, y, strict=True)]
+    return "\n".join(lines) + "\n"
+
+
+# Reference samples the example monitors declare (specs/monitors/*.yaml), by artifact URI.
+REFERENCES: dict[str, Callable[[], str]] = {"s3://mlp-models/iris/reference/train.csv": iris_reference_csv}
+
+
 def _sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -152,6 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         if changed:
             with open(spec_path, "w") as fh:
                 yaml.dump(doc, fh)
+    for uri, make in REFERENCES.items():
+        out = mirror / uri[len(BUCKET_PREFIX) :]
+        if not out.is_file() or args.force:
+            if args.check:
+                print(f"reference {uri}: missing {out}")
+                problems += 1
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(make())
+            print(f"wrote reference -> {out.relative_to(repo)}", file=sys.stderr)
     return 1 if problems else 0
 
 

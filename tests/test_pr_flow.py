@@ -160,7 +160,11 @@ def assert_report(body: str, head: str) -> None:
     assert f"→ `{head[:12]}`" in body
     assert "### `prod` (production, kubernetes `ml-prod`)" in body
     assert "| update | `InferenceService/ml-prod/iris` |" in body
-    assert "<details><summary>Diff of 1 objects</summary>" in body
+    # the promoted version's recorded metrics are the monitor's new baselines: its ConfigMap changes,
+    # and its Deployment's config hash with it (the monitor pod restarts on the new configuration)
+    assert "| update | `ConfigMap/ml-prod/iris-drift-monitor` |" in body
+    assert "| update | `Deployment/ml-prod/iris-drift-monitor` |" in body
+    assert "<details><summary>Diff of 3 objects</summary>" in body
     assert "+      storageUri: s3://mlp-models/iris/2/model.joblib" in body
     assert "| accuracy | 0.973 | 0.953 | +0.02 | >= 0.9, regression <= 0.01 | ✅ |" in body
     assert "Unchanged: `dev`, `staging`" in body

@@ -135,8 +135,12 @@ kind: Monitor
 metadata: {name: sk-watch}
 spec:
   model: sk
-  drift: {detector: psi, threshold: 0.2}
-  performance: [{metric: accuracy, min: 0.8}, {metric: latency-p99, max: 0.25}]
+  payloadLog: "s3://payloads/{environment}"
+  drift:
+    detector: psi
+    threshold: 0.2
+    reference: {uri: "s3://refs/sk/train.parquet", digest: "sha256:abababababababababababababababababababababababababababababababab"}
+  performance: [{metric: accuracy, min: 0.8}, {metric: rmse, max: 0.25}]
   alerts: [{severity: critical, for: 5m, route: pager}, {severity: info, for: 1h}]
 """
 
@@ -234,7 +238,7 @@ def test_kubernetes_environment_contents() -> None:
     )
     rule = by[("PrometheusRule", "sk-watch-monitor")]["spec"]["groups"][0]["rules"]
     assert {r["labels"]["severity"] for r in rule} == {"critical", "info"}
-    assert any("latency-p99" in r["expr"] and "> 0.25" in r["expr"] for r in rule)
+    assert any('metric="rmse"' in r["expr"] and "> 0.25" in r["expr"] for r in rule)
 
 
 def test_local_environment_matches_the_model_deployment_contract() -> None:

@@ -37,7 +37,7 @@ EXIT_OK, EXIT_CHANGES, EXIT_ERROR = 0, 1, 2
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 # Every format any command offers; a command offers the subset that applies to it.
-FORMATS = ("text", "json", "yaml", "github", "gitlab", "markdown")
+FORMATS = ("text", "json", "yaml", "github", "gitlab", "markdown", "html")
 
 STATE_DIR_ENV = "MLP_STATE_DIR"
 KUBECONFIG_ENVS = ["MLP_KUBECONFIG", "KUBECONFIG"]

@@ -188,6 +188,49 @@ def example_curl(base: str, dep: dict[str, Any]) -> str:
 IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
 
 
+def _start_monitors(
+    repo: Path, env: str, state: Path, s3_endpoint_url: str | None, interval: float | None, host: str
+) -> tuple[Any, str] | None:
+    """The environment's monitors, in a child process (`mlp monitor local`) with its own metrics port.
+
+    A child, not a thread: alibi-detect's import and the tests are seconds of CPU under the GIL,
+    which would stall the data plane. The child exits when this process does.
+    """
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a free port for the child's /metrics
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlp.cli.main", "monitor", "local", str(repo), "--env", env]
+    cmd += ["--state-dir", str(state), "--metrics-host", host, "--metrics-port", str(port)]
+    cmd += ["--parent-pid", str(os.getpid())]
+    if interval:
+        cmd += ["--interval", str(interval)]
+    if s3_endpoint_url:
+        cmd += ["--s3-endpoint-url", s3_endpoint_url]
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        click.echo(f"mlp up: monitors not started: {exc}", err=True)
+        return None
+    return proc, f"http://{host if ':' not in host else '[' + host + ']'}:{port}/metrics"
+
+
+def _stop_monitors(monitors: tuple[Any, str] | None) -> None:
+    import subprocess
+
+    if monitors is None:
+        return
+    proc = monitors[0]
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @click.command("up")
 @click.argument("repo", default=".", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--env", "env", default="dev", show_default=True, help="Environment to serve (target kind local).")
@@ -211,6 +254,11 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
+@click.option(
+    "--monitor-interval",
+    type=click.FloatRange(min=0.1),
+    help="Run the environment's monitors every N seconds instead of on their cron schedules.",
+)
 @output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
 @log_options
 @tls_options
@@ -225,6 +273,7 @@ def up(
     max_body_mb: float,
     max_inflight: int,
     payload_log: bool,
+    monitor_interval: float | None,
     fmt: str,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
@@ -284,6 +333,7 @@ def up(
             sys.exit(1)
         # last known good: keep serving what the state folder restored until the repository loads
         click.echo(f"mlp up: the repository does not load; serving the state restored from {state}:\n{exc}", err=True)
+    monitors = _start_monitors(repo, env, state, s3_endpoint_url, monitor_interval, host) if payload_log else None
     app = DataPlane(runtime, max_body_bytes=int(max_body_mb * (1 << 20)), max_inflight=max_inflight)
     objs = sorted(runtime.objects(), key=lambda o: o["metadata"]["name"])
     pick = curl_model(objs)
@@ -293,6 +343,7 @@ def up(
                 {
                     "url": base,
                     "metrics": f"{base}/metrics",
+                    "monitorMetrics": monitors[1] if monitors else None,
                     "environment": env,
                     "revision": loop.revision,
                     "models": {
@@ -314,6 +365,8 @@ def up(
             click.echo(f"  {name:<16} POST {base}/v1/models/{name}:predict   (KServe v1)")
             click.echo(f"  {'':<16} POST {base}/v2/models/{name}/infer   (Open Inference Protocol v2)")
         click.echo(f"  {'metrics':<16} GET  {base}/metrics")
+        if monitors:
+            click.echo(f"  {'monitor metrics':<16} GET  {monitors[1]}")
         if pick:
             click.echo("  try:")
             click.echo("    " + example_curl(base, pick))
@@ -327,5 +380,6 @@ def up(
         pass  # uvicorn re-raises the Ctrl-C it handled; the shutdown was already clean
     finally:
         loop.stop()
+        _stop_monitors(monitors)
         runtime.close()
         click.echo("mlp up: stopped", err=True)

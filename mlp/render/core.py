@@ -29,6 +29,7 @@ namespace and name, with every mapping's keys sorted, so output is byte-stable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -36,9 +37,9 @@ from typing import Any
 
 from ruamel.yaml.error import YAMLError
 
-from mlp import __version__
 from mlp.objects import CLUSTER_SCOPED, Manifest, ResolvedDeployment, Route, sort_manifests
 from mlp.render.engine import RenderError, close_environment, make_environment, render_template
+from mlp.render.monitoring import DEFAULT_IMAGE, METRICS_PORT, alert_rules, monitor_config
 from mlp.render.resolve import resolve_deployments
 from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all, sort_keys
@@ -46,8 +47,6 @@ from mlp.specs import SpecSet
 from mlp.specs.models import Deployment, Environment, Framework, Model, Monitor
 
 DEFAULT_SERVICE_ACCOUNT = "mlp-models"
-MONITOR_IMAGE = f"mlp:{__version__}"  # no registry host: set one in a template override
-MONITOR_METRICS_PORT = 9102
 LOCAL_NAMESPACE = "local"
 
 # KServe v0.20 `predictor.model.modelFormat.name` and the protocol its default runtime speaks.
@@ -182,7 +181,7 @@ def _model_ctx(model: Model) -> dict[str, Any]:
     }
 
 
-def _monitors_for(specs: SpecSet, env: Environment) -> list[Monitor]:
+def monitors_for(specs: SpecSet, env: Environment) -> list[Monitor]:
     env_name = env.metadata.name
     return [
         m
@@ -191,70 +190,24 @@ def _monitors_for(specs: SpecSet, env: Environment) -> list[Monitor]:
     ]
 
 
-def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str, Any]:
+def _monitor_ctx(specs: SpecSet, monitor: Monitor, env: Environment) -> dict[str, Any]:
     spec = monitor.spec
     name = monitor.metadata.name
-    env_name = env.metadata.name
-    selector = f'monitor="{name}",environment="{env_name}"'
-    alerts = [a.model_dump(by_alias=True) for a in spec.alerts] or [{"severity": "warning", "for": "5m", "route": None}]
-    rules: list[dict[str, Any]] = []
-    camel = "".join(p.capitalize() for p in name.split("-"))
-    for alert in alerts:
-        sev = alert["severity"]
-        labels = {"severity": sev, "model": spec.model, "environment": env_name}
-        if alert.get("route"):
-            labels["route"] = alert["route"]
-        if spec.drift is not None:
-            rules.append(
-                {
-                    "alert": f"{camel}DataDrift{sev.capitalize()}",
-                    "expr": f"max(mlp_monitor_drift_detected{{{selector}}}) > 0",
-                    "for": alert["for"],
-                    "labels": labels,
-                    "annotations": {
-                        "summary": f"Input drift on model {spec.model} in {env_name}",
-                        "description": f"Monitor {name} ({spec.drift.detector}, threshold "
-                        f"{spec.drift.threshold}) detected drift.",
-                    },
-                }
-            )
-        for check in spec.performance:
-            for bound, op in (("min", "<"), ("max", ">")):
-                value = getattr(check, bound)
-                if value is None:
-                    continue
-                metric = "".join(p.capitalize() for p in check.metric.replace("_", "-").split("-"))
-                rules.append(
-                    {
-                        "alert": f"{camel}{metric}{'Low' if bound == 'min' else 'High'}{sev.capitalize()}",
-                        "expr": f'mlp_monitor_metric{{{selector},metric="{check.metric}"}} {op} {value}',
-                        "for": alert["for"],
-                        "labels": labels,
-                        "annotations": {
-                            "summary": f"{check.metric} of model {spec.model} in {env_name} "
-                            f"is {'below' if bound == 'min' else 'above'} {value}"
-                        },
-                    }
-                )
-    config = {
-        "monitor": name,
-        "environment": env_name,
-        "model": spec.model,
-        "namespace": namespace,
-        "endpoint": f"http://{spec.model}-predictor.{namespace}.svc.cluster.local",
-        "schedule": spec.schedule,
-        "drift": spec.drift.model_dump() if spec.drift else None,
-        "performance": [c.model_dump() for c in spec.performance],
-    }
+    config = monitor_config(specs, monitor, env)
+    text = json.dumps(config, sort_keys=True, indent=2) + "\n"
     return {
         "name": name,
         "resourceName": f"{name}-monitor",
         "model": spec.model,
         "schedule": spec.schedule,
-        "config": json.dumps(config, sort_keys=True, indent=2) + "\n",
-        "image": MONITOR_IMAGE,
-        "metricsPort": MONITOR_METRICS_PORT,
-        "rules": rules,
+        "config": text,
+        # in the pod template: a changed configuration (a promoted version's baselines) rolls the pod
+        "configHash": "sha256:" + hashlib.sha256(text.encode()).hexdigest(),
+        "image": spec.image or DEFAULT_IMAGE,
+        # boto3 in the pod reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (KServe's S3 secret keys)
+        "storageSecret": env.spec.storageSecret,
+        "metricsPort": METRICS_PORT,
+        "rules": alert_rules(config),
         "labels": {"app.kubernetes.io/name": f"{name}-monitor", "mlp.dev/monitor": name, "mlp.dev/model": spec.model},
     }
 
@@ -377,9 +330,8 @@ def render(
                     f"Model.{name}",
                     {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc},
                 )
-        namespace = env_ctx["namespace"]
-        for monitor in _monitors_for(specs, env):
-            mctx = {"env": env_ctx, "monitor": _monitor_ctx(monitor, env, namespace)}
+        for monitor in monitors_for(specs, env):
+            mctx = {"env": env_ctx, "monitor": _monitor_ctx(specs, monitor, env)}
             spec = f"Monitor.{monitor.metadata.name}"
             for template in (
                 "monitor-configmap",

@@ -151,6 +151,15 @@ def _experiments(specs: SpecSet) -> Iterator[Problem]:
             if not specs.declared("Model", exp.spec.model):
                 yield _at(specs, "Experiment", name, ("spec", "model"), f"model {exp.spec.model!r} does not exist")
             continue
+        # the runtime ranks runs against this version: it must exist
+        if exp.spec.baseline is not None and model.spec.version(exp.spec.baseline) is None:
+            yield _at(
+                specs,
+                "Experiment",
+                name,
+                ("spec", "baseline"),
+                f"model {model.metadata.name!r} has no version {exp.spec.baseline}",
+            )
         for i, run in enumerate(exp.spec.runs):
             if run.modelVersion is not None and model.spec.version(run.modelVersion) is None:
                 yield _at(
@@ -207,6 +216,39 @@ def _monitors(specs: SpecSet) -> Iterator[Problem]:
                         ("spec", "drift", "features", i),
                         f"{feature!r} is not an input of model {model.metadata.name!r}",
                     )
+        watched = [e for e in (mon.spec.environments or deployed) if e in specs.environments]
+        for i, check in enumerate(mon.spec.performance):
+            if check.tolerance is None:
+                continue
+            lacking: set[int] = set()
+            for env in watched:
+                dep = specs.environments[env].spec.deployments.get(mon.spec.model)
+                numbers = [dep.version] + ([dep.canary.version] if dep and dep.canary else []) if dep else []
+                for number in numbers:
+                    version = model.spec.version(number)
+                    if version is not None and check.metric not in version.metrics:
+                        lacking.add(number)
+            if lacking:
+                yield _at(
+                    specs,
+                    "Monitor",
+                    name,
+                    ("spec", "performance", i, "tolerance"),
+                    f"tolerance needs model {model.metadata.name!r} to record metrics.{check.metric} on deployed "
+                    f"version(s) {', '.join(str(n) for n in sorted(lacking))}",
+                )
+        if mon.spec.payloadLog is None:
+            for env in watched:
+                if specs.environments[env].spec.target.kind == "kubernetes":
+                    yield _at(
+                        specs,
+                        "Monitor",
+                        name,
+                        ("spec",),
+                        f"environment {env!r} is a kubernetes target: set payloadLog (s3://bucket/prefix) "
+                        "so the monitor can read the model's payloads",
+                    )
+                    break
 
 
 def _environments(specs: SpecSet) -> Iterator[Problem]:
@@ -392,7 +434,7 @@ def document_policy(path: str, index: int, doc: dict[str, Any]) -> Iterator[Prob
     return iter(problems)
 
 
-_URI_KEYS = frozenset(("uri", "reference", "labels"))
+_URI_KEYS = frozenset(("uri", "reference", "labels", "payloadLog"))
 
 
 @lru_cache(maxsize=4096)

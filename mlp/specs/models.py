@@ -121,6 +121,7 @@ class Lineage(Strict):
     run: str | None = None
     experiment: Name | None = None
     dataset: str | None = None
+    datasetDigest: str | None = Field(default=None, description="Digest of the training dataset as the run logged it.")
     commit: str | None = None
     trainedAt: str | None = None
 
@@ -224,6 +225,15 @@ class ExperimentSpec(Strict):
     model: Name
     objective: Objective
     dataset: str | None = None
+    mlflowExperiment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Name of the tracking (MLflow) experiment whose runs belong here; default: metadata.name.",
+    )
+    baseline: int | None = Field(
+        default=None, ge=1, description="Model version runs are ranked against; default: the newest version."
+    )
     runs: list[Run] = Field(default_factory=list)
 
 
@@ -237,31 +247,103 @@ class Experiment(Strict):
 # --- Monitor -----------------------------------------------------------------------------
 
 
+class Reference(Strict):
+    uri: str = Field(description="Parquet file of the reference sample (one column per watched feature).")
+    digest: Annotated[str, Field(pattern=DIGEST_PATTERN)] = Field(
+        description="sha256 of that file; refused on mismatch"
+    )
+
+
 class Drift(Strict):
-    detector: Literal["ks", "mmd", "chi2", "psi", "tabular"] = "ks"
+    detector: Literal["ks", "mmd", "chi2", "psi", "tabular"] = Field(
+        default="ks",
+        description="ks: numeric features; chi2: categorical ones; tabular: KS or Chi-squared per feature "
+        "(categorical ones named in `categorical`); mmd: multivariate (needs a TensorFlow/PyTorch/KeOps "
+        "backend for alibi-detect); psi: population stability index, computed by mlp.",
+    )
     features: list[str] = Field(default_factory=list, description="Inputs to watch; empty means all.")
-    threshold: float = Field(default=0.05, gt=0, le=1, description="p-value (ks, mmd, chi2) or PSI bound")
-    window: Annotated[int, Field(ge=10, le=INT32_MAX)] = 1000
-    reference: str | None = Field(default=None, description="URI of the reference sample")
+    categorical: list[str] = Field(default_factory=list, description="Features that are categories (chi2/tabular).")
+    threshold: float = Field(default=0.05, gt=0, le=1, description="p-value (ks, mmd, chi2, tabular) or PSI bound")
+    correction: Literal["bonferroni", "fdr"] = Field(
+        default="bonferroni", description="alibi-detect's multiple-testing correction across features"
+    )
+    window: Annotated[int, Field(ge=10, le=INT32_MAX)] = Field(
+        default=1000, description="Rows per window; with windowDuration, the fewest rows a window is tested with"
+    )
+    windowDuration: Annotated[str, Field(pattern=r"^\d+[smh]$")] | None = Field(
+        default=None, description="Window by time (e.g. 5m) instead of by row count"
+    )
+    reference: Reference = Field(description="The reference sample (e.g. the training data), with its digest")
+
+    @model_validator(mode="after")
+    def _categorical_watched(self) -> Drift:
+        unknown = [c for c in self.categorical if self.features and c not in self.features]
+        if unknown:
+            raise ValueError(f"categorical features {unknown} are not in features")
+        if self.detector in ("ks", "psi", "mmd") and self.categorical:
+            raise ValueError(f"detector {self.detector} takes numeric features only; use chi2 or tabular")
+        return self
+
+
+PerfMetric = Literal["accuracy", "auc", "f1", "rmse", "mae"]
 
 
 class PerformanceCheck(Strict):
-    metric: str
+    metric: PerfMetric
     min: float | None = None
     max: float | None = None
-    labels: str | None = Field(default=None, description="URI where delayed ground-truth labels arrive")
+    tolerance: float | None = Field(
+        default=None,
+        ge=0,
+        description="Alert when the window's metric is worse than the deployed version's recorded "
+        "metrics[metric] by more than this",
+    )
+    minLabels: Annotated[int, Field(ge=1)] = Field(default=50, description="Labelled rows a window needs")
+    labels: str | None = Field(
+        default=None,
+        description="Parquet file or folder of delayed labels (request_id, outcome); default: the feedback endpoint's",
+    )
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> PerformanceCheck:
+        if self.min is None and self.max is None and self.tolerance is None:
+            raise ValueError("a performance check needs min, max or tolerance")
+        return self
+
+
+class Receiver(Strict):
+    type: Literal["webhook", "slack", "alertmanager"] = Field(
+        description="webhook: generic JSON; slack: Slack-compatible {text: ...}; alertmanager: POST /api/v2/alerts"
+    )
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
 
 
 class Alert(Strict):
     severity: Literal["info", "warning", "critical"] = "warning"
     for_: Annotated[Duration, Field(alias="for")] = "5m"
-    route: str | None = None
+    route: str | None = Field(default=None, description="Alertmanager `route` label (Kubernetes)")
+    receiver: Receiver | None = Field(
+        default=None, description="Local target: where `mlp up` sends fire and resolve notifications"
+    )
 
 
 class MonitorSpec(Strict):
     model: Name
     environments: list[Name] = Field(default_factory=list, description="Empty: every environment deploying it.")
-    schedule: CronSchedule = Field(default="*/15 * * * *", description="Cron schedule of the check")
+    schedule: CronSchedule = Field(default="*/15 * * * *", description="Cron schedule of the check (UTC)")
+    payloadLog: str | None = Field(
+        default=None,
+        description="Kubernetes environments: where the model's payload log lives (s3://bucket/prefix or "
+        "file:///dir; `{environment}` is replaced by the environment's name). Local environments read `mlp up`'s own.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=512,
+        description="Kubernetes: the image running `mlp monitor run` (default mlp:VERSION)",
+    )
+    predictionDrift: bool = Field(
+        default=True, description="Test the outputs against the reference's when a window has no labels"
+    )
     drift: Drift | None = None
     performance: list[PerformanceCheck] = Field(default_factory=list)
     alerts: list[Alert] = Field(default_factory=list)

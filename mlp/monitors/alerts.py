@@ -1,0 +1,133 @@
+"""Alert conditions for the local target: fire once when a condition starts, resolve once when it ends.
+
+A condition is a named state (`data-drift`, `prediction-drift`, `accuracy-degraded`,
+`accuracy-low`, ...) the runner sets after every evaluated window. `Alerter` remembers which
+are active (persisted, so a restarted monitor does not fire again) and on each transition
+posts to the declared receivers and appends one line to the audit log:
+
+- `webhook`: generic JSON `{"status": "firing"|"resolved", "alert": ..., "labels": ..., ...}`
+- `slack`: a Slack-compatible body `{"text": "..."}`
+- `alertmanager`: Alertmanager's API, `POST <url>/api/v2/alerts` (resolve sets `endsAt`)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Condition:
+    name: str
+    active: bool
+    summary: str
+    labels: dict[str, str]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _body(kind: str, status: str, cond: Condition, since: float, now: float) -> tuple[str, Any]:
+    if kind == "slack":
+        icon = ":rotating_light:" if status == "firing" else ":white_check_mark:"
+        return "", {"text": f"{icon} [{status.upper()}] {cond.summary}"}
+    if kind == "alertmanager":
+        alert = {
+            "labels": {"alertname": cond.labels.get("alertname", cond.name), **cond.labels},
+            "annotations": {"summary": cond.summary},
+            "startsAt": _iso(since),
+        }
+        if status == "resolved":
+            alert["endsAt"] = _iso(now)
+        return "/api/v2/alerts", [alert]
+    return "", {
+        "status": status,
+        "alert": cond.name,
+        "summary": cond.summary,
+        "labels": cond.labels,
+        "startsAt": _iso(since),
+        **({"endsAt": _iso(now)} if status == "resolved" else {}),
+    }
+
+
+class Alerter:
+    def __init__(
+        self,
+        receivers: list[dict[str, Any]],
+        *,
+        state_file: Path | None = None,
+        audit: Callable[[dict[str, Any]], None] | None = None,
+        echo: Callable[[str], None] | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.receivers = receivers
+        self.state_file = state_file
+        self.audit = audit or (lambda _event: None)
+        self.echo = echo or (lambda _msg: None)
+        self.timeout = timeout
+        self.active: dict[str, dict[str, Any]] = {}
+        if state_file is not None and state_file.is_file():
+            try:
+                self.active = json.loads(state_file.read_text())
+            except ValueError:
+                self.active = {}
+
+    def update(self, conditions: list[Condition], now: float | None = None) -> list[tuple[str, str]]:
+        """Apply one window's conditions; returns the transitions [(condition, firing|resolved)]."""
+        now = time.time() if now is None else now
+        changes: list[tuple[str, str]] = []
+        for cond in conditions:
+            was = cond.name in self.active
+            if cond.active and not was:
+                self.active[cond.name] = {"since": now, "summary": cond.summary, "labels": cond.labels}
+                self._notify("firing", cond, now, now)
+                changes.append((cond.name, "firing"))
+            elif not cond.active and was:
+                since = float(self.active.pop(cond.name)["since"])
+                resolved = Condition(cond.name, False, cond.summary, cond.labels)
+                self._notify("resolved", resolved, since, now)
+                changes.append((cond.name, "resolved"))
+        if changes and self.state_file is not None:
+            tmp = self.state_file.with_name("." + self.state_file.name)
+            tmp.write_text(json.dumps(self.active, sort_keys=True))
+            tmp.replace(self.state_file)
+        return changes
+
+    def _notify(self, status: str, cond: Condition, since: float, now: float) -> None:
+        import httpx
+
+        delivered: list[str] = []
+        for receiver in self.receivers:
+            suffix, body = _body(receiver["type"], status, cond, since, now)
+            url = receiver["url"].rstrip("/") + suffix if suffix else receiver["url"]
+            error = None
+            for attempt in range(3):
+                try:
+                    r = httpx.post(url, json=body, timeout=self.timeout)
+                    if r.status_code < 300:
+                        error = None
+                        break
+                    error = f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+                time.sleep(0.2 * (attempt + 1))
+            if error:
+                self.echo(f"alert {cond.name} {status}: delivery to {receiver['type']} receiver failed ({error})")
+            else:
+                delivered.append(receiver["type"])
+        self.audit(
+            {
+                "event": f"alert.{status}",
+                "condition": cond.name,
+                "summary": cond.summary,
+                "labels": cond.labels,
+                "delivered": delivered,
+                "time": _iso(now),
+            }
+        )
