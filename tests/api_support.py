@@ -174,7 +174,7 @@ class ApiWorld:
     def client(self, token: str | None = None, **headers: str) -> httpx.Client:
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=180)
 
     def close(self) -> None:
         self._stack.close()

@@ -462,6 +462,7 @@ class Api:
         self.rollouts: RolloutReader = settings.rollouts or _default_rollouts(settings.state_dir)
         self.monitors: MonitorReader = settings.monitors or NoMonitorResults()
         self._read: sqlite3.Connection | None = None
+        self.plans: dict[tuple[str, str], Any] = {}  # (base sha, head sha) -> RevisionCheck, newest 16
         self._read_lock = threading.Lock()
 
     def audit_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -706,8 +707,16 @@ def create_app(settings: ApiSettings) -> FastAPI:
         spec = env_of(c, env).spec
         if api.view.workspace is None or ".." in ref or ref.startswith("-"):
             raise ApiProblem(409, "plans need the repository to be a Git repository and a plain ref")
+        workspace = api.view.workspace
         try:
-            check = check_revisions(api.view.workspace, spec.branch, ref)
+            key = (workspace.resolve(spec.branch), workspace.resolve(ref))
+            # two commits always plan the same: rendering every environment twice is the expensive part
+            check = api.plans.get(key)
+            if check is None:
+                check = check_revisions(workspace, key[0], key[1])
+                api.plans[key] = check
+                while len(api.plans) > 16:
+                    api.plans.pop(next(iter(api.plans)))
         except WorkspaceError as exc:
             raise ApiProblem(404, str(exc)) from None
         report = next((e for e in check.environments if e.name == env), None)
