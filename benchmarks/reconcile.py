@@ -147,13 +147,12 @@ def floor_compare(desired: list[dict[str, Any]], live: list[dict[str, Any]]) -> 
 
 
 def api_calls_noop(models: int) -> dict[str, Any] | str:
-    """Apply a rendered environment through KubernetesTarget to the API server stand-in, then
-    count the HTTP requests a second, no-op reconcile (list, plan, execute) makes."""
+    """Apply a rendered environment through KubernetesTarget to the API server stand-in with the
+    engine, then count the HTTP requests a second, no-op reconcile (inventory, list, plan, execute) makes."""
     import importlib
     import tempfile
 
-    from mlp.plan import execute
-    from mlp.plan.pipeline import kinds_to_list
+    from mlp.engine import Policy, reconcile
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     try:
@@ -163,29 +162,27 @@ def api_calls_noop(models: int) -> dict[str, Any] | str:
         return f"skipped: {exc}"
     KubeApiServer, write_kubeconfig = standin.KubeApiServer, standin.write_kubeconfig
 
-    result = load(snapshot(models))
-    desired = render(result.specs, "bench", revision="bench")
+    snap = snapshot(models)
+    result = load(snap)
     with (
         KubeApiServer(namespaces=("default", "ml-bench"), prometheus_operator=True) as api,
         tempfile.TemporaryDirectory() as tmp,
     ):
         target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(Path(tmp) / "kubeconfig", api.url)))
-        kinds = kinds_to_list("kubernetes", desired)
-        first = execute(make_plan(desired, target.list_owned("bench", kinds), environment="bench"), target)
-        assert first.ok, first.summary()
+        first = reconcile(snap, "bench", target, Policy(), loaded=result)
+        assert first.changes is not None and first.changes.ok, first.changes
         api.requests.clear()
         t0 = time.perf_counter()
-        plan = make_plan(desired, target.list_owned("bench", kinds), environment="bench")
-        changes = execute(plan, target)
+        again = reconcile(snap, "bench", target, Policy(), loaded=result)
         elapsed = time.perf_counter() - t0
         calls = [(r.method, r.path) for r in api.requests]
     return {
         "calls": len(calls),
         "lists": sum(1 for m, _ in calls if m == "GET"),
         "writes": sum(1 for m, _ in calls if m != "GET"),
-        "kinds": len(kinds),
-        "planned_changes": len(plan.changes),
-        "executed": changes.writes,
+        "kinds": len(again.kinds),
+        "planned_changes": len(again.plan.changes),
+        "executed": again.changes.writes if again.changes is not None else 0,
         "seconds": elapsed,
     }
 

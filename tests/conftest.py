@@ -1,4 +1,4 @@
-"""Shared test helpers: where the repository and the shared fixtures are."""
+"""Shared test helpers: where the repository and the vendored fixtures are."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
+# Real-world data copied into the repository (sources and licences in tests/fixtures/README.md).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture
 def fixtures_dir() -> Path:
+    # A missing fixture folder is a broken checkout: fail, never skip.
     if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES} (they sit beside the repository in ../shared)")
+        pytest.fail(f"fixtures not found at {FIXTURES}: tests/fixtures is part of the repository")
     return FIXTURES
 
 

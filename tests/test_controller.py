@@ -33,7 +33,8 @@ from mlp.controller.store import AuditEvent, AuditLog, Intent, StateStore, reque
 from mlp.controller.windows import sync_allowed
 from mlp.sources.git import GitSource
 from mlp.specs.models import SyncWindow
-from mlp.targets.base import ENV_LABEL, MANAGED_BY, ApplyResult, Manifest, ObjectRef, TargetError
+from mlp.targets.base import ENV_LABEL, ApplyResult, Manifest, ObjectRef
+from mlp.testing import MemoryTarget
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,50 +42,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-class MemoryTarget:
-    """Objects in a dict keyed by identity; list by ownership labels; optional failure injection."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectRef, Manifest] = {}
-        self.writes = 0
-        self.fail_on: str | None = None  # object name whose apply raises
-        self.down = False
-        self.lock = threading.Lock()
-
-    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
-        if self.down:
-            raise TargetError("connection refused")
-        with self.lock:
-            return [
-                copy.deepcopy(o)
-                for o in self.objects.values()
-                if (o["metadata"].get("labels") or {}).get(ENV_LABEL) == environment
-                and (o["metadata"].get("labels") or {}).get(MANAGED_BY) == "mlp"
-            ]
-
-    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
-        ref = ObjectRef.of(obj)
-        if self.fail_on and ref.name == self.fail_on:
-            raise TargetError(f"admission webhook denied {ref}", ref=ref)
-        with self.lock:
-            action = "configured" if ref in self.objects else "created"
-            if not dry_run:
-                self.objects[ref] = copy.deepcopy(obj)
-                self.writes += 1
-        return ApplyResult(ref, action, obj)
-
-    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
-        with self.lock:
-            if not dry_run:
-                self.objects.pop(ref, None)
-                self.writes += 1
-
-    def named(self, kind: str, name: str) -> Manifest | None:
-        return next((o for r, o in self.objects.items() if r.kind == kind and r.name == name), None)
 
 
 def commit_all(repo: git.Repo, message: str, author: str = "Ada Lovelace") -> str:
@@ -329,6 +286,7 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     iris = rig.target.named("InferenceService", "iris")
     assert iris is not None
     iris["spec"]["predictor"]["minReplicas"] = 7  # a hand edit
+    rig.target.put(iris)
     res = rig.step("staging")
     assert res.outcome == "applied"
     assert rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] != 7  # type: ignore[index]
@@ -338,7 +296,10 @@ def test_drift_self_heal_and_report_without_it(rig: Rig) -> None:
     edit(rig.repo, "environments/staging.yaml", lambda t: t.replace("selfHeal: true", "selfHeal: false"))
     commit_all(rig.repo, "no self-heal in staging")
     assert rig.step("staging").outcome == "synced"
-    rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] = 7  # type: ignore[index]
+    iris = rig.target.named("InferenceService", "iris")
+    assert iris is not None
+    iris["spec"]["predictor"]["minReplicas"] = 7
+    rig.target.put(iris)
     res = rig.step("staging")
     assert res.outcome == "out_of_sync"
     assert rig.target.named("InferenceService", "iris")["spec"]["predictor"]["minReplicas"] == 7  # type: ignore[index]
@@ -455,6 +416,7 @@ def test_remote_down_keeps_last_revision(rig: Rig, tmp_path: Path) -> None:
 
 def _scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "_created" not in text
     values: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
@@ -472,7 +434,8 @@ def test_controller_loop_triggers_and_metrics_over_http(rig: Rig) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             statuses = rig.store.all(details=False)
-            if len(statuses) == 3 and all(s.sync_status == "Synced" for s in statuses):
+            # dev has a local target: `mlp up` serves it, the controller records no step for it
+            if {s.env for s in statuses} == {"staging", "prod"} and all(s.sync_status == "Synced" for s in statuses):
                 break
             time.sleep(0.05)
         else:
@@ -649,8 +612,9 @@ def test_cli_usage_errors_and_help(tmp_path: Path) -> None:
             "-1",
         ],
     )
-    assert out.exit_code == 1 and "Traceback" not in out.output
-    assert "does not appear to be a git repository" in out.output
+    # fail fast (exit 2, one line) instead of starting on a source that can never be fetched
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert "neither a Git URL nor a folder" in out.output
 
 
 def test_queue_serves_manual_and_webhook_first() -> None:
@@ -666,31 +630,42 @@ def test_health_follows_inference_service_conditions(rig: Rig) -> None:
     rig.step("staging")
     st = rig.store.load("staging")
     assert st is not None and st.health == "Progressing"  # nothing has reported readiness yet
-    for obj in rig.target.objects.values():
+    for ref, obj in list(rig.target.objects.items()):  # what KServe and the kubelet report
         if obj["kind"] == "InferenceService":
-            obj["status"] = {
-                "conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]
-            }
+            rig.target.set_status(
+                ref, {"conditions": [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]}
+            )
         elif obj["kind"] == "Deployment":
             replicas = obj["spec"].get("replicas", 1)
-            obj["status"] = {
-                "observedGeneration": 1,
-                "replicas": replicas,
-                "updatedReplicas": replicas,
-                "availableReplicas": replicas,
-                "readyReplicas": replicas,
-            }
+            rig.target.set_status(
+                ref,
+                {
+                    "observedGeneration": obj["metadata"]["generation"],
+                    "replicas": replicas,
+                    "updatedReplicas": replicas,
+                    "availableReplicas": replicas,
+                    "readyReplicas": replicas,
+                },
+            )
     assert rig.step("staging").outcome == "synced"
     st = rig.store.load("staging")
     assert st is not None and st.health == "Healthy", [(o.ref, o.health, o.message) for o in st.objects]
     iris = rig.target.named("InferenceService", "iris")
     assert iris is not None
-    iris["status"] = {
-        "conditions": [
-            {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
-            {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
-        ]
-    }
+    rig.target.set_status(
+        ObjectRef.of(iris),
+        {
+            "conditions": [
+                {
+                    "type": "PredictorReady",
+                    "status": "False",
+                    "reason": "RevisionFailed",
+                    "message": "image pull failed",
+                },
+                {"type": "Ready", "status": "False", "reason": "RevisionFailed", "message": "image pull failed"},
+            ]
+        },
+    )
     rig.step("staging")
     st = rig.store.load("staging")
     assert st is not None and st.health == "Degraded" and st.sync_status == "Synced"
@@ -767,15 +742,11 @@ def test_full_steps_run_one_environment_at_a_time(rig: Rig) -> None:
     would add up in the controller's memory high-water mark); each environment's idle check does."""
     spans: dict[str, list[float]] = {}
     lock = threading.Lock()
-    render = rig.reconciler.renderer
-
-    def renderer(specs: Any, env: str, rev: str, templates: dict[str, str]) -> Any:
-        with lock:
-            spans[env] = [time.monotonic(), time.monotonic()]
-        return render(specs, env, rev, templates)
 
     class SlowTarget(MemoryTarget):
         def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
+            with lock:  # a full step's span: from its first write to its last
+                spans.setdefault(obj["metadata"]["labels"][ENV_LABEL], [time.monotonic(), 0.0])
             time.sleep(0.02)
             result = super().apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
             with lock:
@@ -789,7 +760,6 @@ def test_full_steps_run_one_environment_at_a_time(rig: Rig) -> None:
             forgotten.append(environment)
 
     rig.target = ForgetfulTarget()
-    rig.reconciler.renderer = renderer
     rig.source.refresh(["main"])
     envs = ["dev", "staging", "prod"]
     threads = [threading.Thread(target=rig.reconciler.step, args=(e,), kwargs={"reasons": ["interval"]}) for e in envs]
@@ -837,8 +807,11 @@ def test_environments_on_one_cluster_share_one_target_and_its_rate_limit(tmp_pat
         t.start()
     for t in threads:
         t.join(10)
-    assert len(got) == 3 and len({id(t) for t in got}) == 1
+    # one client and one rate limit for the cluster; each environment lists only its own namespace
+    assert len(got) == 3 and len({id(t.api) for t in got}) == 1 and len({id(t.cluster) for t in got}) == 1
     assert (got[0].bucket.qps, got[0].bucket.burst) == (7.0, 3)
+    assert sorted(t.namespace for t in got) == ["dev", "prod", "staging"]
+    assert factory("staging", specs["staging"]) is next(t for t in got if t.namespace == "staging")
 
 
 def test_a_slow_cluster_does_not_hold_up_environments_on_another(rig: Rig) -> None:

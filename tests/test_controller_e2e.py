@@ -39,7 +39,7 @@ from mlp.controller.metrics import ControllerMetrics
 from mlp.controller.reconciler import Reconciler
 from mlp.controller.store import AuditLog, StateStore
 from mlp.sources.git import GitSource
-from mlp.targets.base import Manifest, ObjectRef, Target
+from mlp.targets.base import Manifest, Target
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
@@ -135,7 +135,8 @@ def _hand_edit(target: Target, kind: str, name: str, patch: Manifest) -> None:
     obj = _live(target, kind, name)
     assert obj is not None
     if isinstance(target, MemoryTarget):
-        _merge(target.objects[ObjectRef.of(obj)], patch)
+        _merge(obj, patch)
+        target.put(obj)  # a write by someone else: a new resourceVersion
         return
     url = getattr(target, "standin_url", None)
     if url is not None:

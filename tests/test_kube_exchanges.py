@@ -1,7 +1,7 @@
 """Replays the 41 recorded kube-apiserver exchanges against the stand-in, and feeds the recorded
 error answers to the kubernetes target's error mapping.
 
-`../shared/fixtures/kube-apiserver/exchanges.json` holds a real API server's answers (v1.32.13,
+`tests/fixtures/kube-apiserver/exchanges.json` holds a real API server's answers (v1.32.13,
 KServe v0.20.0 CRD). The stand-in starts in the recorded setup (KServe CRD installed, namespace
 ml-staging, the etcd revision where the recording started) and gets the same requests in the same
 order; every status code and every response body must match, after replacing what cannot match
@@ -26,15 +26,13 @@ from standins.kube_apiserver import ADMIN_TOKEN, KubeApiServer
 from mlp.targets.base import ObjectRef, TargetError
 from mlp.targets.kubernetes import error_from_response
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 EXCHANGES = FIXTURES / "kube-apiserver" / "exchanges.json"
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def _exchanges() -> list[dict[str, Any]]:
-    if not EXCHANGES.is_file():
-        pytest.skip(f"recorded exchanges not found at {EXCHANGES} (../shared/fixtures sits beside the repo)")
     return json.loads(EXCHANGES.read_text())
 
 
@@ -118,8 +116,6 @@ def replayed() -> list[tuple[dict[str, Any], int, Any, httpx.Headers | None]]:
 
 
 def _names() -> list[str]:
-    if not EXCHANGES.is_file():
-        return ["missing-fixtures"]
     return [e["name"] for e in json.loads(EXCHANGES.read_text())]
 
 
@@ -446,8 +442,6 @@ def test_watch_from_a_resource_version_streams_later_events(http: httpx.Client) 
 
 def test_openapi_value_validation_of_custom_resources(http: httpx.Client) -> None:
     """Constraints of the real CRD schemas that a renderer can trip over: 422 Invalid."""
-    if not (FIXTURES / "kserve").is_dir():
-        pytest.skip("needs the real KServe CRD schema from ../shared/fixtures/kserve")
     isvc = {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",

@@ -296,8 +296,6 @@ def test_dry_run_persists_nothing(cluster: Cluster) -> None:
 
 
 def test_schema_error_500_is_reported_at_once_not_retried(cluster: Cluster) -> None:
-    if cluster.api is not None and not cluster.api.schemas_available:
-        pytest.skip("the stand-in needs the real KServe CRD schema (../shared/fixtures/kserve) to refuse a typo")
     t = cluster.target(max_retries=5, sleep=lambda s: None)
     bad = isvc("typo", cluster.namespace)
     bad["spec"]["predictor"]["sklearn"] = {"storageUrl": "s3://models/typo/1"}

@@ -26,11 +26,9 @@ from mlp.targets.base import (
     HASH_ANNOTATION,
     MANAGED_BY,
     REVISION_ANNOTATION,
-    ApplyResult,
     Manifest,
-    ObjectRef,
-    TargetError,
 )
+from mlp.testing import MemoryTarget
 
 ENV = "staging"
 
@@ -255,48 +253,25 @@ def test_content_hash_ignores_provenance() -> None:
     assert content_hash(isvc("iris", uri="s3://m/9")) != content_hash(a)
 
 
-class RecordingTarget:
-    """A Target that keeps objects in memory and records every write (for execute's contract)."""
-
-    name = "memory"
-
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.objects: dict[ObjectRef, Manifest] = {}
-        self.writes: list[tuple[str, str]] = []
-        self.fail_on = fail_on
-
-    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
-        return [as_live(o) for o in self.objects.values()]
-
-    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
-        ref = ObjectRef.of(obj)
-        if ref.name == self.fail_on:
-            raise TargetError(f"forbidden: cannot patch {ref}", ref=ref, status=403)
-        self.writes.append(("apply", ref.name))
-        existed = ref in self.objects
-        if not dry_run:
-            self.objects[ref] = obj
-        return ApplyResult(ref, "configured" if existed else "created", obj)
-
-    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
-        self.writes.append(("delete", ref.name))
-        if not dry_run:
-            self.objects.pop(ref, None)
+def failing_on(name: str) -> MemoryTarget:
+    target = MemoryTarget()
+    target.fail_on = name  # as an admission webhook denying that object
+    return target
 
 
 def test_execute_then_replan_makes_no_writes() -> None:
-    target = RecordingTarget()
+    target = MemoryTarget()
     desired = [sa(), isvc("iris")]
     changes = execute(make_plan(desired, target.list_owned(ENV), environment=ENV), target)
     assert changes.ok and [c.result for c in changes.done] == ["created", "created"]
-    target.writes.clear()
+    assert [(verb, ref.name) for verb, ref in target.log] == [("apply", "mlp-models"), ("apply", "iris")]
     again = make_plan(desired, target.list_owned(ENV), environment=ENV)
     assert not again.has_changes
-    assert execute(again, target).writes == 0 and target.writes == []
+    assert execute(again, target).writes == 0 and target.writes == 2
 
 
 def test_execute_stops_at_first_error_and_reports_the_rest() -> None:
-    target = RecordingTarget(fail_on="iris")
+    target = failing_on("iris")
     desired = [sa(), isvc("breast-cancer"), isvc("iris"), isvc("zeta")]
     seen: list[str] = []
     changes = execute(
@@ -312,7 +287,7 @@ def test_execute_stops_at_first_error_and_reports_the_rest() -> None:
 
 
 def test_execute_keep_going_applies_the_rest_and_lists_every_failure() -> None:
-    target = RecordingTarget(fail_on="iris")
+    target = failing_on("iris")
     desired = [sa(), isvc("breast-cancer"), isvc("iris"), isvc("zeta")]
     changes = execute(make_plan(desired, [], environment=ENV), target, keep_going=True)
     assert not changes.ok and changes.failed is not None and changes.failed.name == "iris"
@@ -322,7 +297,7 @@ def test_execute_keep_going_applies_the_rest_and_lists_every_failure() -> None:
 
 
 def test_dry_run_writes_nothing() -> None:
-    target = RecordingTarget()
+    target = MemoryTarget()
     changes = execute(make_plan([isvc("iris")], [], environment=ENV), target, dry_run=True)
     assert changes.dry_run and not target.objects
     assert "would be created" in changes.summary()
@@ -370,10 +345,10 @@ def test_markdown_format_is_stable() -> None:
     assert plan_to_markdown(make_plan([], [], environment=ENV)).splitlines()[1].startswith("**No changes.**")
 
 
-def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
-    from mlp.plan.pipeline import kinds_to_list, plan_environment
+def test_engine_never_plans_from_a_failed_snapshot() -> None:
+    from mlp.engine import Policy, kinds_stage, reconcile
     from mlp.sources.base import Snapshot
-    from mlp.specs import load
+    from mlp.testing import MemoryTarget
 
     bad = Snapshot(
         revision="r",
@@ -382,10 +357,10 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
             b"metadata: {name: e}\nspec: {target: {kind: nope}}\n"
         },
     )
-    result = load(bad)
-    assert not result.ok
+    target = MemoryTarget([as_live(isvc("iris"))])
     with pytest.raises(PlanRefused, match="failed validation"):
-        plan_environment(result, "e", [as_live(isvc("iris"))], prune=True)
+        reconcile(bad, "e", target, Policy(prune=True))
+    assert target.writes == 0
     good = Snapshot(
         revision="r",
         files={
@@ -393,11 +368,15 @@ def test_pipeline_never_plans_from_a_failed_snapshot() -> None:
             b"metadata: {name: e}\nspec: {target: {kind: local}}\n"
         },
     )
-    plan = plan_environment(load(good), "e", [], prune=True)
+    plan = reconcile(good, "e", MemoryTarget(), Policy(prune=True, execute=False)).plan
     assert plan.items == [] and plan.revision == "r"
-    kinds = kinds_to_list("kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}])
+    # no inventory yet: the plug-ins' kinds (to adopt) plus what the render produced
+    kinds, inventory = kinds_stage(
+        MemoryTarget(), "e", "kubernetes", [{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy"}]
+    )
+    assert inventory is None
     assert ("serving.kserve.io/v1beta1", "InferenceService") in kinds
-    assert kinds[-1] == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert ("networking.k8s.io/v1", "NetworkPolicy") in kinds
 
 
 def test_a_field_the_repository_stopped_setting_is_an_update() -> None:

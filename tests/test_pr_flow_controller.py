@@ -8,7 +8,6 @@ seconds.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,8 @@ from mlp.controller.controller import Controller
 from mlp.controller.reconciler import Reconciler
 from mlp.controller.store import AuditLog, StateStore
 from mlp.sources.git import GitSource
-from mlp.targets.base import ENV_LABEL, MANAGED_BY, ApplyResult, Manifest, ObjectRef
+from mlp.targets.base import ObjectRef
+from mlp.testing import MemoryTarget
 from mlp.webhooks.flow import ControllerAudit, PullRequestFlow
 from mlp.webhooks.github import GitHubClient
 from mlp.webhooks.prcheck import Workspace
@@ -37,44 +37,13 @@ STAGING_IRIS = (
 )
 
 
-class DictTarget:
-    """A target that keeps applied objects in memory (the cluster is not the point here)."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectRef, Manifest] = {}
-        self.lock = threading.Lock()
-
-    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
-        with self.lock:
-            return [
-                copy.deepcopy(o)
-                for o in self.objects.values()
-                if o["metadata"].get("labels", {}).get(ENV_LABEL) == environment
-                and o["metadata"].get("labels", {}).get(MANAGED_BY) == "mlp"
-            ]
-
-    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
-        ref = ObjectRef.of(obj)
-        with self.lock:
-            action = "configured" if ref in self.objects else "created"
-            if not dry_run:
-                self.objects[ref] = copy.deepcopy(obj)
-        return ApplyResult(ref, action, obj)
-
-    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
-        with self.lock:
-            if not dry_run:
-                self.objects.pop(ref, None)
+class DictTarget(MemoryTarget):
+    """The package's in-memory target (the cluster is not the point here) and one question about it."""
 
     def stable_version(self, namespace: str, name: str) -> str | None:
         """The stable model version an InferenceService declares (render's annotation)."""
-        with self.lock:
-            for ref, obj in self.objects.items():
-                if ref.kind == "InferenceService" and ref.namespace == namespace and ref.name == name:
-                    return str(obj["metadata"]["annotations"]["mlp.dev/stable-version"])
-        return None
+        obj = self.get(ObjectRef("serving.kserve.io/v1beta1", "InferenceService", namespace, name))
+        return str(obj["metadata"]["annotations"]["mlp.dev/stable-version"]) if obj is not None else None
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]

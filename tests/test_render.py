@@ -24,7 +24,7 @@ from mlp.specs import load
 from mlp.targets.base import ENV_LABEL, HASH_ANNOTATION, MANAGED_BY, MODEL_DEPLOYMENT_EXAMPLE, SPEC_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 GOLDEN = Path(__file__).parent / "golden" / "render"
 UPDATE = os.environ.get("MLP_UPDATE_GOLDEN") == "1"
 
@@ -57,16 +57,12 @@ def _crd_schema(path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def isvc_validator() -> jsonschema.protocols.Validator:
     path = FIXTURES / "kserve" / "inferenceservice-v1beta1.schema.json"
-    if not path.exists():
-        pytest.skip(f"KServe CRD schema fixture not found at {path}")
     schema = _strict(json.loads(path.read_text()))
     return jsonschema.Draft202012Validator(schema)
 
 
 def _prom_validator(kind: str) -> jsonschema.protocols.Validator:
     path = FIXTURES / "prometheus-operator" / f"monitoring.coreos.com_{kind.lower()}s.yaml"
-    if not path.exists():
-        pytest.skip(f"Prometheus Operator CRD fixture not found at {path}")
     return jsonschema.Draft202012Validator(_strict(_crd_schema(path)))
 
 

@@ -57,7 +57,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover - kserve is in the serve extras
     kserve = None
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "oip"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oip"
 ROW = [6.8, 2.8, 4.8, 1.4]
 
 
@@ -98,10 +98,7 @@ def client(plane: tuple[Runtime, str]) -> Iterator[httpx.Client]:
 
 
 def _fixture(name: str) -> Any:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"OIP fixture {path} not found (../shared/fixtures sits beside the repository)")
-    return json.loads(path.read_text())
+    return json.loads((FIXTURES / name).read_text())
 
 
 # --- protocol shapes -------------------------------------------------------------------------
@@ -168,6 +165,8 @@ def test_v1_predict_and_readiness_and_metadata(client: httpx.Client) -> None:
     ]
     r = client.post("/v2/models/sklearn-irisv2/infer", json={"inputs": cols})
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1]
+    # the metadata announces the datatype infer answers with (signature type int: INT64)
+    assert meta["outputs"][0]["datatype"] == r.json()["outputs"][0]["datatype"] == "INT64"
 
 
 # --- bad requests ------------------------------------------------------------------------------
@@ -325,6 +324,7 @@ def test_metrics_per_model_and_version(client: httpx.Client) -> None:
     client.post("/v1/models/iris:predict", json={"instances": [ROW]})
     client.post("/v1/models/iris:predict", json={"instances": [[1.0]]})
     text = client.get("/metrics").text
+    assert "_created" not in text  # prometheus_client's creation-time series are off
     for needle in (
         'mlp_model_requests_total{code="200",model="iris",version="1"}',
         'mlp_model_requests_total{code="400",model="iris",version=',
@@ -396,4 +396,38 @@ def test_overload_gives_503_with_retry_after_and_recovers(tmp_path: Path) -> Non
         assert codes[200] >= 2 and codes[503] >= 1, codes
         assert all(r.headers.get("retry-after") == "1" for r in responses if r.status_code == 503)
         assert one(0).status_code == 200
+    rt.close()
+
+
+def test_readiness_is_503_until_every_model_loads_and_liveness_stays_200(
+    tmp_path: Path, iris_models: dict[int, tuple[Path, str]]
+) -> None:
+    from mlp.serving.runtime import DeploymentError
+
+    (p1, d1), (p2, _) = iris_models[1], iris_models[2]
+    rt = Runtime(tmp_path / "state", payload_log=False)  # its own artifact cache: nothing cached by digest
+    with ServerThread(DataPlane(rt)) as server, http_client(server.url) as c:
+        # nothing loaded yet: alive, not ready
+        assert c.get("/v2/health/live").status_code == 200
+        assert c.get("/v2/health/ready").status_code == 503
+        rt.apply(deployment("good", [route(1, p1, d1)]))
+        assert c.get("/v2/health/ready").status_code == 200
+        # a model whose artifact does not match its digest never loads: the server is not ready
+        with pytest.raises(DeploymentError):
+            rt.apply(deployment("broken", [route(1, p2, "sha256:" + "0" * 64)]))
+        ready = c.get("/v2/health/ready")
+        assert ready.status_code == 503 and ready.json() == {"ready": False}
+        assert c.get("/v2/health/live").status_code == 200
+        broken = c.get("/v2/models/broken/ready")
+        assert (
+            broken.status_code == 503
+            and broken.json()["ready"] is False
+            and "sha256 mismatch" in broken.json()["error"]
+        )
+        assert c.get("/v2/models/good/ready").status_code == 200
+        assert c.post("/v1/models/good:predict", json={"instances": [ROW]}).status_code == 200
+        # fixed (or removed): ready again
+        rt.apply(deployment("broken", [route(1, p1, d1)]))
+        assert c.get("/v2/health/ready").status_code == 200
+        assert c.get("/v2/models/broken/ready").status_code == 200
     rt.close()

@@ -153,7 +153,11 @@ def test_editing_dev_yaml_swaps_versions_under_load_with_zero_failures(up: UpPro
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        # the canary split serves both versions before the edit (on a busy machine the first answers
+        # can take a while: wait for them rather than for a fixed time)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (seen["1"] and seen["2"]):
+            time.sleep(0.05)
         _set_iris(repo, "      version: 2\n")  # promote: v2 becomes the only stable version
         deadline = time.monotonic() + 20
         with client(url) as c:

@@ -12,16 +12,18 @@ from mlp.cli._common import (
     CONTEXT,
     EXIT_ERROR,
     EXIT_OK,
+    apply_concurrency,
     cluster_options,
     env_option,
     environment,
     fail,
     load_repo,
     make_target,
+    output_option,
     progress_printer,
-    read_live,
-    render_env,
     repo_option,
+    summarize_done,
+    use_color,
 )
 
 
@@ -32,14 +34,7 @@ from mlp.cli._common import (
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that deletes every object mlp owns in the environment.")
 @click.option("--force-conflicts", is_flag=True, help="Take ownership of fields another field manager owns.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print the change set as JSON on stdout.",
-)
+@output_option("text", "json", help="json: print the change set as JSON on stdout.")
 @repo_option
 @cluster_options
 def apply(
@@ -68,28 +63,43 @@ def apply(
       mlp apply --env staging --prune --yes
       mlp apply --env prod --yes --force-conflicts --kubeconfig ~/.kube/prod
     """
-    from mlp.plan.core import PlanRefused, make_plan
-    from mlp.plan.execute import execute
+    from mlp.engine import Decision, Policy, reconcile
+    from mlp.plan.core import Plan, PlanRefused
     from mlp.plan.format import plan_to_text
-    from mlp.plan.pipeline import kinds_to_list
+    from mlp.render import RenderError
+    from mlp.targets.base import TargetError
 
     snapshot, result = load_repo(repo)
     env_spec = environment(result, env)
-    desired = render_env(snapshot, result, env)
     target = make_target(env_spec, repo=repo, kubeconfig=kubeconfig, context=context, state_dir=state_dir)
-    kinds = kinds_to_list(env_spec.spec.target.kind, desired)
-    live = read_live(target, env, kinds, {(o["apiVersion"], o["kind"]) for o in desired})
-    try:
-        plan = make_plan(
-            desired, live, environment=env, revision=snapshot.revision, prune=prune, allow_empty=allow_empty
-        )
-    except (PlanRefused, ValueError) as exc:
-        fail(str(exc))
-
     text_out = fmt == "text"
     echo = (lambda s: click.echo(s, nl=False)) if text_out else (lambda s: click.echo(s, err=True, nl=False))
-    echo(plan_to_text(plan, color=sys.stdout.isatty() and text_out))
-    if not plan.has_changes:
+
+    def decide(plan: Plan) -> Decision:
+        echo(plan_to_text(plan, color=use_color() and text_out))
+        if not yes and not dry_run:
+            if not sys.stdin.isatty():
+                fail("not applying without confirmation: pass --yes (stdin is not a terminal)")
+            if not click.confirm(f"Apply these changes to {env}?", default=False, err=True):
+                fail("aborted; nothing applied")
+        return Decision(True)
+
+    policy = Policy(
+        prune=prune,
+        allow_empty=allow_empty,
+        dry_run=dry_run,
+        force_conflicts=force_conflicts,
+        progress=progress_printer(True),
+        concurrency=apply_concurrency(target),
+        decide=decide,
+    )
+    try:
+        run = reconcile(snapshot, env, target, policy, loaded=result)
+    except (RenderError, PlanRefused, TargetError, ValueError) as exc:
+        fail(str(exc))
+    changes = run.changes
+    if changes is None:  # nothing to change
+        echo(plan_to_text(run.plan, color=use_color() and text_out))
         if not text_out:
             click.echo(
                 json.dumps(
@@ -98,19 +108,12 @@ def apply(
                 )
             )
         sys.exit(EXIT_OK)
-    if not yes and not dry_run:
-        if not sys.stdin.isatty():
-            fail("not applying without confirmation: pass --yes (stdin is not a terminal)")
-        if not click.confirm(f"Apply these changes to {env}?", default=False, err=True):
-            fail("aborted; nothing applied")
-
-    changes = execute(plan, target, dry_run=dry_run, force_conflicts=force_conflicts, progress=progress_printer(True))
     if not text_out:
         click.echo(json.dumps(changes.to_dict(), sort_keys=True, indent=2))
     if changes.ok:
         click.echo(("dry run: " if dry_run else "applied: ") + changes.summary(), err=True)
         sys.exit(EXIT_OK)
-    done = ", ".join(f"{c.result} {c.ref}" for c in changes.done) or "nothing"
+    done = summarize_done(changes.done)
     click.echo(f"error: {changes.error} (at {changes.failed})", err=True)
     click.echo(f"applied before the failure: {done}; not attempted: {len(changes.not_attempted)}", err=True)
     sys.exit(EXIT_ERROR)

@@ -17,24 +17,21 @@ from mlp.cli._common import (
     fail,
     load_repo,
     make_target,
-    read_live,
-    render_env,
+    output_option,
     repo_option,
 )
+from mlp.cli._common import use_color as use_colour
 
 
 @click.command("diff", context_settings=CONTEXT)
 @env_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
-    default="text",
-    show_default=True,
-    help="text: coloured unified diff per object; json for scripts; markdown for PRs.",
+@output_option(
+    "text", "json", "markdown", help="text: coloured unified diff per object; json for scripts; markdown for PRs."
 )
 @click.option("--prune", is_flag=True, help="Include deletions of owned objects no longer declared (as apply --prune).")
-@click.option("--color/--no-color", "color", default=None, help="Colour the text diff [default: when a terminal].")
+@click.option(
+    "--color/--no-color", "color", default=None, help="Colour the text diff [default: on a terminal without NO_COLOR]."
+)
 @repo_option
 @cluster_options
 def diff(
@@ -55,31 +52,32 @@ def diff(
     \b
     Examples:
       mlp diff --env staging
-      mlp diff --env prod --format markdown > plan.md
-      mlp diff --env prod --format json --kubeconfig ~/.kube/prod --context prod
+      mlp diff --env prod -o markdown > plan.md
+      mlp diff --env prod -o json --kubeconfig ~/.kube/prod --context prod
     """
-    from mlp.plan.core import PlanRefused, make_plan
+    from mlp.engine import Policy, reconcile
+    from mlp.plan.core import PlanRefused
     from mlp.plan.format import plan_to_json, plan_to_markdown, plan_to_text
-    from mlp.plan.pipeline import kinds_to_list
+    from mlp.render import RenderError
+    from mlp.targets.base import TargetError
 
     snapshot, result = load_repo(repo)
     env_spec = environment(result, env)
-    desired = render_env(snapshot, result, env)
     target = make_target(env_spec, repo=repo, kubeconfig=kubeconfig, context=context, state_dir=state_dir)
-    kinds = kinds_to_list(env_spec.spec.target.kind, desired)
-    live = read_live(target, env, kinds, {(o["apiVersion"], o["kind"]) for o in desired})
     try:
-        plan = make_plan(desired, live, environment=env, revision=snapshot.revision, prune=prune)
-    except PlanRefused as exc:
-        click.echo(f"warning: mlp apply would refuse this plan: {exc}", err=True)
-        plan = make_plan(desired, live, environment=env, revision=snapshot.revision, prune=prune, allow_empty=True)
-    except ValueError as exc:
+        try:
+            plan = reconcile(snapshot, env, target, Policy(prune=prune, execute=False), loaded=result).plan
+        except PlanRefused as exc:
+            click.echo(f"warning: mlp apply would refuse this plan: {exc}", err=True)
+            policy = Policy(prune=prune, allow_empty=True, execute=False)
+            plan = reconcile(snapshot, env, target, policy, loaded=result).plan
+    except (RenderError, PlanRefused, TargetError, ValueError) as exc:
         fail(str(exc))
     if fmt == "json":
         click.echo(plan_to_json(plan), nl=False)
     elif fmt == "markdown":
         click.echo(plan_to_markdown(plan), nl=False)
     else:
-        use_color = sys.stdout.isatty() if color is None else color
+        use_color = use_colour(color)
         click.echo(plan_to_text(plan, color=use_color), nl=False)
     sys.exit(EXIT_CHANGES if plan.has_changes else EXIT_OK)

@@ -1,7 +1,7 @@
 """`mlp up`: serve one local environment of a platform repository on this machine.
 
-Wiring only: a directory source, the spec loader, render (which emits `ModelDeployment`
-objects for `local` targets), the plan, and the local target over the embedded runtime.
+Wiring only: a directory source, the engine (`mlp.engine.reconcile`, as every other caller)
+and the local target over the embedded runtime.
 One process: uvicorn serves the data plane and `/metrics` in the main thread; a watcher
 thread re-reads the repository every `--interval` seconds and converges the runtime
 (load -> render -> plan -> apply/delete), so editing `environments/dev.yaml` swaps
@@ -12,6 +12,7 @@ keeps serving); one model that fails to apply does not stop the others.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import click
 
+from mlp.cli._common import log_options, output_option
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -64,7 +66,7 @@ class LocalLoop:
             return self.last_error is None
         self.revision = snap.revision
         try:
-            objs, mirror = self._desired(snap)
+            result, mirror = self._load(snap)
         except UpError as exc:
             self.last_error = str(exc)
             self.failed_at = None  # nothing to retry until the files change
@@ -73,10 +75,18 @@ class LocalLoop:
             self.echo(f"mlp up: revision {snap.revision} refused, still serving the last good state:\n{exc}")
             return False
         self.target.runtime.store.mirror = mirror
-        return self._converge(objs, snap.revision)
+        try:
+            return self._converge(snap, result)
+        except UpError as exc:
+            self.last_error = str(exc)
+            self.failed_at = None
+            if first:
+                raise
+            self.echo(f"mlp up: revision {snap.revision} refused, still serving the last good state:\n{exc}")
+            return False
 
-    def _desired(self, snap: Any) -> tuple[list[dict[str, Any]], Path | None]:
-        from mlp.render import RenderError, render
+    def _load(self, snap: Any) -> tuple[Any, Path | None]:
+        """The snapshot's specs, checked for what `mlp up` needs (a local target, a mirror inside the repo)."""
         from mlp.specs import load
 
         result = load(snap)
@@ -99,23 +109,25 @@ class LocalLoop:
                 mirror.relative_to(self.repo.resolve())
             except ValueError:
                 raise UpError(f"Environment/{self.env}: artifactMirror leaves the repository") from None
+        return result, mirror
+
+    def _converge(self, snap: Any, result: Any) -> bool:
+        from mlp.engine import Policy, reconcile
+        from mlp.plan.core import PlanRefused
+        from mlp.render import RenderError
+
+        # the embedded runtime: prune what is no longer declared, and one model's refused
+        # artifact does not hold back the others (what was serving keeps serving)
+        policy = Policy(prune=True, allow_empty=True, keep_going=True)
         try:
-            objs = render(result.specs, self.env, revision=snap.revision, templates=snap.templates())
-        except RenderError as exc:
+            run = reconcile(snap, self.env, self.target, policy, loaded=result)
+        except (RenderError, PlanRefused, ValueError) as exc:
             raise UpError(str(exc)) from None
-        return [o for o in objs if o.get("kind") == "ModelDeployment"], mirror
-
-    def _converge(self, desired: list[dict[str, Any]], revision: str) -> bool:
-        from mlp.plan.core import make_plan
-        from mlp.plan.execute import execute
-
-        live = self.target.list_owned(self.env)
-        plan = make_plan(desired, live, environment=self.env, revision=revision, prune=True, allow_empty=True)
-        changes = execute(plan, self.target, keep_going=True)
-        for change in changes.done:
+        changes = run.changes
+        for change in changes.done if changes is not None else []:
             if change.result == "deleted":
                 self.echo(f"mlp up: removed {change.ref}")
-        errors = [f"{ref}: {exc}" for ref, exc in changes.failures]
+        errors = [f"{ref}: {exc}" for ref, exc in changes.failures] if changes is not None else []
         if errors:
             self.last_error = "\n".join(errors)
             self.failed_at = time.monotonic()
@@ -198,14 +210,8 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print one JSON line with the URLs when ready.",
-)
+@output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
+@log_options
 def up(
     repo: Path,
     env: str,
@@ -244,8 +250,13 @@ def up(
         sys.exit(2)
     base = f"http://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
 
+    json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"
+
     def event(msg: str) -> None:
-        click.echo(f"mlp up: {msg}", err=True)
+        if json_logs:
+            logging.getLogger("mlp.up").info(msg, extra={"environment": env})
+        else:
+            click.echo(f"mlp up: {msg}", err=True)
 
     runtime = Runtime(
         state,

@@ -53,14 +53,23 @@ from mlp.controller.store import (
     StateStore,
 )
 from mlp.controller.windows import sync_allowed
-from mlp.plan.core import Action, Plan, PlanItem, PlanRefused, make_plan
-from mlp.plan.execute import execute
+from mlp.engine import (
+    Decision,
+    ModelObservation,
+    Policy,
+    Result,
+    kinds_stage,
+    list_stage,
+    observe_deployments,
+    reconcile,
+)
+from mlp.plan.core import Action, Plan, PlanItem, PlanRefused
 from mlp.plan.health import HealthStatus, assess, worst
 from mlp.render.stamp import canonical_json
 from mlp.sources.base import Snapshot
 from mlp.specs import LoadResult, SpecSet, load
-from mlp.specs.models import Deployment, Environment
-from mlp.targets.base import ApplyResult, Manifest, ObjectRef, Target, TargetError
+from mlp.specs.models import Environment
+from mlp.targets.base import Manifest, ObjectRef, Target, TargetError
 
 DEFAULT_REF = "main"
 # Identifies this controller run in intents: an intent written by another run was interrupted.
@@ -84,14 +93,7 @@ class RevisionSource(Protocol):
     def snapshot(self, rev: str) -> Snapshot: ...
 
 
-Renderer = Callable[[SpecSet, str, str, dict[str, str]], list[Manifest]]
 TargetFactory = Callable[[str, Environment], Target]
-
-
-def default_renderer(specs: SpecSet, env: str, revision: str, templates: dict[str, str]) -> list[Manifest]:
-    from mlp.render import render
-
-    return list(render(specs, env, revision=revision, templates=templates))
 
 
 @dataclass
@@ -131,21 +133,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def traffic_of(dep: Deployment) -> dict[str, int]:
-    """Declared traffic split of one deployment: {"<version>": percent}; a shadow is "<v> (shadow)"."""
-    split: dict[str, int] = {}
-    if dep.canary is not None:
-        share = dep.canary.current
-        split[str(dep.version)] = 100 - share
-        split[str(dep.canary.version)] = share
-    elif dep.abTest is not None:
-        split[str(dep.version)] = 100 - dep.abTest.share
-        split[str(dep.abTest.version)] = dep.abTest.share
-    else:
-        split[str(dep.version)] = 100
-    if dep.shadow is not None:
-        split[f"{dep.shadow.version} (shadow)"] = dep.shadow.percent
-    return {k: v for k, v in split.items() if v or "(shadow)" in k}
+def _observed_message(o: ModelObservation) -> str:
+    if o.observed is None:
+        return ""
+    parts = []
+    if o.differs:
+        parts.append("observed traffic differs from declared")
+    if o.observed.ready is False:
+        parts.append("not ready")
+    if o.observed.message:
+        parts.append(o.observed.message)
+    if o.observed.url:
+        parts.append(o.observed.url)
+    return "; ".join(parts)
 
 
 def _describe(action: Action, ref: ObjectRef) -> str:
@@ -181,39 +181,6 @@ class _PriorityLock:
             with self._cond:
                 self._held = False
                 self._cond.notify_all()
-
-
-class _Recording:
-    """The target, for one `execute`: remembers what the server answered to each write."""
-
-    def __init__(self, target: Target) -> None:
-        self.target = target
-        self.name = target.name
-        self.applied: dict[ObjectRef, Manifest] = {}
-        self.deleted: set[ObjectRef] = set()
-        self.complete = True  # every apply answered with the live object
-
-    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Manifest]:
-        return self.target.list_owned(environment, kinds)
-
-    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
-        result = self.target.apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
-        if result.live and (result.live.get("metadata") or {}).get("name"):
-            self.applied[result.ref] = result.live
-        else:
-            self.complete = False
-        return result
-
-    def delete(self, ref: ObjectRef, *, dry_run: bool = False) -> None:
-        self.target.delete(ref, dry_run=dry_run)
-        self.deleted.add(ref)
-
-    def live_after(self, before: list[Manifest]) -> list[Manifest] | None:
-        """`before` with every write's answer in place; None when a write did not answer with its object."""
-        if not self.complete:
-            return None
-        out = [o for o in before if ObjectRef.of(o) not in self.applied and ObjectRef.of(o) not in self.deleted]
-        return out + list(self.applied.values())
 
 
 def _take_warnings(target: Target) -> list[str]:
@@ -269,7 +236,6 @@ class Reconciler:
         *,
         metrics: ControllerMetrics | None = None,
         default_ref: str = DEFAULT_REF,
-        renderer: Renderer | None = None,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         self.source = source
@@ -277,7 +243,8 @@ class Reconciler:
         self.store = store
         self.metrics = metrics
         self.default_ref = default_ref
-        self.renderer: Renderer = renderer or default_renderer
+        # Environments with a local target: `mlp up` serves and reconciles them in its own process.
+        self.handled_elsewhere: set[str] = set()
         self.clock = clock
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
@@ -289,6 +256,7 @@ class Reconciler:
         self._env_locks: dict[str, threading.Lock] = {}
         self._step_targets: dict[str, Target] = {}  # env -> the target its running step uses
         self._in_sync: dict[str, tuple[str, str, str | None]] = {}  # env -> (revision, live fingerprint, source error)
+        self._kinds: dict[str, list[tuple[str, str]]] = {}  # env -> what its last full step listed
 
     # --- sources and caches ------------------------------------------------------------------
 
@@ -339,12 +307,13 @@ class Reconciler:
         return result.specs
 
     def _full_lock(self, target: Target) -> _PriorityLock:
-        """The lock full steps against `target` take (one per target object, which a factory shares
-        between the environments on one cluster)."""
+        """The lock full steps against `target` take: one per cluster. A target scoped to one
+        environment's namespace names the cluster it shares with the others (`cluster`)."""
+        anchor = getattr(target, "cluster", target)
         with self._cache_lock:
-            entry = self._full.get(id(target))
-            if entry is None or entry[0] is not target:
-                entry = self._full[id(target)] = (target, _PriorityLock())
+            entry = self._full.get(id(anchor))
+            if entry is None or entry[0] is not anchor:
+                entry = self._full[id(anchor)] = (anchor, _PriorityLock())
             return entry[1]
 
     def trim(self) -> None:
@@ -369,10 +338,11 @@ class Reconciler:
             loaded = self.load_revision(rev, self.default_ref)
         except Exception:  # an unreadable commit: keep what we knew
             return {e: self.default_ref for e in envs}
-        found = {name: e.spec.branch for name, e in loaded.environments.items()}
+        self.handled_elsewhere = {n for n, e in loaded.environments.items() if e.spec.target.kind == "local"}
+        found = {n: e.spec.branch for n, e in loaded.environments.items() if n not in self.handled_elsewhere}
         if loaded.ok:
             return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
-        merged = {e: self.default_ref for e in envs}
+        merged = {e: self.default_ref for e in envs if e not in self.handled_elsewhere}
         merged.update({n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()})
         return merged
 
@@ -454,11 +424,16 @@ class Reconciler:
         try:
             target = self._step_targets[env] = self.targets(env, envspec)
             check = self._in_sync.get(env) if not manual and self.store.intent(env) is None else None
+            # What to list: the kinds the last full step listed (its inventory plus what it rendered);
+            # after a restart, the inventory stored in the target (plus the kinds to adopt).
+            kinds = self._kinds.get(env)
+            if kinds is None:
+                kinds, _ = kinds_stage(target, env, envspec.spec.target.kind, ())
             owned_versions = getattr(target, "owned_versions", None)
             if check is not None and check[0] == rev and owned_versions is not None:
-                versions: dict[ObjectRef, str] = owned_versions(env)
+                versions: dict[ObjectRef, str] = owned_versions(env, kinds)
             else:
-                live = target.list_owned(env)
+                live = list_stage(target, env, kinds, set())
                 versions = _versions(live)
         except TargetError as exc:
             return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
@@ -476,12 +451,9 @@ class Reconciler:
         # the process; render and plan are one core's work under the GIL anyway. Environments on
         # other clusters (a slow one must not hold them up) and idle checks stay parallel.
         with self._full_lock(target).hold(urgent=bool(reasons & URGENT)) as waited:
-            if waited or live is None:
-                try:  # not listed whole yet, or another environment's step ran meanwhile (it may be stale)
-                    live = target.list_owned(env)
-                except TargetError as exc:
-                    return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
-            return self._full_step(env, reasons, status, loaded, target, live, seen_before, source_note)
+            if waited:
+                live = None  # another environment's step ran meanwhile: what was listed may be stale
+            return self._full_step(env, reasons, status, loaded, target, live, kinds, seen_before, source_note)
 
     def _full_step(
         self,
@@ -490,30 +462,76 @@ class Reconciler:
         status: EnvStatus,
         loaded: Loaded,
         target: Target,
-        live: list[Manifest],
+        live: list[Manifest] | None,
+        kinds: list[tuple[str, str]],
         seen_before: tuple[str, str | None],
         source_note: str,
     ) -> StepResult:
-        """Render, plan and (when policy allows) apply; `_step` found the environment out of its fast path."""
+        """Run the engine with the environment's sync policy; `_step` found it out of its fast path."""
         manual = "manual" in reasons
         snap = loaded.snapshot
         rev = snap.revision
         specs = self.specs_of(loaded)
         envspec = specs.environments[env]  # with its deployments (`loaded` keeps environments without)
-        policy = envspec.spec.sync
-        try:
-            desired = self.renderer(specs, env, rev, snap.templates())
-        except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
-            return self._refuse(status, snap, [str(exc)], "render failed")
-        del specs
-        try:
-            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
-        except (PlanRefused, ValueError) as exc:
-            return self._refuse(status, snap, [str(exc)], "unsafe plan")
-
+        sync = envspec.spec.sync
         intent = self.store.intent(env)
         interrupted = intent is not None and intent.run != RUN_ID
         new_revision = rev != status.synced_revision
+        chosen: dict[str, str] = {}
+
+        def decide(plan: Plan) -> Decision:
+            """The policy stage: automation, sync windows and self-heal (prune is in the plan)."""
+            allowed, why = True, ""
+            if interrupted and intent is not None and intent.revision == rev:
+                allowed, why = True, "resuming an interrupted apply"
+            elif manual:
+                allowed = True
+            elif not sync.automated:
+                allowed, why = False, "automated sync is off; run `mlp sync " + env + "`"
+            else:
+                ok, window = sync_allowed(sync.windows, self.clock())
+                if not ok:
+                    allowed, why = False, f"automated sync blocked: {window}"
+                elif not new_revision and not sync.selfHeal:
+                    allowed, why = False, "live objects drifted from Git; selfHeal is off"
+            if not allowed and seen_before != (OUT_OF_SYNC, rev):
+                # Logged when the environment goes out of sync, not at every interval it stays so.
+                self.store.append_audit(
+                    AuditEvent(
+                        env,
+                        "drift" if not new_revision else "hold",
+                        "skipped",
+                        revision=rev,
+                        author=snap.author,
+                        objects=described_changes(plan.changes),
+                        message=why,
+                    )
+                )
+            return Decision(allowed, why)
+
+        def before_execute(plan: Plan) -> None:
+            if new_revision or manual:
+                action = "rollback" if self._is_rollback(status, envspec) else "apply"
+            else:
+                action = "self-heal"
+            chosen["action"] = action
+            described = described_changes(plan.changes)
+            self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid(), RUN_ID))
+
+        policy = Policy(prune=sync.prune, decide=decide, before_execute=before_execute)
+        try:
+            run = reconcile(snap, env, target, policy, loaded=specs, live=live, live_kinds=kinds)
+        except TargetError as exc:
+            return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
+        except (PlanRefused, ValueError) as exc:
+            return self._refuse(status, snap, [str(exc)], "unsafe plan")
+        except Exception as exc:  # render errors are the repository's fault: refuse, located if possible
+            return self._refuse(status, snap, [str(exc)], "render failed")
+        del specs
+        self._kinds[env] = run.kinds
+        if run.inventory is not None:
+            self.store.save_inventory(env, [str(r) for r in run.inventory])
+        plan = run.plan
         changes = plan.changes
 
         if not changes:
@@ -546,48 +564,17 @@ class Reconciler:
                         "live state already matches",
                     )
                 )
-            return self._report(status, envspec, plan, live, rev, applied=False, source_note=source_note)
+            return self._report(status, run, applied=False, source_note=source_note)
 
-        # Decide whether policy lets this step write.
-        allowed, why = True, ""
-        if interrupted and intent is not None and intent.revision == rev:
-            allowed, why = True, "resuming an interrupted apply"
-        elif manual:
-            allowed = True
-        elif not policy.automated:
-            allowed, why = False, "automated sync is off; run `mlp sync " + env + "`"
-        else:
-            ok, window = sync_allowed(policy.windows, self.clock())
-            if not ok:
-                allowed, why = False, f"automated sync blocked: {window}"
-            elif not new_revision and not policy.selfHeal:
-                allowed, why = False, "live objects drifted from Git; selfHeal is off"
-        if not allowed:
-            if seen_before != (OUT_OF_SYNC, rev):
-                # Logged when the environment goes out of sync, not at every interval it stays so.
-                self.store.append_audit(
-                    AuditEvent(
-                        env,
-                        "drift" if not new_revision else "hold",
-                        "skipped",
-                        revision=rev,
-                        author=snap.author,
-                        objects=described_changes(changes),
-                        message=why,
-                    )
-                )
-            return self._report(status, envspec, plan, live, rev, applied=False, hold=why, source_note=source_note)
+        if not run.decision.allowed:
+            return self._report(status, run, applied=False, hold=run.decision.reason, source_note=source_note)
 
-        if new_revision or manual:
-            action = "rollback" if self._is_rollback(status, envspec) else "apply"
-        else:
-            action = "self-heal"
+        action = chosen.get("action", "apply")
+        changeset = run.changes
+        assert changeset is not None
         writes = [i for i in changes if i.action is not Action.DELETE]
         deletes = [i for i in changes if i.action is Action.DELETE]
-        described = [_describe(i.action, i.ref) for i in changes]
-        self.store.begin_intent(Intent(env, rev, action, described, time.time(), os.getpid(), RUN_ID))
-        recording = _Recording(target)
-        changeset = execute(plan, recording)
+        described = described_changes(changes)
         done = {c.ref for c in changeset.done}
         events: list[AuditEvent] = []
         note = ""
@@ -632,16 +619,10 @@ class Reconciler:
                 f"apply failed at {changeset.failed}: {changeset.error}",
                 changes=[_describe(c.action, c.ref) for c in changeset.done],
             )
-        after = recording.live_after(live)
-        del plan, live  # free the first plan's copies (peak memory of big environments)
-        try:
-            # What the server answered to each write is the live state: no second list of every object.
-            live = after if after is not None else target.list_owned(env)
-            plan = make_plan(desired, live, environment=env, revision=rev, prune=policy.prune)
-        except (TargetError, PlanRefused, ValueError) as exc:
-            return self._fail(status, rev, f"applied, but cannot read back live state: {exc}", unknown=True)
-        result = self._report(status, envspec, plan, live, rev, applied=True, source_note=source_note, action=action)
-        result.changes = described + [f"warning: {w}" for w in _take_warnings(target)]
+        if run.after is None:
+            return self._fail(status, rev, "applied, but cannot read back live state", unknown=True)
+        result = self._report(status, run, applied=True, source_note=source_note, action=action)
+        result.changes = described + [f"warning: {w}" for w in [*run.warnings, *_take_warnings(target)]]
         return result
 
     # --- outcomes ------------------------------------------------------------------------------
@@ -693,17 +674,16 @@ class Reconciler:
     def _report(
         self,
         status: EnvStatus,
-        envspec: Environment,
-        plan: Plan,
-        live: list[Manifest],
-        rev: str,
+        run: Result,
         *,
         applied: bool,
         hold: str = "",
         source_note: str = "",
         action: str = "",
     ) -> StepResult:
-        """Record per-object status from a plan against the live objects it was made from."""
+        """Record per-object status from a plan against the live objects it was made from, and what
+        each model really serves (observed) next to what was declared."""
+        plan, live, rev = run.final_plan, run.final_live, run.revision
         live_by_ref = {ObjectRef.of(o): o for o in live}
         objects: list[ObjectStatus] = []
         for item in plan.items:
@@ -752,9 +732,16 @@ class Reconciler:
         if in_sync:
             status.synced_revision = rev
             status.synced_at = now
+            deployments = run.deployments
             status.models = [
-                ModelStatus(name, dep.version, traffic_of(dep))
-                for name, dep in sorted(envspec.spec.deployments.items())
+                ModelStatus(
+                    o.model,
+                    int(deployments[o.model].stable.version),
+                    o.declared,
+                    observed=o.observed.traffic if o.observed is not None else None,
+                    observed_message=_observed_message(o),
+                )
+                for o in observe_deployments(deployments, live)
             ]
         if in_sync:
             status.message = (f"{action} {rev[:12]}" if applied else f"synced at {rev[:12]}") + source_note

@@ -62,8 +62,15 @@ CREATE TABLE IF NOT EXISTS models (
     env TEXT NOT NULL,
     model TEXT NOT NULL,
     served_version INTEGER,
-    traffic TEXT NOT NULL DEFAULT '{}',  -- JSON {version: percent}
+    traffic TEXT NOT NULL DEFAULT '{}',  -- JSON {version: percent}, declared
+    observed TEXT,                       -- JSON {version: percent} the runtime reports, or NULL
+    observed_message TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (env, model)
+);
+CREATE TABLE IF NOT EXISTS inventory (  -- mirror of the inventory stored in the target
+    env TEXT NOT NULL,
+    ref TEXT NOT NULL,
+    PRIMARY KEY (env, ref)
 );
 CREATE TABLE IF NOT EXISTS intents (
     env TEXT PRIMARY KEY,
@@ -108,6 +115,11 @@ def connect(state_dir: str | Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(_SCHEMA)
+    # state folders from before observed status: add its columns
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(models)")}
+    if "observed" not in columns:
+        conn.execute("ALTER TABLE models ADD COLUMN observed TEXT")
+        conn.execute("ALTER TABLE models ADD COLUMN observed_message TEXT NOT NULL DEFAULT ''")
     return conn
 
 
@@ -252,7 +264,14 @@ class ObjectStatus:
 class ModelStatus:
     model: str
     served_version: int | None
-    traffic: dict[str, int] = field(default_factory=dict)  # version -> percent
+    traffic: dict[str, int] = field(default_factory=dict)  # version -> percent, as declared
+    observed: dict[str, int] | None = None  # version -> percent, as the runtime reports it
+    observed_message: str = ""  # says so when observed differs from declared; conditions; URL
+
+    @property
+    def differs(self) -> bool:
+        declared = {k: v for k, v in self.traffic.items() if "(shadow)" not in k}
+        return bool(self.observed) and declared != self.observed
 
 
 @dataclass
@@ -325,9 +344,29 @@ class StateStore(_Db):
             )
             conn.execute("DELETE FROM models WHERE env = ?", (status.env,))
             conn.executemany(
-                "INSERT INTO models (env, model, served_version, traffic) VALUES (?,?,?,?)",
-                [(status.env, m.model, m.served_version, json.dumps(m.traffic)) for m in status.models],
+                "INSERT INTO models (env, model, served_version, traffic, observed, observed_message)"
+                " VALUES (?,?,?,?,?,?)",
+                [
+                    (
+                        status.env,
+                        m.model,
+                        m.served_version,
+                        json.dumps(m.traffic),
+                        json.dumps(m.observed) if m.observed is not None else None,
+                        m.observed_message,
+                    )
+                    for m in status.models
+                ],
             )
+
+    def save_inventory(self, env: str, refs: list[str]) -> None:
+        """Mirror the inventory the engine recorded in the target (`mlp.engine.inventory`)."""
+        with self.tx() as conn:
+            conn.execute("DELETE FROM inventory WHERE env = ?", (env,))
+            conn.executemany("INSERT INTO inventory (env, ref) VALUES (?,?)", [(env, r) for r in refs])
+
+    def inventory(self, env: str) -> list[str]:
+        return [r["ref"] for r in self.query("SELECT ref FROM inventory WHERE env = ? ORDER BY ref", (env,))]
 
     def touch(self, env: str) -> None:
         """Mark an environment's status as checked now without rewriting it."""
@@ -363,7 +402,13 @@ class StateStore(_Db):
                 for o in self.query("SELECT * FROM objects WHERE env = ? ORDER BY kind, namespace, name", (env,))
             ]
             status.models = [
-                ModelStatus(m["model"], m["served_version"], json.loads(m["traffic"]))
+                ModelStatus(
+                    m["model"],
+                    m["served_version"],
+                    json.loads(m["traffic"]),
+                    json.loads(m["observed"]) if m["observed"] else None,
+                    m["observed_message"] or "",
+                )
                 for m in self.query("SELECT * FROM models WHERE env = ? ORDER BY model", (env,))
             ]
         return status

@@ -25,10 +25,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from mlp.plan.normalize import FIELD_MANAGER, is_associative, normalize, project, values_equal
-from mlp.render.core import kind_rank
-from mlp.render.stamp import content_hash
-from mlp.targets.base import ENV_LABEL, HASH_ANNOTATION, MANAGED_BY, MANAGED_BY_VALUE, Manifest, ObjectRef
+from mlp.objects import (
+    FIELD_MANAGER,
+    HASH_ANNOTATION,
+    Manifest,
+    ObjectRef,
+    content_hash,
+    is_owned,
+    kind_rank,
+)
+from mlp.plan.normalize import is_associative, normalize, project, values_equal
 
 
 class Action(str, Enum):
@@ -146,11 +152,6 @@ def _identity(obj: Manifest) -> tuple[str, str, str, str]:
     group = obj.get("apiVersion", "").rpartition("/")[0]
     meta = obj.get("metadata") or {}
     return (group, obj.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
-
-
-def is_owned(obj: Manifest, environment: str) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return labels.get(MANAGED_BY) == MANAGED_BY_VALUE and labels.get(ENV_LABEL) == environment
 
 
 def is_terminating(obj: Manifest) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from mlp.targets.base import Manifest
+from mlp.objects import Manifest
 
 
 class HealthStatus(str, Enum):

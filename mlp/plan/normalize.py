@@ -31,10 +31,8 @@ import copy
 from decimal import Decimal
 from typing import Any
 
+from mlp.objects import REVISION_ANNOTATION, Manifest
 from mlp.specs import units
-from mlp.targets.base import REVISION_ANNOTATION, Manifest
-
-FIELD_MANAGER = "mlp"
 
 # metadata fields the API server owns; never part of a comparison.
 SERVER_METADATA = (

@@ -4,13 +4,13 @@
 manifests; `RenderError` is always located (`path:line: message`).
 """
 
-from mlp.render.core import KIND_RANK, MANAGED_KINDS, kind_rank, render, sort_manifests
+from mlp.objects import KIND_RANK, kind_rank, sort_manifests
+from mlp.render.core import render
 from mlp.render.engine import RenderError, package_templates
 from mlp.render.stamp import content_hash, stamp
 
 __all__ = [
     "KIND_RANK",
-    "MANAGED_KINDS",
     "RenderError",
     "content_hash",
     "kind_rank",

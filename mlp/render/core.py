@@ -21,7 +21,7 @@ kubernetes targets, per deployed model:
   `monitor-service`, `servicemonitor` and `prometheusrule` templates.
 
 local targets: `local/modeldeployment.yaml.j2`, one `mlp.dev/v1 ModelDeployment` per
-deployed model, shaped exactly like `mlp.targets.base.MODEL_DEPLOYMENT_EXAMPLE`.
+deployed model, shaped exactly like `mlp.objects.MODEL_DEPLOYMENT_EXAMPLE`.
 
 Every object is stamped (`mlp.render.stamp`) and the list is sorted by kind rank, kind,
 namespace and name, with every mapping's keys sorted, so output is byte-stable.
@@ -31,72 +31,19 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ruamel.yaml.error import YAMLError
 
 from mlp import __version__
+from mlp.objects import CLUSTER_SCOPED, Manifest, ResolvedDeployment, Route, sort_manifests
 from mlp.render.engine import RenderError, close_environment, make_environment, render_template
+from mlp.render.resolve import resolve_deployments
 from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all, sort_keys
 from mlp.specs import SpecSet
 from mlp.specs.models import Deployment, Environment, Framework, Model, Monitor
-from mlp.targets.base import Manifest
-
-# Apply order by kind (lower first): what others reference before what uses it, monitoring last.
-KIND_RANK: dict[str, int] = {
-    "Namespace": 0,
-    "ServiceAccount": 1,
-    "Secret": 2,
-    "ConfigMap": 3,
-    "Role": 4,
-    "RoleBinding": 4,
-    "Service": 5,
-    "InferenceService": 6,
-    "ModelDeployment": 6,
-    "Deployment": 6,
-    "CronJob": 6,
-    "Job": 6,
-    "PrometheusRule": 8,
-    "ServiceMonitor": 8,
-    "PodMonitor": 8,
-}
-DEFAULT_RANK = 7
-
-# (apiVersion, kind) of everything the package templates can produce, per target kind: what a
-# target must list to find objects to prune, even when nothing of a kind is rendered now.
-MANAGED_KINDS: dict[str, list[tuple[str, str]]] = {
-    "kubernetes": [
-        ("v1", "ServiceAccount"),
-        ("v1", "ConfigMap"),
-        ("v1", "Service"),
-        ("apps/v1", "Deployment"),
-        ("serving.kserve.io/v1beta1", "InferenceService"),
-        ("monitoring.coreos.com/v1", "PrometheusRule"),
-        ("monitoring.coreos.com/v1", "ServiceMonitor"),
-    ],
-    "local": [("mlp.dev/v1", "ModelDeployment")],
-}
-
-# Kinds an override may add that live outside namespaces: render never gives them one.
-CLUSTER_SCOPED = frozenset(
-    {
-        "Namespace",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "CustomResourceDefinition",
-        "PriorityClass",
-        "StorageClass",
-        "PersistentVolume",
-        "ClusterServingRuntime",
-        "ClusterStorageContainer",
-        "ValidatingWebhookConfiguration",
-        "MutatingWebhookConfiguration",
-        "IngressClass",
-        "RuntimeClass",
-    }
-)
 
 DEFAULT_SERVICE_ACCOUNT = "mlp-models"
 MONITOR_IMAGE = f"mlp:{__version__}"  # no registry host: set one in a template override
@@ -114,18 +61,6 @@ MODEL_FORMATS: dict[Framework, tuple[str, str]] = {
 }
 
 
-def kind_rank(kind: str) -> int:
-    return KIND_RANK.get(kind, DEFAULT_RANK)
-
-
-def sort_manifests(objs: list[Manifest]) -> list[Manifest]:
-    def key(o: Manifest) -> tuple[int, str, str, str]:
-        meta = o.get("metadata") or {}
-        return (kind_rank(o.get("kind", "")), o.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
-
-    return sorted(objs, key=key)
-
-
 def _where(specs: SpecSet, kind: str, name: str) -> str | None:
     src = specs.sources.get((kind, name))
     return src.path if src else None
@@ -140,14 +75,8 @@ def _resources(dep: Deployment) -> dict[str, Any]:
     return out
 
 
-def _version_info(model: Model, number: int, specs: SpecSet, env_name: str) -> dict[str, Any]:
-    version = model.spec.version(number)
-    if version is None:
-        raise RenderError(
-            f"Environment/{env_name}: model {model.metadata.name!r} has no version {number}",
-            path=_where(specs, "Environment", env_name),
-        )
-    return {"version": version.version, "uri": version.uri, "digest": version.digest, "format": version.format}
+def _version_info(route: Route) -> dict[str, Any]:
+    return {"version": int(route.version), "uri": route.uri, "digest": route.digest}
 
 
 def _base_labels(model: Model, role: str) -> dict[str, str]:
@@ -161,14 +90,9 @@ def _base_labels(model: Model, role: str) -> dict[str, str]:
 
 
 def _isvc_contexts(
-    specs: SpecSet, env: Environment, name: str, dep: Deployment, service_account: str | None
+    specs: SpecSet, env: Environment, name: str, dep: Deployment, res: ResolvedDeployment, service_account: str | None
 ) -> list[dict[str, Any]]:
-    env_name = env.metadata.name
-    model = specs.models.get(name)
-    if model is None:
-        raise RenderError(
-            f"Environment/{env_name}: deploys unknown model {name!r}", path=_where(specs, "Environment", env_name)
-        )
+    model = specs.models[name]
     framework = model.spec.framework
     custom = None
     if framework is Framework.custom:
@@ -180,17 +104,18 @@ def _isvc_contexts(
             )
         custom = {"image": runtime.image, "args": list(runtime.args)}
     model_format, protocol = MODEL_FORMATS.get(framework, ("", "v1"))
-    stable = _version_info(model, dep.version, specs, env_name)
+    stable = _version_info(res.stable)
     annotations = {"mlp.dev/stable-version": str(stable["version"]), "mlp.dev/stable-digest": stable["digest"]}
     served, canary_percent = stable, None
-    if dep.canary is not None:
-        canary = _version_info(model, dep.canary.version, specs, env_name)
-        served, canary_percent = canary, dep.canary.current
+    canary_route = res.route("canary")
+    if canary_route is not None:
+        canary = _version_info(canary_route)
+        served, canary_percent = canary, canary_route.weight
         annotations.update(
             {
                 "mlp.dev/canary-version": str(canary["version"]),
                 "mlp.dev/canary-digest": canary["digest"],
-                "mlp.dev/canary-steps": ",".join(str(s) for s in dep.canary.steps),
+                "mlp.dev/canary-steps": ",".join(str(s) for s in res.canary_steps),
             }
         )
     scaling = dep.autoscaling
@@ -223,20 +148,28 @@ def _isvc_contexts(
         }
 
     out = [ctx("primary", served, canary_percent, annotations, "")]
-    if dep.abTest is not None:
-        ab = _version_info(model, dep.abTest.version, specs, env_name)
+    ab_route = res.route("ab")
+    if ab_route is not None:
         out.append(
             ctx(
                 "ab",
-                ab,
+                _version_info(ab_route),
                 None,
-                {"mlp.dev/ab-share": str(dep.abTest.share), "mlp.dev/ab-sticky-header": dep.abTest.stickyHeader},
+                {"mlp.dev/ab-share": str(ab_route.weight), "mlp.dev/ab-sticky-header": res.sticky_header or ""},
                 "-ab",
             )
         )
-    if dep.shadow is not None:
-        shadow = _version_info(model, dep.shadow.version, specs, env_name)
-        out.append(ctx("shadow", shadow, None, {"mlp.dev/shadow-percent": str(dep.shadow.percent)}, "-shadow"))
+    shadow_route = res.route("shadow")
+    if shadow_route is not None:
+        out.append(
+            ctx(
+                "shadow",
+                _version_info(shadow_route),
+                None,
+                {"mlp.dev/shadow-percent": str(shadow_route.weight)},
+                "-shadow",
+            )
+        )
     return out
 
 
@@ -326,32 +259,12 @@ def _monitor_ctx(monitor: Monitor, env: Environment, namespace: str) -> dict[str
     }
 
 
-def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> dict[str, Any]:
-    env_name = env.metadata.name
-    model = specs.models.get(name)
-    if model is None:
-        raise RenderError(
-            f"Environment/{env_name}: deploys unknown model {name!r}", path=_where(specs, "Environment", env_name)
-        )
-    stable = _version_info(model, dep.version, specs, env_name)
-    routes: list[dict[str, Any]] = []
-    stable_weight = 100
-    extra: list[dict[str, Any]] = []
-    if dep.canary is not None:
-        c = _version_info(model, dep.canary.version, specs, env_name)
-        stable_weight -= dep.canary.current
-        extra.append({**c, "role": "canary", "weight": dep.canary.current})
-    if dep.abTest is not None:
-        a = _version_info(model, dep.abTest.version, specs, env_name)
-        stable_weight -= dep.abTest.share
-        extra.append({**a, "role": "ab", "weight": dep.abTest.share})
-    if dep.shadow is not None:
-        s = _version_info(model, dep.shadow.version, specs, env_name)
-        extra.append({**s, "role": "shadow", "weight": dep.shadow.percent})
-    routes.append({**stable, "role": "stable", "weight": stable_weight})
-    routes.extend(extra)
-    for r in routes:
-        r.pop("format", None)
+def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment, res: ResolvedDeployment) -> dict[str, Any]:
+    model = specs.models[name]
+    routes = [
+        {"version": int(r.version), "uri": r.uri, "digest": r.digest, "role": r.role, "weight": r.weight}
+        for r in res.routes
+    ]
     custom = model.spec.custom
     return {
         "name": name,
@@ -362,7 +275,7 @@ def _local_ctx(specs: SpecSet, env: Environment, name: str, dep: Deployment) -> 
             "modelClass": custom.modelClass if custom else None,
             "signature": model.spec.signature.model_dump(mode="json", exclude_none=True),
             "routes": routes,
-            "sticky": {"header": dep.abTest.stickyHeader} if dep.abTest else None,
+            "sticky": {"header": res.sticky_header} if res.sticky_header else None,
             "batching": {"maxBatchSize": 32, "maxLatencyMs": 1} if dep.batching else None,
             "payloadLog": {"sampleRate": 1.0},
             "resources": {"replicas": max(1, dep.autoscaling.minReplicas)},
@@ -410,18 +323,27 @@ class _Renderer:
 
 
 def render(
-    specs: SpecSet, environment: str, *, revision: str | None = None, templates: Mapping[str, str] | None = None
+    specs: SpecSet,
+    environment: str,
+    *,
+    revision: str | None = None,
+    templates: Mapping[str, str] | None = None,
+    resolved: Mapping[str, ResolvedDeployment] | None = None,
+    extra: Sequence[Callable[[Callable[[str, str, dict[str, Any]], None]], None]] = (),
 ) -> list[Manifest]:
     """Every object `environment` declares, stamped, sorted and with sorted keys.
 
     `templates` are the repository's overrides (`Snapshot.templates()`); `revision` defaults
-    to the spec set's. Raises `RenderError` (located) on any failure; nothing partial returns.
+    to the spec set's; `resolved` is the engine's resolve stage (computed here when absent);
+    each of `extra` (kind plug-ins) is called with `emit(template, spec, context)`. Raises `RenderError` (located) on any failure; nothing partial returns.
     """
     env = specs.environments.get(environment)
     if env is None:
         known = ", ".join(sorted(specs.environments)) or "none"
         raise RenderError(f"unknown environment {environment!r} (declared: {known})")
     rev = revision if revision is not None else specs.revision
+    if resolved is None:
+        resolved = resolve_deployments(specs, environment)
     r = _Renderer(templates, env, rev)
     env_ctx = {
         "name": environment,
@@ -433,7 +355,7 @@ def render(
 
     if env.spec.target.kind == "local":
         for name, dep in sorted(env.spec.deployments.items()):
-            md = _local_ctx(specs, env, name, dep)
+            md = _local_ctx(specs, env, name, dep, resolved[name])
             r.emit(
                 "local/modeldeployment.yaml.j2",
                 f"Model.{name}",
@@ -449,7 +371,7 @@ def render(
                 {"env": env_ctx, "serviceAccount": {"name": service_account, "secret": env.spec.storageSecret}},
             )
         for name, dep in sorted(env.spec.deployments.items()):
-            for isvc in _isvc_contexts(specs, env, name, dep, service_account):
+            for isvc in _isvc_contexts(specs, env, name, dep, resolved[name], service_account):
                 r.emit(
                     "kubernetes/inferenceservice.yaml.j2",
                     f"Model.{name}",
@@ -467,6 +389,8 @@ def render(
                 "prometheusrule",
             ):
                 r.emit(f"kubernetes/{template}.yaml.j2", spec, mctx)
+    for plugin_render in extra:
+        plugin_render(r.emit)
     objs = [sort_keys(o) for o in r.out]
     seen: set[tuple[str, str, str]] = set()
     for o in objs:

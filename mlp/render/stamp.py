@@ -1,7 +1,7 @@
 """Ownership stamping and content hashing of rendered objects.
 
 Render stamps every object it emits (see `stamp`): the ownership labels of
-`mlp.targets.base` (managed-by, environment, spec) and two annotations, the source
+`mlp.objects` (managed-by, environment, spec) and two annotations, the source
 revision and a content hash. Stamping lives here, in render, and not in plan, so the
 manifests `mlp render` prints are exactly what `mlp apply` sends: a user who pipes them
 to `kubectl apply` still produces objects mlp recognises as its own.
@@ -15,39 +15,21 @@ it when comparing, so a new commit that leaves an object alone does not rewrite 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from typing import Any
 
-from mlp.targets.base import (
+from mlp.objects import (
     ENV_LABEL,
     HASH_ANNOTATION,
     MANAGED_BY,
     MANAGED_BY_VALUE,
+    PROVENANCE_ANNOTATIONS,
     REVISION_ANNOTATION,
     SPEC_LABEL,
     Manifest,
+    canonical_json,
+    content_hash,
 )
 
-# Annotations that describe an object's provenance rather than its content: excluded from
-# the content hash and from plan comparisons.
-PROVENANCE_ANNOTATIONS = (REVISION_ANNOTATION, HASH_ANNOTATION)
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted-key, whitespace-free JSON: the byte form hashed and compared."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def content_hash(obj: Manifest) -> str:
-    """sha256 of the object without its provenance annotations, as `sha256:<hex>`."""
-    meta = obj.get("metadata") or {}
-    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in PROVENANCE_ANNOTATIONS}
-    meta = {k: v for k, v in meta.items() if k != "annotations"}
-    if annotations:
-        meta["annotations"] = annotations
-    body = {**obj, "metadata": meta}
-    return "sha256:" + hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
+__all__ = ["PROVENANCE_ANNOTATIONS", "canonical_json", "content_hash", "stamp"]
 
 
 def stamp(obj: Manifest, *, environment: str, spec: str, revision: str) -> Manifest:

@@ -76,9 +76,12 @@ class DataPlane:
         try:
             if path.startswith("/v2/models/") or path.startswith("/v1/models/"):
                 await self._model_route(scope, receive, send, path, method)
-            elif path == "/v2/health/live" or path == "/v2/health/ready" or path == "/":
-                ready = path != "/v2/health/ready" or all(self.runtime.models.values())
-                await _send(send, 200 if ready else 503, b'{"live":true}' if "live" in path else b'{"ready":true}')
+            elif path == "/v2/health/live" or path == "/":
+                await _send(send, 200, b'{"live":true}')  # the process answers: live, loaded or not
+            elif path == "/v2/health/ready":
+                # ready: every declared model loaded (and none refused its first load)
+                ready = self.runtime.ready()
+                await _send(send, 200 if ready else 503, b'{"ready":true}' if ready else b'{"ready":false}')
             elif path == "/metrics":
                 await _send(
                     send,
@@ -120,6 +123,10 @@ class DataPlane:
             version = None
         dep = self.runtime.models.get(name)
         if dep is None:
+            failed = self.runtime.failed.get(name)
+            if failed is not None and action in ("ready", ""):
+                await _send(send, 503, codec.dumps({"name": name, "ready": False, "error": failed}))
+                return
             raise BadRequest(f"model {name!r} is not deployed here (see GET /v1/models)", 404)
         if version is not None and version not in dep.versions:
             raise BadRequest(

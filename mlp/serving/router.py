@@ -54,6 +54,10 @@ class Router:
         self._bounds = bounds
         self._single = split[0].version if len(split) == 1 else None
 
+    def percentages(self) -> dict[str, int]:
+        """The live split as {version: percent} (what this router really serves)."""
+        return {r.version: r.weight * 100 // self.total for r in self.split}
+
     def choose(self, key: str | None = None) -> str:
         """The version that answers this request."""
         if self._single is not None:

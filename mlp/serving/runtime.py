@@ -1,7 +1,7 @@
 """The embedded runtime: which model versions are loaded and how traffic is split.
 
 `Runtime.apply(obj)` takes one `mlp.dev/v1 ModelDeployment` (see
-`mlp.targets.base.MODEL_DEPLOYMENT_EXAMPLE`) and makes it live with no failed request:
+`mlp.objects.MODEL_DEPLOYMENT_EXAMPLE`) and makes it live with no failed request:
 
 1. every routed version not already loaded is fetched (digest-verified) and loaded
    *beside* what is serving; any failure refuses the whole object and leaves the
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlp.objects import InvalidObject, ModelDeployment, canonical_json
 from mlp.serving.artifacts import ArtifactError, ArtifactStore
 from mlp.serving.batching import Batcher
 from mlp.serving.codec import Signature
@@ -43,7 +44,7 @@ log = logging.getLogger("mlp.serving")
 SIG_TO_V2 = {
     "float": "FP32",
     "double": "FP64",
-    "int": "INT32",
+    "int": "INT64",  # what infer answers: numpy's (and so scikit-learn's) default integer is 64-bit
     "long": "INT64",
     "bool": "BOOL",
     "string": "BYTES",
@@ -90,8 +91,9 @@ class Deployed:
         return any(isinstance(v.loaded, CustomModel) for v in self.versions.values())
 
 
-def content_hash(obj: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(obj.get("spec", {}), sort_keys=True, default=str).encode()).hexdigest()
+def spec_digest(obj: dict[str, Any]) -> str:
+    """What decides whether versions must be reloaded: the spec alone (labels may change freely)."""
+    return hashlib.sha256(canonical_json(obj.get("spec", {})).encode()).hexdigest()
 
 
 class Runtime:
@@ -118,6 +120,8 @@ class Runtime:
         self.max_queue_rows = max_queue_rows
         self.on_event = on_event or (lambda msg: log.info(msg))
         self.models: dict[str, Deployed] = {}
+        # name -> why it is declared but not serving (its first load failed); readiness is 503 meanwhile
+        self.failed: dict[str, str] = {}
         self._lock = threading.RLock()
         self._drainers: list[threading.Thread] = []
 
@@ -128,7 +132,7 @@ class Runtime:
         name = _name_of(obj)
         with self._lock:
             old = self.models.get(name)
-            digest = content_hash(obj)
+            digest = spec_digest(obj)
             if old is not None and old.content_hash == digest:
                 if old.obj.get("metadata") == obj.get("metadata"):
                     return "unchanged"
@@ -136,7 +140,13 @@ class Runtime:
                 self.models = {**self.models, name: dataclasses.replace(old, obj=obj)}
                 self._persist(name, obj)
                 return "configured"
-            deployed = self._build(name, obj, old, digest)
+            try:
+                deployed = self._build(name, obj, old, digest)
+            except DeploymentError as exc:
+                if old is None:  # nothing serves this model: not ready until a load succeeds
+                    self.failed = {**self.failed, name: str(exc)}
+                raise
+            self.failed = {k: v for k, v in self.failed.items() if k != name}
             self.models = {**self.models, name: deployed}
             self._persist(name, obj)
             self._set_loaded_gauges(old, deployed)
@@ -151,8 +161,13 @@ class Runtime:
             self.on_event(f"model {name}: serving {roles}")
             return "configured" if old is not None else "created"
 
+    def ready(self) -> bool:
+        """Every declared model serves (at least one, none failed to load): the server's readiness."""
+        return bool(self.models) and not self.failed
+
     def delete(self, name: str) -> bool:
         with self._lock:
+            self.failed = {k: v for k, v in self.failed.items() if k != name}
             old = self.models.get(name)
             if old is None:
                 (self.state_dir / "deployments" / f"{name}.json").unlink(missing_ok=True)
@@ -188,23 +203,20 @@ class Runtime:
     # --- internals ------------------------------------------------------------------------
 
     def _build(self, name: str, obj: dict[str, Any], old: Deployed | None, chash: str) -> Deployed:
+        try:
+            md = ModelDeployment.parse(obj)  # the contract, checked once; nothing below defaults a field
+        except InvalidObject as exc:
+            raise DeploymentError(str(exc)) from None
         spec = obj.get("spec") or {}
-        framework = str(spec.get("framework") or "sklearn")
-        model_class = spec.get("modelClass")
-        routes_spec = spec.get("routes") or []
-        if not routes_spec:
-            raise DeploymentError(f"ModelDeployment/{name}: spec.routes is empty")
-        batching = spec.get("batching") or {}
-        sticky = (spec.get("sticky") or {}).get("header")
-        payload = spec.get("payloadLog") or {}
+        framework = md.framework
+        model_class = md.model_class
+        sticky = md.sticky_header
         versions: dict[str, VersionState] = {}
         routes: list[Route] = []
-        for r in routes_spec:
-            version = str(r.get("version"))
-            role = str(r.get("role") or "stable")
-            weight = int(r.get("weight") or 0)
-            routes.append(Route(version, role, weight))
-            uri, digest = r.get("uri"), r.get("digest")
+        for r in md.routes:
+            version, role = r.version, r.role
+            routes.append(Route(version, role, r.weight))
+            uri, digest = r.uri, r.digest
             reuse = old.versions.get(version) if old is not None else None
             if (
                 reuse is not None
@@ -234,11 +246,11 @@ class Runtime:
                     f"ModelDeployment/{name}: version {vs.version}: the signature declares {sig.width} input "
                     f"features ({', '.join(sig.inputs)}) but the artifact expects {wants}"
                 )
-        if batching:
+        if md.max_batch_size is not None or md.max_latency_ms is not None:
             for vs in versions.values():
                 if vs.batcher is not None:
-                    vs.batcher.max_batch_size = max(1, int(batching.get("maxBatchSize", 32)))
-                    vs.batcher.max_latency = max(0.0, float(batching.get("maxLatencyMs", 1.0))) / 1000
+                    vs.batcher.max_batch_size = max(1, int(md.max_batch_size or 32))
+                    vs.batcher.max_latency = max(0.0, float(md.max_latency_ms or 1.0)) / 1000
         return Deployed(
             name=name,
             obj=obj,
@@ -247,7 +259,7 @@ class Runtime:
             spec_signature=spec.get("signature") or {},
             versions=versions,
             router=router,
-            payload_rate=float(payload.get("sampleRate", 0.0) or 0.0),
+            payload_rate=md.payload_sample_rate,
             content_hash=chash,
         )
 

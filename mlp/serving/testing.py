@@ -2,7 +2,7 @@
 
 `train_iris(folder, c)` fits a real scikit-learn model on the bundled iris data and writes
 it with joblib; `deployment(...)` builds a `ModelDeployment` dict in exactly the shape
-render emits (see `mlp.targets.base.MODEL_DEPLOYMENT_EXAMPLE`).
+render emits (see `mlp.objects.MODEL_DEPLOYMENT_EXAMPLE`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlp.objects import ENV_LABEL, MANAGED_BY, MANAGED_BY_VALUE, SPEC_LABEL
 from mlp.serving.artifacts import sha256_file
 
-# The ownership labels of mlp.targets.base, spelled out: serving sits below targets in the
-# import layers, so it may not import them.
-MANAGED_BY, MANAGED_BY_VALUE = "app.kubernetes.io/managed-by", "mlp"
-ENV_LABEL, SPEC_LABEL = "mlp.dev/environment", "mlp.dev/spec"
+__all__ = ["ENV_LABEL", "MANAGED_BY", "MANAGED_BY_VALUE", "SPEC_LABEL"]
 
 IRIS_INPUTS = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 IRIS_SIGNATURE: dict[str, Any] = {

@@ -13,7 +13,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from mlp.sources.base import MAX_DOCUMENTS, MAX_REPOSITORY_BYTES, MAX_SPEC_BYTES, Snapshot
 from mlp.specs.diagnostics import Diagnostic, Loc, Problem
 from mlp.specs.models import (
     API_VERSION,
@@ -29,6 +28,7 @@ from mlp.specs.models import (
     Strict,
     Team,
 )
+from mlp.specs.snapshot import MAX_DOCUMENTS, MAX_REPOSITORY_BYTES, MAX_SPEC_BYTES, Snapshot
 from mlp.specs.yamlio import Locator, ParseError, parse
 
 

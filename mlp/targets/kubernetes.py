@@ -24,6 +24,7 @@ server-side apply that creates).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -31,14 +32,16 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mlp.engine.inventory import INVENTORY_KEY, INVENTORY_LABEL, adopted_kinds, decode, encode, inventory_name
 from mlp.targets.base import (
     ENV_LABEL,
+    FIELD_MANAGER,
     MANAGED_BY,
     MANAGED_BY_VALUE,
     ApplyResult,
@@ -46,8 +49,6 @@ from mlp.targets.base import (
     ObjectRef,
     TargetError,
 )
-
-FIELD_MANAGER = "mlp"
 
 _T = TypeVar("_T")
 
@@ -91,19 +92,6 @@ KNOWN_KINDS: dict[tuple[str, str], ResourceInfo] = {
         ResourceInfo("monitoring.coreos.com/v1", "ServiceMonitor", "servicemonitors", True),
     )
 }
-
-# What `list_owned` looks at when not told. Namespaces are left out on purpose: listing them
-# needs cluster-wide rights, and pruning one would delete everything inside it.
-DEFAULT_OWNED_KINDS: list[tuple[str, str]] = [
-    ("serving.kserve.io/v1beta1", "InferenceService"),
-    ("v1", "ServiceAccount"),
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("apps/v1", "Deployment"),
-    ("batch/v1", "CronJob"),
-    ("monitoring.coreos.com/v1", "PrometheusRule"),
-    ("monitoring.coreos.com/v1", "ServiceMonitor"),
-]
 
 # Products whose CRDs mlp relies on, for the "X is not installed" message.
 CRD_PRODUCTS = {"serving.kserve.io": "KServe", "monitoring.coreos.com": "Prometheus Operator"}
@@ -379,6 +367,23 @@ class KubernetesTarget:
 
     # ---- construction ----
 
+    @property
+    def cluster(self) -> object:
+        """What targets on one cluster share (their client-side rate limit): the identity of the cluster."""
+        return self.bucket
+
+    def scoped(self, namespace: str | None) -> KubernetesTarget:
+        """The same client, rate limit and discovery, listing and keeping its inventory in `namespace`.
+
+        Environments on one cluster share a target but each lists only its own namespace, so
+        the controller needs no cluster-wide read rights (least-privilege RBAC per namespace).
+        """
+        if namespace == self.namespace:
+            return self
+        other = copy.copy(self)
+        other.namespace = namespace
+        return other
+
     @classmethod
     def from_kubeconfig(
         cls, path: str | os.PathLike[str] | None = None, context: str | None = None, **kwargs: Any
@@ -430,6 +435,9 @@ class KubernetesTarget:
 
         # Retries are ours (with backoff and a clear error); urllib3's own would hide the cause.
         cfg.retries = False
+        cfg.connection_pool_maxsize = (
+            32  # one pooled connection per concurrent apply (cli._common.MAX_APPLY_CONCURRENCY)
+        )
         return client.ApiClient(cfg)
 
     @property
@@ -465,7 +473,7 @@ class KubernetesTarget:
     ) -> list[_T]:
         selector = f"{MANAGED_BY}={MANAGED_BY_VALUE},{ENV_LABEL}={environment}"
         out: list[_T] = []
-        for api_version, kind in kinds or DEFAULT_OWNED_KINDS:
+        for api_version, kind in kinds or adopted_kinds("kubernetes"):
             ref = ObjectRef(api_version, kind, self.namespace or "", "")
             try:
                 info = self.resource_for(api_version, kind)
@@ -591,6 +599,38 @@ class KubernetesTarget:
             with self._lock:
                 for seen in self._seen.values():
                     seen.pop(ref, None)
+
+    # ---- inventory (mlp.engine.inventory) ----
+
+    def _inventory_ref(self, environment: str) -> ObjectRef:
+        return ObjectRef("v1", "ConfigMap", self.namespace or "default", inventory_name(environment))
+
+    def read_inventory(self, environment: str) -> list[ObjectRef] | None:
+        """The environment's inventory ConfigMap, or None when there is none (or it is unreadable)."""
+        obj = self.get(self._inventory_ref(environment))
+        if obj is None:
+            return None
+        try:
+            return decode(str((obj.get("data") or {}).get(INVENTORY_KEY) or ""))
+        except ValueError:
+            self.warnings.append(f"{self._inventory_ref(environment)}: unreadable inventory; adopting labelled objects")
+            return None
+
+    def write_inventory(self, environment: str, refs: list[ObjectRef]) -> None:
+        ref = self._inventory_ref(environment)
+        self.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": ref.name,
+                    "namespace": ref.namespace,
+                    # not the environment label: the inventory is never listed, planned or pruned as owned
+                    "labels": {MANAGED_BY: MANAGED_BY_VALUE, INVENTORY_LABEL: environment},
+                },
+                "data": {INVENTORY_KEY: encode(refs)},
+            }
+        )
 
     # ---- extras ----
 
@@ -842,13 +882,3 @@ def _retry_after(headers: Any, raw: bytes, ctype: str) -> float | None:
     st = _parse_status(raw, ctype) or {}
     seconds = (st.get("details") or {}).get("retryAfterSeconds")
     return float(seconds) if isinstance(seconds, int | float) else None
-
-
-def owned_kinds(objects: Iterable[Manifest]) -> list[tuple[str, str]]:
-    """The (apiVersion, kind) pairs of some manifests plus the defaults, for `list_owned`."""
-    kinds = list(DEFAULT_OWNED_KINDS)
-    for o in objects:
-        pair = (str(o.get("apiVersion")), str(o.get("kind")))
-        if pair not in kinds and pair[1] != "Namespace":
-            kinds.append(pair)
-    return kinds

@@ -1,7 +1,7 @@
 """The local target: the `Target` protocol over the embedded runtime (`mlp.serving`).
 
 It stores `mlp.dev/v1 ModelDeployment` objects (the contract in
-`mlp.targets.base.MODEL_DEPLOYMENT_EXAMPLE`). `apply` loads every routed version and swaps
+`mlp.objects.MODEL_DEPLOYMENT_EXAMPLE`). `apply` loads every routed version and swaps
 traffic with no failed request; `delete` unloads; `list_owned` returns what is live,
 with a `status` the health assessment understands (a `Ready` condition plus which
 version serves which share). A refused apply (digest mismatch, unloadable artifact)
@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import copy
 import threading
+from pathlib import Path
 from typing import Any
 
+from mlp.engine.inventory import decode, encode
+from mlp.objects import InvalidObject, ModelDeployment
 from mlp.serving.router import SPLIT_ROLES, Route
 from mlp.serving.runtime import Deployed, DeploymentError, Runtime
 from mlp.targets.base import (
@@ -29,7 +32,6 @@ from mlp.targets.base import (
 
 API_VERSION = "mlp.dev/v1"
 KIND = "ModelDeployment"
-ROLES = {"stable", "canary", "ab", "shadow"}
 
 
 class LocalTarget:
@@ -80,6 +82,26 @@ class LocalTarget:
             self.runtime.delete(ref.name)
             self.errors.pop(ref.name, None)
 
+    def read_inventory(self, environment: str) -> list[ObjectRef] | None:
+        """The inventory file in the runtime's state folder (see `mlp.engine.inventory`)."""
+        path = self._inventory_path(environment)
+        try:
+            return decode(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return None  # unreadable: adopt the labelled deployments again
+
+    def write_inventory(self, environment: str, refs: list[ObjectRef]) -> None:
+        path = self._inventory_path(environment)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(encode(refs))
+        tmp.replace(path)
+
+    def _inventory_path(self, environment: str) -> Path:
+        return self.runtime.state_dir / "inventory" / f"{environment}.json"
+
     def _status(self, dep: Deployed) -> dict[str, Any]:
         refused = self.errors.get(dep.name)
         message = "serving " + ", ".join(
@@ -94,6 +116,8 @@ class LocalTarget:
             ],
             "versions": sorted(dep.versions),
             "stable": dep.router.stable,
+            # the live router's split (observed status), as percent per version
+            "traffic": dep.router.percentages(),
         }
 
 
@@ -105,8 +129,8 @@ def _routes(dep: Deployed) -> list[Route]:
 
 
 def _check(obj: Manifest) -> ObjectRef:
-    """Refuse what the local runtime cannot hold, with one clear line."""
-    if not isinstance(obj, dict) or obj.get("apiVersion") != API_VERSION or obj.get("kind") != KIND:
+    """Refuse what the local runtime cannot hold, with one clear line (the contract: `ModelDeployment.parse`)."""
+    if not isinstance(obj, dict) or (obj.get("apiVersion"), obj.get("kind")) != (API_VERSION, KIND):
         what = f"{obj.get('apiVersion')}/{obj.get('kind')}" if isinstance(obj, dict) else type(obj).__name__
         raise TargetError(f"the local target holds {API_VERSION} {KIND} objects only, not {what}")
     try:
@@ -116,15 +140,8 @@ def _check(obj: Manifest) -> ObjectRef:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     if labels.get(MANAGED_BY) != MANAGED_BY_VALUE:
         raise TargetError(f"{ref}: missing label {MANAGED_BY}={MANAGED_BY_VALUE}", ref=ref)
-    routes = (obj.get("spec") or {}).get("routes")
-    if not isinstance(routes, list) or not routes:
-        raise TargetError(f"{ref}: spec.routes must list at least the stable version", ref=ref)
-    roles = [r.get("role") for r in routes if isinstance(r, dict)]
-    if len(roles) != len(routes) or any(role not in ROLES for role in roles):
-        raise TargetError(f"{ref}: every route needs a role among {', '.join(sorted(ROLES))}", ref=ref)
-    if roles.count("stable") != 1:
-        raise TargetError(f"{ref}: exactly one route must have role stable", ref=ref)
-    split = sum(int(r.get("weight") or 0) for r in routes if r.get("role") in SPLIT_ROLES)
-    if split != 100:
-        raise TargetError(f"{ref}: stable+canary+ab weights must sum to 100, not {split}", ref=ref)
+    try:
+        ModelDeployment.parse(obj)
+    except InvalidObject as exc:
+        raise TargetError(str(exc), ref=ref) from None
     return ref

@@ -26,13 +26,14 @@ from pathlib import Path
 import git
 from git.exc import BadName, GitCommandError
 
+from mlp.engine import desired, preview
 from mlp.governance import affected_by_specs, version_changes
-from mlp.plan import Plan, make_plan
-from mlp.render import RenderError, render
-from mlp.sources.base import Snapshot
+from mlp.objects import Manifest
+from mlp.plan import Plan
+from mlp.render import RenderError
 from mlp.sources.git import GitAuth, read_tree, remote_url
 from mlp.specs import LoadResult, SpecSet, load
-from mlp.targets.base import Manifest
+from mlp.specs.snapshot import Snapshot
 from mlp.webhooks.report import EnvironmentReport, report_markdown
 
 
@@ -110,7 +111,7 @@ class Workspace:
         out = self.repo.git.diff("--name-only", merge_base, head)
         return sorted(line for line in out.splitlines() if line)
 
-    def load(self, sha: str) -> tuple[LoadResult, dict[str, str]]:
+    def load(self, sha: str) -> tuple[LoadResult, Snapshot]:
         """Specs and template overrides at `sha`, read from the object store (platform folders only)."""
         with self._lock:
             try:
@@ -119,7 +120,7 @@ class Workspace:
                 raise WorkspaceError(f"cannot read {sha[:12]}: not in the repository") from exc
             files, oversized, refused = read_tree(commit, self.subdir)
         snapshot = Snapshot(revision=sha, files=files, oversized=oversized, refused=refused)
-        return load(snapshot), snapshot.templates()
+        return load(snapshot), snapshot
 
     def clean_leftovers(self) -> int:
         """Remove work folders (`mlp-rev-*`) a killed process left registered on this repository."""
@@ -190,17 +191,11 @@ class RevisionCheck:
         return {e.name: e.plan for e in self.environments if e.plan is not None}
 
 
-def _render(specs: SpecSet | None, env: str, revision: str, templates: dict[str, str]) -> list[Manifest]:
-    if specs is None or env not in specs.environments:
-        return []
-    return render(specs, env, revision=revision, templates=templates)
-
-
 def check_revisions(workspace: Workspace, base_ref: str, head_ref: str) -> RevisionCheck:
     """Validate the head, render every environment at base and head, and plan head against base."""
     base_sha, head_sha = workspace.resolve(base_ref), workspace.resolve(head_ref)
-    head, head_templates = workspace.load(head_sha)
-    base, base_templates = workspace.load(base_sha)
+    head, head_snapshot = workspace.load(head_sha)
+    base, base_snapshot = workspace.load(base_sha)
     check = RevisionCheck(base_sha, head_sha, head, base, changed_files=workspace.changed_files(base_sha, head_sha))
     if not head.ok:
         return check
@@ -214,12 +209,11 @@ def check_revisions(workspace: Workspace, base_ref: str, head_ref: str) -> Revis
             if over_budget is not None:
                 # The same templates would burn the same budget again for every environment.
                 raise over_budget
-            desired = _render(head.specs, name, head_sha, head_templates)
-            try:
-                live = _render(base_specs, name, base_sha, base_templates)
-            except RenderError:
-                live = []  # a base that did not render: everything is new
-            report.plan = make_plan(desired, live, environment=name, revision=head_sha, prune=True, allow_empty=True)
+            before: list[Manifest] = []
+            if base_specs is not None and name in base_specs.environments:
+                with contextlib.suppress(RenderError):  # a base that did not render: everything is new
+                    before = desired(base_snapshot, name, loaded=base_specs)
+            report.plan = preview(head_snapshot, name, before, loaded=head.specs)
         except RenderError as exc:
             report.render_error = str(exc)
             if exc.budget and name in head.specs.environments:

@@ -15,7 +15,7 @@ GitHub, and it behaves like GitHub where the PR flow depends on it:
 - rate limits on demand: the next N calls get 403 with `x-ratelimit-remaining: 0` and
   `x-ratelimit-reset`, or 429 with `retry-after`;
 - webhooks: deliveries signed with `X-Hub-Signature-256`, bodies built from the real
-  payloads in ../shared/fixtures/github (patched with this repository's numbers).
+  payloads in tests/fixtures/github (patched with this repository's numbers).
 
 Everything received is recorded in `requests` so tests assert on what was sent.
 `serve(app)` runs any ASGI app on 127.0.0.1 with a free port for a test.
@@ -45,7 +45,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @contextlib.contextmanager
@@ -100,8 +100,8 @@ class Repo:
 
 
 def _fixture(name: str) -> dict[str, Any] | None:
-    path = FIXTURES / "github" / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    # A missing file raises: the vendored fixtures are part of the repository.
+    return json.loads((FIXTURES / "github" / name).read_text())
 
 
 class GitHubStandIn:

@@ -9,7 +9,7 @@ author's own approval by default), pagination with `X-Next-Page` / `X-Total-Page
 and `Link`, and rate limits on demand (429 with `Retry-After` and `RateLimit-Reset`).
 
 Webhooks carry `X-Gitlab-Token`, `X-Gitlab-Event`, `X-Gitlab-Event-UUID` and
-`Idempotency-Key`; bodies are built from the real payloads in ../shared/fixtures/gitlab.
+`Idempotency-Key`; bodies are built from the real payloads in tests/fixtures/gitlab.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from standins.github_api import FIXTURES, Recorded, now_iso
 
 
 def _fixture(name: str) -> dict[str, Any] | None:
-    path = FIXTURES / "gitlab" / name
-    return json.loads(path.read_text()) if path.is_file() else None
+    # A missing file raises: the vendored fixtures are part of the repository.
+    return json.loads((FIXTURES / "gitlab" / name).read_text())
 
 
 @dataclass

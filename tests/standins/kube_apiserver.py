@@ -3,7 +3,7 @@
 No kube-apiserver can run on the test machine, so the kubernetes target is tested against
 this server instead. It follows the API server's documented semantics for what mlp uses, and
 its answers are shaped like the real ones recorded in
-`../shared/fixtures/kube-apiserver/exchanges.json` (tests/test_kube_exchanges.py replays all
+`tests/fixtures/kube-apiserver/exchanges.json` (tests/test_kube_exchanges.py replays all
 of them against it):
 
 - discovery (`/api`, `/api/v1`, `/apis`, `/apis/G`, `/apis/G/V`); a group whose CRD is not
@@ -39,8 +39,9 @@ of them against it):
 - fault injection (`inject_fault`) for 429 / 5xx answers a real server gives under load.
 
 Not modelled: admission webhooks (tests add a rejecting one with `reject_with_webhook`), real
-controllers (nothing fills `status`), strategic merge patch on custom resources (415, as in
-Kubernetes), JSON patch, subresources other than the main resource.
+controllers (nothing fills `status`; a test plays one with a merge PATCH of `.../status`),
+strategic merge patch on custom resources (415, as in Kubernetes), JSON patch, subresources
+other than the main resource and `status` (GET and merge PATCH).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ADMIN_TOKEN = "mlp-standin-admin-token"
 ADMIN_USER = "admin"
 SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.13-mlp-standin", "platform": "linux/amd64"}
@@ -388,6 +389,78 @@ def builtin_resources() -> list[Resource]:
             tracks_generation=True,
         ),
         _builtin(
+            "",
+            "v1",
+            "persistentvolumeclaims",
+            "PersistentVolumeClaim",
+            "V1PersistentVolumeClaim",
+            singular="persistentvolumeclaim",
+            short_names=("pvc",),
+        ),
+        _builtin(
+            "networking.k8s.io",
+            "v1",
+            "networkpolicies",
+            "NetworkPolicy",
+            "V1NetworkPolicy",
+            singular="networkpolicy",
+            short_names=("netpol",),
+            status_subresource=False,
+        ),
+        _builtin(
+            "networking.k8s.io", "v1", "ingresses", "Ingress", "V1Ingress", singular="ingress", short_names=("ing",)
+        ),
+        _builtin(
+            "policy",
+            "v1",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            "V1PodDisruptionBudget",
+            singular="poddisruptionbudget",
+            short_names=("pdb",),
+        ),
+        _builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            "V1ClusterRole",
+            namespaced=False,
+            singular="clusterrole",
+            status_subresource=False,
+        ),
+        _builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            "V1ClusterRoleBinding",
+            namespaced=False,
+            singular="clusterrolebinding",
+            status_subresource=False,
+        ),
+        _builtin(
+            "rbac.authorization.k8s.io", "v1", "roles", "Role", "V1Role", singular="role", status_subresource=False
+        ),
+        _builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            "V1RoleBinding",
+            singular="rolebinding",
+            status_subresource=False,
+        ),
+        _builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            "V1Lease",
+            singular="lease",
+            status_subresource=False,
+        ),
+        _builtin(
             "batch",
             "v1",
             "cronjobs",
@@ -400,10 +473,15 @@ def builtin_resources() -> list[Resource]:
     ]
 
 
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"fixture {path} is missing: tests/fixtures is part of the repository")
+    return path
+
+
 def kserve_resource(fixtures: Path = FIXTURES) -> Resource:
-    """The KServe InferenceService CRD, schema from the real CRD when the fixtures are present."""
-    path = fixtures / "kserve" / "inferenceservice-v1beta1.schema.json"
-    factory = _crd_factory(path, "v1beta1") if path.is_file() else _permissive_crd
+    """The KServe InferenceService CRD, with the real CRD's schema (a missing fixture file fails loudly)."""
+    factory = _crd_factory(_require(fixtures / "kserve" / "inferenceservice-v1beta1.schema.json"), "v1beta1")
     return Resource(
         "serving.kserve.io",
         "v1beta1",
@@ -423,8 +501,7 @@ def prometheus_operator_resources(fixtures: Path = FIXTURES) -> list[Resource]:
         ("prometheusrules", "PrometheusRule", "promrule", "monitoring.coreos.com_prometheusrules.yaml"),
         ("servicemonitors", "ServiceMonitor", "smon", "monitoring.coreos.com_servicemonitors.yaml"),
     ):
-        path = fixtures / "prometheus-operator" / file
-        factory = _crd_factory(path, "v1") if path.is_file() else _permissive_crd
+        factory = _crd_factory(_require(fixtures / "prometheus-operator" / file), "v1")
         out.append(
             Resource(
                 "monitoring.coreos.com",
@@ -2016,6 +2093,8 @@ class Server:
         t = self.route(req.path)
         if t is None:
             raise PAGE_NOT_FOUND
+        if t.subresource == "status" and t.res.status_subresource and t.name:
+            return self.status_subresource(req, t)
         if t.subresource is not None:
             raise ApiError(404, status_body(404, "NotFound", "the server could not find the requested resource", {}))
         q = req.query
@@ -2452,6 +2531,30 @@ class Server:
         if warnings:
             headers = {**headers, "Warning": ", ".join(warnings)}
         return code, body, headers
+
+    def status_subresource(self, req: Request, t: Target_) -> tuple[int, Obj | str, dict[str, str]]:
+        """GET and merge PATCH of `.../status`: what a runtime (KServe's controller) writes; the rest
+        of the object is left alone, and the generation does not move."""
+        res = t.res
+        if req.method == "GET":
+            self.authorize(req, "get", t)
+            return 200, self.get(t), {}
+        ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
+        if req.method != "PATCH" or ctype != "application/merge-patch+json":
+            raise ApiError(
+                405,
+                status_body(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"),
+            )
+        self.authorize(req, "patch", t)
+        patch = self._decode_body(req, yaml_ok=False)
+        live = self.api.store.current.get(self._key(t))
+        if live is None:
+            raise not_found(res, t.name or "")
+        new = copy.deepcopy(live)
+        new["status"] = merge_patch(copy.deepcopy(live.get("status") or {}), patch.get("status") or {})
+        manager = req.query.get("fieldManager") or _manager_from_agent(req.headers.get("user-agent", ""))
+        entries = copy.deepcopy(live["metadata"].get("managedFields") or [])
+        return self._finish_update(t, live, new, entries, manager, "Update", req.query.get("dryRun") == "All")
 
     def update(self, req: Request, t: Target_, manager: str, dry_run: bool) -> tuple[int, Obj | str, dict[str, str]]:
         res = t.res
