@@ -35,7 +35,8 @@ def repo_with(tmp_path: Path, body: str) -> Path:
     [
         (
             "{% for x in range(100000) %}{% for y in range(100000) %}{% endfor %}{% endfor %}",
-            f"used more than {CPU_BUDGET}s of CPU",
+            # on a machine too busy to give the child its CPU seconds, the wall-clock guard stops it first
+            f"used more than {CPU_BUDGET}s of CPU|rendering took longer than",
             None,
         ),
         ("{{ 'a' * 10**10 }}", "exceeds the output budget", 3),
@@ -57,7 +58,7 @@ def test_hostile_template_is_one_located_error(
     assert len(lines) == 1, lines
     where = f"{TEMPLATE}:{line}:" if line else f"{TEMPLATE}:"
     assert lines[0].startswith(f"error: {where}") and "over the render budget" in lines[0], lines
-    assert message in lines[0], lines
+    assert any(m in lines[0] for m in message.split("|")), lines
     assert run.cpu < CPU_BUDGET + 4, f"used {run.cpu:.1f}s of CPU"
     assert run.rss < 600 * 1024, f"peak RSS {run.rss // 1024} MiB"
 

@@ -26,11 +26,14 @@ Limits: `RenderBudget` (overridable with `MLP_RENDER_CPU_SECONDS`, `MLP_RENDER_M
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -260,10 +263,41 @@ def _render_here(env: SandboxedEnvironment, name: str, context: Mapping[str, Any
         raise RenderError(f"template error: {exc}", path=where or display_path(env, name), line=line) from None
 
 
-class _Child:
-    """A child process rendering one environment's templates under `RenderBudget` (started on first use).
+# Idle child renderers kept for the next render (a process start is ~0.15 s of CPU and much
+# more wall time on a busy machine; the controller and `mlp up` render every few seconds).
+_IDLE: list[tuple[RenderBudget, subprocess.Popen[bytes]]] = []
+_IDLE_LOCK = threading.Lock()
+MAX_IDLE = 2
 
-    The CPU and wall-clock budgets cover the child's whole life, i.e. one `render()` call.
+
+def _drain_idle() -> None:
+    with _IDLE_LOCK:
+        idle = list(_IDLE)
+        _IDLE.clear()
+    for _, proc in idle:
+        _kill(proc)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    for stream in (proc.stdin, proc.stdout):
+        with contextlib.suppress(OSError):
+            if stream is not None:
+                stream.close()
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+atexit.register(_drain_idle)
+
+
+class _Child:
+    """A child process rendering one environment's templates under `RenderBudget` (taken on first use).
+
+    One `render()` call is one session: the child's CPU budget and the wall-clock deadline are
+    reset when a session starts (the child sets its own CPU soft limit; templates cannot reach
+    `resource`), and a child that finished a session cleanly goes back to a small idle pool.
+    A child that hit a limit is killed, never reused.
     """
 
     def __init__(self, overrides: dict[str, str], budget: RenderBudget) -> None:
@@ -275,8 +309,24 @@ class _Child:
 
     def _start(self) -> subprocess.Popen[bytes]:
         b = self.budget
+        with _IDLE_LOCK:
+            while _IDLE:
+                budget, proc = _IDLE.pop()
+                if budget == b and proc.poll() is None:
+                    self.proc = proc
+                    break
+                _kill(proc)
+        if self.proc is None:
+            self.proc = self._spawn(b)
+        # Wall clock only guards against a child that is stuck without using CPU; CPU is the budget.
+        self.deadline = time.monotonic() + b.cpu_seconds * 10 + 20
+        self._send({"overrides": self.overrides})
+        return self.proc
+
+    @staticmethod
+    def _spawn(b: RenderBudget) -> subprocess.Popen[bytes]:
         # -I: no user site or PYTHON* variables; -B: the child may not write files, not even bytecode.
-        self.proc = subprocess.Popen(
+        return subprocess.Popen(
             [
                 sys.executable,
                 "-I",
@@ -291,10 +341,6 @@ class _Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        # Wall clock only guards against a child that is stuck without using CPU; CPU is the budget.
-        self.deadline = time.monotonic() + b.cpu_seconds * 5 + 10
-        self._send({"overrides": self.overrides})
-        return self.proc
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.proc is not None and self.proc.stdin is not None
@@ -337,7 +383,10 @@ class _Child:
             raise self.failed
         if "error" in reply:
             message, path, line, budget = reply["error"]
-            raise RenderError(message, path=path, line=line, budget=budget)
+            error = RenderError(message, path=path, line=line, budget=budget)
+            if budget:
+                self.failed = error  # a child that ran out of something is not reused
+            raise error
         return str(reply["text"])
 
     def _death(self) -> str:
@@ -354,24 +403,22 @@ class _Child:
 
     @property
     def deadline_seconds(self) -> float:
-        return float(self.budget.cpu_seconds * 5 + 10)
+        return float(self.budget.cpu_seconds * 10 + 20)
 
     def close(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        for stream in (proc.stdin, proc.stdout):
-            try:
-                if stream is not None:
-                    stream.close()
-            except OSError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+        if self.failed is None and proc.poll() is None:
+            with _IDLE_LOCK:
+                if len(_IDLE) < MAX_IDLE:
+                    _IDLE.append((self.budget, proc))
+                    return
+        _kill(proc)
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # also at interpreter exit, when globals may be gone
+            self.close()
 
 
 def _child_main(argv: list[str]) -> None:
@@ -381,7 +428,17 @@ def _child_main(argv: list[str]) -> None:
 
     cpu, memory, output, recursion = (int(a) for a in argv)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead of killing us
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    _, cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)
+
+    def cpu_budget() -> None:
+        # SIGXCPU (which terminates) once this session has used `cpu` more seconds
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = int(usage.ru_utime + usage.ru_stime) + 1 + cpu
+        if cpu_hard != resource.RLIM_INFINITY:
+            soft = min(soft, cpu_hard)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, cpu_hard))
+
+    cpu_budget()
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -389,12 +446,15 @@ def _child_main(argv: list[str]) -> None:
     _package()  # read the shipped templates before any template runs
     _Sandbox.output_limit = output
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    first = json.loads(stdin.readline() or b"{}")
     env = make_environment(None)
-    assert isinstance(env.loader, _Loader)
-    env.loader.overrides = dict(first.get("overrides") or {})
     for line in stdin:
         job = json.loads(line)
+        if "overrides" in job:  # a new session: fresh templates, a fresh CPU budget
+            env = make_environment(None)
+            assert isinstance(env.loader, _Loader)
+            env.loader.overrides = dict(job["overrides"] or {})
+            cpu_budget()
+            continue
         try:
             reply: dict[str, Any] = {"text": _render_here(env, job["name"], job["context"], output)}
         except RenderError as exc:
