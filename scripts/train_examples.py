@@ -9,14 +9,16 @@ on scikit-learn's bundled datasets (no download):
   iris           sklearn LogisticRegression, v1 C=1, v2 C=10            (joblib)
   breast-cancer  xgboost, v1 max_depth=3, v2 max_depth=4, P(malignant)  (JSON)
 
-A different library version can produce different bytes, hence a different sha256.
-When a trained artifact's digest differs from the one in the spec, the spec's `digest`
-is rewritten in place (ruamel round-trip: comments and layout are kept) and the change is
-printed, so a fresh clone works with whatever versions it installed.
+A different library version can produce different bytes, hence a different sha256. The
+versions come from requirements.lock (`make venv`), so a fresh clone trains exactly the bytes
+whose digests are committed. When a trained artifact's digest still differs from the spec's,
+the script says so and exits 1; it never edits a tracked file unless asked to with
+`--update-digests` (ruamel round-trip: comments and layout are kept).
 
-Usage: python scripts/train_examples.py [REPO] [--force] [--check]
-  --force  retrain even when the artifact exists
-  --check  change nothing; exit 1 if an artifact is missing or a digest differs
+Usage: python scripts/train_examples.py [REPO] [--force] [--check] [--update-digests]
+  --force           retrain even when the artifact exists
+  --check           train nothing; exit 1 if an artifact is missing or a digest differs
+  --update-digests  write this machine's digests into the specs (after `make lock` moved a library)
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("repo", nargs="?", default=str(Path(__file__).resolve().parents[1]))
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--check", action="store_true")
+    ap.add_argument("--update-digests", action="store_true")
     args = ap.parse_args(argv)
     repo = Path(args.repo)
     mirror = mirror_of(repo)
@@ -129,13 +132,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"trained {name} v{number} -> {out.relative_to(repo)}", file=sys.stderr)
             digest = _sha256(out)
             if v["digest"] != digest:
-                if args.check:
-                    print(f"{name} v{number}: digest in {spec_path.name} differs from {out.name}")
+                if not args.update_digests:
+                    print(
+                        f"error: {spec_path.relative_to(repo)}: {name} v{number}: the trained artifact's digest "
+                        f"{digest[:19]}... differs from the spec's {str(v['digest'])[:19]}...; the installed "
+                        "libraries differ from requirements.lock (run `make venv`), or run this script with "
+                        "--update-digests to adopt the new bytes",
+                        file=sys.stderr,
+                    )
                     problems += 1
                     continue
                 print(
                     f"{spec_path.relative_to(repo)}: {name} v{number} digest {str(v['digest'])[:19]}... -> "
-                    f"{digest[:19]}... (this machine's trained artifact)",
+                    f"{digest[:19]}... (written because of --update-digests)",
                     file=sys.stderr,
                 )
                 v["digest"] = digest

@@ -23,11 +23,12 @@ def test_init_then_validate_is_clean(tmp_path: Path) -> None:
         "schemas/model.json",
         ".github/workflows/mlp.yml",
         ".gitlab-ci.yml",
+        ".gitlab/mlp.gitlab-ci.yml",
         "templates/README.md",
     ):
         assert (target / rel).is_file(), rel
     assert "mlp validate . --format github" in (target / ".github/workflows/mlp.yml").read_text()
-    assert "codequality" in (target / ".gitlab-ci.yml").read_text()
+    assert "codequality" in (target / ".gitlab/mlp.gitlab-ci.yml").read_text()
     checked = run_mlp("validate", str(target))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "valid" in checked.stdout

@@ -160,7 +160,7 @@ def test_models_push_cli_to_s3_and_file(tmp_path: Path, moto_s3: str) -> None:
     assert f"uri:    file://{tmp_path}/store/bc/1/model.json" in res.output
     assert (tmp_path / "store" / "bc" / "1" / "model.json").read_bytes() == b"weights"
     res = runner.invoke(cli, ["models", "push", str(src), "--model", "bc", "--to", "file://relative/dir"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "error: file://relative/dir: not a valid destination" in res.output
     assert "Traceback" not in res.output
 

@@ -165,6 +165,8 @@ def test_v1_predict_and_readiness_and_metadata(client: httpx.Client) -> None:
     ]
     r = client.post("/v2/models/sklearn-irisv2/infer", json={"inputs": cols})
     assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [1]
+    # the metadata announces the datatype infer answers with (signature type int: INT64)
+    assert meta["outputs"][0]["datatype"] == r.json()["outputs"][0]["datatype"] == "INT64"
 
 
 # --- bad requests ------------------------------------------------------------------------------
@@ -322,6 +324,7 @@ def test_metrics_per_model_and_version(client: httpx.Client) -> None:
     client.post("/v1/models/iris:predict", json={"instances": [ROW]})
     client.post("/v1/models/iris:predict", json={"instances": [[1.0]]})
     text = client.get("/metrics").text
+    assert "_created" not in text  # prometheus_client's creation-time series are off
     for needle in (
         'mlp_model_requests_total{code="200",model="iris",version="1"}',
         'mlp_model_requests_total{code="400",model="iris",version=',

@@ -135,7 +135,7 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
             "dev",
             "--input",
             str(tmp_path / "in.csv"),
-            "--output",
+            "--output-file",
             str(tmp_path / "out.parquet"),
             "--chunk-rows",
             "4000",
@@ -158,7 +158,7 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
             "iris",
             "--input",
             str(tmp_path / "in.parquet"),
-            "--output",
+            "--output-file",
             str(tmp_path / "out.csv"),
         ],
     )
@@ -173,7 +173,7 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
             "iris",
             "--input",
             str(tmp_path / "in.jsonl"),
-            "--output",
+            "--output-file",
             str(tmp_path / "out.jsonl"),
         ],
     )
@@ -190,11 +190,11 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
             "iris",
             "--input",
             str(tmp_path / "bad.csv"),
-            "--output",
+            "--output-file",
             str(tmp_path / "o.csv"),
         ],
     )
-    assert res.exit_code == 1 and "missing input column" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 2 and "missing input column" in res.output and "Traceback" not in res.output
     res = runner.invoke(
         cli,
         [
@@ -206,11 +206,11 @@ def test_mlp_predict_streams_csv_parquet_jsonl(tmp_path: Path) -> None:
             "7",
             "--input",
             str(tmp_path / "in.csv"),
-            "--output",
+            "--output-file",
             str(tmp_path / "o.csv"),
         ],
     )
-    assert res.exit_code == 1 and "Model/iris: no version 7" in res.output
+    assert res.exit_code == 2 and "Model/iris: no version 7" in res.output
 
 
 def test_predict_file_refuses_unknown_types(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ def test_exit_codes(tmp_path: Path) -> None:
         (["validate", str(tmp_path / "missing")], "not a directory"),
         (["validate", str(tmp_path / "specs" / "x.yaml")], "is a file"),
         (["validate", str(tmp_path / "specs")], "no spec files"),
-        (["validate", str(BASE), "--format", "xml"], "Invalid value for '--format'"),
+        (["validate", str(BASE), "--format", "xml"], "'xml' is not one of"),
         (["validate", str(BASE), "--no-such-option"], "No such option"),
     ):
         proc = run(*args)
@@ -138,7 +138,7 @@ def test_internal_error_exits_2_without_traceback(monkeypatch: pytest.MonkeyPatc
 def test_help_has_an_example() -> None:
     proc = run("validate", "--help")
     assert proc.returncode == 0
-    assert "mlp validate platform/ --format github" in proc.stdout
+    assert "mlp validate platform/ -o github" in proc.stdout
 
 
 # --- every problem, not just the first ---------------------------------------------------------
@@ -216,7 +216,7 @@ def test_github_escaping() -> None:
 def test_gitlab_format(many_defects: tuple[Path, set[tuple[str, str]]], tmp_path: Path) -> None:
     root, _ = many_defects
     out = tmp_path / "gl-code-quality-report.json"
-    proc = run("validate", str(root), "--format", "gitlab", "-o", str(out))
+    proc = run("validate", str(root), "--format", "gitlab", "--output-file", str(out))
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert "errors in 9 files" in proc.stderr  # a summary for the job log

@@ -8,13 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import git
+import httpx
 import pytest
 from standins.github_api import GitHubStandIn, serve
 from standins.gitlab_api import GitLabStandIn
 
 from mlp.webhooks.github import GitHubClient
 from mlp.webhooks.gitlab import GitLabClient
-from mlp.webhooks.hosting import HostError, next_link, upsert_comment
+from mlp.webhooks.hosting import HostError, upsert_comment
 
 pytestmark = pytest.mark.timeout(60)
 TOKENS = {"t-bot": "mlp-bot", "t-dave": "dave", "t-alice": "alice"}
@@ -60,6 +61,12 @@ class SleepRecorder:
 
 
 def test_link_header_parsing() -> None:
+    """The pagination reads httpx's parse of the Link header (`Response.links`)."""
+
+    def next_link(header: str | None) -> str | None:
+        response = httpx.Response(200, headers={"link": header} if header else {})
+        return response.links.get("next", {}).get("url")
+
     header = '<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last"'
     assert next_link(header) == "https://api.github.com/x?page=2"
     assert next_link('<https://a/x?page=5>; rel="last"') is None

@@ -12,14 +12,18 @@ from mlp.cli._common import (
     CONTEXT,
     EXIT_ERROR,
     EXIT_OK,
+    apply_concurrency,
     cluster_options,
     env_option,
     environment,
     fail,
     load_repo,
     make_target,
+    output_option,
     progress_printer,
     repo_option,
+    summarize_done,
+    use_color,
 )
 
 
@@ -30,14 +34,7 @@ from mlp.cli._common import (
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
 @click.option("--allow-empty", is_flag=True, help="Allow a plan that deletes every object mlp owns in the environment.")
 @click.option("--force-conflicts", is_flag=True, help="Take ownership of fields another field manager owns.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print the change set as JSON on stdout.",
-)
+@output_option("text", "json", help="json: print the change set as JSON on stdout.")
 @repo_option
 @cluster_options
 def apply(
@@ -79,7 +76,7 @@ def apply(
     echo = (lambda s: click.echo(s, nl=False)) if text_out else (lambda s: click.echo(s, err=True, nl=False))
 
     def decide(plan: Plan) -> Decision:
-        echo(plan_to_text(plan, color=sys.stdout.isatty() and text_out))
+        echo(plan_to_text(plan, color=use_color() and text_out))
         if not yes and not dry_run:
             if not sys.stdin.isatty():
                 fail("not applying without confirmation: pass --yes (stdin is not a terminal)")
@@ -93,6 +90,7 @@ def apply(
         dry_run=dry_run,
         force_conflicts=force_conflicts,
         progress=progress_printer(True),
+        concurrency=apply_concurrency(target),
         decide=decide,
     )
     try:
@@ -101,7 +99,7 @@ def apply(
         fail(str(exc))
     changes = run.changes
     if changes is None:  # nothing to change
-        echo(plan_to_text(run.plan, color=sys.stdout.isatty() and text_out))
+        echo(plan_to_text(run.plan, color=use_color() and text_out))
         if not text_out:
             click.echo(
                 json.dumps(
@@ -115,7 +113,7 @@ def apply(
     if changes.ok:
         click.echo(("dry run: " if dry_run else "applied: ") + changes.summary(), err=True)
         sys.exit(EXIT_OK)
-    done = ", ".join(f"{c.result} {c.ref}" for c in changes.done) or "nothing"
+    done = summarize_done(changes.done)
     click.echo(f"error: {changes.error} (at {changes.failed})", err=True)
     click.echo(f"applied before the failure: {done}; not attempted: {len(changes.not_attempted)}", err=True)
     sys.exit(EXIT_ERROR)

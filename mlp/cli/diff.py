@@ -17,22 +17,21 @@ from mlp.cli._common import (
     fail,
     load_repo,
     make_target,
+    output_option,
     repo_option,
 )
+from mlp.cli._common import use_color as use_colour
 
 
 @click.command("diff", context_settings=CONTEXT)
 @env_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
-    default="text",
-    show_default=True,
-    help="text: coloured unified diff per object; json for scripts; markdown for PRs.",
+@output_option(
+    "text", "json", "markdown", help="text: coloured unified diff per object; json for scripts; markdown for PRs."
 )
 @click.option("--prune", is_flag=True, help="Include deletions of owned objects no longer declared (as apply --prune).")
-@click.option("--color/--no-color", "color", default=None, help="Colour the text diff [default: when a terminal].")
+@click.option(
+    "--color/--no-color", "color", default=None, help="Colour the text diff [default: on a terminal without NO_COLOR]."
+)
 @repo_option
 @cluster_options
 def diff(
@@ -53,8 +52,8 @@ def diff(
     \b
     Examples:
       mlp diff --env staging
-      mlp diff --env prod --format markdown > plan.md
-      mlp diff --env prod --format json --kubeconfig ~/.kube/prod --context prod
+      mlp diff --env prod -o markdown > plan.md
+      mlp diff --env prod -o json --kubeconfig ~/.kube/prod --context prod
     """
     from mlp.engine import Policy, reconcile
     from mlp.plan.core import PlanRefused
@@ -79,6 +78,6 @@ def diff(
     elif fmt == "markdown":
         click.echo(plan_to_markdown(plan), nl=False)
     else:
-        use_color = sys.stdout.isatty() if color is None else color
+        use_color = use_colour(color)
         click.echo(plan_to_text(plan, color=use_color), nl=False)
     sys.exit(EXIT_CHANGES if plan.has_changes else EXIT_OK)

@@ -10,6 +10,8 @@ from typing import NoReturn
 
 import click
 
+from mlp.cli._common import output_option
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def governance() -> None:
@@ -46,7 +48,7 @@ def governance() -> None:
     help="Also set the mlp/validate and mlp/governance statuses and update the PR comment.",
 )
 @click.option("--now", "now", default=None, help="Evaluate sync windows at this ISO time instead of now.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("text", "json")
 def check(
     number: int,
     repo: str,
@@ -67,7 +69,7 @@ def check(
     \b
     Examples:
       GITHUB_TOKEN=... mlp governance check --pr 42 --repo acme/platform
-      mlp governance check --pr 7 --repo ml/platform --gitlab-url https://gitlab.example/api/v4 --format json
+      mlp governance check --pr 7 --repo ml/platform --gitlab-url https://gitlab.example/api/v4 -o json
     """
     from mlp.webhooks.flow import GOVERNANCE_CONTEXT, PullRequestFlow, utcnow
     from mlp.webhooks.github import GitHubClient

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
@@ -36,7 +37,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tracking": ("mlp.cli.tracking:tracking", "Serve MLflow-protocol experiment tracking."),
     "runs": ("mlp.cli.runs:runs", "List, show, compare, plot and import tracked runs."),
     "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
+    "install": ("mlp.cli.install:install", "Render the manifests that install mlp into a cluster."),
+    "state": ("mlp.cli.state:state", "Back up and restore the controller's state folder."),
+    "completion": ("mlp.cli.completion:completion", "Print the shell completion script (bash, zsh, fish)."),
 }
+
+
+def build_commit() -> str | None:
+    """The commit this mlp was built from: pip's record of a VCS install, else the source checkout's HEAD."""
+    import json
+    import subprocess
+    from importlib import metadata
+    from pathlib import Path
+
+    try:
+        direct = metadata.distribution("mlp-gitops").read_text("direct_url.json")
+        commit = json.loads(direct).get("vcs_info", {}).get("commit_id") if direct else None
+        if commit:
+            return str(commit)
+    except (metadata.PackageNotFoundError, ValueError):
+        pass
+    source = Path(__file__).resolve().parents[2]
+    if not (source / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    commit = build_commit()
+    click.echo(f"mlp {__version__} (commit {commit[:12] if commit else 'unknown'})")
+    ctx.exit(0)
 
 
 class LazyGroup(click.Group):
@@ -55,7 +93,7 @@ class LazyGroup(click.Group):
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("mlp"):
                 return _unavailable(cmd_name, "not implemented in this version")
-            return _unavailable(cmd_name, f"needs the optional dependency {exc.name!r}: pip install 'mlp[all]'")
+            return _unavailable(cmd_name, f"needs the optional dependency {exc.name!r}: pip install 'mlp-gitops[all]'")
         command = getattr(module, attr)
         assert isinstance(command, click.Command)
         return command
@@ -75,7 +113,14 @@ def _unavailable(name: str, why: str) -> click.Command:
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="mlp")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and the commit it was built from, and exit.",
+)
 def cli() -> None:
     """mlp: GitOps for machine learning.
 
@@ -107,6 +152,8 @@ def _returnable_heap_for_long_runs(argv: list[str]) -> None:
 
 def main() -> None:
     _returnable_heap_for_long_runs(sys.argv)
+    # With insecure-skip-tls-verify, urllib3 warns on every request: say it once per host.
+    warnings.filterwarnings("once", message="Unverified HTTPS request")
     cli(prog_name="mlp")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mlp.cli._common import output_option
 from mlp.serving.artifacts import ArtifactError, ArtifactStore
 
 
@@ -29,24 +30,24 @@ def models() -> None:
 @click.option(
     "--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint (MinIO, moto) [env MLP_S3_ENDPOINT_URL]."
 )
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("text", "json")
 def push(file: Path, model: str, version: int | None, dest: str, s3_endpoint_url: str | None, fmt: str) -> None:
     """Upload FILE to <to>/<model>/<version>/model.<ext>; print its uri and sha256 digest.
 
     \b
     Example:
       mlp models push model.joblib --model iris --version 3 --to s3://mlp-models
-      mlp models push model.json --model breast-cancer --to file:///srv/models --format json
+      mlp models push model.json --model breast-cancer --to file:///srv/models -o json
     """
     store = ArtifactStore(Path(".mlp") / "cache", s3_endpoint_url=s3_endpoint_url)
     try:
         uri, digest, number = store.push(file, dest, model, version)
     except ArtifactError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(2)
     except Exception as exc:  # boto3/botocore: credentials, endpoint, permissions
         click.echo(f"error: {dest}: upload failed: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(2)
     if fmt == "json":
         click.echo(json.dumps({"model": model, "version": number, "uri": uri, "digest": digest}))
         return

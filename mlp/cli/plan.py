@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from mlp.cli._common import output_option
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--base", "base", required=True, help="Base revision (branch, tag or SHA), e.g. main.")
@@ -20,19 +22,14 @@ import click
     type=click.Path(file_okay=False, path_type=Path),
     help="Git repository holding the platform repository.",
 )
+@output_option("text", "json", "markdown", help="markdown: the PR comment; json for scripts; text for people.")
 @click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["markdown", "json", "text"]),
-    default="text",
-    show_default=True,
-    help="markdown: the PR comment; json for scripts; text for people.",
+    "--output-file", "output", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file instead."
 )
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead.")
 def plan(base: str, head: str, repo: Path, fmt: str, output: Path | None) -> None:
     """Validate HEAD, render every environment at BASE and HEAD, and plan HEAD against BASE.
 
-    Each revision is checked out into its own temporary work folder. `--format markdown`
+    Each revision is checked out into its own temporary work folder. `-o markdown`
     prints exactly the report the webhook flow posts as the PR comment (sections per
     affected environment: change set, collapsible object diff, metrics of each new model
     version beside the incumbent's with pass/fail against the environment's gates), so a
@@ -42,8 +39,8 @@ def plan(base: str, head: str, repo: Path, fmt: str, output: Path | None) -> Non
     \b
     Examples:
       mlp plan --base main --head HEAD
-      mlp plan --base origin/main --head HEAD --format markdown -o plan.md
-      mlp plan --base v1.2.0 --head main --format json | jq .affected
+      mlp plan --base origin/main --head HEAD -o markdown --output-file plan.md
+      mlp plan --base v1.2.0 --head main -o json | jq .affected
     """
     from mlp.plan import plan_to_dict, plan_to_text
     from mlp.webhooks.prcheck import Workspace, WorkspaceError, check_revisions

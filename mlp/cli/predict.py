@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
+from mlp.cli._common import output_option
+
 
 def _fail(msg: str) -> None:
     click.echo(f"error: {msg}", err=True)
-    sys.exit(1)
+    sys.exit(2)
 
 
 @click.command("predict")
@@ -29,7 +31,7 @@ def _fail(msg: str) -> None:
     help="Input file: .csv, .parquet or .jsonl.",
 )
 @click.option(
-    "--output",
+    "--output-file",
     "output_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
@@ -40,7 +42,7 @@ def _fail(msg: str) -> None:
     "--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Artifact cache folder [default: REPO/.mlp]."
 )
 @click.option("--s3-endpoint-url", envvar="MLP_S3_ENDPOINT_URL", help="S3 endpoint [env MLP_S3_ENDPOINT_URL].")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("text", "json")
 def predict(
     repo: Path,
     model: str,
@@ -57,8 +59,8 @@ def predict(
 
     \b
     Example:
-      mlp predict . --model iris --input rows.csv --output scored.parquet
-      mlp predict . --model breast-cancer --env dev --input big.parquet --output out.jsonl
+      mlp predict . --model iris --input rows.csv --output-file scored.parquet
+      mlp predict . --model breast-cancer --env dev --input big.parquet --output-file out.jsonl
     """
     from mlp.serving.artifacts import ArtifactError, ArtifactStore
     from mlp.serving.batch import BatchError, predict_file

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import click
 
-from mlp.cli._common import CONTEXT, env_option, environment, fail, load_repo, render_env, repo_option
+from mlp.cli._common import CONTEXT, env_option, environment, fail, load_repo, output_option, render_env, repo_option
 
 _RENDERED = re.compile(r"^\d+-[a-z0-9]+-[a-z0-9.-]+\.(yaml|json)$")
 
 
 @click.command("render", context_settings=CONTEXT)
 @env_option
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["yaml", "json"]),
-    default="yaml",
-    show_default=True,
-    help="yaml: a multi-document stream; json: a v1 List with items.",
-)
+@output_option("yaml", "json", default="yaml", help="yaml: a multi-document stream; json: a v1 List with items.")
 @click.option(
     "--out",
     "out",
@@ -40,7 +33,7 @@ def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
     \b
     Examples:
       mlp render --env staging
-      mlp render --env prod --format json | jq '.items[].metadata.name'
+      mlp render --env prod -o json | jq '.items[].metadata.name'
       mlp render --env prod --out rendered/prod --repo platform/
     """
     from mlp.render.yamlio import dump, dump_all

@@ -14,17 +14,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mlp.cli._common import output_option
+from mlp.cli._common import state_dir_option as _state_dir_option
+
 if TYPE_CHECKING:
     from mlp.controller.store import StateStore
 
-STATE_DIR_HELP = "State folder of the controller (its --state-dir)."
-state_dir_option = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path(".mlp/controller"),
-    show_default=True,
-    help=STATE_DIR_HELP,
-)
+state_dir_option = _state_dir_option()
 
 
 def _age(ts: float | None) -> str:
@@ -121,7 +117,7 @@ def render_status(state_dir: Path, env: str | None, fmt: str) -> tuple[str, int]
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("env", required=False)
 @state_dir_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("text", "json")
 @click.option("--watch", "-w", is_flag=True, help="Redraw every --every seconds until interrupted.")
 @click.option("--every", type=float, default=2.0, show_default=True, help="Seconds between redraws with --watch.")
 def status(env: str | None, state_dir: Path, fmt: str, watch: bool, every: float) -> None:
@@ -133,7 +129,7 @@ def status(env: str | None, state_dir: Path, fmt: str, watch: bool, every: float
     Examples:
       mlp status --state-dir /var/lib/mlp
       mlp status prod --state-dir /var/lib/mlp
-      mlp status --format json --state-dir /var/lib/mlp | jq '.[].health'
+      mlp status -o json --state-dir /var/lib/mlp | jq '.[].health'
       mlp status --watch --state-dir /var/lib/mlp
     """
     if not watch:
@@ -179,14 +175,14 @@ def parse_since(text: str) -> float:
 @click.option("--action", help="Only this action (apply, prune, self-heal, refused, rollback, merge, ...).")
 @click.option("--limit", type=int, help="Only the newest N events.")
 @state_dir_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@output_option("text", "json")
 def audit(env: str | None, since: str | None, action: str | None, limit: int | None, state_dir: Path, fmt: str) -> None:
     """Show the audit log: every apply, prune, self-heal, refused revision, rollback and merge.
 
     \b
     Examples:
       mlp audit --state-dir /var/lib/mlp
-      mlp audit --env prod --since 7d --format json --state-dir /var/lib/mlp
+      mlp audit --env prod --since 7d -o json --state-dir /var/lib/mlp
       mlp audit --env prod --since 2026-11-01T00:00:00Z --action rollback
     """
     from mlp.controller.store import AuditLog

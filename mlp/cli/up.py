@@ -12,6 +12,7 @@ keeps serving); one model that fails to apply does not stop the others.
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 
 import click
 
+from mlp.cli._common import log_options, output_option
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
 from mlp.targets.local import LocalTarget
@@ -208,14 +210,8 @@ IRIS_ROW = [6.8, 2.8, 4.8, 1.4]
     help="Concurrent inference requests before answering 503 + Retry-After.",
 )
 @click.option("--payload-log/--no-payload-log", default=True, show_default=True, help="Write sampled payloads.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: print one JSON line with the URLs when ready.",
-)
+@output_option("text", "json", help="json: print one JSON line with the URLs when ready.")
+@log_options
 def up(
     repo: Path,
     env: str,
@@ -254,8 +250,13 @@ def up(
         sys.exit(2)
     base = f"http://{host if ':' not in host else '[' + host + ']'}:{sock.getsockname()[1]}"
 
+    json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"
+
     def event(msg: str) -> None:
-        click.echo(f"mlp up: {msg}", err=True)
+        if json_logs:
+            logging.getLogger("mlp.up").info(msg, extra={"environment": env})
+        else:
+            click.echo(f"mlp up: {msg}", err=True)
 
     runtime = Runtime(
         state,

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mlp.cli._common import output_option
+
 if TYPE_CHECKING:
     from mlp.specs import Diagnostic
 
@@ -33,20 +35,19 @@ def _workspace_relative(diagnostics: list[Diagnostic], path: Path) -> list[Diagn
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", default=".", type=click.Path(file_okay=False, path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json", "github", "gitlab"]),
-    default="text",
-    show_default=True,
+@output_option(
+    "text",
+    "json",
+    "github",
+    "gitlab",
     help="text for people; json for scripts; github/gitlab for CI annotations (their paths are "
     "relative to the current directory, the CI workspace).",
 )
 @click.option(
-    "--output",
-    "-o",
+    "--output-file",
+    "output",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the report to a file (e.g. gl-code-quality-report.json) instead of stdout.",
+    help="Write the report to this file (e.g. gl-code-quality-report.json) instead of stdout.",
 )
 def validate(path: Path, fmt: str, output: Path | None) -> None:
     """Validate every spec under PATH/specs and PATH/environments.
@@ -59,8 +60,9 @@ def validate(path: Path, fmt: str, output: Path | None) -> None:
     \b
     Examples:
       mlp validate .
-      mlp validate platform/ --format github
-      mlp validate . --format gitlab -o gl-code-quality-report.json
+      mlp validate platform/ -o github
+      mlp validate . -o json | jq .summary
+      mlp validate . -o gitlab --output-file gl-code-quality-report.json
     """
     from mlp.sources.directory import read_directory
     from mlp.specs import load, report

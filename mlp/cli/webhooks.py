@@ -8,19 +8,15 @@ from pathlib import Path
 
 import click
 
+from mlp.cli._common import log_options, state_dir_option
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@log_options
 @click.option("--repo", "repo", required=True, help="Platform repository: a local Git path or a clone URL.")
 @click.option("--host", "host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", "port", default=8090, show_default=True, type=int, help="Port to listen on (0: any free).")
-@click.option(
-    "--state-dir",
-    "state_dir",
-    default=".mlp/controller",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="The controller's state folder: sync requests and the audit log go there.",
-)
+@state_dir_option(help="The controller's state folder: sync requests and the audit log go there.")
 @click.option(
     "--github-secret-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -159,8 +155,10 @@ def webhooks(
         err=True,
     )
     try:
-        # header size and count, header-read and idle timeouts, connection cap
-        server = uvicorn.Server(bounded_config(receiver.app, log_level="warning", access_log=False, lifespan="off"))
+        # bounded (header size and count, timeouts, connections); log_config=None keeps --log-format's logging
+        server = uvicorn.Server(
+            bounded_config(receiver.app, log_level="warning", access_log=False, lifespan="off", log_config=None)
+        )
         server.run(sockets=[sock])
     finally:
         receiver.stop()

@@ -243,6 +243,8 @@ class Reconciler:
         self.store = store
         self.metrics = metrics
         self.default_ref = default_ref
+        # Environments with a local target: `mlp up` serves and reconciles them in its own process.
+        self.handled_elsewhere: set[str] = set()
         self.clock = clock
         self._cache_lock = threading.Lock()
         self._loaded: dict[str, Loaded] = {}
@@ -305,12 +307,13 @@ class Reconciler:
         return result.specs
 
     def _full_lock(self, target: Target) -> _PriorityLock:
-        """The lock full steps against `target` take (one per target object, which a factory shares
-        between the environments on one cluster)."""
+        """The lock full steps against `target` take: one per cluster. A target scoped to one
+        environment's namespace names the cluster it shares with the others (`cluster`)."""
+        anchor = getattr(target, "cluster", target)
         with self._cache_lock:
-            entry = self._full.get(id(target))
-            if entry is None or entry[0] is not target:
-                entry = self._full[id(target)] = (target, _PriorityLock())
+            entry = self._full.get(id(anchor))
+            if entry is None or entry[0] is not anchor:
+                entry = self._full[id(anchor)] = (anchor, _PriorityLock())
             return entry[1]
 
     def trim(self) -> None:
@@ -335,10 +338,11 @@ class Reconciler:
             loaded = self.load_revision(rev, self.default_ref)
         except Exception:  # an unreadable commit: keep what we knew
             return {e: self.default_ref for e in envs}
-        found = {name: e.spec.branch for name, e in loaded.environments.items()}
+        self.handled_elsewhere = {n for n, e in loaded.environments.items() if e.spec.target.kind == "local"}
+        found = {n: e.spec.branch for n, e in loaded.environments.items() if n not in self.handled_elsewhere}
         if loaded.ok:
             return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
-        merged = {e: self.default_ref for e in envs}
+        merged = {e: self.default_ref for e in envs if e not in self.handled_elsewhere}
         merged.update({n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()})
         return merged
 

@@ -55,6 +55,7 @@ class Policy:
     force_conflicts: bool = False
     keep_going: bool = False  # one failed object does not stop the others (the local runtime)
     progress: Progress | None = None
+    concurrency: int = 1  # objects applied at once (execute's runs of independent objects); 1 = in order
     # sync windows, self-heal, approvals, interactive confirmation: None allows every plan
     decide: Callable[[Plan], Decision] | None = None
     # called once the decision allows writes, before the first one (the controller's intent)
@@ -313,6 +314,7 @@ def reconcile(
         force_conflicts=policy.force_conflicts,
         progress=policy.progress,
         keep_going=policy.keep_going,
+        concurrency=policy.concurrency,
     )
     record_stage(target, environment, result, recording, inventory)
     if policy.dry_run or not result.changes.ok:

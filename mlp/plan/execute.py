@@ -92,14 +92,22 @@ def execute(
     force_conflicts: bool = False,
     progress: Progress | None = None,
     keep_going: bool = False,
+    concurrency: int = 1,
 ) -> ChangeSet:
     """Carry out `plan` on `target` in order, stopping at the first error.
 
     With `keep_going` a failed item does not stop the walk: the embedded runtime uses it so
     that one model's refused artifact does not hold back the other models' changes.
+
+    With `concurrency` > 1, a run of consecutive items of the same kind and action (objects that
+    do not depend on each other: the plan orders dependencies, such as a ServiceAccount before the
+    InferenceServices that name it, into different runs) goes out up to `concurrency` at a time; the
+    target's own rate limit still holds. A failure stops the walk after the run it happened in.
     """
     out = ChangeSet(environment=plan.environment, revision=plan.revision, dry_run=dry_run)
     work = plan.changes
+    if concurrency > 1:
+        return _execute_concurrently(work, target, out, dry_run, force_conflicts, progress, keep_going, concurrency)
     for index, item in enumerate(work, start=1):
         try:
             if item.action is Action.DELETE:
@@ -126,4 +134,70 @@ def execute(
         out.done.append(Change(item.ref, item.action, result))
         if progress:
             progress(index, len(work), item, result)
+    return out
+
+
+def _one(item: PlanItem, target: Target, dry_run: bool, force_conflicts: bool) -> str:
+    if item.action is Action.DELETE:
+        target.delete(item.ref, dry_run=dry_run)
+        return "deleted"
+    assert item.desired is not None
+    force = force_conflicts or item.reason == "drift"
+    return target.apply(item.desired, dry_run=dry_run, force_conflicts=force).action
+
+
+def _runs(work: list[PlanItem]) -> list[list[int]]:
+    """Indexes of consecutive items with the same action kind and object kind."""
+    runs: list[list[int]] = []
+    last: tuple[bool, str, str] | None = None
+    for i, item in enumerate(work):
+        key = (item.action is Action.DELETE, item.ref.api_version, item.ref.kind)
+        if runs and key == last:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+        last = key
+    return runs
+
+
+def _execute_concurrently(
+    work: list[PlanItem],
+    target: Target,
+    out: ChangeSet,
+    dry_run: bool,
+    force_conflicts: bool,
+    progress: Progress | None,
+    keep_going: bool,
+    concurrency: int,
+) -> ChangeSet:
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = len(work)
+
+    def run(i: int) -> tuple[int, str | TargetError]:
+        try:
+            return i, _one(work[i], target, dry_run, force_conflicts)
+        except TargetError as exc:
+            return i, exc
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apply") as pool:
+        for indexes in _runs(work):
+            results = pool.map(run, indexes) if len(indexes) > 1 else map(run, indexes)
+            failed = False
+            for i, result in sorted(results):
+                item = work[i]
+                if isinstance(result, TargetError):
+                    failed = True
+                    out.failures.append((item.ref, result))
+                    if out.error is None:
+                        out.failed, out.error = item.ref, result
+                    if progress:
+                        progress(i + 1, total, item, "failed")
+                    continue
+                out.done.append(Change(item.ref, item.action, result))
+                if progress:
+                    progress(i + 1, total, item, result)
+            if failed and not keep_going:
+                out.not_attempted = [w.ref for w in work[indexes[-1] + 1 :]]
+                return out
     return out

@@ -12,10 +12,12 @@ for pull-request comments.
     | Action | Object | Detail |
     |---|---|---|
     | create | `Kind/namespace/name` | new object |
-    | update | `Kind/namespace/name` | `field.path`: old → new (up to 3, then "and N more") |
+    | update | `Kind/namespace/name` | the model-level change first (`iris`: v1 → v2; canary v2; split 10% → 50%;
+    |        |                       | minReplicas 1 → 2), then other fields `field.path`: old → new (up to 3 in all,
+    |        |                       | then "and N more"); label/annotation bookkeeping folded into "(+N bookkeeping fields)" |
     | delete | `Kind/namespace/name` | no longer declared |
 
-    <details><summary>Diff of <n> objects</summary>   (a ```diff block per object)
+    <details><summary>Diff of <n> object(s)</summary>   (a ```diff block per object)
 
 followed, when pruning is off and owned objects are no longer declared, by a line
 "N owned objects are no longer declared and would be deleted with --prune". The diff block
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 from mlp.objects import ObjectRef
@@ -112,7 +115,7 @@ def _colour(line: str) -> str:
 def summary_line(plan: Plan) -> str:
     c = plan.counts()
     if not plan.has_changes:
-        text = f"No changes. {c['unchanged']} objects up to date."
+        text = f"No changes. {c['unchanged']} object{'' if c['unchanged'] == 1 else 's'} up to date."
     else:
         text = f"{c['create']} to create, {c['update']} to update, {c['delete']} to delete, {c['unchanged']} unchanged."
     if plan.orphans:
@@ -186,6 +189,43 @@ def _short(value: Any, limit: int = 40) -> str:
     return text.replace("|", "\\|").replace("`", "'")
 
 
+_BOOKKEEPING = ("metadata.annotations", "metadata.labels")
+_ANNOTATION = re.compile(r'^metadata\.annotations\["mlp\.dev/([a-z-]+)"\]$')
+
+
+def _plain(value: Any) -> str:
+    return "none" if value is MISSING or value is None else str(value).replace("|", "\\|")
+
+
+def _model_changes(item: PlanItem) -> tuple[list[str], set[str]]:
+    """What a reviewer cares about, from mlp's own annotations and the serving fields:
+    `iris: v1 → v2`, the canary, the traffic split, replicas. Returns (phrases, paths they cover)."""
+    labels = ((item.desired or {}).get("metadata") or {}).get("labels") or {}
+    model = labels.get("mlp.dev/model") or item.ref.name
+    by_key = {m.group(1): d for d in item.diffs if (m := _ANNOTATION.match(d.path))}
+    phrases: list[str] = []
+    covered: set[str] = set()
+    version = by_key.get("stable-version") or by_key.get("model-version")
+    if version is not None:
+        phrases.append(f"`{model}`: v{_plain(version.old)} → v{_plain(version.new)}")
+    canary = by_key.get("canary-version")
+    if canary is not None:
+        phrases.append(
+            f"canary v{_plain(canary.new)}" if canary.new is not MISSING else f"canary v{_plain(canary.old)} ended"
+        )
+    for d in item.diffs:
+        leaf = d.path.rsplit(".", 1)[-1]
+        if leaf == "canaryTrafficPercent":
+            phrases.append(f"split {_plain(d.old)}% → {_plain(d.new)}%")
+            covered.add(d.path)
+        elif leaf in ("minReplicas", "maxReplicas", "replicas"):
+            phrases.append(f"{leaf} {_plain(d.old)} → {_plain(d.new)}")
+            covered.add(d.path)
+        elif leaf == "storageUri" and version is not None:
+            covered.add(d.path)  # the version change says it
+    return phrases, covered
+
+
 def _detail(item: PlanItem) -> str:
     if item.action is Action.CREATE:
         return "recreate (live object is terminating)" if item.reason == "terminating" else "new object"
@@ -193,9 +233,17 @@ def _detail(item: PlanItem) -> str:
         return "no longer declared"
     if item.action is Action.UNCHANGED:
         return ""
-    shown = [f"`{d.path}`: {_short(d.old)} → {_short(d.new)}" for d in item.diffs[:3]]
-    more = len(item.diffs) - len(shown)
+    phrases, covered = _model_changes(item)
+    rest = [d for d in item.diffs if d.path not in covered and not d.path.startswith(_BOOKKEEPING)]
+    bookkeeping = sum(1 for d in item.diffs if d.path.startswith(_BOOKKEEPING))
+    shown = phrases + [f"`{d.path}`: {_short(d.old)} → {_short(d.new)}" for d in rest[: max(0, 3 - len(phrases))]]
+    if not shown:  # only labels or annotations changed: show those
+        shown = [f"`{d.path}`: {_short(d.old)} → {_short(d.new)}" for d in item.diffs[:3]]
+        bookkeeping = 0
+    more = len(rest) - (len(shown) - len(phrases))
     text = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
+    if bookkeeping:
+        text += f" (+{bookkeeping} bookkeeping field{'' if bookkeeping == 1 else 's'})"
     return ("drift from the cluster: " if item.reason == "drift" else "") + text
 
 
@@ -211,7 +259,8 @@ def plan_to_markdown(
             f"**{c['create']} to create, {c['update']} to update, {c['delete']} to delete, {c['unchanged']} unchanged**"
         )
     else:
-        lines.append(f"**No changes.** {c['unchanged']} objects up to date.")
+        n = c["unchanged"]
+        lines.append(f"**No changes.** {n} object{'' if n == 1 else 's'} up to date.")
     rows = [i for i in plan.items if i.changed or show_unchanged]
     if rows:
         lines += ["", "| Action | Object | Detail |", "|---|---|---|"]
@@ -233,5 +282,13 @@ def plan_to_markdown(
             if text.count("```") % 2:  # cut inside a block: close it
                 text += "\n```"
             text += f"\n\n_(diff cut to fit the comment; run `mlp diff --env {plan.environment}` for all of it)_"
-        lines += ["", f"<details><summary>Diff of {len(plan.changes)} objects</summary>", "", text, "", "</details>"]
+        n = len(plan.changes)
+        lines += [
+            "",
+            f"<details><summary>Diff of {n} object{'' if n == 1 else 's'}</summary>",
+            "",
+            text,
+            "",
+            "</details>",
+        ]
     return "\n".join(lines) + "\n"

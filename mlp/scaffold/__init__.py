@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from importlib import resources
 
+from mlp import __version__
+
 RENAMES = {
     "gitignore": ".gitignore",
     "gitlab-ci.yml": ".gitlab-ci.yml",
+    "gitlab/mlp.gitlab-ci.yml": ".gitlab/mlp.gitlab-ci.yml",
     "github/workflows/mlp.yml": ".github/workflows/mlp.yml",
 }
+# The generated CI installs exactly the mlp that generated it.
+VERSION_MARK = "@MLP_VERSION@"
 
 
 def files() -> dict[str, str]:
@@ -26,7 +31,7 @@ def files() -> dict[str, str]:
             if child.is_dir():
                 walk(child, rel + "/")
             else:
-                out[RENAMES.get(rel, rel)] = child.read_text(encoding="utf-8")
+                out[RENAMES.get(rel, rel)] = child.read_text(encoding="utf-8").replace(VERSION_MARK, __version__)
 
     walk(root, "")
     return out

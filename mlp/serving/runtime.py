@@ -44,7 +44,7 @@ log = logging.getLogger("mlp.serving")
 SIG_TO_V2 = {
     "float": "FP32",
     "double": "FP64",
-    "int": "INT32",
+    "int": "INT64",  # what infer answers: numpy's (and so scikit-learn's) default integer is 64-bit
     "long": "INT64",
     "bool": "BOOL",
     "string": "BYTES",

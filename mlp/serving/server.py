@@ -30,6 +30,7 @@ def _uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
         lifespan="off",
         access_log=False,
         log_level="warning",
+        log_config=None,  # keep the logging `mlp up --log-format` set up
         backlog=4096,
         host=host,
         port=port,

@@ -8,7 +8,6 @@ in `X-RateLimit-Reset` / `RateLimit-Reset`) and pagination.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -98,17 +97,6 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="([^"]+)"')
-
-
-def next_link(header: str | None) -> str | None:
-    """The `rel="next"` URL of an RFC 8288 Link header."""
-    for url, rel in _LINK.findall(header or ""):
-        if "next" in rel.split():
-            return url
-    return None
-
-
 class RestClient:
     """httpx with auth headers, rate-limit retries and pagination."""
 
@@ -190,7 +178,7 @@ class RestClient:
             if not isinstance(page, list):
                 raise HostError(f"GET {next_url}: expected a list, got {type(page).__name__}")
             yield from page
-            link = next_link(response.headers.get("link"))
+            link = response.links.get("next", {}).get("url")  # httpx parses the RFC 8288 Link header
             if link:
                 next_url, query = link, None  # the link carries every query parameter
             elif response.headers.get("x-next-page"):
