@@ -34,12 +34,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
     "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
     "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
-    "tracking": ("mlp.cli.tracking:tracking", "Serve MLflow-protocol experiment tracking."),
-    "runs": ("mlp.cli.runs:runs", "List, show, compare, plot and import tracked runs."),
-    "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
     "install": ("mlp.cli.install:install", "Render the manifests that install mlp into a cluster."),
     "state": ("mlp.cli.state:state", "Back up and restore the controller's state folder."),
     "completion": ("mlp.cli.completion:completion", "Print the shell completion script (bash, zsh, fish)."),
+    "tracking": ("mlp.cli.tracking:tracking", "Serve MLflow-protocol experiment tracking."),
+    "runs": ("mlp.cli.runs:runs", "List, show, compare, plot and import tracked runs."),
+    "experiment": ("mlp.cli.experiment:experiment", "Rank an Experiment's runs against its objective."),
 }
 
 
