@@ -434,7 +434,8 @@ def test_controller_loop_triggers_and_metrics_over_http(rig: Rig) -> None:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             statuses = rig.store.all(details=False)
-            if len(statuses) == 3 and all(s.sync_status == "Synced" for s in statuses):
+            # dev has a local target: `mlp up` serves it, the controller records no step for it
+            if {s.env for s in statuses} == {"staging", "prod"} and all(s.sync_status == "Synced" for s in statuses):
                 break
             time.sleep(0.05)
         else:
@@ -806,8 +807,11 @@ def test_environments_on_one_cluster_share_one_target_and_its_rate_limit(tmp_pat
         t.start()
     for t in threads:
         t.join(10)
-    assert len(got) == 3 and len({id(t) for t in got}) == 1
+    # one client and one rate limit for the cluster; each environment lists only its own namespace
+    assert len(got) == 3 and len({id(t.api) for t in got}) == 1 and len({id(t.cluster) for t in got}) == 1
     assert (got[0].bucket.qps, got[0].bucket.burst) == (7.0, 3)
+    assert sorted(t.namespace for t in got) == ["dev", "prod", "staging"]
+    assert factory("staging", specs["staging"]) is next(t for t in got if t.namespace == "staging")
 
 
 def test_a_slow_cluster_does_not_hold_up_environments_on_another(rig: Rig) -> None:

@@ -44,6 +44,7 @@ def _make_targets(
     (`qps`, `burst`) holds for the controller as a whole.
     """
     cache: dict[tuple[str, str | None], Target] = {}
+    scoped: dict[tuple[str, str | None, str | None], Target] = {}
     lock = threading.Lock()  # environments step in parallel: build each target once
 
     def factory(env: str, spec: Environment) -> Target:
@@ -52,21 +53,27 @@ def _make_targets(
 
     def build(env: str, spec: Environment) -> Target:
         t = spec.spec.target
-        cluster_context = context or t.context
-        key = (t.kind, cluster_context if t.kind == "kubernetes" else env)
-        if key not in cache:
-            if t.kind == "kubernetes":
-                from mlp.targets.kubernetes import KubernetesTarget
+        if t.kind != "kubernetes":
+            # The embedded runtime serves models in the process that owns it: `mlp up` runs the
+            # same reconcile loop for local environments; a separate controller cannot reach it.
+            raise TargetError(
+                f"environment {env!r} has a local target: it is served and reconciled by "
+                f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)"
+            )
+        from mlp.targets.kubernetes import KubernetesTarget
 
-                cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=cluster_context, qps=qps, burst=burst)
-            else:
-                # The embedded runtime serves models in the process that owns it: `mlp up` runs the
-                # same reconcile loop for local environments; a separate controller cannot reach it.
-                raise TargetError(
-                    f"environment {env!r} has a local target: it is served and reconciled by "
-                    f"`mlp up --env {env}`, not by `mlp controller` (use --env to skip it)"
-                )
-        return cache[key]
+        cluster_context = context or t.context
+        key = (t.kind, cluster_context)
+        if key not in cache:
+            cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=cluster_context, qps=qps, burst=burst)
+        # One client and rate limit per cluster; each environment lists only its own namespace,
+        # so the controller needs no cluster-wide read rights.
+        skey = (*key, t.namespace)
+        if skey not in scoped:
+            base = cache[key]
+            assert isinstance(base, KubernetesTarget)
+            scoped[skey] = base.scoped(t.namespace)
+        return scoped[skey]
 
     return factory
 
@@ -211,6 +218,32 @@ def _stamp() -> str:
     help="Sync every environment once, as a manual sync (policy windows and automated: false do not "
     "block it), and exit: 0 when all are synced.",
 )
+@click.option(
+    "--leader-elect",
+    is_flag=True,
+    help="Run as one of several replicas: only the holder of a coordination.k8s.io Lease writes; "
+    "followers watch and serve metrics.",
+)
+@click.option(
+    "--leader-elect-namespace",
+    envvar="POD_NAMESPACE",
+    default="mlp-system",
+    show_default=True,
+    help="Namespace of the Lease [env POD_NAMESPACE].",
+)
+@click.option("--leader-elect-name", default="mlp-controller", show_default=True, help="Name of the Lease.")
+@click.option(
+    "--leader-elect-id", envvar="POD_NAME", help="This replica's identity [env POD_NAME; default host name and pid]."
+)
+@click.option(
+    "--leader-elect-lease-duration",
+    type=float,
+    default=15.0,
+    show_default=True,
+    help="Seconds a follower waits after the leader's last renewal before taking over.",
+)
+@click.option("--leader-elect-renew-deadline", type=float, default=10.0, show_default=True)
+@click.option("--leader-elect-retry-period", type=float, default=2.0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
 def controller(
     repo: str | None,
@@ -231,6 +264,13 @@ def controller(
     kube_api_qps: float,
     kube_api_burst: int,
     once: bool,
+    leader_elect: bool,
+    leader_elect_namespace: str,
+    leader_elect_name: str,
+    leader_elect_id: str | None,
+    leader_elect_lease_duration: float,
+    leader_elect_renew_deadline: float,
+    leader_elect_retry_period: float,
     quiet: bool,
 ) -> None:
     """Keep every environment in step with Git, continuously.
@@ -246,6 +286,7 @@ def controller(
           --interval 30 --state-dir /var/lib/mlp --kubeconfig ~/.kube/config
       mlp controller --repo . --env staging --interval 10 --metrics-port 9464
       mlp controller --watch . --env staging      # re-sync on every saved file
+      mlp controller --repo https://github.com/acme/ml-platform.git --leader-elect   # two replicas, one writer
       mlp sync staging --state-dir /var/lib/mlp   # from another shell: reconcile now
     """
     from mlp.controller.controller import Controller, ControllerEvents
@@ -349,6 +390,18 @@ def controller(
 
     fetched_once, starting = [False], [False]
 
+    elector = None
+    lost = False
+    if leader_elect and not once:
+        elector = _leader_elector(
+            kubeconfig,
+            context,
+            leader_elect_namespace,
+            leader_elect_name,
+            leader_elect_id,
+            (leader_elect_lease_duration, leader_elect_renew_deadline, leader_elect_retry_period),
+        )
+
     ctl = Controller(
         source,
         reconciler,
@@ -357,7 +410,25 @@ def controller(
         workers=workers,
         metrics=metrics,
         events=ControllerEvents(on_step=on_step, on_refresh=on_refresh),
+        leader=elector.is_leader if elector is not None else None,
     )
+    if elector is not None:
+        metrics.leader.set(0)
+
+        def on_started() -> None:
+            metrics.leader.set(1)
+            click.echo(f"{_stamp()} leader: {elector.identity} holds the lease; reconciling", err=True)
+
+        def on_lost() -> None:
+            # Another replica may already write: stop at once and exit non-zero, so the
+            # orchestrator restarts this one as a follower (what client-go's users do).
+            nonlocal lost
+            lost = True
+            metrics.leader.set(0)
+            click.echo(f"{_stamp()} error: lost the leader lease; exiting", err=True)
+            ctl.stop()
+
+        elector.on_started, elector.on_lost = on_started, on_lost
 
     if once:
         ctl.refresh()
@@ -410,11 +481,16 @@ def controller(
     click.echo(f"mlp controller: {where}, every {interval:g}s, state in {state_dir}", err=True)
     stop_heartbeat = threading.Event()
     beat = _heartbeat(state_dir, stop_heartbeat)
+    if elector is not None:
+        click.echo(f"{_stamp()} leader election: {elector.identity} campaigning for {elector._where()}", err=True)
+        elector.start()
     try:
         ctl.run()
     finally:
         stop_heartbeat.set()
         beat.join(timeout=2)
+        if elector is not None:
+            elector.stop(release=not lost)
         if watcher is not None:
             watcher.stop()
         if server is not None:
@@ -423,6 +499,36 @@ def controller(
         if hasattr(source, "close"):
             source.close()
     click.echo(f"{_stamp()} stopped after {ctl.steps} steps", err=True)
+    if lost:
+        sys.exit(2)
+
+
+def _leader_elector(
+    kubeconfig: str | None,
+    context: str | None,
+    namespace: str,
+    name: str,
+    identity: str | None,
+    timing: tuple[float, float, float],
+) -> Any:
+    import os
+    import socket
+
+    from mlp.controller.leader import LeaderElector, LeaseConfig
+    from mlp.targets.base import TargetError
+    from mlp.targets.kubernetes import KubernetesTarget
+
+    try:
+        config = LeaseConfig(name, namespace, *timing)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    try:
+        api = KubernetesTarget.from_environment(kubeconfig, context).api
+    except TargetError as exc:
+        click.echo(f"error: leader election: {exc}", err=True)
+        sys.exit(2)
+    return LeaderElector(api, identity or f"{socket.gethostname()}-{os.getpid()}", config)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -34,6 +34,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("mlp.cli.models:models", "Manage model artifacts (push)."),
     "webhooks": ("mlp.cli.webhooks:webhooks", "Receive GitHub and GitLab webhooks."),
     "governance": ("mlp.cli.governance:governance", "Check a pull request against approval policy."),
+    "install": ("mlp.cli.install:install", "Render the manifests that install mlp into a cluster."),
+    "state": ("mlp.cli.state:state", "Back up and restore the controller's state folder."),
     "completion": ("mlp.cli.completion:completion", "Print the shell completion script (bash, zsh, fish)."),
 }
 

@@ -67,6 +67,7 @@ class Controller:
         poll: float = 0.5,
         metrics: ControllerMetrics | None = None,
         events: ControllerEvents | None = None,
+        leader: Callable[[], bool] | None = None,
     ) -> None:
         self.source = source
         self.reconciler = reconciler
@@ -76,6 +77,9 @@ class Controller:
         self.poll = poll
         self.metrics = metrics
         self.events = events or ControllerEvents()
+        # With leader election, a follower only watches and serves metrics: nothing is queued
+        # or stepped (so nothing written) unless this says it holds the lease right now.
+        self.leader = leader
         self.queue = WorkQueue(on_depth=self._depth)
         self._stop = threading.Event()
         self._wake = threading.Condition()
@@ -150,6 +154,10 @@ class Controller:
         next_poll = 0.0
         try:
             while not self._stop.is_set():
+                if not self.leading():
+                    next_interval = next_poll = 0.0  # a new leader reconciles everything at once
+                    self._stop.wait(self.poll)
+                    continue
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + self.poll
@@ -200,6 +208,9 @@ class Controller:
             if item is None:
                 return
             env, reasons = item
+            if not self.leading():
+                self.queue.done(env)
+                continue
             try:
                 result = self.reconciler.step(env, reasons=reasons, ref=None)
                 self.steps += 1
@@ -209,6 +220,9 @@ class Controller:
                 log.exception("reconcile of %s crashed", env)
             finally:
                 self.queue.done(env)
+
+    def leading(self) -> bool:
+        return self.leader is None or self.leader()
 
     def _depth(self, n: int) -> None:
         if self.metrics is not None:

@@ -54,6 +54,12 @@ class ControllerMetrics:
             "Failed refreshes of the Git remote.",
             registry=r,
         )
+        self.leader = Gauge(
+            "mlp_controller_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
+            registry=r,
+        )
+        self.leader.set(1)
         self.queue_depth = Gauge(
             "mlp_controller_queue_depth",
             "Environments waiting for a reconcile.",

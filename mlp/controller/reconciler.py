@@ -310,12 +310,13 @@ class Reconciler:
         return result.specs
 
     def _full_lock(self, target: Target) -> _PriorityLock:
-        """The lock full steps against `target` take (one per target object, which a factory shares
-        between the environments on one cluster)."""
+        """The lock full steps against `target` take: one per cluster. A target scoped to one
+        environment's namespace names the cluster it shares with the others (`cluster`)."""
+        anchor = getattr(target, "cluster", target)
         with self._cache_lock:
-            entry = self._full.get(id(target))
-            if entry is None or entry[0] is not target:
-                entry = self._full[id(target)] = (target, _PriorityLock())
+            entry = self._full.get(id(anchor))
+            if entry is None or entry[0] is not anchor:
+                entry = self._full[id(anchor)] = (anchor, _PriorityLock())
             return entry[1]
 
     def trim(self) -> None:

@@ -17,8 +17,11 @@ from urllib.parse import unquote, urlsplit
 from mlp.specs.diagnostics import Loc, Problem
 from mlp.specs.loader import SpecSet
 
-ALLOWED_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs", "file")
+ALLOWED_URI_SCHEMES = ("s3", "gs", "azure", "https", "pvc", "oci", "hdfs", "file")
+# What KServe's storage initializer reads (Azure Blob as https://ACCOUNT.blob.core.windows.net/...).
 REMOTE_URI_SCHEMES = ("s3", "gs", "https", "pvc", "oci", "hdfs")
+# What the embedded runtime's artifact store reads (mlp.serving.artifacts).
+LOCAL_URI_SCHEMES = ("s3", "gs", "azure", "https", "file")
 SECRET_KEY = re.compile(
     r"(^|[_.-])(password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credentials?)$",
     re.IGNORECASE,
@@ -259,7 +262,17 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
                         name,
                         loc,
                         f"{label} {number} of model {model_name!r} has a local artifact URI "
-                        f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs",
+                        f"({version.uri}); a kubernetes target needs s3, gs, https, pvc, oci or hdfs (Azure Blob as https://ACCOUNT.blob.core.windows.net/...)",
+                        rule="policy",
+                    )
+                elif not kubernetes and _scheme(version.uri) not in LOCAL_URI_SCHEMES and not uri_problem(version.uri):
+                    yield _at(
+                        specs,
+                        "Environment",
+                        name,
+                        loc,
+                        f"{label} {number} of model {model_name!r} has an artifact URI the local runtime cannot "
+                        f"read ({version.uri}); a local target needs file, s3, gs, azure or https",
                         rule="policy",
                     )
             for label, number, loc in routed[1:]:
@@ -428,4 +441,9 @@ def uri_problem(uri: str) -> str | None:
         return f"URI {uri!r}: file URIs must be absolute, as file:///path"
     if parts.scheme in ("s3", "gs") and not parts.netloc:
         return f"URI {uri!r} names no bucket"
+    if parts.query or parts.fragment:
+        # SAS tokens and signed URLs travel in the query string: credentials go by reference.
+        return f"URI {uri!r} has a query string or fragment: credentials go in the environment's storage secret"
+    if parts.scheme == "azure" and len([seg for seg in decoded.split("/") if seg]) < 2:
+        return f"URI {uri!r}: azure URIs name an account, a container and a key (azure://ACCOUNT/CONTAINER/key)"
     return None

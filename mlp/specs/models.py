@@ -127,7 +127,7 @@ class Lineage(Strict):
 
 class ModelVersion(Strict):
     version: Version
-    uri: str = Field(description="Artifact location: s3://, gs://, https://, pvc://, oci:// or file:///.")
+    uri: str = Field(description="Artifact location: s3://, gs://, azure://, https://, pvc://, oci:// or file:///.")
     digest: Annotated[str, Field(pattern=DIGEST_PATTERN)]
     format: str | None = Field(default=None, description="Artifact format when not implied: joblib, json, ubj, onnx.")
     metrics: dict[str, float] = Field(default_factory=dict)

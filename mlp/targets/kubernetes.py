@@ -24,6 +24,7 @@ server-side apply that creates).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -365,6 +366,23 @@ class KubernetesTarget:
             api_client.set_default_header("Impersonate-User", impersonate)
 
     # ---- construction ----
+
+    @property
+    def cluster(self) -> object:
+        """What targets on one cluster share (their client-side rate limit): the identity of the cluster."""
+        return self.bucket
+
+    def scoped(self, namespace: str | None) -> KubernetesTarget:
+        """The same client, rate limit and discovery, listing and keeping its inventory in `namespace`.
+
+        Environments on one cluster share a target but each lists only its own namespace, so
+        the controller needs no cluster-wide read rights (least-privilege RBAC per namespace).
+        """
+        if namespace == self.namespace:
+            return self
+        other = copy.copy(self)
+        other.namespace = namespace
+        return other
 
     @classmethod
     def from_kubeconfig(
