@@ -160,7 +160,7 @@ def assert_report(body: str, head: str) -> None:
     assert f"→ `{head[:12]}`" in body
     assert "### `prod` (production, kubernetes `ml-prod`)" in body
     assert "| update | `InferenceService/ml-prod/iris` |" in body
-    assert "<details><summary>Diff of 1 objects</summary>" in body
+    assert "<details><summary>Diff of 1 object</summary>" in body
     assert "+      storageUri: s3://mlp-models/iris/2/model.joblib" in body
     assert "| accuracy | 0.973 | 0.953 | +0.02 | >= 0.9, regression <= 0.01 | ✅ |" in body
     assert "Unchanged: `dev`, `staging`" in body
