@@ -426,6 +426,7 @@ def _scrape(port: int) -> dict[str, float]:
 
 
 def test_controller_loop_triggers_and_metrics_over_http(rig: Rig) -> None:
+    rig.reconciler.local_elsewhere = True  # as `mlp controller` builds it
     ctl = Controller(rig.source, rig.reconciler, interval=0.5, poll=0.1, metrics=rig.metrics)
     server, port = serve_metrics(rig.metrics, 0)
     thread = threading.Thread(target=ctl.run, daemon=True)

@@ -78,6 +78,7 @@ def test_state_dir_from_the_environment(tmp_path: Path) -> None:
 
 def test_local_environment_is_handled_elsewhere_not_failed(tmp_path: Path) -> None:
     rig = Rig(make_platform_repo(tmp_path / "platform"), tmp_path / "state")
+    rig.reconciler.local_elsewhere = True  # as `mlp controller` builds it
     rig.source.refresh(["main"])
     envs = rig.reconciler.environments()
     assert "dev" not in envs and "staging" in envs

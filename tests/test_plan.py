@@ -334,10 +334,8 @@ def test_markdown_format_is_stable() -> None:
     lines = md.splitlines()
     assert lines[0] == "### mlp plan: `staging` at `0123456789ab`"
     assert lines[1] == "**1 to create, 1 to update, 1 to delete, 0 unchanged**"
-    assert (
-        "| update | `InferenceService/ml-staging/iris` | drift from the cluster: "
-        "`spec.predictor.minReplicas`: 3 → 1 |" in lines
-    )
+    # the detail leads with the model-level change, not the field path
+    assert "| update | `InferenceService/ml-staging/iris` | drift from the cluster: minReplicas 3 → 1 |" in lines
     assert "| delete | `InferenceService/ml-staging/old` | no longer declared |" in lines
     assert md.count("```diff") == 3
     cut = plan_to_markdown(_drift_plan(), max_chars=900)

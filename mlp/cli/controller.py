@@ -342,6 +342,7 @@ def controller(
         store,
         metrics=metrics,
         default_ref=branch,
+        local_elsewhere=True,
     )
 
     json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from mlp.cli._common import log_options
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -57,6 +59,7 @@ import click
     help="File holding the GitHub token [default: env MLP_GITHUB_TOKEN or GITHUB_TOKEN].",
 )
 @click.option("--openapi", "print_openapi", is_flag=True, help="Print the OpenAPI document and exit.")
+@log_options
 def server(
     repo: str,
     ref: str | None,

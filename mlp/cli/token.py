@@ -63,7 +63,12 @@ def create(team: str, role: str, expires: str, description: str, state_dir: Path
 @state_dir_option
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def list_tokens(state_dir: Path, fmt: str) -> None:
-    """List tokens (never their secrets)."""
+    """List tokens (never their secrets).
+
+    \b
+    Example:
+      mlp token list --state-dir /var/lib/mlp -o json
+    """
     from mlp.api.identity import TokenStore
 
     store = TokenStore(state_dir)
@@ -86,7 +91,12 @@ def list_tokens(state_dir: Path, fmt: str) -> None:
 @click.argument("token_id")
 @state_dir_option
 def revoke(token_id: str, state_dir: Path) -> None:
-    """Revoke a token by id; it stops working at once. Exit 1 when no active token has that id."""
+    """Revoke a token by id; it stops working at once. Exit 1 when no active token has that id.
+
+    \b
+    Example:
+      mlp token revoke 3f9a1c2b7d4e --state-dir /var/lib/mlp
+    """
     from mlp.api.identity import TokenStore
 
     store = TokenStore(state_dir)

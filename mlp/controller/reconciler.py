@@ -237,13 +237,16 @@ class Reconciler:
         metrics: ControllerMetrics | None = None,
         default_ref: str = DEFAULT_REF,
         clock: Callable[[], datetime] = _now,
+        local_elsewhere: bool = False,
     ) -> None:
         self.source = source
+        self.local_elsewhere = local_elsewhere
         self.targets = targets
         self.store = store
         self.metrics = metrics
         self.default_ref = default_ref
-        # Environments with a local target: `mlp up` serves and reconciles them in its own process.
+        # With local_elsewhere (`mlp controller`): environments with a local target are left out, as
+        # `mlp up` serves and reconciles them in its own process; reported, never counted as failed.
         self.handled_elsewhere: set[str] = set()
         self.clock = clock
         self._cache_lock = threading.Lock()
@@ -338,7 +341,8 @@ class Reconciler:
             loaded = self.load_revision(rev, self.default_ref)
         except Exception:  # an unreadable commit: keep what we knew
             return {e: self.default_ref for e in envs}
-        self.handled_elsewhere = {n for n, e in loaded.environments.items() if e.spec.target.kind == "local"}
+        if self.local_elsewhere:
+            self.handled_elsewhere = {n for n, e in loaded.environments.items() if e.spec.target.kind == "local"}
         found = {n: e.spec.branch for n, e in loaded.environments.items() if n not in self.handled_elsewhere}
         if loaded.ok:
             return {n: (b if b != DEFAULT_REF else self.default_ref) for n, b in found.items()}
