@@ -136,9 +136,23 @@ def standin() -> Iterator[Any]:
     api.stop()
 
 
-def test_install_manifests_apply_cleanly_and_a_second_apply_changes_nothing(standin: Any, tmp_path: Path) -> None:
-    from mlp.targets.kubernetes import KubernetesTarget
+def _writes(api: Any) -> list[str]:
+    with api.lock:
+        return [
+            f"{r.method} {r.path}"
+            for r in api.requests
+            if r.method in ("PATCH", "POST", "PUT", "DELETE") and "dryRun" not in r.query
+        ]
 
+
+def test_install_apply_is_clean_a_second_apply_writes_nothing_and_removal_prunes(standin: Any, tmp_path: Path) -> None:
+    """`mlp install apply` through the engine: SSA, inventory, zero writes when nothing changed, prune."""
+    kubeconfig = str(kube.write_kubeconfig(tmp_path / "kubeconfig", standin.url))
+    args = ["install", "apply", "--repo", str(REPO_ROOT), "--repo-url", URL, "--registry", "registry.example/acme"]
+    args += ["--expose", "httproute", "--host", "mlp.example.com", "--gateway", "infra/public"]
+    args += ["--kubeconfig", kubeconfig, "-o", "json"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
     docs = _render(
         "--registry",
         "registry.example/acme",
@@ -149,14 +163,26 @@ def test_install_manifests_apply_cleanly_and_a_second_apply_changes_nothing(stan
         "--gateway",
         "infra/public",
     )
-    target = KubernetesTarget.from_kubeconfig(kube.write_kubeconfig(tmp_path / "kubeconfig", standin.url))
-    first = [target.apply(doc).action for doc in docs]
-    assert set(first) == {"created"}, first
-    stored = {_key(d): _version(standin, d) for d in docs}
-    assert [target.apply(doc, dry_run=True).action for doc in docs] == ["unchanged"] * len(docs)
-    for doc in docs:  # a real second apply is a no-op on the server: nothing is written again
-        target.apply(doc)
-    assert {_key(d): _version(standin, d) for d in docs} == stored
+    for doc in docs:  # every object exists, as rendered (the stand-in checks each against its schema)
+        assert _version(standin, doc)
+    inventory = standin.get_object("", "configmaps", "mlp-system", "mlp-inventory-mlp-install")
+    assert inventory is not None and len(json.loads(inventory["data"]["inventory"])) == len(docs)
+
+    before = _writes(standin)
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert _writes(standin)[len(before) :] == [], "a second install apply wrote"
+
+    # the server component dropped: its objects, and only those, are pruned
+    smaller = [*args, "--component", "controller,webhooks"]
+    mark = len(_writes(standin))
+    pruned = CliRunner().invoke(cli, smaller)
+    assert pruned.exit_code == 0, pruned.output
+    deletes = [w for w in _writes(standin)[mark:] if w.startswith("DELETE")]
+    assert deletes and all("mlp-server" in w for w in deletes), deletes
+    gone = standin.get_object("apps", "deployments", "mlp-system", "mlp-server")
+    assert gone is None or gone["metadata"].get("deletionTimestamp"), "the pruned Deployment is not being deleted"
+    assert standin.get_object("apps", "deployments", "mlp-system", "mlp-controller") is not None
 
 
 def _key(doc: dict[str, Any]) -> tuple[str, str, str]:

@@ -301,6 +301,39 @@ def reconcile(
     resolved = resolve_stage(specs, environment, positions)
     desired = render_stage(specs, environment, resolved, revision=revision, templates=snapshot.templates())
     target_kind = specs.environments[environment].spec.target.kind
+    return converge(
+        desired,
+        environment,
+        target,
+        policy,
+        revision=revision,
+        target_kind=target_kind,
+        specs=specs,
+        resolved=resolved,
+        live=live,
+        live_kinds=live_kinds,
+    )
+
+
+def converge(
+    desired: list[Manifest],
+    environment: str,
+    target: Target,
+    policy: Policy | None = None,
+    *,
+    revision: str,
+    target_kind: str = "kubernetes",
+    specs: SpecSet | None = None,
+    resolved: dict[str, Any] | None = None,
+    live: list[Manifest] | None = None,
+    live_kinds: list[KindKey] | None = None,
+) -> Result:
+    """The stages after render (list, plan, policy, execute, record) for objects already rendered.
+
+    `reconcile` runs it for an environment's specs; `mlp install apply` for the platform's own
+    manifests (its inventory and prune work the same way).
+    """
+    policy = policy or Policy()
     kinds, inventory = kinds_stage(target, environment, target_kind, desired)
     needed = {(o["apiVersion"], o["kind"]) for o in desired}
     if live is None:
@@ -309,7 +342,17 @@ def reconcile(
         listed = set(live_kinds)
         live = live + list_stage(target, environment, [k for k in kinds if k not in listed], needed)
     plan = plan_stage(desired, live, environment, revision, policy)
-    result = Result(environment, revision, specs, resolved, desired, live, kinds, plan, adopted=inventory is None)
+    result = Result(
+        environment,
+        revision,
+        specs if specs is not None else SpecSet(revision=revision),
+        dict(resolved or {}),
+        desired,
+        live,
+        kinds,
+        plan,
+        adopted=inventory is None,
+    )
     if not policy.execute:
         return result
     if not plan.has_changes:

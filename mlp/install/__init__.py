@@ -20,10 +20,14 @@ from typing import Any
 import jinja2
 
 from mlp import __version__
+from mlp.render.stamp import stamp
 from mlp.render.yamlio import load_all
 
 TEMPLATES = Path(__file__).parent / "templates"
 COMPONENTS = ("controller", "webhooks", "server")
+# The install is an "environment" of its own for the engine: its objects carry this environment
+# label, its inventory is `mlp-inventory-mlp-install` in mlp's namespace, and prune follows it.
+INSTALL_ENVIRONMENT = "mlp-install"
 PART_OF = {"app.kubernetes.io/part-of": "mlp", "app.kubernetes.io/managed-by": "mlp"}
 
 # The kinds the engine renders into environment namespaces, with their API groups and plural
@@ -212,5 +216,9 @@ def render_install(o: InstallOptions) -> list[dict[str, Any]]:
         text.append(env.get_template("expose.yaml.j2").render(ctx))
     docs: list[dict[str, Any]] = []
     for chunk in text:
-        docs.extend(d for d in load_all(chunk) if d)
+        docs.extend(
+            stamp(d, environment=INSTALL_ENVIRONMENT, spec="Install.mlp", revision=__version__)
+            for d in load_all(chunk)
+            if d
+        )
     return docs
