@@ -193,10 +193,11 @@ def apply(prune: bool, dry_run: bool, fmt: str, kubeconfig: str | None, context:
         cluster = KubernetesTarget.from_environment(kubeconfig, context=context, qps=qps, burst=burst)
     except TargetError as exc:
         fail(str(exc))
-    target = InstallTarget(cluster, settings.namespace)
+    # inventory and writes in mlp's namespace; listing across the namespaces the install spans
+    target = cluster.scoped(settings.namespace, list_all_namespaces=True)
     policy = Policy(prune=prune, dry_run=dry_run, concurrency=apply_concurrency(cluster))
     try:
-        result = converge(docs, INSTALL_ENVIRONMENT, target, policy, revision=__version__)  # type: ignore[arg-type]
+        result = converge(docs, INSTALL_ENVIRONMENT, target, policy, revision=__version__)
     except (TargetError, PlanRefused) as exc:
         fail(str(exc))
     changes = result.changes
@@ -210,26 +211,6 @@ def apply(prune: bool, dry_run: bool, fmt: str, kubeconfig: str | None, context:
             click.echo(changes.summary(), err=True)
     if changes is not None and not changes.ok:
         fail(f"install apply failed at {changes.failed}: {changes.error}")
-
-
-class InstallTarget:
-    """The cluster for the install: inventory and writes in mlp's namespace, listing across namespaces.
-
-    The install spans mlp's namespace, each environment's namespace (the controller's Roles) and
-    cluster-scoped RBAC, so its owned objects are listed cluster-wide (whoever installs is an admin).
-    """
-
-    name = "kubernetes"
-
-    def __init__(self, cluster: Any, namespace: str) -> None:
-        self.cluster = cluster
-        self.scoped = cluster.scoped(namespace)
-
-    def list_owned(self, environment: str, kinds: list[tuple[str, str]] | None = None) -> list[Any]:
-        return self.cluster.list_owned(environment, kinds)  # type: ignore[no-any-return]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.scoped, name)
 
 
 def _origin(repo: Path) -> str | None:

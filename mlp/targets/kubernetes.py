@@ -343,6 +343,7 @@ class KubernetesTarget:
         self.terminating_timeout = terminating_timeout
         self._clock = clock
         self.namespace = namespace
+        self.list_all_namespaces = False
         self.field_manager = field_manager
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -372,16 +373,19 @@ class KubernetesTarget:
         """What targets on one cluster share (their client-side rate limit): the identity of the cluster."""
         return self.bucket
 
-    def scoped(self, namespace: str | None) -> KubernetesTarget:
+    def scoped(self, namespace: str | None, *, list_all_namespaces: bool = False) -> KubernetesTarget:
         """The same client, rate limit and discovery, listing and keeping its inventory in `namespace`.
 
         Environments on one cluster share a target but each lists only its own namespace, so
         the controller needs no cluster-wide read rights (least-privilege RBAC per namespace).
+        `list_all_namespaces` keeps the inventory in `namespace` but lists owned objects in
+        every namespace: the platform's own install spans several.
         """
-        if namespace == self.namespace:
+        if namespace == self.namespace and list_all_namespaces == self.list_all_namespaces:
             return self
         other = copy.copy(self)
         other.namespace = namespace
+        other.list_all_namespaces = list_all_namespaces
         return other
 
     @classmethod
@@ -499,7 +503,9 @@ class KubernetesTarget:
             query = {"labelSelector": selector, "limit": str(self.page_size)}
             if token:
                 query["continue"] = token
-            status, ctype, body = self._request("list", "GET", info.collection(self.namespace), query, ref=ref)
+            status, ctype, body = self._request(
+                "list", "GET", info.collection(None if self.list_all_namespaces else self.namespace), query, ref=ref
+            )
             if _not_served(status, body, ctype) and not raise_missing:
                 return []  # the kind is not served (CRD not installed): nothing of it can exist
             if status == 410 and token and not restarted:
