@@ -59,26 +59,8 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, seconds: 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds}s")
 
 
-class _Env:
-    """Set environment variables for one test and put the old values back."""
-
-    def __init__(self, **values: str) -> None:
-        self.values = values
-        self.old = {k: os.environ.get(k) for k in values}
-
-    def __enter__(self) -> None:
-        os.environ.update(self.values)
-
-    def __exit__(self, *exc: object) -> None:
-        for k, v in self.old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture
-def gcs() -> Iterator[str]:
+def gcs(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A gcp-storage-emulator server; STORAGE_EMULATOR_HOST points the SDK at it."""
     from gcp_storage_emulator.server import create_server
 
@@ -87,14 +69,15 @@ def gcs() -> Iterator[str]:
     server.start()
     try:
         _wait_port(port)
-        with _Env(STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}", GOOGLE_CLOUD_PROJECT="mlp-test"):
-            yield f"http://127.0.0.1:{port}"
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "mlp-test")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
 
 
 @pytest.fixture
-def azurite(tmp_path: Path) -> Iterator[str]:
+def azurite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """An Azurite blob server with a storage account and key made up for this test."""
     binary = shutil.which("azurite-blob")
     if binary is None:
@@ -115,8 +98,8 @@ def azurite(tmp_path: Path) -> Iterator[str]:
             f"DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{account};"
         )
-        with _Env(AZURE_STORAGE_CONNECTION_STRING=conn):
-            yield account
+        monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", conn)
+        yield account
     finally:
         _end(proc)
 
