@@ -185,6 +185,28 @@ def test_an_override_kind_is_owned_idle_is_silent_restart_is_safe_and_removal_pr
     assert len(events[0].objects) == len(pdbs)
 
 
+def test_idle_check_on_a_cluster_without_optional_crds_stays_synced(tmp_path: Path) -> None:
+    """A cluster without the Prometheus Operator (no ServiceMonitor CRD): the first run lists the kinds
+    it may adopt, and the idle checks after it must skip the kinds the cluster does not serve, as
+    the full list does, instead of reporting "cannot read live state" for ever."""
+    api = standin.KubeApiServer(namespaces=("default", NS), prometheus_operator=False).start()
+    try:
+        cluster = Cluster(str(standin.write_kubeconfig(tmp_path / "kubeconfig", api.url)), api)
+        repo = make_platform_repo(tmp_path / "platform")
+        shutil.rmtree(Path(repo.working_tree_dir or ".") / "specs" / "monitors")  # monitors need the CRDs
+        commit_all(repo, "no monitors on this cluster")
+        reconciler, store, _ = _controller(repo, tmp_path / "state", cluster)
+        first = reconciler.step(ENV, reasons=["interval"])
+        assert first.outcome == "applied", first.message
+        for _ in range(3):
+            result = reconciler.step(ENV, reasons=["interval"])
+            assert result.outcome == "synced", result.message
+        status = store.load(ENV)
+        assert status is not None and status.sync_status == "Synced", status.message
+    finally:
+        api.stop()
+
+
 def test_first_run_adopts_labelled_objects_into_the_inventory(tmp_path: Path, cluster: Cluster) -> None:
     """Upgrading from label-only ownership: objects an older mlp applied are adopted, not re-created."""
     repo = make_platform_repo(tmp_path / "platform")

@@ -62,6 +62,7 @@ from mlp.engine import (
     list_stage,
     observe_deployments,
     reconcile,
+    versions_stage,
 )
 from mlp.plan.core import Action, Plan, PlanItem, PlanRefused
 from mlp.plan.health import HealthStatus, assess, worst
@@ -433,9 +434,9 @@ class Reconciler:
             kinds = self._kinds.get(env)
             if kinds is None:
                 kinds, _ = kinds_stage(target, env, envspec.spec.target.kind, ())
-            owned_versions = getattr(target, "owned_versions", None)
-            if check is not None and check[0] == rev and owned_versions is not None:
-                versions: dict[ObjectRef, str] = owned_versions(env, kinds)
+            only_versions = versions_stage(target, env, kinds) if check is not None and check[0] == rev else None
+            if only_versions is not None:
+                versions: dict[ObjectRef, str] = only_versions
             else:
                 live = list_stage(target, env, kinds, set())
                 versions = _versions(live)

@@ -17,6 +17,7 @@ from mlp.engine.core import (
     reconcile,
     render_stage,
     resolve_stage,
+    versions_stage,
 )
 from mlp.engine.plugins import KindPlugin, Observed, plugins, register
 from mlp.engine.status import ModelObservation, observe_deployments
@@ -41,4 +42,5 @@ __all__ = [
     "register",
     "render_stage",
     "resolve_stage",
+    "versions_stage",
 ]

@@ -184,6 +184,23 @@ def list_stage(target: Target, environment: str, kinds: list[KindKey], needed: s
     return out
 
 
+def versions_stage(target: Target, environment: str, kinds: list[KindKey]) -> dict[ObjectRef, str] | None:
+    """The resourceVersion of each owned live object, as `list_stage` would list them (a kind the
+    cluster does not serve holds nothing), without keeping the objects; None when the target cannot
+    list versions alone. The controller's idle check compares these with the last in-sync step."""
+    owned_versions = getattr(target, "owned_versions", None)
+    if owned_versions is None:
+        return None
+    out: dict[ObjectRef, str] = {}
+    for kind in kinds:
+        try:
+            out.update(owned_versions(environment, [kind]))
+        except TargetError as exc:
+            if exc.status != 404:
+                raise
+    return out
+
+
 def plan_stage(desired: list[Manifest], live: list[Manifest], environment: str, revision: str, policy: Policy) -> Plan:
     return make_plan(
         desired, live, environment=environment, revision=revision, prune=policy.prune, allow_empty=policy.allow_empty
