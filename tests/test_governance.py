@@ -113,6 +113,26 @@ def test_two_valid_approvals_from_the_team_make_it_green() -> None:
     assert green.description() == "policy satisfied for prod"
 
 
+def test_a_teams_viewers_do_not_count_as_approvers() -> None:
+    base, head = world(), world(prod_version=2)
+    leads = Team.model_validate(
+        {
+            "apiVersion": "mlp.dev/v1",
+            "kind": "Team",
+            "metadata": {"name": "ml-leads"},
+            "spec": {"members": [{"user": "alice"}, {"user": "bob", "role": "viewer"}, {"user": "carol"}]},
+        }
+    )
+    base.teams["ml-leads"] = leads
+    result = evaluate(base, head, ["prod"], facts(approve("alice"), approve("bob")), WED)
+    assert result.state == "pending"
+    assert result.missing == [
+        "prod: 1/2 approvals from team:ml-leads (approved: alice); bob is a viewer of team:ml-leads"
+    ]
+    green = evaluate(base, head, ["prod"], facts(approve("alice"), approve("carol")), WED)
+    assert green.state == "success"
+
+
 def test_author_wrong_team_stale_and_withdrawn_approvals_do_not_count() -> None:
     base, head = world(), world(prod_version=2)
     reviews = (

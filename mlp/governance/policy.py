@@ -287,7 +287,11 @@ def check_gate(gate: MetricGate, metrics: Mapping[str, float], incumbent: Mappin
 
 
 def eligible_approvers(principals: Iterable[str], teams: Mapping[str, Team]) -> tuple[set[str], list[str]]:
-    """Logins named by `team:NAME` / `user:LOGIN`, plus problems (unknown teams)."""
+    """Logins named by `team:NAME` / `user:LOGIN`, plus problems (unknown teams).
+
+    A team's `viewer` members are left out: the role is read-only everywhere else (the API
+    refuses them every write), so their review cannot be what lets a change reach a cluster.
+    """
     logins: set[str] = set()
     problems: list[str] = []
     for p in principals:
@@ -299,7 +303,7 @@ def eligible_approvers(principals: Iterable[str], teams: Mapping[str, Team]) -> 
             if team is None:
                 problems.append(f"team {name} is not defined")
             else:
-                logins.update(m.user.lower() for m in team.spec.members)
+                logins.update(m.user.lower() for m in team.spec.members if m.role != "viewer")
     return logins, problems
 
 
@@ -328,6 +332,15 @@ def is_stale(review: Review, pr: PullRequestFacts) -> bool:
     return False
 
 
+def _viewer_of(login: str, principals: Iterable[str], teams: Mapping[str, Team]) -> str | None:
+    for p in principals:
+        kind, _, name = p.partition(":")
+        team = teams.get(name) if kind == "team" else None
+        if team is not None and any(m.user.lower() == login and m.role == "viewer" for m in team.spec.members):
+            return p
+    return None
+
+
 def _approvals(
     env: str, policy_env: Environment, teams: Mapping[str, Team], pr: PullRequestFacts
 ) -> tuple[Requirement, list[str]]:
@@ -346,7 +359,8 @@ def _approvals(
         if login == author:
             notes.append(f"{review.user} is the author")
         elif principals and login not in eligible:
-            notes.append(f"{review.user} is not in {who}")
+            viewer_of = _viewer_of(login, principals, teams)
+            notes.append(f"{review.user} is a viewer of {viewer_of}" if viewer_of else f"{review.user} is not in {who}")
         elif is_stale(review, pr):
             notes.append(f"{review.user}'s approval is stale")
         else:
