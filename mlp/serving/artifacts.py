@@ -337,7 +337,9 @@ class _GCSBackend:
 
         blob = self.client().bucket(parsed.bucket).blob(parsed.key)
         try:
-            blob.download_to_file(sink)
+            # The sink's sha256 of the declared digest is the end-to-end check; the SDK's own
+            # crc32c/md5 pass over the same bytes would only hash them a second time.
+            blob.download_to_file(sink, checksum=None)
         except gexc.NotFound:
             raise ArtifactError(f"{uri}: GCS object not found") from None
         except gexc.GoogleAPICallError as exc:
