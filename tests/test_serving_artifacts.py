@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -9,8 +11,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mlp.serving.artifacts import ArtifactError, ArtifactStore, DigestMismatch, parse_uri, sha256_file
+from mlp.serving.artifacts import (
+    CHUNK,
+    ArtifactError,
+    ArtifactStore,
+    DigestMismatch,
+    HashingWriter,
+    parse_uri,
+    sha256_file,
+)
 
 GOOD = "sha256:" + "0" * 64
 
@@ -20,6 +32,38 @@ def _file(tmp_path: Path, content: bytes = b"model-bytes", name: str = "model.jo
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path, sha256_file(path)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["bytes", "bytearray", "memoryview"]), st.integers(0, 3 * CHUNK // 2)),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_hashing_writer_keeps_every_byte_in_order_whatever_the_callers_buffers(
+    writes: list[tuple[str, int]], flush_midway: bool
+) -> None:
+    # SDKs hand over bytes, reused bytearrays or memoryviews in pieces of any size: the file and
+    # the digest must be exactly the concatenation, even when the caller overwrites its buffer.
+    out = io.BytesIO()
+    sink = HashingWriter(out)
+    expected = bytearray()
+    for i, (kind, size) in enumerate(writes):
+        piece = bytes([i % 251]) * size
+        expected += piece
+        if kind == "bytes":
+            sink.write(piece)
+        else:
+            buf = bytearray(piece)
+            sink.write(buf if kind == "bytearray" else memoryview(buf))
+            buf[:] = b"\xff" * size  # the caller reuses its buffer
+        if flush_midway and i == len(writes) // 2:
+            sink.flush()
+            assert out.getvalue() == bytes(expected)
+    assert sink.finish() == "sha256:" + hashlib.sha256(expected).hexdigest()
+    assert out.getvalue() == bytes(expected) and sink.size == len(expected)
 
 
 def test_file_fetch_verifies_and_caches_by_digest(tmp_path: Path) -> None:
