@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -349,6 +350,34 @@ def make_target(
     for problem in runtime.restore():
         click.echo(f"warning: could not restore {problem}", err=True)
     return LocalTarget(runtime)  # type: ignore[no-any-return]
+
+
+_WRITTEN = re.compile(r"^\d+-[a-z0-9]+-[a-z0-9.-]+\.(yaml|json)$")
+
+
+def write_manifest_folder(folder: Path, objs: list[dict[str, Any]], fmt: str = "yaml") -> list[str]:
+    """Write one file per object (`NN-kind-name.EXT`, in apply order) and return the names.
+
+    Files an earlier run wrote there and this one does not are removed, so a deleted object
+    does not linger; anything else in the folder is left alone.
+    """
+    from mlp.render.yamlio import dump
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            if old.is_file() and _WRITTEN.match(old.name):
+                old.unlink()
+        width = max(2, len(str(len(objs))))
+        names = []
+        for index, obj in enumerate(objs, start=1):
+            name = f"{index:0{width}d}-{obj['kind'].lower()}-{obj['metadata']['name']}.{fmt}"
+            text = json.dumps(obj, indent=2, sort_keys=True) + "\n" if fmt == "json" else dump(obj)
+            (folder / name).write_text(text, encoding="utf-8")
+            names.append(name)
+    except OSError as exc:
+        fail(f"{folder}: cannot write: {exc.strerror or exc}")
+    return names
 
 
 def progress_printer(enabled: bool) -> Callable[[int, int, PlanItem, str], None] | None:

@@ -18,6 +18,7 @@ from mlp.cli._common import (
     kube_api_options,
     kubeconfig_option,
     load_repo,
+    write_manifest_folder,
 )
 
 
@@ -225,20 +226,9 @@ def _origin(repo: Path) -> str | None:
 def _write_kustomize(folder: Path, docs: list[dict[str, Any]]) -> None:
     from mlp.render.yamlio import dump as dump_one
 
+    names = write_manifest_folder(folder, docs)
+    kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": names}
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.yaml"):
-            old.unlink()
-        names = []
-        for index, doc in enumerate(docs, start=1):
-            name = f"{index:02d}-{doc['kind'].lower()}-{doc['metadata']['name']}.yaml"
-            (folder / name).write_text(dump_one(doc), encoding="utf-8")
-            names.append(name)
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": names,
-        }
         (folder / "kustomization.yaml").write_text(dump_one(kustomization), encoding="utf-8")
     except OSError as exc:
         fail(f"{folder}: cannot write: {exc.strerror or exc}")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import click
 
-from mlp.cli._common import CONTEXT, env_option, environment, fail, load_repo, output_option, render_env, repo_option
-
-_RENDERED = re.compile(r"^\d+-[a-z0-9]+-[a-z0-9.-]+\.(yaml|json)$")
+from mlp.cli._common import (
+    CONTEXT,
+    env_option,
+    environment,
+    load_repo,
+    output_option,
+    render_env,
+    repo_option,
+    write_manifest_folder,
+)
 
 
 @click.command("render", context_settings=CONTEXT)
@@ -36,7 +42,7 @@ def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
       mlp render --env prod -o json | jq '.items[].metadata.name'
       mlp render --env prod --out rendered/prod --repo platform/
     """
-    from mlp.render.yamlio import dump, dump_all
+    from mlp.render.yamlio import dump_all
 
     snapshot, result = load_repo(repo)
     environment(result, env)
@@ -51,16 +57,5 @@ def render(env: str, fmt: str, out: Path | None, repo: Path) -> None:
         else:
             click.echo(dump_all(objs), nl=False)
         return
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.iterdir():  # a deleted object must not linger as a stale file
-            if old.is_file() and _RENDERED.match(old.name):
-                old.unlink()
-        width = max(2, len(str(len(objs))))
-        for index, obj in enumerate(objs, start=1):
-            name = f"{index:0{width}d}-{obj['kind'].lower()}-{obj['metadata']['name']}.{fmt}"
-            text = json.dumps(obj, indent=2, sort_keys=True) + "\n" if fmt == "json" else dump(obj)
-            (out / name).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        fail(f"{out}: cannot write: {exc.strerror or exc}")
+    write_manifest_folder(out, objs, fmt)
     click.echo(f"wrote {len(objs)} objects for environment {env} to {out}", err=True)
