@@ -2,32 +2,41 @@
 
 The data plane (`mlp.serving`: iris LogisticRegression, canary 90/10 over two loaded
 versions, micro-batching, metrics, payload log at sample rate 1.0 on every request) runs
-in its own process; `benchmarks/serve.py`'s open-loop load generator (wrk2-style pacing,
-latency from the scheduled send time) drives it at a fixed rate. Two configurations in
-the same run, interleaved when `--rounds` > 1:
+in its own process, served exactly as `mlp up` serves it (`mlp.serving.server.serve`).
+The load is `wrk` (`apt-get install wrk`; C, one thread, `--conns` keep-alive connections),
+paced at `--rate` requests/s by a Lua `delay()` schedule (`benchmarks/serve.py`'s
+`_WRK_PACE`: Debian's wrk has no -R and wrk2 is not packaged); `--rate 0` runs it closed
+loop instead, every connection back to back, to find the rate the server saturates at.
+The rate reported is the one achieved (wrk's requests / wrk's measured duration), not the
+target. (A Python load generator needs about as much CPU as the server on a 2-core machine.)
+
+Two configurations, interleaved when `--rounds` > 1:
 
   current   the payload log as shipped (per-version queue bound 200,000, early drain)
   baseline  the same code with the previous bound (10,000 records per version)
 
-For each: requests answered 200, p50/p99, `mlp_payload_log_dropped_total` read from the
-server's /metrics at the end of the window, and the rows found in the Parquet files after
-a clean shutdown (the log flushes on exit), which must equal every 200 the server sent.
+For each: requests and non-2xx (wrk's counts), latency percentiles (from each request's
+send), the server's CPU time (utime + stime from /proc, all threads) over the measured window
+per request and as a share of one core, `mlp_payload_log_dropped_total` read from the
+server's /metrics after the run, and the rows found in the Parquet files after a clean
+shutdown (the log flushes on exit), which must equal every 200 the server sent
+(`mlp_model_requests_total{code="200"}`, warm-up included).
 
-    .venv/bin/python benchmarks/payload_log.py                       # 10,000/s, 60 s, both configurations
-    .venv/bin/python benchmarks/payload_log.py --rate 13000 --duration 30
+    .venv/bin/python benchmarks/payload_log.py --only current            # 10,000/s for 60 s
+    .venv/bin/python benchmarks/payload_log.py                           # both configurations
+    .venv/bin/python benchmarks/payload_log.py --rate 0 --duration 10    # closed loop: saturation
     .venv/bin/python benchmarks/payload_log.py --component   # the log alone, paced, beside a GIL-bound thread
 
 `--component` measures the payload log by itself, in one process: a thread paces `put()` at
 `--rate` per second while another thread runs pure-Python work the whole time (standing in
 for the event loop that competes with the writer for the GIL), for the same two bounds.
-Use it when the machine cannot drive the whole data plane at the rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import shutil
 import signal
 import subprocess
@@ -69,10 +78,18 @@ def _serve(port: int, model_dir: str, state: str, max_queue: int) -> None:
         rt.close()
 
 
-def _metric(port: int, name: str) -> float:
+def _metric(port: int, name: str, **labels: str) -> float:
+    """The sum of a sample over the series whose labels match `labels`, from the server's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _rows(folder: Path) -> int:
@@ -81,7 +98,15 @@ def _rows(folder: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.rglob("*.parquet") if not p.name.startswith("."))
 
 
-def run(config: str, model_dir: Path, body_file: str, rate: float, duration: float, conns: int) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run(
+    config: str, model_dir: Path, body: bytes, rate: float, duration: float, conns: int, warmup: float = 2.0
+) -> dict[str, Any]:
     port = bench._free_port()
     state = Path(tempfile.mkdtemp(prefix="mlp-bench-payload-"))
     proc = subprocess.Popen(
@@ -89,6 +114,7 @@ def run(config: str, model_dir: Path, body_file: str, rate: float, duration: flo
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    path = "/v1/models/iris:predict"
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -98,9 +124,19 @@ def run(config: str, model_dir: Path, body_file: str, rate: float, duration: flo
                         break
             except OSError:
                 time.sleep(0.2)
-        result = bench._run_load(port, "/v1/models/iris:predict", body_file, conns, duration, 2.0, rate)
+        # a warm-up run first (its requests are logged too, and counted in "answered"), then
+        # the measured window, with the server's CPU time around it
+        bench.wrk_run(port, path, body, conns, warmup, rate=rate)
+        cpu0 = _cpu_seconds(proc.pid)
+        result = bench.wrk_run(port, path, body, conns, duration, rate=rate)
+        assert result is not None
+        cpu = _cpu_seconds(proc.pid) - cpu0
+        result["errors"] = sum(result[k] for k in ("non_2xx", "connect_errors", "read_errors", "write_errors"))
+        result["errors"] += result["timeouts"]
+        result["server_cpu_us_per_request"] = cpu / max(1, result["requests"]) * 1e6
+        result["server_cpu_share"] = cpu / (result["duration_us"] / 1e6)
         result["dropped"] = _metric(port, "mlp_payload_log_dropped_total")
-        result["answered_200"] = _metric(port, "mlp_model_requests_total")
+        result["answered_200"] = _metric(port, "mlp_model_requests_total", model="iris", code="200")
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
         result["rows"] = _rows(state / "payloads")
@@ -156,9 +192,9 @@ def component(config: str, rate: float, duration: float) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, default=10_000)
+    ap.add_argument("--rate", type=float, default=10_000, help="requests/s (0: closed loop, as fast as it answers)")
     ap.add_argument("--duration", type=float, default=60.0)
-    ap.add_argument("--conns", type=int, default=32)
+    ap.add_argument("--conns", type=int, default=64, help="wrk connections")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", nargs="*", default=list(CONFIGS))
     ap.add_argument("--component", action="store_true", help="measure the payload log alone (see above)")
@@ -178,28 +214,34 @@ def main() -> None:
                     flush=True,
                 )
         return
+    if shutil.which("wrk") is None:
+        sys.exit("benchmarks/payload_log.py drives the data plane with wrk: apt-get install wrk (or use --component)")
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "models"
         bench._train(model_dir)
-        body_file = str(Path(tmp) / "v1.json")
-        Path(body_file).write_bytes(bench.V1_BODY)
         results = []
         for _ in range(args.rounds):
             for config in args.only:
-                r = run(config, model_dir, body_file, args.rate, args.duration, args.conns)
+                r = run(config, model_dir, bench.V1_BODY, args.rate, args.duration, args.conns)
                 print(json.dumps(r), file=sys.stderr)
                 results.append(r)
-    print(f"\nopen loop at {args.rate:,.0f} requests/s for {args.duration:.0f} s, payload log sample rate 1.0\n")
+    load = os.getloadavg()
+    pace = f"paced at {args.rate:,.0f} requests/s" if args.rate > 0 else "closed loop"
     print(
-        "| config | queue bound | requests/s (200) | p50 ms | p99 ms | non-200 | answered (whole run)"
-        " | dropped | rows written |"
+        f"\nwrk {pace}, {args.conns} connections, {args.duration:.0f} s, payload log sample rate 1.0"
+        f" (load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f})\n"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| config | queue bound | requests | requests/s | non-2xx + errors | p50 ms | p99 ms | max ms"
+        " | answered 200 (whole run) | dropped | rows written | server CPU us/request | server CPU (cores) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        non200 = sum(v for k, v in r["codes"].items() if k != "200")
         print(
-            f"| {r['config']} | {CONFIGS[r['config']]:,} | {r['ok_rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f}"
-            f" | {non200} | {r['answered_200']:,.0f} | {r['dropped']:,.0f} | {r['rows']:,} |"
+            f"| {r['config']} | {CONFIGS[r['config']]:,} | {r['requests']:,} | {r['rps']:,.0f} | {r['errors']}"
+            f" | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['answered_200']:,.0f}"
+            f" | {r['dropped']:,.0f} | {r['rows']:,} | {r['server_cpu_us_per_request']:.1f}"
+            f" | {r['server_cpu_share']:.2f} |"
         )
 
 

@@ -17,9 +17,10 @@ For each model server and protocol (v1 `:predict`, v2 `/infer`), one request = o
 
 The load generator is a separate Python process (uvloop, raw sockets, pre-encoded
 requests, TCP_NODELAY). On a 2-core machine it shares the CPU with the server, so the hello
-world row is the honest ceiling of "this machine + this load generator". `wrk` is not used
-(it has no fixed-rate mode; wrk2 is not packaged); if it is on PATH, `--wrk` adds a wrk
-saturation run per row as a cross-check (apt-get install wrk).
+world row is the honest ceiling of "this machine + this load generator". If `wrk` is on PATH
+(apt-get install wrk), `--wrk` adds a wrk saturation run per row as a cross-check; `wrk_run`
+can also pace wrk at a fixed rate (a Lua schedule, `_WRK_PACE`), which
+`benchmarks/payload_log.py` uses.
 
 Usage:
   .venv/bin/python benchmarks/serve.py                  # full table (~4 minutes)
@@ -370,24 +371,108 @@ def _run_load(
     return dict(json.loads(out.stdout))
 
 
-def _wrk(port: int, path: str, body: bytes, conns: int, duration: float) -> float | None:
+# wrk's Lua `done` hook: the run's counts and latency percentiles as one JSON line on stdout
+_WRK_DONE = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '\\n{"requests":%d,"duration_us":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,'
+    .. '"non_2xx":%d,"timeouts":%d,"p50_ms":%.3f,"p90_ms":%.3f,"p99_ms":%.3f,"p999_ms":%.3f,"max_ms":%.3f}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000, latency.max / 1000))
+end
+"""
+
+# Rate control for wrk (Debian's wrk has no -R; wrk2 is not packaged). wrk calls `delay()`
+# before every request of a connection and waits that many milliseconds. Each call takes the
+# next slot of a fixed schedule (one slot every `interval` ms per wrk thread) and waits until
+# it: with enough connections the thread sends at exactly the rate; when every connection is
+# busy the schedule is kept and the late requests go out at once (the achieved rate, which is
+# what is reported, then falls short and catches up, as wrk2's does). wrk truncates the delay
+# to whole milliseconds, so a request may leave up to 1 ms before its slot; the schedule
+# itself does not drift.
+_WRK_PACE = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } mlp_timespec;
+int clock_gettime(int clk_id, mlp_timespec *tp);
+]]
+local ts = ffi.new("mlp_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local interval = %r
+local slot = nil
+delay = function()
+  local now = now_ms()
+  if slot == nil then slot = now end
+  local wait = slot - now
+  slot = slot + interval
+  if wait < 0 then return 0 end
+  return wait
+end
+"""
+
+
+def wrk_run(
+    port: int,
+    path: str,
+    body: bytes,
+    conns: int,
+    duration: float,
+    threads: int = 1,
+    rate: float = 0.0,
+) -> dict[str, Any] | None:
+    """A wrk run (POST `body` to `path`); None when wrk is not installed.
+
+    `rate` 0: closed loop, every connection sends back to back. `rate` > 0: the requests are
+    paced at `rate` per second overall (`_WRK_PACE`), if `conns` connections suffice.
+    Returns wrk's counts (requests, non-2xx, socket errors), latency percentiles (from each
+    request's actual send, not from its slot in the schedule) and the CPU seconds wrk used.
+    """
     if shutil.which("wrk") is None:
         return None
+    script = f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+    script += 'wrk.headers["Content-Type"] = "application/json"\n' + _WRK_DONE
+    if rate > 0:
+        script += _WRK_PACE % (threads * 1000.0 / rate)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(
-            f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
+        fh.write(script)
+    before = os.times()
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                f"-t{threads}",
+                f"-c{conns}",
+                f"-d{int(duration)}s",
+                "--timeout",
+                "10s",
+                "-s",
+                fh.name,
+                f"http://127.0.0.1:{port}{path}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-    out = subprocess.run(
-        ["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "-s", fh.name, f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        text=True,
+    finally:
+        os.unlink(fh.name)
+    after = os.times()
+    line = next(x for x in reversed(out.stdout.splitlines()) if x.startswith("{"))
+    result: dict[str, Any] = json.loads(line)
+    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+    result["wrk_cpu_s"] = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
     )
-    os.unlink(fh.name)
-    for line in out.stdout.splitlines():
-        if line.startswith("Requests/sec:"):
-            return float(line.split()[1])
-    return None
+    return result
+
+
+def _wrk(port: int, path: str, body: bytes, conns: int, duration: float) -> float | None:
+    r = wrk_run(port, path, body, conns, duration)
+    return None if r is None else float(r["rps"])
 
 
 def _train(folder: Path) -> None:
