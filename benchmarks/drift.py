@@ -1,20 +1,31 @@
 """Drift monitor cost: mlp's time per window against alibi-detect called directly, and ingest rate.
 
-    .venv/bin/python benchmarks/drift.py [--windows 30] [--ingest-rows 1000000]
+    .venv/bin/python benchmarks/drift.py [--windows 200] [--ingest-rows 1000000]
 
-1. Detector overhead. Reference 10,000 x 20, windows 1,000 x 20, for KS (20 numeric features)
-   and Chi-squared (20 categorical features, 8 levels). In the same process, interleaved per
-   window, three timings:
-   - `alibi`: `KSDrift/ChiSquareDrift.predict(x)` on a ready numpy array (the baseline);
-   - `mlp detector`: `mlp.monitors.detectors.DriftDetector.test(x)`, same array;
-   - `mlp check`: `MonitorRunner.check()` after one window's payload-log file closed: listing
-     and reading the file, cutting the window, columns to an array, the test, the Prometheus
-     gauges, the alert conditions, the report line, the last-window file and the cursor.
-   Medians of wall and thread-CPU time (the machine is shared: CPU time is the steadier
-   measure); overhead = mlp / alibi - 1 (goal: under 10 % for the detector path).
-2. Ingest. Payload-log files in the serving layout (ts, model, version, 20 float64 inputs,
-   prediction; 10,000 rows per file) are read by `PayloadSource.read_new` and cut into windows
-   by `Windower`: rows per second with Arrow limited to one thread (goal: over 50,000).
+1. Per-window cost. Reference 10,000 x 20, windows 1,000 x 20, for KS (20 numeric features) and
+   Chi-squared (20 categorical features, 8 levels), alibi-detect's defaults (p 0.05, Bonferroni)
+   on every side. Each window is one closed payload-log file (the serving layout: ts, model,
+   version, sample_rate, request_id, 20 float64 inputs, prediction). In one process, interleaved
+   per window in a shuffled order, three sides:
+   - `alibi`: `KSDrift/ChiSquareDrift.predict(x)` on the window's array already in memory: the
+     detector alone, nothing a monitor needs around it;
+   - `alibi+read`: the least a monitor calling alibi-detect directly must do: read the same
+     window's Parquet file with pyarrow (the 20 feature columns, one thread, as mlp reads it),
+     make the array, `predict`;
+   - `mlp check`: `MonitorRunner.check()` exactly as `mlp monitor run` calls it (the runner built
+     and prepared once, then one check per window): list the payload log, read the new file's
+     used columns, cut the window, the array, the test, the Prometheus gauges, the alert
+     conditions, the status line, the last window's side file and one SQLite commit (cursor,
+     report, left-over rows).
+   Every window asserts that mlp's per-feature p-values equal alibi-detect's on the same array.
+   Clock: CPU time of the whole process (`time.process_time`, Arrow's threads included) per window;
+   the table gives the mean (total CPU / windows: periodic costs such as SQLite checkpoints count),
+   the median and the interquartile range. Goal: `mlp check` under 10 % over `alibi+read` (means);
+   the overhead over bare `alibi` is printed beside it, not hidden.
+2. Ingest. Payload-log files in the serving layout (10,000 rows per file in row groups of 100, as
+   the payload log flushes every 0.1 s at 1,000 logged requests/s; every column read) by
+   `PayloadSource.read_new`, cut into windows by `Windower`: rows per second with Arrow limited
+   to one thread (goal: over 50,000).
 
 Prints a table; exits 1 if a goal is missed.
 """
@@ -22,6 +33,7 @@ Prints a table; exits 1 if a goal is missed.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -35,12 +47,13 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mlp.monitors.detectors import DriftDetector  # noqa: E402
 from mlp.monitors.runner import MonitorMetrics, MonitorRunner  # noqa: E402
 from mlp.monitors.source import PayloadSource, Windower  # noqa: E402
 
 N_REF, N_WIN, N_FEAT = 10_000, 1_000, 20
 FEATURES = [f"f{i:02d}" for i in range(N_FEAT)]
+SIDES = ("alibi", "alibi+read", "mlp check")
+WARM_UP = 3
 
 
 def data(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -49,28 +62,23 @@ def data(kind: str, rng: np.random.Generator, n: int) -> np.ndarray:
     return rng.integers(0, 8, size=(n, N_FEAT)).astype(np.float64)
 
 
-def window_table(x: np.ndarray) -> pa.Table:
+def window_table(x: np.ndarray, start_ms: int = 1_700_000_000_000) -> pa.Table:
+    """Rows as the serving payload log writes them."""
     n = x.shape[0]
     cols = {
-        "ts": pa.array(np.full(n, 1_700_000_000_000, dtype="datetime64[ms]")),
-        "model": pa.array(["m"] * n),
-        "version": pa.array(["1"] * n),
+        "ts": pa.array((start_ms + np.arange(n)).astype("datetime64[ms]")),
+        "model": pa.repeat("m", n),
+        "version": pa.repeat("1", n),
+        "sample_rate": pa.repeat(1.0, n),
+        "request_id": pa.array([f"r{start_ms}-{i}" for i in range(n)]),
     }
     cols.update({f: x[:, i] for i, f in enumerate(FEATURES)})
     cols["prediction"] = np.zeros(n)
     return pa.table(cols)
 
 
-def bench_detector(kind: str, windows: int, tmp: Path) -> dict[str, float]:
-    from alibi_detect.cd import ChiSquareDrift, KSDrift
-
-    rng = np.random.default_rng(0)
-    ref = data(kind, rng, N_REF)
-    alibi = (KSDrift if kind == "ks" else ChiSquareDrift)(ref, p_val=0.05)
-    ours = DriftDetector(kind, ref, FEATURES, p_val=0.05)
-    ref_path = tmp / f"ref-{kind}.parquet"
-    pq.write_table(pa.table({f: ref[:, i] for i, f in enumerate(FEATURES)}), ref_path)
-    config = {
+def monitor_config(kind: str) -> dict[str, object]:
+    return {
         "monitor": f"bench-{kind}",
         "environment": "bench",
         "model": "m",
@@ -91,48 +99,61 @@ def bench_detector(kind: str, windows: int, tmp: Path) -> dict[str, float]:
         "performance": [],
         "alerts": [{"severity": "warning", "for": "5m", "route": None, "receiver": None}],
     }
+
+
+def bench_window(kind: str, windows: int, tmp: Path) -> dict[str, list[float]]:
+    from alibi_detect.cd import ChiSquareDrift, KSDrift
+
+    rng = np.random.default_rng(0)
+    ref = data(kind, rng, N_REF)
+    alibi = (KSDrift if kind == "ks" else ChiSquareDrift)(ref, p_val=0.05)
+    ref_path = tmp / f"ref-{kind}.parquet"
+    pq.write_table(pa.table({f: ref[:, i] for i, f in enumerate(FEATURES)}), ref_path)
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - the status lines go somewhere, as on stderr
     runner = MonitorRunner(
-        config,
+        monitor_config(kind),
         log_root=str(tmp / f"log-{kind}"),
         state_dir=tmp / f"state-{kind}",
         fetch=lambda uri, digest: ref_path,
         metrics=MonitorMetrics(),
+        echo=lambda msg: print(msg, file=devnull, flush=True),
     )
     runner.prepare()
-    t_alibi, t_det, t_win = [], [], []
-    c_alibi, c_det, c_win = [], [], []
     folder = tmp / f"log-{kind}" / "m" / "1"
     folder.mkdir(parents=True)
-    for i in range(windows + 3):
+
+    def read_then_predict(path: Path) -> None:
+        # read as mlp reads a local payload-log file (one thread, no pre-buffering): the same I/O cost
+        with pq.ParquetFile(path, pre_buffer=False) as f:
+            t = f.read(columns=FEATURES, use_threads=False)
+        alibi.predict(np.column_stack([t.column(c).to_numpy() for c in FEATURES]))
+
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
+    order = list(SIDES)
+    for i in range(windows + WARM_UP):
         x = data(kind, rng, N_WIN)
-        pq.write_table(window_table(x), folder / f"{1_700_000_000_000 + i}-{i:06d}.parquet")
-        c0, a0 = time.thread_time(), time.perf_counter()
-        alibi.predict(x)
-        c1, a1 = time.thread_time(), time.perf_counter()
-        ours.test(x)
-        c2, a2 = time.thread_time(), time.perf_counter()
-        (report,) = runner.check()
-        c3, a3 = time.thread_time(), time.perf_counter()
-        assert report.status == "ok" and report.rows == N_WIN
-        if i >= 3:  # warm-up: first calls pay imports and caches
-            t_alibi.append(a1 - a0)
-            t_det.append(a2 - a1)
-            t_win.append(a3 - a2)
-            c_alibi.append(c1 - c0)
-            c_det.append(c2 - c1)
-            c_win.append(c3 - c2)
-
-    def ms(v: list[float]) -> float:
-        return statistics.median(v) * 1000
-
-    return {
-        "alibi_ms": ms(t_alibi),
-        "detector_ms": ms(t_det),
-        "window_ms": ms(t_win),
-        "alibi_cpu": ms(c_alibi),
-        "detector_cpu": ms(c_det),
-        "window_cpu": ms(c_win),
-    }
+        start = 1_700_000_000_000 + i * N_WIN
+        tmp_path, path = folder / f".{start}-{i:06d}.parquet", folder / f"{start}-{i:06d}.parquet"
+        pq.write_table(window_table(x, start), tmp_path)
+        tmp_path.rename(path)  # closed files appear by rename, as the payload log does it
+        rng.shuffle(order)
+        for side in order:
+            c0 = time.process_time()
+            if side == "alibi":
+                direct = alibi.predict(x)["data"]
+            elif side == "alibi+read":
+                read_then_predict(path)
+            else:
+                (report,) = runner.check()
+            c1 = time.process_time()
+            if i >= WARM_UP:  # the first calls pay imports and caches
+                cpu[side].append((c1 - c0) * 1000)
+        assert report.status == "ok" and report.rows == N_WIN, report
+        # the same verdict from the same arrays: mlp's per-feature p-values are alibi-detect's, exactly
+        assert report.drift is not None
+        assert [report.drift["p_values"][f] for f in FEATURES] == direct["p_val"].tolist(), i
+    devnull.close()
+    return cpu
 
 
 def bench_ingest(rows: int, tmp: Path) -> tuple[float, float]:
@@ -143,9 +164,10 @@ def bench_ingest(rows: int, tmp: Path) -> tuple[float, float]:
     folder = tmp / "payloads" / "m" / "1"
     folder.mkdir(parents=True)
     x = rng.normal(size=(per_file, N_FEAT))
-    table = window_table(x)
     for i in range(rows // per_file):
-        pq.write_table(table, folder / f"{1_700_000_000_000 + i}-{i:06d}.parquet")
+        # a 10 s file at 1,000 logged requests/s, flushed every 0.1 s: row groups of 100 rows
+        start = 1_700_000_000_000 + i * per_file
+        pq.write_table(window_table(x, start), folder / f"{start}-{i:06d}.parquet", row_group_size=100)
     source = PayloadSource(str(tmp / "payloads"), "m")
     windower = Windower(N_WIN)
     c0, t0 = time.process_time(), time.perf_counter()
@@ -156,37 +178,62 @@ def bench_ingest(rows: int, tmp: Path) -> tuple[float, float]:
     return rows / wall, rows / cpu
 
 
+def quartiles(v: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(v, n=4)
+    return q[0], statistics.median(v), q[2]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--windows", type=int, default=30)
+    ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--ingest-rows", type=int, default=1_000_000)
     args = ap.parse_args()
     ok = True
-    print(f"reference {N_REF} x {N_FEAT}, window {N_WIN} x {N_FEAT}, {args.windows} windows, medians")
     print(
-        f"{'detector':<8} | {'clock':<10} | {'alibi ms':>9} | {'mlp detector ms':>15} | {'overhead':>8} | "
-        f"{'mlp check ms':>12} | {'overhead':>8}"
+        f"reference {N_REF:,} x {N_FEAT}, window {N_WIN:,} x {N_FEAT}, {args.windows} windows interleaved; "
+        f"CPU ms per window (process_time); load average {os.getloadavg()[0]:.1f} at start"
     )
-    print("-" * 90)
+    head = (
+        f"{'detector':<8} | {'side':<10} | {'mean':>6} | {'median [p25-p75]':>22} | "
+        f"{'vs alibi: mean, median':>22} | {'vs alibi+read: mean, median':>27}"
+    )
+    print(head)
+    print("-" * len(head))
+    verdicts = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for kind in ("ks", "chi2"):
-            r = bench_detector(kind, args.windows, tmp)
-            for clock, suffix in (("wall", "_ms"), ("thread CPU", "_cpu")):
-                base = r["alibi" + suffix]
-                det = r["detector" + suffix] / base - 1
-                win = r["window" + suffix] / base - 1
+            cpu = bench_window(kind, args.windows, tmp)
+            mean = {side: statistics.fmean(v) for side, v in cpu.items()}
+            median = {side: statistics.median(v) for side, v in cpu.items()}
+            for side in SIDES:
+                lo, med, hi = quartiles(cpu[side])
+                cells = []
+                for base, width in (("alibi", 22), ("alibi+read", 27)):
+                    if SIDES.index(side) <= SIDES.index(base):
+                        cells.append(" " * width)
+                        continue
+                    text = f"{mean[side] / mean[base] - 1:+.1%}, {median[side] / median[base] - 1:+.1%}"
+                    cells.append(f"{text:>{width}}")
                 print(
-                    f"{kind:<8} | {clock:<10} | {base:9.2f} | {r['detector' + suffix]:15.2f} | {det:+8.1%} | "
-                    f"{r['window' + suffix]:12.2f} | {win:+8.1%}"
+                    f"{kind:<8} | {side:<10} | {mean[side]:6.2f} | {med:6.2f} [{lo:6.2f}-{hi:6.2f}] | "
+                    f"{cells[0]} | {cells[1]}"
                 )
-            # the goal is on the detector path (same arrays in, same verdict out); `check` adds reading
-            # the payload file and persisting state, reported beside it
-            ok &= r["detector_cpu"] / r["alibi_cpu"] - 1 < 0.10
+            for base in ("alibi+read", "alibi"):
+                over = mean["mlp check"] / mean[base] - 1
+                verdicts.append((kind, base, over, mean["mlp check"] - mean[base]))
         rate, cpu_rate = bench_ingest(args.ingest_rows, tmp)
     print(
         f"\ningest: {args.ingest_rows:,} rows, Arrow on 1 thread: {rate:,.0f} rows/s wall, {cpu_rate:,.0f} rows/s CPU"
     )
+    for kind, base, over, ms in verdicts:
+        met = over < 0.10
+        # the goal is against `alibi+read`; bare `alibi` has no payload log to read, shown for what it costs
+        ok &= met or base == "alibi"
+        print(
+            f"{kind}: mlp check over {base}: {over:+.1%} ({ms:+.2f} ms CPU per window, means): "
+            f"{'under' if met else 'NOT under'} 10%"
+        )
     ok &= rate > 50_000
     print("result:", "ok" if ok else "GOAL MISSED")
     return 0 if ok else 1

@@ -108,8 +108,9 @@ class Up:
             self.stderr.append(line)
 
     def reports(self) -> list[dict[str, Any]]:
-        path = self.state / "monitors" / "iris-drift" / "reports.jsonl"
-        return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+        from mlp.monitors.store import read_reports
+
+        return read_reports(self.state / "monitors" / "iris-drift", 10_000)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)

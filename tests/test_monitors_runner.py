@@ -138,6 +138,9 @@ def test_labels_below_tolerance_fire_one_model_drift_alert_and_good_labels_resol
         window(1, 0.4)
         bad = runner.check()[0]
         assert bad.metrics["accuracy"]["value"] < 0.87 and bad.metrics["accuracy"]["degraded"]
+        # a restarted monitor knows the alert is active: no second "firing"
+        runner, lines = make_runner(tmp_path, config, labels=str(labels))
+        runner.prepare()
         window(2, 0.5)
         runner.check()
         window(3, 0.0)
@@ -197,6 +200,87 @@ def test_bad_input_gives_status_lines_no_crash_and_no_false_alert(tmp_path: Path
         again, _ = make_runner(tmp_path, monitor_config((uri, digest), receiver_url=rx.url, window=100))
         again.prepare()
         assert again.check() == []
+
+
+KILLED_IN_COMMIT = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, os.getcwd())
+from mlp.monitors import store
+from mlp.serving.artifacts import ArtifactStore
+from mlp.monitors.runner import MonitorMetrics, MonitorRunner
+from tests.monitor_helpers import monitor_config
+
+tmp, uri, digest = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+# every window of this check is tested, then the process dies just before its commit
+store.MonitorStore.commit = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+runner = MonitorRunner(monitor_config((uri, digest), window=100), log_root=str(tmp / "log"),
+                       state_dir=tmp / "state", fetch=ArtifactStore(tmp / "cache").fetch, metrics=MonitorMetrics())
+runner.prepare()
+print(len(runner.check()))
+"""
+
+
+def test_a_monitor_killed_mid_check_neither_skips_nor_repeats_a_window(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from mlp.monitors.store import read_reports
+
+    x, _ = iris()
+    rng = np.random.default_rng(5)
+    uri, digest = write_reference(tmp_path / "ref", x)
+    write_payloads(tmp_path / "log", x[rng.integers(0, 150, 120)], start_ms=1_700_000_000_000, seq=1)
+    write_payloads(tmp_path / "log", x[rng.integers(0, 150, 130)], start_ms=1_700_000_001_000, seq=2)
+    # 250 rows: a check tests two windows of 100 and keeps 50; this one is killed (SIGKILL) before committing
+    root = Path(__file__).resolve().parents[1]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_COMMIT, str(tmp_path), uri, digest], cwd=root, capture_output=True, text=True
+    )
+    assert killed.returncode == -9, killed.stderr
+    runner, _ = make_runner(tmp_path, monitor_config((uri, digest), window=100))
+    runner.prepare()
+    # the restarted monitor tests the same two windows, once
+    assert [(r.index, r.rows) for r in runner.check()] == [(1, 100), (2, 100)]
+    write_payloads(tmp_path / "log", x[rng.integers(0, 150, 60)], start_ms=1_700_000_002_000, seq=3)
+    # a restart after the commit repeats nothing: the 50 rows kept plus 50 new make window 3
+    again, _ = make_runner(tmp_path, monitor_config((uri, digest), window=100))
+    again.prepare()
+    assert [(r.index, r.rows) for r in again.check()] == [(3, 100)]
+    assert again.check() == []
+    assert [(r["index"], r["rows"]) for r in read_reports(tmp_path / "state", 10)] == [(1, 100), (2, 100), (3, 100)]
+
+
+def test_the_last_window_for_the_report_is_the_last_tested_one_and_a_torn_file_reads_as_none(tmp_path: Path) -> None:
+    from mlp.monitors.store import LAST_WINDOW, read_last_window
+
+    x, _ = iris()
+    rng = np.random.default_rng(9)
+    uri, digest = write_reference(tmp_path / "ref", x)
+    runner, _ = make_runner(tmp_path, monitor_config((uri, digest), window=100))
+    runner.prepare()
+    assert read_last_window(tmp_path / "state") is None
+    first, second = x[rng.integers(0, 150, 100)], x[rng.integers(0, 150, 100)]
+    write_payloads(tmp_path / "log", first, start_ms=1_700_000_000_000, seq=1)
+    write_payloads(tmp_path / "log", second, start_ms=1_700_000_001_000, seq=2)
+    assert [r.index for r in runner.check()] == [1, 2]
+    last = read_last_window(tmp_path / "state")
+    assert last is not None and last.column_names == list(IRIS)  # the watched columns
+    assert np.array_equal(np.column_stack([last.column(f).to_numpy() for f in IRIS]), second)
+    # bytes that are not the committed ones (a rewrite in progress, a torn write): no window, never mixed rows
+    path = tmp_path / "state" / LAST_WINDOW
+    good = path.read_bytes()
+    path.write_bytes(good[:-100] + bytes(100))
+    assert read_last_window(tmp_path / "state") is None
+    path.write_bytes(good[: len(good) // 2])
+    assert read_last_window(tmp_path / "state") is None
+    # the next tested window replaces it, shorter or longer
+    third = x[rng.integers(0, 150, 100)] * 2
+    write_payloads(tmp_path / "log", third, start_ms=1_700_000_002_000, seq=3)
+    runner.check()
+    last = read_last_window(tmp_path / "state")
+    assert last is not None
+    assert np.array_equal(np.column_stack([last.column(f).to_numpy() for f in IRIS]), third)
 
 
 def test_time_windows_with_too_few_rows_are_skipped_not_tested(tmp_path: Path) -> None:
@@ -264,7 +348,6 @@ def test_slack_and_webhook_bodies_and_a_failing_receiver_is_reported_not_fatal(t
                 {"type": "slack", "url": f"{rx.url}/slack"},
                 {"type": "webhook", "url": "http://127.0.0.1:9/unreachable"},
             ],
-            state_file=tmp_path / "alerts.json",
             echo=lines.append,
             timeout=0.5,
         )
@@ -273,8 +356,7 @@ def test_slack_and_webhook_bodies_and_a_failing_receiver_is_reported_not_fatal(t
             {"text": ":rotating_light: [FIRING] data drift on iris: petal_length"}
         ]
         assert any("delivery to webhook receiver failed" in line for line in lines)
-        # the active set survives a restart: no second "firing" for the same condition
-        again = Alerter([{"type": "slack", "url": f"{rx.url}/slack"}], state_file=tmp_path / "alerts.json")
-        assert again.update([Condition("data-drift", True, "x", {})]) == []
-        assert again.update([Condition("data-drift", False, "x", {})]) == [("data-drift", "resolved")]
+        # still active: no second "firing" for the same condition, one "resolved" when it ends
+        assert alerter.update([Condition("data-drift", True, "x", {})]) == []
+        assert alerter.update([Condition("data-drift", False, "x", {})]) == [("data-drift", "resolved")]
         assert rx.bodies[-1][1]["text"].startswith(":white_check_mark: [RESOLVED]")

@@ -2,8 +2,8 @@
 
 A condition is a named state (`data-drift`, `prediction-drift`, `accuracy-degraded`,
 `accuracy-low`, ...) the runner sets after every evaluated window. `Alerter` remembers which
-are active (persisted, so a restarted monitor does not fire again) and on each transition
-posts to the declared receivers and appends one line to the audit log:
+are active (the runner persists `active` with its check, so a restarted monitor does not fire
+again) and on each transition posts to the declared receivers and appends one line to the audit log:
 
 - `webhook`: generic JSON `{"status": "firing"|"resolved", "alert": ..., "labels": ..., ...}`
 - `slack`: a Slack-compatible body `{"text": "..."}`
@@ -12,12 +12,10 @@ posts to the declared receivers and appends one line to the audit log:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 
@@ -61,22 +59,15 @@ class Alerter:
         self,
         receivers: list[dict[str, Any]],
         *,
-        state_file: Path | None = None,
         audit: Callable[[dict[str, Any]], None] | None = None,
         echo: Callable[[str], None] | None = None,
         timeout: float = 5.0,
     ) -> None:
         self.receivers = receivers
-        self.state_file = state_file
         self.audit = audit or (lambda _event: None)
         self.echo = echo or (lambda _msg: None)
         self.timeout = timeout
         self.active: dict[str, dict[str, Any]] = {}
-        if state_file is not None and state_file.is_file():
-            try:
-                self.active = json.loads(state_file.read_text())
-            except ValueError:
-                self.active = {}
 
     def update(self, conditions: list[Condition], now: float | None = None) -> list[tuple[str, str]]:
         """Apply one window's conditions; returns the transitions [(condition, firing|resolved)]."""
@@ -93,10 +84,6 @@ class Alerter:
                 resolved = Condition(cond.name, False, cond.summary, cond.labels)
                 self._notify("resolved", resolved, since, now)
                 changes.append((cond.name, "resolved"))
-        if changes and self.state_file is not None:
-            tmp = self.state_file.with_name("." + self.state_file.name)
-            tmp.write_text(json.dumps(self.active, sort_keys=True))
-            tmp.replace(self.state_file)
         return changes
 
     def _notify(self, status: str, cond: Condition, since: float, now: float) -> None:

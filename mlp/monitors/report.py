@@ -10,26 +10,17 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from mlp.monitors.store import read_last_window, read_reports
 
 
 def load_reports(state_dir: Path, last: int = 20) -> list[dict[str, Any]]:
-    path = state_dir / "reports.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines()[-last:]:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    return read_reports(state_dir, last)
 
 
 def _when(ms: int) -> str:
@@ -88,11 +79,7 @@ def _histogram_png(feature: str, ref: np.ndarray | None, cur: np.ndarray | None)
 
 
 def as_html(name: str, reports: list[dict[str, Any]], reference: pa.Table | None, state_dir: Path) -> str:
-    last_path = state_dir / "last-window.parquet"
-    try:
-        current = pq.read_table(last_path) if last_path.is_file() else None
-    except (pa.ArrowException, OSError):  # being rewritten by the running monitor
-        current = None
+    current = read_last_window(state_dir)
     last = next((r for r in reversed(reports) if r.get("drift")), None)
     esc = html.escape
     parts = [

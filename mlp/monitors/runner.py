@@ -8,8 +8,13 @@ evaluates each: data drift per feature, prediction drift when a window has no la
 declared model metrics against the deployed version's recorded ones. Every window ends in one
 status line; a window that cannot be tested (too few rows, a watched feature missing, a corrupt
 file) says why and changes no alert. Results go to Prometheus gauges (names in
-`mlp.render.monitoring`), to `reports.jsonl` and `last-window.parquet` in the state folder (what
-`mlp monitor report` reads) and to the alert conditions (`mlp.monitors.alerts`).
+`mlp.render.monitoring`), to the alert conditions (`mlp.monitors.alerts`) and, with the cursor,
+the left-over rows and the alert state, to the state folder's database in one commit per check
+(`mlp.monitors.store`; what `mlp monitor report` reads).
+
+The runner lives as long as `mlp monitor run` (or `mlp up`'s monitor process): the reference is
+read and the detectors fitted once, the per-feature metric series are resolved once, and each
+check decodes only the payload-log columns the monitor uses.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +35,8 @@ import pyarrow.parquet as pq
 from mlp.monitors.alerts import Alerter, Condition
 from mlp.monitors.detectors import DetectorError, DriftDetector, DriftResult
 from mlp.monitors.performance import Labels, compute, degraded
-from mlp.monitors.source import PayloadSource, Windower, dump_state, load_state
+from mlp.monitors.source import PayloadSource, Windower
+from mlp.monitors.store import MonitorStore
 from mlp.render import monitoring as names
 
 MAX_REPORTS = 500
@@ -103,6 +109,17 @@ def _result_dict(r: DriftResult) -> dict[str, Any]:
     }
 
 
+def _matrix(t: pa.Table, names: list[str]) -> np.ndarray:
+    """Columns as one float64 array (nulls as NaN), filled column by column: no intermediate copies."""
+    out = np.empty((t.num_rows, len(names)), dtype=np.float64)
+    for i, name in enumerate(names):
+        col = t.column(name)
+        if col.type != pa.float64():
+            col = col.cast(pa.float64())
+        out[:, i] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
 def _read_reference(path: Path) -> pa.Table:
     try:
         if path.suffix == ".csv":
@@ -140,8 +157,17 @@ class MonitorRunner:
         self.labels_override = labels
         self.base = (self.name, config["environment"], config["model"])
         drift = config.get("drift") or {}
+        self.features: list[str] = list(drift.get("features") or config.get("inputs") or []) if drift else []
+        # outputs feed prediction drift and model metrics; request ids and versions, model metrics
+        outputs = [*(config.get("outputs") or [])[:1], "prediction"]
+        performance = ["request_id", "version", *outputs] if config.get("performance") else []
+        prediction = outputs if config.get("predictionDrift") else []
         self.source = PayloadSource(
-            log_root, config["model"], s3_endpoint_url=s3_endpoint_url, on_problem=self._problem
+            log_root,
+            config["model"],
+            s3_endpoint_url=s3_endpoint_url,
+            on_problem=self._problem,
+            columns=["ts", *self.features, *prediction, *performance],
         )
         duration = drift.get("windowDuration")
         size = int(
@@ -151,19 +177,29 @@ class MonitorRunner:
         self.windower = Windower(size, parse_duration_ms(duration) if duration else None)
         self.detector: DriftDetector | None = None
         self.output_detector: DriftDetector | None = None
-        self.features: list[str] = []
         self.reference: pa.Table | None = None
         self.index = 0
         receivers = [a["receiver"] for a in config.get("alerts") or [] if a.get("receiver")]
-        state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = MonitorStore(state_dir, MAX_REPORTS)
         self.audit_path = state_dir / "audit.jsonl"
-        self.alerter = Alerter(
-            receivers, state_file=state_dir / "alerts.json", audit=audit or self._audit, echo=self._say
-        )
+        self.alerter = Alerter(receivers, audit=audit or self._audit, echo=self._say)
+        self._restore()
         self._labels: dict[str, Labels] = {}
         self._warned: set[str] = set()
         self._last_pending = -1
-        self._last_ok: pa.Table | None = None
+        self._last_ok: tuple[int, pa.Table] | None = None
+        self._new_reports: list[tuple[int, str]] = []
+        self._alerts_changed = False
+        self._feature_series: dict[str, tuple[Any, Any, Any]] = {}
+
+    def _restore(self) -> None:
+        """Back to the last committed check (at start, and when a commit failed)."""
+        saved = self.store.load()
+        self.source.seen = saved.files
+        self.source.take_changes()
+        self.windower.pending = saved.pending
+        self.index = saved.index
+        self.alerter.active = saved.alerts
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -171,8 +207,6 @@ class MonitorRunner:
         """Fetch and check the reference, build detectors once; raise MonitorError."""
         from mlp.serving.artifacts import ArtifactError
 
-        load_state(self.state_dir, self.source, self.windower)
-        self.index = sum(1 for _ in self._reports_lines())
         drift = self.config.get("drift")
         if not drift:
             return
@@ -183,14 +217,11 @@ class MonitorRunner:
             raise MonitorError(f"reference {exc}") from None
         table = _read_reference(path)
         self.reference = table
-        self.features = list(drift.get("features") or self.config.get("inputs") or [])
         missing = [f for f in self.features if f not in table.column_names]
         if missing:
             raise MonitorError(f"reference {ref['uri']}: no column for feature(s) {', '.join(missing)}")
         try:
-            x = np.column_stack(
-                [table.column(f).cast(pa.float64()).to_numpy(zero_copy_only=False) for f in self.features]
-            )
+            x = _matrix(table, self.features)
             self.detector = DriftDetector(
                 drift["detector"],
                 x,
@@ -208,6 +239,15 @@ class MonitorRunner:
                 )
         except (DetectorError, pa.ArrowException, ValueError) as exc:
             raise MonitorError(str(exc).splitlines()[0]) from None
+        m = self.metrics
+        self._feature_series = {
+            f: (
+                m.feature_drift.labels(*self.base, f),
+                m.p_value.labels(*self.base, f),
+                m.distance.labels(*self.base, f),
+            )
+            for f in self.features
+        }
 
     def _output_name(self, table: pa.Table) -> str | None:
         for name in [*(self.config.get("outputs") or [])[:1], "prediction"]:
@@ -222,8 +262,7 @@ class MonitorRunner:
         now = time.time() if now is None else now
         self.windower.add(self.source.read_new())
         reports = [self._evaluate(w.table, w.start_ms, w.end_ms, now) for w in self.windower.cut(int(now * 1000))]
-        self._write_last_window()
-        dump_state(self.state_dir, self.source, self.windower)
+        self._commit()
         pending = self.windower.pending.num_rows if self.windower.pending is not None else 0
         if not reports and pending != self._last_pending:  # say it once per change, not every check
             self._say(f"waiting: {pending} row(s) pending, a window is {self._window_text()}")
@@ -254,7 +293,8 @@ class MonitorRunner:
         self.metrics.windows.labels(*self.base, report.status).inc()
         self.metrics.rows.labels(*self.base).set(report.rows)
         self.metrics.last.labels(*self.base).set(end_ms / 1000)
-        self.alerter.update(conditions, now)
+        if self.alerter.update(conditions, now):
+            self._alerts_changed = True
         report.active = sorted(self.alerter.active)
         self._say(f"window {report.index} ({report.rows} rows): {report.status}: {report.message}")
         self._record(report, t)
@@ -263,24 +303,28 @@ class MonitorRunner:
     def _drift(self, t: pa.Table, report: WindowReport, conditions: list[Condition], problems: list[str]) -> None:
         assert self.detector is not None
         # a file without the column, concatenated with others, reads as an all-null column
-        missing = [f for f in self.features if f not in t.column_names or t.column(f).null_count == t.num_rows]
+        present = set(t.column_names)  # a property that builds a new list on every access
+        missing = [f for f in self.features if f not in present or t.column(f).null_count == t.num_rows]
         if missing:
             problems.append(f"feature(s) {', '.join(missing)} missing from the payload log; drift not tested")
             return
-        x = np.column_stack([t.column(f).cast(pa.float64()).to_numpy(zero_copy_only=False) for f in self.features])
-        x = x[~np.isnan(x).any(axis=1)]
+        x = _matrix(t, self.features)
+        incomplete = np.isnan(x).any(axis=1)
+        if incomplete.any():
+            x = x[~incomplete]
         if x.shape[0] < self.min_rows:
             problems.append(f"{x.shape[0]} complete row(s) after dropping missing values; drift not tested")
             return
         r = self.detector.test(x)
         report.drift = _result_dict(r)
         self.metrics.drift.labels(*self.base).set(1 if r.is_drift else 0)
-        for f in self.features:
-            self.metrics.feature_drift.labels(*self.base, f).set(1 if f in r.drifted else 0)
+        drifted = set(r.drifted)
+        for f, (drift_series, p_series, distance_series) in self._feature_series.items():
+            drift_series.set(1 if f in drifted else 0)
             if f in r.p_values:
-                self.metrics.p_value.labels(*self.base, f).set(r.p_values[f])
+                p_series.set(r.p_values[f])
             if f in r.distances:
-                self.metrics.distance.labels(*self.base, f).set(r.distances[f])
+                distance_series.set(r.distances[f])
         conditions.append(
             Condition(
                 "data-drift",
@@ -442,30 +486,38 @@ class MonitorRunner:
         with self.audit_path.open("a") as fh:
             fh.write(json.dumps(event, sort_keys=True) + "\n")
 
-    def _reports_lines(self) -> list[str]:
-        path = self.state_dir / "reports.jsonl"
-        return path.read_text().splitlines() if path.is_file() else []
-
     def _record(self, report: WindowReport, t: pa.Table) -> None:
-        path = self.state_dir / "reports.jsonl"
-        with path.open("a") as fh:
-            fh.write(json.dumps(asdict(report), sort_keys=True, allow_nan=True) + "\n")
-        if report.index % MAX_REPORTS == 0:  # keep the file bounded: trim now and then, not per window
-            lines = self._reports_lines()[-MAX_REPORTS:]
-            tmp = self.state_dir / ".reports.jsonl"
-            tmp.write_text("\n".join(lines) + "\n")
-            tmp.replace(path)
+        # a shallow dict: `asdict` deep-copies every per-feature result only for json to walk it again
+        body = {f.name: getattr(report, f.name) for f in fields(report)}
+        self._new_reports.append((report.index, json.dumps(body, sort_keys=True, allow_nan=True)))
         if report.status == "ok":
-            self._last_ok = t
+            self._last_ok = (report.index, t)
 
-    def _write_last_window(self) -> None:
-        """The last tested window, for the report's histograms (once per check, watched columns only)."""
-        t, self._last_ok = self._last_ok, None
-        if t is None:
+    def _commit(self) -> None:
+        """Everything this check changed, in one transaction; nothing when nothing changed."""
+        added, removed = self.source.take_changes()
+        reports, self._new_reports = self._new_reports, []
+        if not (added or removed or reports):
             return
-        keep = [
-            c for c in [*self.features, *(self.config.get("outputs") or [])[:1], "prediction"] if c in t.column_names
-        ]
-        # written in place, not renamed (a rename costs more than the check here); the report
-        # reader treats a torn file as "no last window"
-        pq.write_table(t.select(list(dict.fromkeys(keep))), self.state_dir / "last-window.parquet")
+        last: tuple[int, pa.Table] | None = None
+        if self._last_ok is not None:  # the last tested window, for the report's histograms: watched columns only
+            index, t = self._last_ok
+            keep = [*self.features, *(self.config.get("outputs") or [])[:1], "prediction"]
+            present = set(t.column_names)
+            last = (index, t.select([c for c in dict.fromkeys(keep) if c in present]))
+        self._last_ok = None
+        alerts = dict(self.alerter.active) if self._alerts_changed else None
+        self._alerts_changed = False
+        try:
+            self.store.commit(
+                added=added,
+                removed=removed,
+                pending=self.windower.pending,
+                index=self.index,
+                reports=reports,
+                last_window=last,
+                alerts=alerts,
+            )
+        except Exception:
+            self._restore()  # redo this check's work next time rather than skip or repeat a window
+            raise

@@ -8,7 +8,8 @@ that is not valid Parquet is reported once and skipped: it never stops the monit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,18 @@ class PayloadSource:
         *,
         s3_endpoint_url: str | None = None,
         on_problem: Callable[[str], None] | None = None,
+        columns: Iterable[str] | None = None,
     ) -> None:
         self.root = root
         self.model = model
         self.s3_endpoint_url = s3_endpoint_url
         self.on_problem = on_problem or (lambda _msg: None)
+        # only the columns the monitor uses are decoded (None: all); absent ones are simply not read
+        self.columns = list(dict.fromkeys(columns)) if columns is not None else None
         self.seen: set[str] = set()
+        # changes to `seen` since `take_changes`: what the next commit of the cursor must write
+        self.added: list[str] = []
+        self.removed: set[str] = set()
         self._s3: Any = None
         if root.startswith("s3://"):
             bucket, _, prefix = root[len("s3://") :].partition("/")
@@ -53,6 +60,7 @@ class PayloadSource:
             self.folder = Path(root[len("file://") :] if root.startswith("file://") else root) / model
 
     def _list(self) -> list[str]:
+        """`<version>/<file>` names under the model's folder or prefix (`read_new` keeps the closed files)."""
         if self.root.startswith("s3://"):
             if self._s3 is None:
                 import boto3
@@ -63,25 +71,34 @@ class PayloadSource:
                 keys.extend(o["Key"] for o in page.get("Contents", []))
             names = [k[len(self.prefix) :] for k in keys]
         else:
-            if not self.folder.is_dir():
+            names = []
+            try:
+                with os.scandir(self.folder) as entries:
+                    versions = [e.name for e in entries if e.is_dir() and not e.name.startswith(("_", "."))]
+            except (FileNotFoundError, NotADirectoryError):
                 return []
-            names = [str(p.relative_to(self.folder)) for p in self.folder.glob("*/*.parquet")]
-        out = []
-        for n in names:
-            version, _, base = n.partition("/")
-            if "/" in base or version.startswith(("_", ".")) or base.startswith(".") or not base.endswith(".parquet"):
-                continue
-            out.append(n)
-        # names start with the unix ms the file was opened: this is arrival order across versions
-        return sorted(out, key=lambda n: (n.split("/", 1)[1], n))
+            for v in versions:
+                try:
+                    names.extend(f"{v}/{n}" for n in os.listdir(self.folder / v) if n.endswith(".parquet"))
+                except (FileNotFoundError, NotADirectoryError):  # a version folder removed meanwhile
+                    continue
+        return names
 
     def _read(self, name: str) -> pa.Table:
         if self.root.startswith("s3://"):
             body = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
-            return pq.ParquetFile(pa.BufferReader(body)).read()
-        # ParquetFile, not read_table: no dataset discovery per file (a third of the cost here)
-        with pq.ParquetFile(self.folder / name) as f:
-            return f.read()
+            f = pq.ParquetFile(pa.BufferReader(body))
+        else:
+            # ParquetFile, not read_table: no dataset discovery per file (a third of the cost here);
+            # no pre-buffering: it coalesces reads for high-latency stores, a local file gains nothing
+            f = pq.ParquetFile(self.folder / name, pre_buffer=False)
+        # one thread: a payload-log file is small, and handing its few columns to Arrow's pool
+        # costs more CPU than it saves (the monitor is a background job, not latency-bound)
+        with f:
+            if self.columns is None:
+                return f.read(use_threads=False)
+            present = set(f.schema_arrow.names)
+            return f.read(columns=[c for c in self.columns if c in present], use_threads=False)
 
     def read_new(self) -> list[pa.Table]:
         """Tables of files not read before (corrupt ones reported through `on_problem`)."""
@@ -91,18 +108,38 @@ class PayloadSource:
         except Exception as exc:  # botocore's errors, an unreachable endpoint: report, retry next check
             self.on_problem(f"cannot list {self.root}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             return []
-        for name in names:
-            if name in self.seen:
-                continue
+        # only the new names are checked and sorted (the folder holds every retained file); names
+        # start with the unix ms the file was opened: this is arrival order across versions
+        new = sorted(
+            (n for n in names if n not in self.seen and _closed_file(n)), key=lambda n: (n.split("/", 1)[1], n)
+        )
+        for name in new:
             self.seen.add(name)
+            self.added.append(name)
+            self.removed.discard(name)
             try:
                 tables.append(self._read(name))
             except Exception as exc:  # corrupt Parquet, a vanished key: skip this file, keep going
                 self.on_problem(
                     f"skipped {self.model}/{name}: not a readable Parquet file ({str(exc).splitlines()[0]})"
                 )
-        self.seen &= set(names)  # forget files rotation deleted
+        gone = self.seen.difference(names)  # forget files rotation deleted
+        if gone:
+            self.seen -= gone
+            self.removed |= gone
         return tables
+
+    def take_changes(self) -> tuple[list[str], set[str]]:
+        """Names read and names forgotten since the last call (for the cursor's commit)."""
+        added, removed = self.added, self.removed  # a name in both was read, then rotated away
+        self.added, self.removed = [], set()
+        return added, removed
+
+
+def _closed_file(name: str) -> bool:
+    """`<version>/<file>.parquet`, not in progress ("." prefix), not a side folder ("_feedback")."""
+    version, _, base = name.partition("/")
+    return not ("/" in base or version.startswith(("_", ".")) or base.startswith(".") or not base.endswith(".parquet"))
 
 
 def _concat(tables: list[pa.Table]) -> pa.Table | None:
@@ -123,9 +160,14 @@ class Windower:
         self.pending: pa.Table | None = None
 
     def add(self, tables: list[pa.Table]) -> None:
-        merged = _concat(([self.pending] if self.pending is not None else []) + tables)
+        if not tables:
+            return
+        parts = ([self.pending] if self.pending is not None and self.pending.num_rows else []) + tables
+        merged = parts[0] if len(parts) == 1 else _concat(parts)
         if merged is not None and "ts" in merged.column_names:
-            merged = merged.sort_by("ts")
+            ts = merged.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+            if ts.size > 1 and bool((ts[1:] < ts[:-1]).any()):  # files overlap in time (several versions)
+                merged = merged.sort_by("ts")
         self.pending = merged
 
     def cut(self, now_ms: int, grace_ms: int = 15_000) -> list[Window]:
@@ -155,46 +197,3 @@ class Windower:
             start = int(ts[offset]) // d * d
         self.pending = t.slice(offset)
         return out
-
-    def state_table(self) -> pa.Table | None:
-        return self.pending
-
-
-def dump_state(path: Path, source: PayloadSource, windower: Windower) -> None:
-    """Persist the cursor: an append-only list of files read (a rename per check costs more than
-    the check on some file systems), compacted when it holds many names no longer listed."""
-    path.mkdir(parents=True, exist_ok=True)
-    log = path / "cursor.log"
-    written: set[str] = getattr(source, "_persisted", set())
-    new = sorted(source.seen - written)
-    if len(written) > 2 * len(source.seen) + 1000:
-        tmp = path / ".cursor.log"
-        tmp.write_text("".join(n + "\n" for n in sorted(source.seen)))
-        tmp.replace(log)
-        written = set(source.seen)
-    elif new:
-        with log.open("a") as fh:
-            fh.write("".join(n + "\n" for n in new))
-        written |= set(new)
-    source._persisted = written  # type: ignore[attr-defined]
-    pending = path / "pending.parquet"
-    if windower.pending is not None and windower.pending.num_rows:
-        pq.write_table(windower.pending, path / ".pending.parquet")
-        (path / ".pending.parquet").replace(pending)
-    elif pending.exists():
-        pending.unlink()
-
-
-def load_state(path: Path, source: PayloadSource, windower: Windower) -> None:
-    log = path / "cursor.log"
-    if log.is_file():
-        # a torn last line (crash mid-append) names no real file: harmless
-        names = {line for line in log.read_text().splitlines() if line}
-        source.seen = set(names)
-        source._persisted = set(names)  # type: ignore[attr-defined]
-    pending = path / "pending.parquet"
-    if pending.is_file():
-        try:
-            windower.pending = pq.read_table(pending)
-        except (pa.ArrowException, OSError):
-            windower.pending = None
