@@ -47,7 +47,8 @@ def _text(r: Any) -> str:
         mark = {True: "ok", False: "FAIL", None: "..."}[c.get("ok")]
         lines.append(f"  [{mark}] {c['metric']}: {c['detail']}")
     if r.revert_branch:
-        lines.append(f"  revert: branch {r.revert_branch}" + (f", {r.revert_url}" if r.revert_url else ""))
+        kind = "promotion" if r.phase == "Promoted" else "revert"
+        lines.append(f"  {kind}: branch {r.revert_branch}" + (f", {r.revert_url}" if r.revert_url else ""))
     return "\n".join(lines)
 
 

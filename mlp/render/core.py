@@ -11,7 +11,12 @@ kubernetes targets, per deployed model:
   it follows KServe's own canary semantics: the spec names the *canary* version's
   `storageUri` with `canaryTrafficPercent`, and KServe keeps routing the rest to the
   previously rolled-out revision; the stable and canary versions and digests are recorded
-  in `mlp.dev/*` annotations. An A/B variant or a shadow is a second InferenceService
+  in `mlp.dev/*` annotations. That is KServe's Serverless (Knative) mode; in Standard
+  (RawDeployment) mode (`spec.serving.mode`) KServe has no split, so the canary is a second
+  InferenceService `<model>-canary` and `kubernetes/httproute.yaml.j2` renders a Gateway API
+  HTTPRoute `<model>` weighing `<model>-predictor` and `<model>-canary-predictor` (every model
+  gets its route when `serving.gateway` is set). A declared mode is also written as the
+  `serving.kserve.io/deploymentMode` annotation. An A/B variant or a shadow is a second InferenceService
   `<model>-ab` / `<model>-shadow` (role in `mlp.dev/role`), since one InferenceService
   cannot carry two routed versions.
 - once per environment with a `storageSecret`: `kubernetes/serviceaccount.yaml.j2`, a
@@ -146,7 +151,17 @@ def _isvc_contexts(
             },
         }
 
-    out = [ctx("primary", served, canary_percent, annotations, "")]
+    serving = env.spec.serving
+    if serving is not None and serving.mode is not None:
+        annotations["serving.kserve.io/deploymentMode"] = serving.mode
+    if serving is not None and serving.standard and canary_route is not None:
+        # Standard (RawDeployment) mode has no split inside an InferenceService: the stable version
+        # keeps `<model>`, the canary runs beside it as `<model>-canary`, an HTTPRoute weighs them.
+        out = [ctx("primary", stable, None, annotations, "")]
+        canary_annotations = {k: v for k, v in annotations.items() if not k.startswith("mlp.dev/stable-")}
+        out.append(ctx("canary", served, None, canary_annotations, "-canary"))
+    else:
+        out = [ctx("primary", served, canary_percent, annotations, "")]
     ab_route = res.route("ab")
     if ab_route is not None:
         out.append(
@@ -154,7 +169,11 @@ def _isvc_contexts(
                 "ab",
                 _version_info(ab_route),
                 None,
-                {"mlp.dev/ab-share": str(ab_route.weight), "mlp.dev/ab-sticky-header": res.sticky_header or ""},
+                {
+                    **_mode(env),
+                    "mlp.dev/ab-share": str(ab_route.weight),
+                    "mlp.dev/ab-sticky-header": res.sticky_header or "",
+                },
                 "-ab",
             )
         )
@@ -165,11 +184,35 @@ def _isvc_contexts(
                 "shadow",
                 _version_info(shadow_route),
                 None,
-                {"mlp.dev/shadow-percent": str(shadow_route.weight)},
+                {**_mode(env), "mlp.dev/shadow-percent": str(shadow_route.weight)},
                 "-shadow",
             )
         )
     return out
+
+
+def _mode(env: Environment) -> dict[str, str]:
+    serving = env.spec.serving
+    return {"serving.kserve.io/deploymentMode": serving.mode} if serving is not None and serving.mode else {}
+
+
+def _route_ctx(env: Environment, name: str, model: Model, res: ResolvedDeployment) -> dict[str, Any] | None:
+    """Standard mode: the HTTPRoute in front of `<model>` (and `<model>-canary`) with the weights.
+
+    KServe's raw deployments expose each InferenceService as the Service `<isvc>-predictor` on
+    port 80; the canary's weight is its resolved route's (the rollout position when one runs)."""
+    serving = env.spec.serving
+    if serving is None or not serving.standard or serving.gateway is None:
+        return None
+    canary = res.route("canary")
+    service = {"group": "", "kind": "Service", "port": 80}
+    backends = [{**service, "name": f"{name}-predictor", "weight": 100 - (canary.weight if canary else 0)}]
+    if canary is not None:
+        backends.append({**service, "name": f"{name}-canary-predictor", "weight": canary.weight})
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": serving.gateway.name}
+    if serving.gateway.namespace:
+        parent["namespace"] = serving.gateway.namespace
+    return {"name": name, "parent": parent, "backends": backends, "labels": _base_labels(model, "primary")}
 
 
 def _model_ctx(model: Model) -> dict[str, Any]:
@@ -332,6 +375,13 @@ def render(
                     "kubernetes/inferenceservice.yaml.j2",
                     f"Model.{name}",
                     {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc},
+                )
+            route = _route_ctx(env, name, specs.models[name], resolved[name])
+            if route is not None:
+                r.emit(
+                    "kubernetes/httproute.yaml.j2",
+                    f"Model.{name}",
+                    {"env": env_ctx, "model": _model_ctx(specs.models[name]), "route": route},
                 )
         for monitor in monitors_for(specs, env):
             mctx = {"env": env_ctx, "monitor": _monitor_ctx(specs, monitor, env)}

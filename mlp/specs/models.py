@@ -578,8 +578,6 @@ class Analysis(Strict):
                 self.checks = [one, *self.checks]
         if not self.checks:
             self.checks = [AnalysisCheck(metric="error-rate", max=0.01)]
-        if self.provider == "prometheus" and self.prometheus is None:
-            raise ValueError("provider prometheus needs prometheus.url")
         return self
 
     def interval_seconds(self) -> float:
@@ -660,6 +658,39 @@ class FeatureStoreConfig(Strict):
     materialize: Materialization | None = None
 
 
+class GatewayRef(Strict):
+    name: Name = Field(description="Gateway API Gateway the HTTPRoutes attach to")
+    namespace: Name | None = Field(default=None, description="The Gateway's namespace [default: the route's]")
+
+
+# KServe's deployment modes; v0.17 renamed Serverless to Knative and RawDeployment to Standard
+# and accepts both spellings, earlier versions only the first. The value is written verbatim
+# into the `serving.kserve.io/deploymentMode` annotation, so write the one your KServe knows.
+SERVERLESS_MODES = ("Serverless", "Knative")
+STANDARD_MODES = ("Standard", "RawDeployment")
+
+
+class ServingSpec(Strict):
+    mode: Literal["Serverless", "Knative", "Standard", "RawDeployment"] | None = Field(
+        default=None,
+        description="KServe deployment mode of this environment's InferenceServices. Serverless (Knative): a "
+        "canary is one InferenceService with canaryTrafficPercent. Standard (RawDeployment): a canary "
+        "InferenceService beside the stable one and a Gateway API HTTPRoute with the weights. Unset: "
+        "no deploymentMode annotation (the cluster default) and Serverless-style canaries. Local targets: "
+        "the embedded router splits in either mode.",
+    )
+    gateway: GatewayRef | None = Field(
+        default=None, description="Standard mode: the Gateway each model's HTTPRoute attaches to"
+    )
+    prometheus: PrometheusProvider | None = Field(
+        default=None, description="The Prometheus canary analysis queries (unless a canary's analysis names its own)"
+    )
+
+    @property
+    def standard(self) -> bool:
+        return self.mode in STANDARD_MODES
+
+
 class EnvironmentSpec(Strict):
     target: TargetSpec
     tier: Literal["development", "staging", "production"] = "development"
@@ -672,6 +703,47 @@ class EnvironmentSpec(Strict):
     storageSecret: Name | None = Field(default=None, description="Name of the Secret holding storage credentials")
     deployments: dict[Name, Deployment] = Field(default_factory=dict)
     features: FeatureStoreConfig | None = Field(default=None, description="Online store and materialization schedule")
+    serving: ServingSpec | None = Field(
+        default=None, description="KServe deployment mode, Gateway and Prometheus of a kubernetes target"
+    )
+
+    @model_validator(mode="after")
+    def _serving(self) -> EnvironmentSpec:
+        serving = self.serving or ServingSpec()
+        canaries = sorted(name for name, dep in self.deployments.items() if dep.canary is not None)
+        if self.target.kind == "kubernetes" and serving.standard and canaries and serving.gateway is None:
+            raise ValueError(
+                f"serving.mode {serving.mode}: the canary of {canaries[0]!r} needs serving.gateway "
+                "(the Gateway its HTTPRoute attaches to)"
+            )
+        for name in canaries:
+            analysis = self.deployments[name].canary.analysis  # type: ignore[union-attr]
+            provider = self.analysis_provider(analysis)
+            if provider == "local" and self.target.kind == "kubernetes":
+                raise ValueError(
+                    f"deployments.{name}.canary.analysis: provider local reads the embedded runtime; "
+                    "a kubernetes target's canaries are judged by prometheus"
+                )
+            if provider == "prometheus" and self.prometheus_url(analysis) is None and self.target.kind == "local":
+                raise ValueError(
+                    f"deployments.{name}.canary.analysis: provider prometheus needs prometheus.url "
+                    "(or the environment's serving.prometheus.url)"
+                )
+        return self
+
+    def analysis_provider(self, analysis: Analysis | None) -> str:
+        """Where a canary's metrics come from: as declared, else local for local targets, else prometheus."""
+        if analysis is not None and analysis.provider is not None:
+            return analysis.provider
+        return "local" if self.target.kind == "local" else "prometheus"
+
+    def prometheus_url(self, analysis: Analysis | None) -> str | None:
+        """The Prometheus a canary's analysis asks: its own, else the environment's."""
+        if analysis is not None and analysis.prometheus is not None:
+            return analysis.prometheus.url
+        if self.serving is not None and self.serving.prometheus is not None:
+            return self.serving.prometheus.url
+        return None
 
     @field_validator("branch")
     @classmethod
