@@ -159,7 +159,9 @@ def revert_canary(root: Path, r: Rollout, config: WriteBackConfig) -> Revert:
             target.write_text(remove_canary(before, index, r.model, promote=promote))
             work.index.add([rel])
             if promote:
-                message = f"Promote {r.model} v{r.canary} to stable in {r.env}\n\nmlp promoted the canary: {r.message}\n"
+                message = (
+                    f"Promote {r.model} v{r.canary} to stable in {r.env}\n\nmlp promoted the canary: {r.message}\n"
+                )
             else:
                 message = (
                     f"Roll back the {r.model} canary v{r.canary} in {r.env}\n\n"
