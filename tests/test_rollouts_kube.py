@@ -125,6 +125,10 @@ def test_standard_mode_renders_two_inferenceservices_and_a_valid_httproute_at_ea
         for r in routes.values():
             jsonschema.validate(r, schema)
         assert [(b["name"], b["weight"]) for b in routes["iris"]["spec"]["rules"][0]["backendRefs"]] == want
+        # KServe's model server knows the canary by its InferenceService's name: the path is rewritten
+        rewrite = routes["iris"]["spec"]["rules"][0]["backendRefs"][1]["filters"][0]["urlRewrite"]["path"]
+        assert rewrite == {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2/models/iris-canary"}
+        assert routes["breast-cancer"]["spec"]["rules"][0]["matches"][0]["path"]["value"] == "/v2/models/breast-cancer"
         parent = routes["iris"]["spec"]["parentRefs"][0]
         assert (parent["name"], parent["namespace"]) == ("ml-gateway", "gateway")
     for phase, uri in [("Promoted", CANARY_URI), ("RolledBack", STABLE_URI)]:
@@ -206,3 +210,18 @@ def test_standard_mode_moves_the_httproute_weights_on_the_api_server(
     live = target.get(ROUTE)
     assert live is not None and [b["weight"] for b in live["spec"]["rules"][0]["backendRefs"]] == [100]
     assert target.get(ObjectRef(ISVC.api_version, ISVC.kind, NS, "iris-canary")) is None  # pruned
+
+
+def test_a_local_target_splits_in_its_router_in_either_mode(tmp_path: Path) -> None:
+    anchor = "  tier: development\n"
+    before = desired(read_directory(repo(tmp_path / "plain", "")), "dev")
+    for mode in ("Serverless", "Standard"):
+        dest = repo(tmp_path / mode, "")
+        path = dest / "environments" / "dev.yaml"
+        text = path.read_text()
+        assert anchor in text
+        path.write_text(text.replace(anchor, anchor + f"  serving: {{mode: {mode}}}\n"))
+        after = desired(read_directory(dest), "dev")
+        assert [o["spec"] for o in after] == [o["spec"] for o in before]
+        (md,) = [o for o in after if o["metadata"]["name"] == "iris"]
+        assert [(r["role"], r["weight"]) for r in md["spec"]["routes"]] == [("stable", 80), ("canary", 20)]

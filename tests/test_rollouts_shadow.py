@@ -58,7 +58,7 @@ def test_shadow_report_gives_agreement_shift_and_latency(tmp_path: Path, shadow:
     state = tmp_path / "state"
     assert run_report(repo, state).returncode == 1  # nothing mirrored yet: "found nothing", not an error
     rt = Runtime(state)
-    rt.apply(deployment("iris", [route(1, p1, d1, "stable", 100), route(2, p2, d2, "shadow", 100)]))
+    rt.apply(deployment("iris", [route(1, p1, d1, "stable", 100), route(2, p2, d2, "shadow", 100)], payload_rate=1.0))
     x, _ = load_iris(return_X_y=True)
     served = []
     with ServerThread(DataPlane(rt)) as server, client(server.url) as c:

@@ -151,9 +151,8 @@ def _isvc_contexts(
             },
         }
 
+    annotations.update(_mode(env))
     serving = env.spec.serving
-    if serving is not None and serving.mode is not None:
-        annotations["serving.kserve.io/deploymentMode"] = serving.mode
     if serving is not None and serving.standard and canary_route is not None:
         # Standard (RawDeployment) mode has no split inside an InferenceService: the stable version
         # keeps `<model>`, the canary runs beside it as `<model>-canary`, an HTTPRoute weighs them.
@@ -200,19 +199,43 @@ def _route_ctx(env: Environment, name: str, model: Model, res: ResolvedDeploymen
     """Standard mode: the HTTPRoute in front of `<model>` (and `<model>-canary`) with the weights.
 
     KServe's raw deployments expose each InferenceService as the Service `<isvc>-predictor` on
-    port 80; the canary's weight is its resolved route's (the rollout position when one runs)."""
+    port 80, and its model server knows the model by the InferenceService's name, so the canary's
+    backend rewrites `/v2/models/<model>` to `/v2/models/<model>-canary` (and the v1 predict path
+    alike). Matching on the model's own paths lets every model's route share one Gateway. The
+    canary's weight is its resolved route's (the rollout position when one runs)."""
     serving = env.spec.serving
     if serving is None or not serving.standard or serving.gateway is None:
         return None
     canary = res.route("canary")
     service = {"group": "", "kind": "Service", "port": 80}
-    backends = [{**service, "name": f"{name}-predictor", "weight": 100 - (canary.weight if canary else 0)}]
-    if canary is not None:
-        backends.append({**service, "name": f"{name}-canary-predictor", "weight": canary.weight})
+
+    def backends(rewrite: dict[str, str] | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [
+            {**service, "name": f"{name}-predictor", "weight": 100 - (canary.weight if canary else 0)}
+        ]
+        if canary is not None:
+            b: dict[str, Any] = {**service, "name": f"{name}-canary-predictor", "weight": canary.weight}
+            if rewrite is not None:
+                b["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": rewrite}}]
+            out.append(b)
+        return out
+
+    rules = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": f"/v2/models/{name}"}}],
+            "backendRefs": backends({"type": "ReplacePrefixMatch", "replacePrefixMatch": f"/v2/models/{name}-canary"}),
+        },
+        {
+            "matches": [{"path": {"type": "Exact", "value": f"/v1/models/{name}:predict"}}],
+            "backendRefs": backends(
+                {"type": "ReplaceFullPath", "replaceFullPath": f"/v1/models/{name}-canary:predict"}
+            ),
+        },
+    ]
     parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": serving.gateway.name}
     if serving.gateway.namespace:
         parent["namespace"] = serving.gateway.namespace
-    return {"name": name, "parent": parent, "backends": backends, "labels": _base_labels(model, "primary")}
+    return {"name": name, "parent": parent, "rules": rules, "labels": _base_labels(model, "primary")}
 
 
 def _model_ctx(model: Model) -> dict[str, Any]:
