@@ -132,8 +132,8 @@ def platform(tmp_path: Path, serving: str) -> tuple[git.Repo, str]:
     repo = make_platform_repo(tmp_path / "platform")
     path = Path(repo.working_tree_dir or ".") / "environments" / "staging.yaml"
     with_canary = path.read_text().replace("selfHeal: true", "selfHeal: false")
-    anchor = "  storageSecret: mlp-s3-credentials\n"
-    with_canary = with_canary.replace(anchor, anchor + serving)
+    with_canary, n = re.subn(r"  serving: .*\n", serving, with_canary)  # replaces the example's own
+    assert n == 1
     path.write_text(re.sub(r"\n      canary:\n(        .*\n)+", "\n", with_canary))
     commit_all(repo, "staging: serving mode, iris v1 only")
     return repo, with_canary

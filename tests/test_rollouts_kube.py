@@ -37,8 +37,9 @@ STABLE_URI = "s3://mlp-models/iris/1/model.joblib"
 CANARY_URI = "s3://mlp-models/iris/2/model.joblib"
 ISVC = ObjectRef("serving.kserve.io/v1beta1", "InferenceService", NS, "iris")
 ROUTE = ObjectRef("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
-STANDARD = "  serving: {mode: Standard, gateway: {name: ml-gateway, namespace: gateway}}\n"
-SERVERLESS = "  serving: {mode: Serverless}\n"
+PROM = "prometheus: {url: 'http://prometheus.monitoring:9090'}"
+STANDARD = f"  serving: {{mode: Standard, gateway: {{name: ml-gateway, namespace: gateway}}, {PROM}}}\n"
+SERVERLESS = f"  serving: {{mode: Serverless, {PROM}}}\n"
 
 
 def _route_schema() -> dict[str, Any]:
@@ -53,9 +54,8 @@ def repo(tmp_path: Path, serving: str, *, canary: bool = True) -> Path:
         shutil.copytree(ROOT / top, dest / top)
     path = dest / "environments" / "staging.yaml"
     text = path.read_text()
-    anchor = "  storageSecret: mlp-s3-credentials\n"
-    assert anchor in text
-    text = text.replace(anchor, anchor + serving)
+    text, n = re.subn(r"  serving: .*\n", serving, text)  # the example's own: a Prometheus
+    assert n == 1
     if not canary:
         text = re.sub(r"\n      canary:\n(        .*\n)+", "\n", text)
     path.write_text(text)
@@ -94,7 +94,7 @@ def test_default_mode_renders_as_before_and_a_declared_mode_is_annotated(tmp_pat
     assert "serving.kserve.io/deploymentMode" not in plain["metadata"]["annotations"]
     assert plain["spec"]["predictor"]["canaryTrafficPercent"] == 10
     for mode in ("Serverless", "Knative"):
-        objs = desired(read_directory(repo(tmp_path / mode, f"  serving: {{mode: {mode}}}\n")), "staging")
+        objs = desired(read_directory(repo(tmp_path / mode, f"  serving: {{mode: {mode}, {PROM}}}\n")), "staging")
         isvcs = by_name(objs, "InferenceService")
         assert set(isvcs) == {"iris", "breast-cancer"} and not by_name(objs, "HTTPRoute")
         assert all(i["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == mode for i in isvcs.values())
@@ -148,10 +148,11 @@ def test_serving_mode_is_validated(tmp_path: Path) -> None:
         result = load(read_directory(repo(tmp_path / name, serving)))
         return "\n".join(str(d) for d in result.errors)
 
-    assert "needs serving.gateway" in errors("  serving: {mode: Standard}\n", "nogw")
-    assert "serving.mode" in errors("  serving: {mode: Fancy}\n", "fancy")
+    assert "needs serving.gateway" in errors(f"  serving: {{mode: Standard, {PROM}}}\n", "nogw")
+    assert "serving.mode" in errors(f"  serving: {{mode: Fancy, {PROM}}}\n", "fancy")
     assert "url" in errors("  serving: {prometheus: {url: 'ftp://x'}}\n", "badurl")
-    assert errors("  serving: {mode: RawDeployment, gateway: {name: g}}\n", "raw") == ""
+    assert "needs a Prometheus" in errors("", "noprom")
+    assert errors(f"  serving: {{mode: RawDeployment, gateway: {{name: g}}, {PROM}}}\n", "raw") == ""
     local = repo(tmp_path / "local", SERVERLESS)
     text = (local / "environments" / "staging.yaml").read_text()
     text = text.replace("analysis: {metric: error-rate", "analysis: {provider: local, metric: error-rate")
@@ -196,7 +197,7 @@ def test_serverless_mode_moves_canary_traffic_percent_through_apply_and_reads_st
 def test_standard_mode_moves_the_httproute_weights_on_the_api_server(
     tmp_path: Path, cluster: tuple[KubernetesTarget, KubeApiServer | None]
 ) -> None:
-    target, _ = cluster
+    target, api = cluster
     snap = read_directory(repo(tmp_path, STANDARD))
     policy = Policy(prune=True)
     for weight in (10, 50, 100):
@@ -209,19 +210,11 @@ def test_standard_mode_moves_the_httproute_weights_on_the_api_server(
     reconcile(snap, "staging", target, policy, positions={"iris": Position("RolledBack", 0)})
     live = target.get(ROUTE)
     assert live is not None and [b["weight"] for b in live["spec"]["rules"][0]["backendRefs"]] == [100]
-    assert target.get(ObjectRef(ISVC.api_version, ISVC.kind, NS, "iris-canary")) is None  # pruned
-
-
-def test_a_local_target_splits_in_its_router_in_either_mode(tmp_path: Path) -> None:
-    anchor = "  tier: development\n"
-    before = desired(read_directory(repo(tmp_path / "plain", "")), "dev")
-    for mode in ("Serverless", "Standard"):
-        dest = repo(tmp_path / mode, "")
-        path = dest / "environments" / "dev.yaml"
-        text = path.read_text()
-        assert anchor in text
-        path.write_text(text.replace(anchor, anchor + f"  serving: {{mode: {mode}}}\n"))
-        after = desired(read_directory(dest), "dev")
-        assert [o["spec"] for o in after] == [o["spec"] for o in before]
-        (md,) = [o for o in after if o["metadata"]["name"] == "iris"]
-        assert [(r["role"], r["weight"]) for r in md["spec"]["routes"]] == [("stable", 80), ("canary", 20)]
+    # pruned: deleted in the foreground, gone once the garbage collector has run
+    canary = ObjectRef(ISVC.api_version, ISVC.kind, NS, "iris-canary")
+    if api is not None:
+        api.collect_garbage()
+        assert target.get(canary) is None
+    else:
+        gone = target.get(canary)
+        assert gone is None or gone["metadata"].get("deletionTimestamp")

@@ -16,9 +16,8 @@ kubernetes targets, per deployed model:
   InferenceService `<model>-canary` and `kubernetes/httproute.yaml.j2` renders a Gateway API
   HTTPRoute `<model>` weighing `<model>-predictor` and `<model>-canary-predictor` (every model
   gets its route when `serving.gateway` is set). A declared mode is also written as the
-  `serving.kserve.io/deploymentMode` annotation. An A/B variant or a shadow is a second InferenceService
-  `<model>-ab` / `<model>-shadow` (role in `mlp.dev/role`), since one InferenceService
-  cannot carry two routed versions.
+  `serving.kserve.io/deploymentMode` annotation. A/B tests and shadows need the local data
+  plane's router (a sticky hashed split, mirroring): validate refuses them on kubernetes targets.
 - once per environment with a `storageSecret`: `kubernetes/serviceaccount.yaml.j2`, a
   ServiceAccount that *references* the storage Secret (`secrets: [{name: ...}]`), never
   holds credentials.
@@ -161,32 +160,13 @@ def _isvc_contexts(
         out.append(ctx("canary", served, None, canary_annotations, "-canary"))
     else:
         out = [ctx("primary", served, canary_percent, annotations, "")]
-    ab_route = res.route("ab")
-    if ab_route is not None:
-        out.append(
-            ctx(
-                "ab",
-                _version_info(ab_route),
-                None,
-                {
-                    **_mode(env),
-                    "mlp.dev/ab-share": str(ab_route.weight),
-                    "mlp.dev/ab-sticky-header": res.sticky_header or "",
-                },
-                "-ab",
+    for role, field in (("ab", "abTest"), ("shadow", "shadow")):
+        if res.route(role) is not None:  # `mlp validate` refuses these (mlp.specs.checks._serving)
+            raise RenderError(
+                f"Environment/{env.metadata.name}: deployments.{name}.{field} needs the local data plane's "
+                "router; a kubernetes target cannot honour it",
+                path=_where(specs, "Environment", env.metadata.name),
             )
-        )
-    shadow_route = res.route("shadow")
-    if shadow_route is not None:
-        out.append(
-            ctx(
-                "shadow",
-                _version_info(shadow_route),
-                None,
-                {**_mode(env), "mlp.dev/shadow-percent": str(shadow_route.weight)},
-                "-shadow",
-            )
-        )
     return out
 
 

@@ -134,7 +134,9 @@ class RolloutDriver:
                 self.store.replace(ended)  # this declaration already ran: never retried
                 self._seen[(env, model)] = (ended.key, ended.phase)
                 continue
-            r = Rollout(env, model, dep.version, dep.canary.version, list(dep.canary.steps), key, revision=revision)
+            steps = list(dep.canary.steps)
+            first = steps.index(dep.canary.traffic) if dep.canary.traffic in steps else 0
+            r = Rollout(env, model, dep.version, dep.canary.version, steps, key, revision=revision, first_step=first)
             self.store.replace(r, Transition("", PENDING, f"canary v{r.canary} declared (stable v{r.stable})"))
             self._seen[(env, model)] = (r.key, r.phase)
         for r in self.store.all(env):

@@ -16,8 +16,9 @@ writer and the idle drift check sees the position it applied:
   the canary's version at 100%; rolled back, the route sends 100% to the stable version.
 
 Analysis reads Prometheus' HTTP API (`spec.serving.prometheus.url` of the environment, or the
-canary's own `analysis.prometheus.url`). With no Prometheus declared, or one that does not
-answer, the rollout pauses at its step and says why; it never promotes on missing data.
+canary's own `analysis.prometheus.url`; `mlp validate` refuses a canary with neither). A
+Prometheus that does not answer pauses the rollout at its step with the reason; it never
+promotes on missing data.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from mlp.specs.models import Analysis, AnalysisCheck
 
 
 class NoPrometheus:
-    """The provider of a canary whose environment declares no Prometheus: always no data."""
+    """The provider of a canary whose environment declares no Prometheus (a spec `mlp validate`
+    refuses): always no data, so such a rollout pauses rather than promotes."""
 
     def mark(self, model: str, versions: tuple[str, str]) -> None:
         return None

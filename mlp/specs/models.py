@@ -587,7 +587,9 @@ class Analysis(Strict):
 class Canary(Strict):
     version: Version
     steps: list[Percent] = Field(min_length=1)
-    traffic: Percent | None = Field(default=None, description="Current share; defaults to the first step")
+    traffic: Percent | None = Field(
+        default=None, description="The step a rollout starts at (one of steps); defaults to the first step"
+    )
     analysis: Analysis | None = None
 
     @property
@@ -676,14 +678,16 @@ class ServingSpec(Strict):
         description="KServe deployment mode of this environment's InferenceServices. Serverless (Knative): a "
         "canary is one InferenceService with canaryTrafficPercent. Standard (RawDeployment): a canary "
         "InferenceService beside the stable one and a Gateway API HTTPRoute with the weights. Unset: "
-        "no deploymentMode annotation (the cluster default) and Serverless-style canaries. Local targets: "
-        "the embedded router splits in either mode.",
+        "no deploymentMode annotation (the cluster default) and Serverless-style canaries. Kubernetes targets "
+        "only: a local target's router splits traffic itself.",
     )
     gateway: GatewayRef | None = Field(
-        default=None, description="Standard mode: the Gateway each model's HTTPRoute attaches to"
+        default=None, description="Standard mode only: the Gateway each model's HTTPRoute attaches to"
     )
     prometheus: PrometheusProvider | None = Field(
-        default=None, description="The Prometheus canary analysis queries (unless a canary's analysis names its own)"
+        default=None,
+        description="The Prometheus canary analysis queries unless a canary's analysis names its own (on a "
+        "local target it replaces the runtime's own counters as the default provider)",
     )
 
     @property
@@ -707,35 +711,14 @@ class EnvironmentSpec(Strict):
         default=None, description="KServe deployment mode, Gateway and Prometheus of a kubernetes target"
     )
 
-    @model_validator(mode="after")
-    def _serving(self) -> EnvironmentSpec:
-        serving = self.serving or ServingSpec()
-        canaries = sorted(name for name, dep in self.deployments.items() if dep.canary is not None)
-        if self.target.kind == "kubernetes" and serving.standard and canaries and serving.gateway is None:
-            raise ValueError(
-                f"serving.mode {serving.mode}: the canary of {canaries[0]!r} needs serving.gateway "
-                "(the Gateway its HTTPRoute attaches to)"
-            )
-        for name in canaries:
-            analysis = self.deployments[name].canary.analysis  # type: ignore[union-attr]
-            provider = self.analysis_provider(analysis)
-            if provider == "local" and self.target.kind == "kubernetes":
-                raise ValueError(
-                    f"deployments.{name}.canary.analysis: provider local reads the embedded runtime; "
-                    "a kubernetes target's canaries are judged by prometheus"
-                )
-            if provider == "prometheus" and self.prometheus_url(analysis) is None and self.target.kind == "local":
-                raise ValueError(
-                    f"deployments.{name}.canary.analysis: provider prometheus needs prometheus.url "
-                    "(or the environment's serving.prometheus.url)"
-                )
-        return self
-
     def analysis_provider(self, analysis: Analysis | None) -> str:
-        """Where a canary's metrics come from: as declared, else local for local targets, else prometheus."""
+        """Where a canary's metrics come from: as declared, else the environment's Prometheus when it
+        names one, else the embedded runtime for local targets (Prometheus for kubernetes ones)."""
         if analysis is not None and analysis.provider is not None:
             return analysis.provider
-        return "local" if self.target.kind == "local" else "prometheus"
+        if self.target.kind == "local" and (self.serving is None or self.serving.prometheus is None):
+            return "local"
+        return "prometheus"
 
     def prometheus_url(self, analysis: Analysis | None) -> str | None:
         """The Prometheus a canary's analysis asks: its own, else the environment's."""
