@@ -202,6 +202,17 @@ STEPS = "{version: 2, steps: [10, 100]}"
             "Standard (RawDeployment) mode only",
         ),
         (KUBE, "  serving: {mode: Standard, prometheus: {url: 'http://p:9090'}}\n", STEPS, "", "needs serving.gateway"),
+        # pod sizes mean nothing to the local runtime, its micro-batching nothing to KServe
+        ("{kind: local}", "", "", ", autoscaling: {minReplicas: 2, maxReplicas: 4}", "autoscaling sizes KServe's pods"),
+        ("{kind: local}", "", "", ", resources: {limits: {cpu: '1'}}", "resources sizes KServe's pods"),
+        (KUBE, "", "", ", batching: false", "batching is the local data plane's"),
+        (
+            "{kind: local}",
+            "",
+            "{version: 2, steps: [10, 100], analysis: {checks: [{metric: error-rate, max: 0.1, percentile: 95}]}}",
+            "",
+            "percentile is read by the latency check only",
+        ),
         # no sticky hashed split and no mirroring on a kubernetes target
         (KUBE, "", "", ", abTest: {version: 2}", "an A/B test needs the local data plane"),
         (KUBE, "", "", ", shadow: {version: 2}", "KServe does not mirror"),

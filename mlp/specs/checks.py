@@ -433,6 +433,19 @@ def _serving(specs: SpecSet) -> Iterator[Problem]:
             )
         for model, dep in spec.deployments.items():
             base: Loc = ("spec", "deployments", model)
+            declared = dep.model_fields_set
+            for key in ("autoscaling", "resources"):
+                if not kubernetes and key in declared:
+                    yield at(
+                        base + (key,),
+                        f"{key} sizes KServe's pods: the local runtime serves each version in this process "
+                        "and would ignore it",
+                    )
+            if kubernetes and "batching" in declared:
+                yield at(
+                    base + ("batching",),
+                    "batching is the local data plane's micro-batching: KServe's model servers would ignore it",
+                )
             if kubernetes and dep.abTest is not None:
                 yield at(
                     base + ("abTest",),
@@ -472,6 +485,8 @@ def _serving(specs: SpecSet) -> Iterator[Problem]:
             if provider == "local" and analysis is not None and analysis.prometheus is not None:
                 yield at(where + ("prometheus",), "prometheus.url is read by provider prometheus only")
             for i, check in enumerate(analysis.checks if analysis is not None else []):
+                if "percentile" in check.model_fields_set and check.metric != "latency":
+                    yield at(where + ("checks", i, "percentile"), "percentile is read by the latency check only")
                 if provider == "prometheus" and check.metric in RUNTIME_ONLY_CHECKS and check.query is None:
                     yield at(
                         where + ("checks", i),
