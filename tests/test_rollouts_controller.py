@@ -13,6 +13,8 @@ The stand-in answers for KServe's controller (`status.components.predictor.traff
   100%, a revert branch removing the canary is pushed to the repository, never retried.
 - Standard: the HTTPRoute's weights move step by step; a pause holds them.
 - A Prometheus that is down pauses the rollout with the reason; it never promotes.
+- The real `mlp controller` process walks a canary that `mlp rollout pause|resume|status`
+  steer and read from the same state folder.
 """
 
 from __future__ import annotations
@@ -338,3 +340,71 @@ def test_prometheus_down_pauses_the_rollout_and_never_promotes(tmp_path: Path) -
         assert r is not None and r.phase == machine.PAUSED and r.paused_by == "metrics"
         assert "unreachable" in r.message and down in r.message, r.message
         assert seen == [10] and percent(target) == 10
+
+
+def test_the_mlp_controller_process_drives_the_rollout_that_mlp_rollout_steers(tmp_path: Path) -> None:
+    """The real `mlp controller` process (its CLI wiring of the driver) walks the canary; `mlp rollout
+    pause|resume|status` on the same state folder steer and read it."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    def mlp(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mlp.cli.main", *args], capture_output=True, text=True, timeout=60, check=False
+        )
+
+    def status() -> dict[str, Any] | None:
+        res = mlp("rollout", "status", ENV, "iris", "--state-dir", str(state), "-o", "json")
+        return json.loads(res.stdout) if res.returncode in (0, 1) and res.stdout.strip() else None
+
+    def wait(pred: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            assert proc.poll() is None, f"controller exited {proc.returncode}: {proc.stderr and proc.stderr.read()}"
+            time.sleep(0.3)
+        pytest.fail(f"timed out waiting for {what}; rollout {status()}")
+
+    with scene(tmp_path, 0) as (target, _api, prom):
+        kubeconfig = os.environ.get("MLP_TEST_KUBECONFIG") or str(tmp_path / "kubeconfig")
+        repo, with_canary = platform(tmp_path, f"  serving: {{mode: Serverless, prometheus: {{url: '{prom}'}}}}\n")
+        state = tmp_path / "state"
+        cmd = ["controller", "--repo", str(repo.working_tree_dir), "--interval", "1", "--metrics-port", "0"]
+        cmd += ["--state-dir", str(state), "--env", ENV, "--kubeconfig", kubeconfig]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlp.cli.main", *cmd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            wait(lambda: target.get(ISVC) is not None and storage_uri(target) == STABLE_URI, "the stable version")
+            # steps of 6 s: time enough for `mlp rollout pause` to start and act within the 50% step
+            declare_canary(repo, with_canary, GOOD.replace("interval: 3s", "interval: 6s"))
+            wait(lambda: percent(target) == 50, "the second step (50%)")
+            paused = mlp("rollout", "pause", ENV, "iris", "--state-dir", str(state), "-o", "json")
+            assert paused.returncode == 0, paused.stderr
+            assert json.loads(paused.stdout)["phase"] == machine.PAUSED
+            time.sleep(10)  # more than the step's interval: a running rollout would have moved on
+            r = status()
+            assert r is not None and r["phase"] == machine.PAUSED and r["weight"] == 50 and percent(target) == 50
+            assert mlp("rollout", "resume", ENV, "iris", "--state-dir", str(state)).returncode == 0
+            done = wait(lambda: (s := status()) and s["phase"] == machine.PROMOTED and s, "the promotion")
+            assert done["weight"] == 100
+            wait(lambda: percent(target) is None, "canaryTrafficPercent dropped")
+            assert storage_uri(target) == CANARY_URI
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stderr is not None:
+                proc.stderr.close()
