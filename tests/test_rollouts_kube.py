@@ -11,6 +11,7 @@ Against the API server stand-in over HTTP, or a real cluster with MLP_TEST_KUBEC
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -45,6 +46,37 @@ SERVERLESS = f"  serving: {{mode: Serverless, {PROM}}}\n"
 def _route_schema() -> dict[str, Any]:
     crd = yaml.safe_load((FIXTURES / "httproutes.yaml").read_text())
     return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+def cel_errors(schema: dict[str, Any], value: Any, path: str = "") -> list[str]:
+    """What the API server's CEL rules (`x-kubernetes-validations`) of `schema` say about `value`,
+    evaluated by cel-python; transition rules (on `oldSelf`) need an old object and are skipped."""
+    import celpy
+
+    env = celpy.Environment()
+    out: list[str] = []
+    if value is None:
+        return out
+    for rule in schema.get("x-kubernetes-validations") or []:
+        if "oldSelf" in rule["rule"]:
+            continue
+        program = env.program(env.compile(rule["rule"]))
+        if not program.evaluate({"self": celpy.json_to_cel(value)}):
+            out.append(f"{path or '.'}: {rule.get('message') or rule['rule']}")
+    if isinstance(value, dict):
+        for key, sub in (schema.get("properties") or {}).items():
+            if key in value:
+                out += cel_errors(sub, value[key], f"{path}.{key}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            out += cel_errors(schema["items"], item, f"{path}[{i}]")
+    return out
+
+
+def assert_valid_route(route: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Valid against the Gateway API CRD fixture: its structural schema and its CEL rules."""
+    jsonschema.validate(route, schema)
+    assert cel_errors(schema, route) == [], route
 
 
 def repo(tmp_path: Path, serving: str, *, canary: bool = True) -> Path:
@@ -123,7 +155,7 @@ def test_standard_mode_renders_two_inferenceservices_and_a_valid_httproute_at_ea
         routes = by_name(objs, "HTTPRoute")
         assert set(routes) == {"iris", "breast-cancer"}  # every model has its route: a stable entry point
         for r in routes.values():
-            jsonschema.validate(r, schema)
+            assert_valid_route(r, schema)
         assert [(b["name"], b["weight"]) for b in routes["iris"]["spec"]["rules"][0]["backendRefs"]] == want
         # KServe's model server knows the canary by its InferenceService's name: the path is rewritten
         rewrite = routes["iris"]["spec"]["rules"][0]["backendRefs"][1]["filters"][0]["urlRewrite"]["path"]
@@ -138,9 +170,18 @@ def test_standard_mode_renders_two_inferenceservices_and_a_valid_httproute_at_ea
         assert by_name(objs, "InferenceService")["iris"]["spec"]["predictor"]["model"]["storageUri"] == uri
         route = by_name(objs, "HTTPRoute")["iris"]
         assert [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]] == [100]
+        assert_valid_route(route, schema)
     bad = {**route, "spec": {"parentRefs": [{"name": "g"}], "rules": [{"backendRefs": [{"name": "x", "weight": -1}]}]}}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+    # the CEL rules see what the structural schema cannot: a prefix rewrite under an Exact match
+    crooked = copy.deepcopy(route)
+    rule = crooked["spec"]["rules"][0]
+    rule["matches"][0]["path"]["type"] = "Exact"
+    rewrite = {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2/models/iris-stable"}
+    rule["backendRefs"][0]["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": rewrite}}]
+    jsonschema.validate(crooked, schema)
+    assert any("exactly one PathPrefix match" in e for e in cel_errors(schema, crooked))
 
 
 def test_serving_mode_is_validated(tmp_path: Path) -> None:
@@ -206,6 +247,7 @@ def test_standard_mode_moves_the_httproute_weights_on_the_api_server(
         live = target.get(ROUTE)
         assert live is not None
         assert [b["weight"] for b in live["spec"]["rules"][0]["backendRefs"]] == [100 - weight, weight]
+        assert cel_errors(_route_schema(), live) == []  # what the API server stored (defaults included)
         assert target.get(ObjectRef(ISVC.api_version, ISVC.kind, NS, "iris-canary")) is not None
     reconcile(snap, "staging", target, policy, positions={"iris": Position("RolledBack", 0)})
     live = target.get(ROUTE)
