@@ -48,6 +48,14 @@ def sub(path: str, old: str, new: str, count: int = 1) -> Callable[[Path], None]
     return edit
 
 
+def both(*edits: Callable[[Path], None]) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        for e in edits:
+            e(root)
+
+    return edit
+
+
 def rename_model(new: str) -> Callable[[Path], None]:
     """Rename the model `iris` everywhere it is referenced (not `iris-drift` or `iris-measurements`)."""
 
@@ -91,7 +99,14 @@ def assert_located(lines: list[str], path: str, text: str) -> None:
             "specs/monitor.yaml",
             "it becomes the Service",
         ),
-        (rename_model(LONG), "environments/prod.yaml", "-shadow"),
+        (
+            both(
+                rename_model(LONG),
+                sub("environments/staging.yaml", "  serving: {", "  serving: {mode: Standard, gateway: {name: gw}, "),
+            ),
+            "environments/staging.yaml",
+            "-canary",
+        ),
         (rename_model("9iris"), "specs/model.yaml", "must start with a letter"),
         (
             sub("environments/prod.yaml", "version: 1\n", 'version: 1\n      resources: {requests: {cpu: "1x"}}\n'),

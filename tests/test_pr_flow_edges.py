@@ -104,7 +104,7 @@ def test_failing_metric_gate_fails_governance_and_shows_in_the_table(setup) -> N
     )
     edit(
         root / "environments/prod.yaml",
-        "breast-cancer:\n      version: 1\n      shadow: {version: 2, percent: 10}",
+        "breast-cancer:\n      version: 1",
         "breast-cancer:\n      version: 2",
     )
     head = commit_all(repo, "prod: breast-cancer v2")

@@ -101,12 +101,13 @@ spec:
   target: {kind: kubernetes, namespace: ml-k}
   serviceAccount: runner
   storageSecret: s3-creds
+  serving: {prometheus: {url: "http://prometheus.monitoring:9090"}}
   deployments:
     sk: {version: 1, canary: {version: 2, steps: [10, 100], traffic: 10},
          autoscaling: {minReplicas: 1, maxReplicas: 5, metric: rps, target: 30},
          resources: {requests: {cpu: 100m, memory: 128Mi}, limits: {cpu: 1, memory: 1Gi, nvidia.com/gpu: 1}}}
-    xg: {version: 1, abTest: {version: 2, share: 30}}
-    lg: {version: 2, shadow: {version: 1, percent: 5}}
+    xg: {version: 1}
+    lg: {version: 2}
     ox: {version: 1, autoscaling: {minReplicas: 0, maxReplicas: 2, metric: cpu, target: 80}}
     pt: {version: 1}
     tf: {version: 2}
@@ -220,7 +221,6 @@ def test_kubernetes_environment_contents() -> None:
     ann = by[("InferenceService", "sk")]["metadata"]["annotations"]
     assert (ann["mlp.dev/stable-version"], ann["mlp.dev/canary-version"]) == ("1", "2")
     assert ann["mlp.dev/canary-digest"] == DIGEST
-    assert ("InferenceService", "xg-ab") in by and ("InferenceService", "lg-shadow") in by
     cu = by[("InferenceService", "cu")]["spec"]["predictor"]["containers"][0]
     assert cu["image"] == "example/custom-model:1.0"
     assert {"name": "STORAGE_URI", "value": "s3://b/cu/1/model"} in cu["env"]

@@ -113,27 +113,25 @@ def test_analysis_spec_fields_validate() -> None:
         Analysis.model_validate({"checks": [{"metric": "latency"}]})
     with pytest.raises(ValidationError, match="share between 0 and 1"):
         Analysis.model_validate({"checks": [{"metric": "error-rate", "max": 5}]})
-    with pytest.raises(ValidationError, match=r"prometheus\.url"):
-        Analysis.model_validate({"provider": "prometheus"})
     custom = Analysis.model_validate({"checks": [{"metric": "conversion", "min": 0.1, "query": "sum(x)"}]})
     assert custom.checks[0].query == "sum(x)"
     legacy = Analysis.model_validate({"metric": "error-rate", "max": 0.01, "interval": "5m"})
     assert [c.metric for c in legacy.checks] == ["error-rate"] and legacy.interval_seconds() == 300
 
 
-def _write_env(repo: Path, canary: str) -> None:
+def _write_env(repo: Path, canary: str, *, target: str = "{kind: local}", spec: str = "", dep: str = "") -> None:
     (repo / "specs").mkdir(parents=True, exist_ok=True)
     (repo / "environments").mkdir(exist_ok=True)
     digest = "sha256:" + "0" * 64
     (repo / "specs" / "iris.yaml").write_text(
         "apiVersion: mlp.dev/v1\nkind: Model\nmetadata: {name: iris}\nspec:\n  framework: sklearn\n"
         "  signature:\n    inputs: [{name: a, type: float}]\n    outputs: [{name: y, type: int}]\n  versions:\n"
-        f"    - {{version: 1, uri: 'file:///m/1', digest: '{digest}'}}\n"
-        f"    - {{version: 2, uri: 'file:///m/2', digest: '{digest}'}}\n"
+        f"    - {{version: 1, uri: 's3://m/iris/1/model.joblib', digest: '{digest}'}}\n"
+        f"    - {{version: 2, uri: 's3://m/iris/2/model.joblib', digest: '{digest}'}}\n"
     )
     (repo / "environments" / "dev.yaml").write_text(
-        "apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {name: dev}\nspec:\n  target: {kind: local}\n"
-        f"  deployments:\n    iris: {{version: 1, canary: {canary}}}\n"
+        f"apiVersion: mlp.dev/v1\nkind: Environment\nmetadata: {{name: dev}}\nspec:\n  target: {target}\n{spec}"
+        f"  deployments:\n    iris: {{version: 1{', canary: ' + canary if canary else ''}{dep}}}\n"
     )
 
 
@@ -150,6 +148,131 @@ def test_mlp_validate_refuses_bad_rollouts_with_a_located_error(tmp_path: Path, 
     res = CliRunner().invoke(cli, ["validate", str(tmp_path)])
     assert res.exit_code == 1, res.output
     assert message in res.output and "dev.yaml" in res.output and "Traceback" not in res.output
+
+
+KUBE = "{kind: kubernetes, namespace: ml-dev}"
+PROM = "  serving: {prometheus: {url: 'http://prometheus:9090'}}\n"
+STEPS = "{version: 2, steps: [10, 100]}"
+
+
+@pytest.mark.parametrize(
+    ("target", "spec", "canary", "dep", "message"),
+    [
+        # a kubernetes canary is judged by Prometheus: without one it could only ever pause
+        (KUBE, "", STEPS, "", "needs a Prometheus"),
+        (KUBE, PROM, "{version: 2, steps: [10, 100], analysis: {provider: local}}", "", "provider local reads"),
+        # outputs and feedback live in the local runtime; Prometheus answers them only through a query
+        (KUBE, PROM, "{version: 2, steps: [10, 100], analysis: {metric: prediction-shift}}", "", "prediction-shift"),
+        (
+            KUBE,
+            PROM,
+            "{version: 2, steps: [10, 100], analysis: {checks: [{metric: accuracy, min: 0.9}]}}",
+            "",
+            "only the local",
+        ),
+        (
+            "{kind: local}",
+            "",
+            "{version: 2, steps: [10, 100], analysis: {checks: [{metric: c, min: 1, query: 'x'}]}}",
+            "",
+            "only provider prometheus",
+        ),
+        (
+            "{kind: local}",
+            "",
+            "{version: 2, steps: [10, 100], analysis: {prometheus: {url: 'http://p:9090'}}}",
+            "",
+            "read by provider prometheus only",
+        ),
+        (
+            "{kind: local}",
+            "",
+            "{version: 2, steps: [10, 100], analysis: {provider: prometheus}}",
+            "",
+            "needs a Prometheus",
+        ),
+        # KServe's deployment mode and the Gateway mean nothing to the local router
+        ("{kind: local}", "  serving: {mode: Standard}\n", STEPS, "", "serving.mode is KServe's"),
+        ("{kind: local}", "  serving: {gateway: {name: g}}\n", STEPS, "", "serving.gateway is for kubernetes"),
+        (
+            KUBE,
+            "  serving: {mode: Serverless, gateway: {name: g}, prometheus: {url: 'http://p:9090'}}\n",
+            STEPS,
+            "",
+            "Standard (RawDeployment) mode only",
+        ),
+        (KUBE, "  serving: {mode: Standard, prometheus: {url: 'http://p:9090'}}\n", STEPS, "", "needs serving.gateway"),
+        # pod sizes mean nothing to the local runtime, its micro-batching nothing to KServe
+        ("{kind: local}", "", "", ", autoscaling: {minReplicas: 2, maxReplicas: 4}", "autoscaling sizes KServe's pods"),
+        ("{kind: local}", "", "", ", resources: {limits: {cpu: '1'}}", "resources sizes KServe's pods"),
+        (KUBE, "", "", ", batching: false", "batching is the local data plane's"),
+        (
+            "{kind: local}",
+            "",
+            "{version: 2, steps: [10, 100], analysis: {checks: [{metric: error-rate, max: 0.1, percentile: 95}]}}",
+            "",
+            "percentile is read by the latency check only",
+        ),
+        # no sticky hashed split and no mirroring on a kubernetes target
+        (KUBE, "", "", ", abTest: {version: 2}", "an A/B test needs the local data plane"),
+        (KUBE, "", "", ", shadow: {version: 2}", "KServe does not mirror"),
+    ],
+)
+def test_mlp_validate_refuses_serving_fields_the_target_cannot_honour(
+    tmp_path: Path, target: str, spec: str, canary: str, dep: str, message: str
+) -> None:
+    _write_env(tmp_path, canary, target=target, spec=spec, dep=dep)
+    res = CliRunner().invoke(cli, ["validate", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and "dev.yaml:" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("target", "spec", "canary", "dep"),
+    [
+        (KUBE, PROM, "{version: 2, steps: [10, 100], analysis: {checks: [{metric: latency, max: 0.2}]}}", ""),
+        (
+            KUBE,
+            PROM,
+            "{version: 2, steps: [10, 100], analysis: {checks: [{metric: accuracy, min: 0.9, query: 'x'}]}}",
+            "",
+        ),
+        (KUBE, "  serving: {mode: Standard, gateway: {name: g}, prometheus: {url: 'http://p:9090'}}\n", STEPS, ""),
+        ("{kind: local}", PROM, "", ", abTest: {version: 2}, shadow: {version: 2}"),
+        ("{kind: local}", PROM, STEPS, ", shadow: {version: 2}"),
+        ("{kind: local}", "", "{version: 2, steps: [10, 100], analysis: {metric: prediction-shift}}", ""),
+    ],
+)
+def test_mlp_validate_accepts_what_the_target_honours(
+    tmp_path: Path, target: str, spec: str, canary: str, dep: str
+) -> None:
+    _write_env(tmp_path, canary, target=target, spec=spec, dep=dep)
+    res = CliRunner().invoke(cli, ["validate", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+
+
+def test_a_local_environment_with_a_prometheus_analyses_its_canaries_there() -> None:
+    from mlp.rollouts.driver import resolve_analysis
+    from mlp.specs.models import EnvironmentSpec
+
+    plain = EnvironmentSpec.model_validate({"target": {"kind": "local"}})
+    with_prom = EnvironmentSpec.model_validate(
+        {"target": {"kind": "local"}, "serving": {"prometheus": {"url": "http://p:9090"}}}
+    )
+    assert resolve_analysis(None, plain).provider == "local"
+    a = resolve_analysis(None, with_prom)
+    assert a.provider == "prometheus" and a.prometheus is not None and a.prometheus.url == "http://p:9090"
+
+
+def test_a_rollout_starts_at_the_declared_traffic_step(tmp_path: Path) -> None:
+    store = RolloutStore(tmp_path)
+    driver = RolloutDriver(store, _Down())
+    dep = Deployment.model_validate({"version": 1, "canary": {"version": 2, "steps": [10, 50, 100], "traffic": 50}})
+    driver.declare("dev", "abc", {"iris": dep})
+    assert driver.tick("dev")
+    r = store.get("dev", "iris")
+    assert r is not None and (r.phase, r.step, r.weight) == ("Progressing", 1, 50)
+    assert driver.positions("dev") == {"iris": Position("Progressing", 50)}
 
 
 # --- driver over the state database ------------------------------------------------------------

@@ -291,9 +291,24 @@ def test_good_canary_walks_every_step_and_is_promoted(
         labels = '{canary="2",environment="dev",model="iris"}'
         assert f"mlp_rollout_canary_weight{labels} 100.0" in metrics
         assert f"mlp_rollout_phase{labels} 3.0" in metrics and f"mlp_rollout_step{labels} 3.0" in metrics
+        # Git stays the truth: the promotion opens the PR that makes v2 the stable version
+        linked = wait_for(lambda: (rollout(state) or {}).get("revert_url"), 30, "the promotion PR link")
     finally:
         load.stop()
         up.stop()
+    branch = "mlp/promote/dev/iris-v2"
+    pulls = github.calls("POST", "/repos/acme/platform/pulls")
+    assert len(pulls) == 1 and pulls[0].status == 201, pulls
+    assert pulls[0].body["head"] == branch and pulls[0].body["title"] == "Promote iris v2 to stable in dev"
+    assert linked == github.repos["acme/platform"].pulls[1]["html_url"]
+    origin = git.Repo(tmp_path / "origin.git")
+    diff = origin.git.diff(f"main..{branch}", "--unified=0")
+    changed = [ln for ln in diff.splitlines() if ln[:1] in "+-" and ln[:3] not in ("+++", "---")]
+    assert changed == [
+        "-      version: 1",
+        "-      canary: " + f"{{version: 2, steps: [20, 50, 100], {ANALYSIS}}}",
+        "+      version: 2",
+    ], diff
     events = [e["message"] for e in audit(state)]
     assert any("started at 20%" in m for m in events), events
     assert any("advanced to step 2/3: 50%" in m for m in events), events
@@ -302,7 +317,6 @@ def test_good_canary_walks_every_step_and_is_promoted(
     # every answer while it walked succeeded, and the canary served a growing share
     assert all(status == 200 for _, status, _ in load.answers)
     assert {v for _, _, v in after} == {"2"}, Counter(v for _, _, v in after)
-    assert not github.calls("POST", "/pulls")
 
 
 def check_rolled_back(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import socket
@@ -46,16 +47,17 @@ def plane(tmp_path: Path) -> Iterator[tuple[Runtime, str]]:
     rt.close()
 
 
-@pytest.fixture
-def prometheus(tmp_path: Path, plane: tuple[Runtime, str]) -> Iterator[str]:
+@contextlib.contextmanager
+def run_prometheus(tmp_path: Path, scrape: str, series: str = "mlp_model_requests_total") -> Iterator[str]:
+    """A real Prometheus scraping `scrape` (host:port) every second; yields its URL once `series` is in.
+    Skips the test when the binary is absent."""
     binary = _binary()
     if binary is None:
         pytest.skip("prometheus is not installed (Debian package `prometheus`; .ci/setup.d/20-prometheus.sh)")
-    target = plane[1].removeprefix("http://")
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: mlp\n    static_configs: [{{targets: ['{target}']}}]\n"
+        f"scrape_configs:\n  - job_name: mlp\n    static_configs: [{{targets: ['{scrape}']}}]\n"
     )
     port = _free_port()
     proc = subprocess.Popen(
@@ -73,7 +75,7 @@ def prometheus(tmp_path: Path, plane: tuple[Runtime, str]) -> Iterator[str]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                r = httpx.get(f"{url}/api/v1/query", params={"query": "mlp_model_requests_total"}, timeout=1)
+                r = httpx.get(f"{url}/api/v1/query", params={"query": series}, timeout=1)
                 if r.status_code == 200 and r.json()["data"]["result"]:
                     break
             except httpx.HTTPError:
@@ -85,6 +87,12 @@ def prometheus(tmp_path: Path, plane: tuple[Runtime, str]) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, plane: tuple[Runtime, str]) -> Iterator[str]:
+    with run_prometheus(tmp_path, plane[1].removeprefix("http://")) as url:
+        yield url
 
 
 @pytest.mark.timeout(120)

@@ -290,7 +290,8 @@ CASES: list[Case] = [
             replace("specs/monitor.yaml", "  environments: [staging]\n", ""),
             replace(
                 DEV,
-                "  deployments:\n    iris:\n      version: 1\n      abTest: {version: 2, share: 20}\n",
+                "  deployments:\n    iris:\n      version: 1\n      abTest: {version: 2, share: 20}\n"
+                "      shadow: {version: 2, percent: 10}\n",
                 "  deployments: {}\n",
             ),
             replace(
@@ -300,7 +301,7 @@ CASES: list[Case] = [
             ),
             replace(
                 PROD,
-                "  deployments:\n    iris:\n      version: 1\n      shadow: {version: 2, percent: 10}\n",
+                "  deployments:\n    iris:\n      version: 1\n",
                 "  deployments: {}\n",
             ),
         ),
@@ -410,8 +411,8 @@ CASES: list[Case] = [
     ),
     Case(
         "shadow-version-missing",
-        replace(PROD, "shadow: {version: 2", "shadow: {version: 8"),
-        PROD,
+        replace(DEV, "shadow: {version: 2", "shadow: {version: 8"),
+        DEV,
         "shadow:",
         "shadow version 8 of model 'iris' does not exist",
     ),

@@ -79,6 +79,39 @@ def _make_targets(
     return factory
 
 
+def _rollout_driver(
+    source: Any,
+    watch_dir: Path | None,
+    state_dir: Path,
+    metrics: Any,
+    pr_repo: str | None,
+    github_url: str | None,
+    gitlab_url: str | None,
+) -> Any:
+    """Canary rollouts of kubernetes environments (mlp.rollouts.kube): Prometheus analysis, revert
+    branches pushed from the repository the controller reads."""
+    from mlp.rollouts.gitops import HostConfig
+    from mlp.rollouts.kube import kube_driver
+
+    names = ("MLP_GITLAB_TOKEN", "GITLAB_TOKEN") if gitlab_url else ("MLP_GITHUB_TOKEN", "GITHUB_TOKEN")
+    token = next((os.environ[n] for n in names if os.environ.get(n)), None)
+    host = HostConfig(repo=pr_repo, token=token, github_url=github_url, gitlab_url=gitlab_url)
+    auth = getattr(source, "auth", None)
+    repo_dir = getattr(source, "cache_dir", None) or watch_dir
+
+    def echo(message: str) -> None:
+        click.echo(f"{_stamp()} {message}", err=True)
+
+    return kube_driver(
+        state_dir,
+        repo_dir,
+        host=host,
+        git_env=auth.environment() if auth is not None else None,
+        registry=metrics.registry,
+        echo=echo,
+    )
+
+
 def _limit_malloc_arenas() -> None:
     """Ask glibc for 2 malloc arenas instead of 8 per core (as MALLOC_ARENA_MAX=2 does).
 
@@ -246,6 +279,14 @@ def _stamp() -> str:
 @click.option("--leader-elect-renew-deadline", type=float, default=10.0, show_default=True)
 @click.option("--leader-elect-retry-period", type=float, default=2.0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print only changes and errors.")
+@click.option(
+    "--pr-repo",
+    envvar="MLP_PR_REPO",
+    help="owner/name on GitHub (or GitLab with --gitlab-url) to open a canary rollback's revert PR in "
+    "[env MLP_PR_REPO; token from MLP_GITHUB_TOKEN / GITHUB_TOKEN or MLP_GITLAB_TOKEN / GITLAB_TOKEN].",
+)
+@click.option("--github-url", envvar="MLP_GITHUB_API_URL", help="GitHub API URL [env MLP_GITHUB_API_URL].")
+@click.option("--gitlab-url", envvar="MLP_GITLAB_API_URL", help="GitLab API URL [env MLP_GITLAB_API_URL].")
 @tls_options
 def controller(
     repo: str | None,
@@ -274,6 +315,9 @@ def controller(
     leader_elect_renew_deadline: float,
     leader_elect_retry_period: float,
     quiet: bool,
+    pr_repo: str | None = None,
+    github_url: str | None = None,
+    gitlab_url: str | None = None,
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
 ) -> None:
@@ -336,6 +380,7 @@ def controller(
 
     store = StateStore(state_dir)
     metrics = ControllerMetrics()
+    rollouts = _rollout_driver(source, watch_dir, state_dir, metrics, pr_repo, github_url, gitlab_url)
     reconciler = Reconciler(
         source,
         _make_targets(kubeconfig, state_dir, qps=kube_api_qps, burst=kube_api_burst, context=context),
@@ -343,6 +388,7 @@ def controller(
         metrics=metrics,
         default_ref=branch,
         local_elsewhere=True,
+        rollouts=rollouts,
     )
 
     json_logs = click.get_current_context().meta.get("mlp.log_format") == "json"

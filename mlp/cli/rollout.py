@@ -1,4 +1,5 @@
-"""`mlp rollout status|pause|resume|abort|promote ENV MODEL`: look at and steer a canary rollout.
+"""`mlp rollout status|pause|resume|abort|promote ENV MODEL`: look at and steer a canary rollout;
+`mlp rollout shadow-report ENV MODEL`: how a shadow version's answers compare with the served ones.
 
 Reads and writes the rollout state in the same state folder `mlp up` and `mlp status`
 use; the loop that drives the rollout picks the change up at its next tick (a pause
@@ -47,7 +48,8 @@ def _text(r: Any) -> str:
         mark = {True: "ok", False: "FAIL", None: "..."}[c.get("ok")]
         lines.append(f"  [{mark}] {c['metric']}: {c['detail']}")
     if r.revert_branch:
-        lines.append(f"  revert: branch {r.revert_branch}" + (f", {r.revert_url}" if r.revert_url else ""))
+        kind = "promotion" if r.phase == "Promoted" else "revert"
+        lines.append(f"  {kind}: branch {r.revert_branch}" + (f", {r.revert_url}" if r.revert_url else ""))
     return "\n".join(lines)
 
 
@@ -131,3 +133,95 @@ _verb(
     "promote",
     "Promote the canary now: it becomes the stable version.\n\n\b\nExample:\n  mlp rollout promote prod churn",
 )
+
+
+@rollout.command("shadow-report")
+@click.argument("env")
+@click.argument("model")
+@click.option("--repo", default=".", type=click.Path(file_okay=False, path_type=Path), help="Platform repository.")
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Serving state folder holding payloads/ [default: REPO/.mlp/up-ENV].",
+)
+@click.option("--metrics-url", help="The data plane's /metrics (mlp up's URL + /metrics), for latency percentiles.")
+@click.option(
+    "-o", "--output", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True
+)
+def shadow_report(env: str, model: str, repo: Path, state_dir: Path | None, metrics_url: str | None, fmt: str) -> None:
+    """Compare a shadow version's answers with the served ones: agreement, distribution shift, latency.
+
+    Pairs the payload log's rows of the stable and the shadow version by request id (closed
+    files only: the log rolls a file every 10 s). Exit 0 with a report, 1 when no request was
+    answered by both yet, 2 on error.
+
+    \b
+    Examples:
+      mlp rollout shadow-report dev iris
+      mlp rollout shadow-report dev iris --metrics-url http://127.0.0.1:8080/metrics -o json
+    """
+    from mlp.cli._common import fail
+    from mlp.rollouts.shadow import report
+    from mlp.sources.directory import read_directory
+    from mlp.specs import load
+
+    result = load(read_directory(repo))
+    if not result.ok:
+        fail(f"{repo}: the repository does not validate (run mlp validate)")
+    envspec = result.specs.environments.get(env)
+    if envspec is None:
+        fail(f"environments/: no Environment {env!r}")
+    dep = envspec.spec.deployments.get(model)
+    if dep is None or dep.shadow is None:
+        fail(f"Environment/{env}: model {model!r} declares no shadow")
+    outputs = result.specs.models[model].spec.signature.outputs
+    column = outputs[0].name if len(outputs) == 1 else "prediction"
+    text = None
+    if metrics_url:
+        import httpx
+
+        try:
+            text = httpx.get(metrics_url, timeout=10).raise_for_status().text
+        except httpx.HTTPError as exc:
+            fail(f"--metrics-url {metrics_url}: {exc}")
+    state = state_dir or repo / ".mlp" / f"up-{env}"
+    rep = report(state / "payloads", model, str(dep.version), str(dep.shadow.version), column, text)
+    data = {"environment": env, **rep.to_json()}
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+
+        def num(v: float | None, f: str = ".4g") -> str:
+            return "-" if v is None else format(v, f)
+
+        rows = [
+            ("rows answered", str(rep.primary_rows), str(rep.shadow_rows)),
+            ("mean output", num(rep.mean_primary), num(rep.mean_shadow)),
+        ]
+        for key in ("p50", "p99"):
+            rows.append(
+                (
+                    f"latency {key} (s)",
+                    num(rep.latency.get(rep.primary, {}).get(key)),
+                    num(rep.latency.get(rep.shadow, {}).get(key)),
+                )
+            )
+        facts = [
+            ("paired rows", str(rep.paired)),
+            ("agreement", num(rep.agreement, ".2%")),
+            ("distribution shift p-value", num(rep.shift_pvalue)),
+        ]
+        if fmt == "markdown":
+            lines = [f"### Shadow `{model}` v{rep.shadow} in {env}", "", "| | served | shadow |", "|---|---|---|"]
+            lines += [f"| {a} | v{rep.primary}: {b} | v{rep.shadow}: {c} |" for a, b, c in rows]
+            lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts]
+            click.echo("\n".join(lines))
+        else:
+            click.echo(f"shadow {env}/{model}: v{rep.shadow} mirrored beside served v{rep.primary}")
+            for a, b, c in rows:
+                click.echo(f"  {a:<18} {b:<12} {c}")
+            for k, v in facts:
+                click.echo(f"  {k}: {v}")
+    if rep.paired == 0:
+        click.echo(f"{env}/{model}: no request answered by both versions yet", err=True)
+        sys.exit(1)

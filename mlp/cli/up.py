@@ -89,8 +89,8 @@ class LocalLoop:
             return False
         self.target.runtime.store.mirror = mirror
         if self.rollouts is not None:
-            deployments = result.specs.environments[self.env].spec.deployments
-            self.rollouts.declare(self.env, snap.revision, deployments)
+            envspec = result.specs.environments[self.env].spec
+            self.rollouts.declare(self.env, snap.revision, envspec.deployments, envspec)
             self.rollouts.tick(self.env)
             self._last = (snap, result)
         try:

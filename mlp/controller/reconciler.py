@@ -37,7 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlp.controller.metrics import ControllerMetrics
 from mlp.controller.queue import URGENT
@@ -66,10 +66,11 @@ from mlp.engine import (
 )
 from mlp.plan.core import Action, Plan, PlanItem, PlanRefused
 from mlp.plan.health import HealthStatus, assess, worst
+from mlp.render.resolve import Position
 from mlp.render.stamp import canonical_json
 from mlp.sources.base import Snapshot
 from mlp.specs import LoadResult, SpecSet, load
-from mlp.specs.models import Environment
+from mlp.specs.models import Deployment, Environment, EnvironmentSpec
 from mlp.targets.base import Manifest, ObjectRef, Target, TargetError
 
 DEFAULT_REF = "main"
@@ -97,6 +98,20 @@ class RevisionSource(Protocol):
 TargetFactory = Callable[[str, Environment], Target]
 
 
+class Rollouts(Protocol):
+    """What the reconciler needs of a rollout driver (`mlp.rollouts.driver.RolloutDriver`)."""
+
+    declared: dict[str, Any]
+
+    def declare(
+        self, env: str, revision: str | None, deployments: dict[str, Deployment], spec: EnvironmentSpec | None = None
+    ) -> None: ...
+
+    def tick(self, env: str) -> bool: ...
+
+    def positions(self, env: str, deployments: dict[str, Deployment] | None = None) -> dict[str, Position]: ...
+
+
 @dataclass
 class Loaded:
     """What the controller keeps of a loaded commit: enough to list and check environments cheaply."""
@@ -106,6 +121,7 @@ class Loaded:
     errors: list[str]
     environments: dict[str, Environment]  # without deployments (see `of`)
     result: LoadResult | None = None  # the full spec set; dropped by `Reconciler.trim`
+    canaries: dict[str, dict[str, Deployment]] = field(default_factory=dict)  # env -> its canary deployments
 
     @classmethod
     def of(cls, snapshot: Snapshot, result: LoadResult) -> Loaded:
@@ -117,7 +133,11 @@ class Loaded:
             name: e.model_copy(update={"spec": e.spec.model_copy(update={"deployments": {}})})
             for name, e in result.specs.environments.items()
         }
-        return cls(snapshot, result.ok, errors, light, result)
+        canaries = {
+            name: {m: d for m, d in e.spec.deployments.items() if d.canary is not None}
+            for name, e in result.specs.environments.items()
+        }
+        return cls(snapshot, result.ok, errors, light, result, {k: v for k, v in canaries.items() if v})
 
 
 @dataclass
@@ -239,8 +259,11 @@ class Reconciler:
         default_ref: str = DEFAULT_REF,
         clock: Callable[[], datetime] = _now,
         local_elsewhere: bool = False,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.source = source
+        # Canary rollouts of kubernetes environments: analysed each step, their positions rendered.
+        self.rollouts = rollouts
         self.local_elsewhere = local_elsewhere
         self.targets = targets
         self.store = store
@@ -421,6 +444,7 @@ class Reconciler:
                 [f"environment {env!r} is not declared at {rev[:12]}"],
                 "environment not declared (nothing is pruned)",
             )
+        moved = self._drive_rollouts(env, rev, loaded, envspec, status.synced_revision)
         # Fast path for the common idle case: same revision, same live objects (by resourceVersion)
         # as the last step that found everything in sync -> still in sync. Rendering and planning
         # 1,000 objects again would cost most of an idle controller's CPU and memory. A target that
@@ -428,7 +452,8 @@ class Reconciler:
         live: list[Manifest] | None = None
         try:
             target = self._step_targets[env] = self.targets(env, envspec)
-            check = self._in_sync.get(env) if not manual and self.store.intent(env) is None else None
+            # a canary that moved is a change to apply, whatever the live objects say
+            check = self._in_sync.get(env) if not manual and not moved and self.store.intent(env) is None else None
             # What to list: the kinds the last full step listed (its inventory plus what it rendered);
             # after a restart, the inventory stored in the target (plus the kinds to adopt).
             kinds = self._kinds.get(env)
@@ -458,7 +483,25 @@ class Reconciler:
         with self._full_lock(target).hold(urgent=bool(reasons & URGENT)) as waited:
             if waited:
                 live = None  # another environment's step ran meanwhile: what was listed may be stale
-            return self._full_step(env, reasons, status, loaded, target, live, kinds, seen_before, source_note)
+            result = self._full_step(env, reasons, status, loaded, target, live, kinds, seen_before, source_note, moved)
+        if status.synced_revision == rev and status.revision == rev:
+            # the revision runs now: its canaries start (or go on) rolling out from the next step
+            self._drive_rollouts(env, rev, loaded, envspec, rev, tick=False)
+        return result
+
+    def _drive_rollouts(
+        self, env: str, rev: str, loaded: Loaded, envspec: Environment, synced: str | None, *, tick: bool = True
+    ) -> bool:
+        """Declare the canaries of the applied revision and analyse them once; True when one moved.
+
+        Only the revision that runs (`synced`) drives rollouts: a commit the sync policy holds
+        back (automated off, a deny window) must not start its canary."""
+        if self.rollouts is None or envspec.spec.target.kind != "kubernetes" or synced != rev:
+            return False
+        canaries = loaded.canaries.get(env, {})
+        if canaries or self.rollouts.declared.get(env) or env not in self.rollouts.declared:
+            self.rollouts.declare(env, rev, canaries, envspec.spec)
+        return bool(tick and canaries and self.rollouts.tick(env))
 
     def _full_step(
         self,
@@ -471,6 +514,7 @@ class Reconciler:
         kinds: list[tuple[str, str]],
         seen_before: tuple[str, str | None],
         source_note: str,
+        moved: bool = False,
     ) -> StepResult:
         """Run the engine with the environment's sync policy; `_step` found it out of its fast path."""
         manual = "manual" in reasons
@@ -490,6 +534,10 @@ class Reconciler:
             if interrupted and intent is not None and intent.revision == rev:
                 allowed, why = True, "resuming an interrupted apply"
             elif manual:
+                allowed = True
+            elif moved and not new_revision:
+                # a canary's analysis moved it (a step, a promotion, a rollback): part of running the
+                # applied revision, so neither automation, windows nor selfHeal holds it back
                 allowed = True
             elif not sync.automated:
                 allowed, why = False, "automated sync is off; run `mlp sync " + env + "`"
@@ -517,6 +565,8 @@ class Reconciler:
         def before_execute(plan: Plan) -> None:
             if new_revision or manual:
                 action = "rollback" if self._is_rollback(status, envspec) else "apply"
+            elif moved:
+                action = "rollout-step"  # the driver's transition itself is its own "rollout" event
             else:
                 action = "self-heal"
             chosen["action"] = action
@@ -525,7 +575,10 @@ class Reconciler:
 
         policy = Policy(prune=sync.prune, decide=decide, before_execute=before_execute)
         try:
-            run = reconcile(snap, env, target, policy, loaded=specs, live=live, live_kinds=kinds)
+            positions = (
+                self.rollouts.positions(env, loaded.canaries.get(env, {})) if self.rollouts is not None else None
+            )
+            run = reconcile(snap, env, target, policy, loaded=specs, live=live, live_kinds=kinds, positions=positions)
         except TargetError as exc:
             return self._fail(status, rev, f"cannot read live state: {exc}", unknown=True)
         except (PlanRefused, ValueError) as exc:

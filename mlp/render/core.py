@@ -11,9 +11,13 @@ kubernetes targets, per deployed model:
   it follows KServe's own canary semantics: the spec names the *canary* version's
   `storageUri` with `canaryTrafficPercent`, and KServe keeps routing the rest to the
   previously rolled-out revision; the stable and canary versions and digests are recorded
-  in `mlp.dev/*` annotations. An A/B variant or a shadow is a second InferenceService
-  `<model>-ab` / `<model>-shadow` (role in `mlp.dev/role`), since one InferenceService
-  cannot carry two routed versions.
+  in `mlp.dev/*` annotations. That is KServe's Serverless (Knative) mode; in Standard
+  (RawDeployment) mode (`spec.serving.mode`) KServe has no split, so the canary is a second
+  InferenceService `<model>-canary` and `kubernetes/httproute.yaml.j2` renders a Gateway API
+  HTTPRoute `<model>` weighing `<model>-predictor` and `<model>-canary-predictor` (every model
+  gets its route when `serving.gateway` is set). A declared mode is also written as the
+  `serving.kserve.io/deploymentMode` annotation. A/B tests and shadows need the local data
+  plane's router (a sticky hashed split, mirroring): validate refuses them on kubernetes targets.
 - once per environment with a `storageSecret`: `kubernetes/serviceaccount.yaml.j2`, a
   ServiceAccount that *references* the storage Secret (`secrets: [{name: ...}]`), never
   holds credentials.
@@ -146,30 +150,72 @@ def _isvc_contexts(
             },
         }
 
-    out = [ctx("primary", served, canary_percent, annotations, "")]
-    ab_route = res.route("ab")
-    if ab_route is not None:
-        out.append(
-            ctx(
-                "ab",
-                _version_info(ab_route),
-                None,
-                {"mlp.dev/ab-share": str(ab_route.weight), "mlp.dev/ab-sticky-header": res.sticky_header or ""},
-                "-ab",
+    annotations.update(_mode(env))
+    serving = env.spec.serving
+    if serving is not None and serving.standard and canary_route is not None:
+        # Standard (RawDeployment) mode has no split inside an InferenceService: the stable version
+        # keeps `<model>`, the canary runs beside it as `<model>-canary`, an HTTPRoute weighs them.
+        out = [ctx("primary", stable, None, annotations, "")]
+        canary_annotations = {k: v for k, v in annotations.items() if not k.startswith("mlp.dev/stable-")}
+        out.append(ctx("canary", served, None, canary_annotations, "-canary"))
+    else:
+        out = [ctx("primary", served, canary_percent, annotations, "")]
+    for role, field in (("ab", "abTest"), ("shadow", "shadow")):
+        if res.route(role) is not None:  # `mlp validate` refuses these (mlp.specs.checks._serving)
+            raise RenderError(
+                f"Environment/{env.metadata.name}: deployments.{name}.{field} needs the local data plane's "
+                "router; a kubernetes target cannot honour it",
+                path=_where(specs, "Environment", env.metadata.name),
             )
-        )
-    shadow_route = res.route("shadow")
-    if shadow_route is not None:
-        out.append(
-            ctx(
-                "shadow",
-                _version_info(shadow_route),
-                None,
-                {"mlp.dev/shadow-percent": str(shadow_route.weight)},
-                "-shadow",
-            )
-        )
     return out
+
+
+def _mode(env: Environment) -> dict[str, str]:
+    serving = env.spec.serving
+    return {"serving.kserve.io/deploymentMode": serving.mode} if serving is not None and serving.mode else {}
+
+
+def _route_ctx(env: Environment, name: str, model: Model, res: ResolvedDeployment) -> dict[str, Any] | None:
+    """Standard mode: the HTTPRoute in front of `<model>` (and `<model>-canary`) with the weights.
+
+    KServe's raw deployments expose each InferenceService as the Service `<isvc>-predictor` on
+    port 80, and its model server knows the model by the InferenceService's name, so the canary's
+    backend rewrites `/v2/models/<model>` to `/v2/models/<model>-canary` (and the v1 predict path
+    alike). Matching on the model's own paths lets every model's route share one Gateway. The
+    canary's weight is its resolved route's (the rollout position when one runs)."""
+    serving = env.spec.serving
+    if serving is None or not serving.standard or serving.gateway is None:
+        return None
+    canary = res.route("canary")
+    service = {"group": "", "kind": "Service", "port": 80}
+
+    def backends(rewrite: dict[str, str] | None) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [
+            {**service, "name": f"{name}-predictor", "weight": 100 - (canary.weight if canary else 0)}
+        ]
+        if canary is not None:
+            b: dict[str, Any] = {**service, "name": f"{name}-canary-predictor", "weight": canary.weight}
+            if rewrite is not None:
+                b["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": rewrite}}]
+            out.append(b)
+        return out
+
+    rules = [
+        {
+            "matches": [{"path": {"type": "PathPrefix", "value": f"/v2/models/{name}"}}],
+            "backendRefs": backends({"type": "ReplacePrefixMatch", "replacePrefixMatch": f"/v2/models/{name}-canary"}),
+        },
+        {
+            "matches": [{"path": {"type": "Exact", "value": f"/v1/models/{name}:predict"}}],
+            "backendRefs": backends(
+                {"type": "ReplaceFullPath", "replaceFullPath": f"/v1/models/{name}-canary:predict"}
+            ),
+        },
+    ]
+    parent = {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": serving.gateway.name}
+    if serving.gateway.namespace:
+        parent["namespace"] = serving.gateway.namespace
+    return {"name": name, "parent": parent, "rules": rules, "labels": _base_labels(model, "primary")}
 
 
 def _model_ctx(model: Model) -> dict[str, Any]:
@@ -332,6 +378,13 @@ def render(
                     "kubernetes/inferenceservice.yaml.j2",
                     f"Model.{name}",
                     {"env": env_ctx, "model": _model_ctx(specs.models[name]), "isvc": isvc},
+                )
+            route = _route_ctx(env, name, specs.models[name], resolved[name])
+            if route is not None:
+                r.emit(
+                    "kubernetes/httproute.yaml.j2",
+                    f"Model.{name}",
+                    {"env": env_ctx, "model": _model_ctx(specs.models[name]), "route": route},
                 )
         for monitor in monitors_for(specs, env):
             mctx = {"env": env_ctx, "monitor": _monitor_ctx(specs, monitor, env)}

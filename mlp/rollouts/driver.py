@@ -11,8 +11,9 @@ The loop that reconciles an environment calls, each time round:
 - `positions(env)`: where each canary stands, for the engine's resolve stage
   (`mlp.engine.reconcile(..., positions=...)`), which sets the canary's route before render.
 
-After a rollback (by analysis or `mlp rollout abort`) the write-back hook runs once, off the
-loop's thread; its result (revert branch, PR link) is stored with the rollout.
+After a rollback (by analysis or `mlp rollout abort`) or a promotion the write-back hook runs
+once, off the loop's thread; its result (the revert or promotion branch, PR link) is stored
+with the rollout (`revert_branch`, `revert_url`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from mlp.rollouts.analysis import evaluate
 from mlp.rollouts.machine import PAUSED, PENDING, PROGRESSING, PROMOTED, ROLLED_BACK, Rollout, Transition
 from mlp.rollouts.providers import Provider
 from mlp.rollouts.store import RolloutStore
-from mlp.specs.models import Analysis, Deployment
+from mlp.specs.models import Analysis, Deployment, EnvironmentSpec
+from mlp.specs.models import PrometheusProvider as PrometheusSpec
 
 log = logging.getLogger("mlp.rollouts")
 
@@ -38,6 +40,19 @@ WriteBack = Callable[[Rollout], dict[str, Any]]
 PHASE_CODE = {PENDING: 0, PROGRESSING: 1, PAUSED: 2, PROMOTED: 3, ROLLED_BACK: 4}
 VERDICT_WRITE_SECONDS = 5.0
 VERDICT_CODE = {"pass": 1, "wait": 0, "nodata": -1, "fail": -2}
+
+
+def resolve_analysis(analysis: Analysis | None, spec: EnvironmentSpec | None) -> Analysis:
+    """A canary's analysis with its provider and Prometheus URL as the environment resolves them."""
+    a = analysis or Analysis()
+    if spec is None:
+        return a
+    provider = spec.analysis_provider(a)
+    url = spec.prometheus_url(a)
+    update: dict[str, Any] = {"provider": provider}
+    if provider == "prometheus" and a.prometheus is None and url is not None:
+        update["prometheus"] = PrometheusSpec(url=url)
+    return a.model_copy(update=update)
 
 
 class RolloutMetrics:
@@ -98,12 +113,15 @@ class RolloutDriver:
 
     # --- declaration -------------------------------------------------------------------------
 
-    def declare(self, env: str, revision: str | None, deployments: dict[str, Deployment]) -> None:
+    def declare(
+        self, env: str, revision: str | None, deployments: dict[str, Deployment], spec: EnvironmentSpec | None = None
+    ) -> None:
+        """`spec` (the environment's) resolves each analysis' provider and Prometheus URL."""
         declared: dict[str, Analysis] = {}
         for model, dep in deployments.items():
             if dep.canary is None:
                 continue
-            analysis = dep.canary.analysis or Analysis()
+            analysis = resolve_analysis(dep.canary.analysis, spec)
             declared[model] = analysis
             key = machine.declaration_key(dep.version, dep.canary.version, list(dep.canary.steps))
             current = self.store.get(env, model)
@@ -116,7 +134,9 @@ class RolloutDriver:
                 self.store.replace(ended)  # this declaration already ran: never retried
                 self._seen[(env, model)] = (ended.key, ended.phase)
                 continue
-            r = Rollout(env, model, dep.version, dep.canary.version, list(dep.canary.steps), key, revision=revision)
+            steps = list(dep.canary.steps)
+            first = steps.index(dep.canary.traffic) if dep.canary.traffic in steps else 0
+            r = Rollout(env, model, dep.version, dep.canary.version, steps, key, revision=revision, first_step=first)
             self.store.replace(r, Transition("", PENDING, f"canary v{r.canary} declared (stable v{r.stable})"))
             self._seen[(env, model)] = (r.key, r.phase)
         for r in self.store.all(env):
@@ -168,7 +188,12 @@ class RolloutDriver:
             seen = self._seen.get((env, model))
             if after.weight != before.weight or after.phase != before.phase or (seen and seen[1] != after.phase):
                 changed = True
-            if after.phase == ROLLED_BACK and seen is not None and seen[0] == after.key and seen[1] != ROLLED_BACK:
+            if (
+                after.phase in (ROLLED_BACK, PROMOTED)
+                and seen is not None
+                and seen[0] == after.key
+                and seen[1] != after.phase
+            ):
                 self._write_back(after)
             self._seen[(env, model)] = (after.key, after.phase)
             if self.metrics is not None:
@@ -217,11 +242,12 @@ class RolloutDriver:
         def run() -> None:
             try:
                 info = hook(r)
-                message = f"revert branch {info.get('revert_branch')}" + (
+                kind = "promotion" if r.phase == PROMOTED else "revert"
+                message = f"{kind} branch {info.get('revert_branch')}" + (
                     f", {info['revert_url']}" if info.get("revert_url") else ""
                 )
             except Exception as exc:  # write-back must never stop the loop
-                info, message = {}, f"revert not opened: {type(exc).__name__}: {exc}"
+                info, message = {}, f"write-back not opened: {type(exc).__name__}: {exc}"
             self.echo(f"rollout {r.env}/{r.model}: {message}")
 
             def record(cur: Rollout) -> tuple[Rollout, Transition | None]:
@@ -245,8 +271,20 @@ class RolloutDriver:
 
     # --- where traffic goes ------------------------------------------------------------------
 
-    def positions(self, env: str) -> dict[str, Position]:
-        """model -> where its canary stands, for the engine's resolve stage."""
-        return {
-            r.model: Position(r.phase, r.weight) for r in self.store.all(env) if r.model in self.declared.get(env, {})
-        }
+    def positions(self, env: str, deployments: dict[str, Deployment] | None = None) -> dict[str, Position]:
+        """model -> where its canary stands, for the engine's resolve stage.
+
+        With `deployments` (a revision about to be applied), only the rollouts of the canaries it
+        declares unchanged: a new canary declaration starts at its first step."""
+        out = {}
+        for r in self.store.all(env):
+            if r.model not in self.declared.get(env, {}):
+                continue
+            if deployments is not None:
+                dep = deployments.get(r.model)
+                if dep is None or dep.canary is None:
+                    continue
+                if machine.declaration_key(dep.version, dep.canary.version, list(dep.canary.steps)) != r.key:
+                    continue
+            out[r.model] = Position(r.phase, r.weight)
+        return out

@@ -1,126 +1,86 @@
-"""Where a rollout puts traffic on Kubernetes, in both KServe deployment modes.
+"""Rollouts on Kubernetes targets: the controller's driver, metrics from Prometheus.
 
-- Serverless (Knative): the one InferenceService names the canary's `storageUri` and
-  `spec.predictor.canaryTrafficPercent` is the rollout's weight; KServe sends the rest to the
-  previously rolled-out revision. Promoted: the field is dropped (100% to the latest
-  revision); rolled back: 0. What KServe really routes is read back from
-  `status.components.predictor.traffic`.
-- Standard (RawDeployment): KServe has no split, so the stable version keeps the
-  InferenceService `<model>`, the canary gets `<model>-canary` beside it, and a Gateway API
-  `HTTPRoute` `<model>` in front of both carries the weights on its `backendRefs` (KServe's
-  raw deployments expose `<isvc>-predictor` services on port 80).
+Traffic moves through the engine like every other change: the driver's positions enter
+the resolve stage (`mlp.engine.reconcile(..., positions=...)`), render writes the canary's
+weight into the desired objects, and the controller's normal apply moves it, so there is one
+writer and the idle drift check sees the position it applied:
 
-`position(objects, rollout, ...)` rewrites rendered manifests (pure); the target's normal
-apply writes them, so the one writer stays the one writer.
+- Serverless (Knative) mode: the one InferenceService names the canary's `storageUri` with
+  `spec.predictor.canaryTrafficPercent` at the rollout's weight; KServe sends the rest to the
+  previously rolled-out revision and reports the split in `status.components.predictor.traffic`
+  (the controller records it as the model's observed traffic). Promoted: the field goes (100%
+  to the canary's revision); rolled back: the stable version's `storageUri` again, so the
+  canary gets 0%.
+- Standard (RawDeployment) mode: the stable version keeps `<model>`, the canary runs as
+  `<model>-canary`, and the HTTPRoute `<model>` carries both weights; promoted, `<model>` serves
+  the canary's version at 100%; rolled back, the route sends 100% to the stable version.
+
+Analysis reads Prometheus' HTTP API (`spec.serving.prometheus.url` of the environment, or the
+canary's own `analysis.prometheus.url`; `mlp validate` refuses a canary with neither). A
+Prometheus that does not answer pauses the rollout at its step with the reason; it never
+promotes on missing data.
 """
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from mlp.rollouts.machine import PROMOTED, ROLLED_BACK, Rollout
-
-ISVC = ("serving.kserve.io/v1beta1", "InferenceService")
-ROUTE_API = "gateway.networking.k8s.io/v1"
-
-
-def _isvc(objects: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
-    return next(
-        (o for o in objects if (o.get("apiVersion"), o.get("kind")) == ISVC and o["metadata"]["name"] == name), None
-    )
+from mlp.rollouts.analysis import Sample, Window
+from mlp.rollouts.driver import RolloutDriver, RolloutMetrics
+from mlp.rollouts.gitops import HostConfig, make_writeback
+from mlp.rollouts.providers import PrometheusProvider, Provider
+from mlp.rollouts.store import RolloutStore
+from mlp.specs.models import Analysis, AnalysisCheck
 
 
-def position(
-    objects: list[dict[str, Any]],
-    r: Rollout,
+class NoPrometheus:
+    """The provider of a canary whose environment declares no Prometheus (a spec `mlp validate`
+    refuses): always no data, so such a rollout pauses rather than promotes."""
+
+    def mark(self, model: str, versions: tuple[str, str]) -> None:
+        return None
+
+    def window(
+        self, model: str, stable: str, canary: str, mark: Any, seconds: float, checks: list[AnalysisCheck]
+    ) -> Window:
+        return Window(
+            Sample(),
+            Sample(),
+            error="no Prometheus declared: set spec.serving.prometheus.url of the environment "
+            "(or the canary's analysis.prometheus.url)",
+        )
+
+
+def kube_driver(
+    state_dir: Path,
+    repo_dir: Path | None,
     *,
-    mode: str = "serverless",
-    stable_uri: str | None = None,
-    gateway: dict[str, str] | None = None,
-) -> list[dict[str, Any]]:
-    """A copy of the rendered `objects` with the model's canary at the rollout's weight."""
-    out = copy.deepcopy(objects)
-    primary = _isvc(out, r.model)
-    if primary is None:
-        return out
-    predictor = primary["spec"]["predictor"]
-    if mode == "serverless":
-        if r.phase == PROMOTED:
-            predictor.pop("canaryTrafficPercent", None)
-        else:
-            predictor["canaryTrafficPercent"] = 0 if r.phase == ROLLED_BACK else r.weight
-        primary["metadata"].setdefault("annotations", {})["mlp.dev/rollout-phase"] = r.phase
-        return out
-    if mode != "standard":
-        raise ValueError(f"unknown KServe deployment mode {mode!r}")
-    if stable_uri is None or gateway is None:
-        raise ValueError("standard mode needs the stable version's storageUri and a gateway")
-    predictor.pop("canaryTrafficPercent", None)
-    canary = copy.deepcopy(primary)
-    canary_uri = _uri(primary)
-    canary["metadata"]["name"] = f"{r.model}-canary"
-    canary["metadata"].setdefault("labels", {})["mlp.dev/role"] = "canary"
-    ann = primary["metadata"].setdefault("annotations", {})
-    if r.phase != PROMOTED:
-        # the stable version keeps the InferenceService named after the model
-        _set_uri(primary, stable_uri)
-        ann["mlp.dev/model-version"] = str(r.stable)
-        ann.pop("mlp.dev/model-digest", None)
-    ann["mlp.dev/rollout-phase"] = r.phase
-    weight = 0 if r.phase == ROLLED_BACK else (100 if r.phase == PROMOTED else r.weight)
-    backends = [{"name": f"{r.model}-predictor", "port": 80, "weight": 100 - weight if r.phase != PROMOTED else 100}]
-    if r.phase not in (PROMOTED, ROLLED_BACK):
-        _set_uri(canary, canary_uri)
-        out.append(canary)
-        backends.append({"name": f"{r.model}-canary-predictor", "port": 80, "weight": weight})
-    parent: dict[str, Any] = {"name": gateway["name"]}
-    if gateway.get("namespace"):
-        parent["namespace"] = gateway["namespace"]
-    out.append(
-        {
-            "apiVersion": ROUTE_API,
-            "kind": "HTTPRoute",
-            "metadata": {
-                "name": r.model,
-                "namespace": primary["metadata"].get("namespace"),
-                "labels": dict(primary["metadata"].get("labels") or {}),
-                "annotations": {"mlp.dev/rollout-phase": r.phase, "mlp.dev/rollout-weight": str(weight)},
-            },
-            "spec": {
-                "parentRefs": [parent],
-                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}], "backendRefs": backends}],
-            },
-        }
+    host: HostConfig | None = None,
+    git_env: dict[str, str] | None = None,
+    registry: Any = None,
+    echo: Callable[[str], None] | None = None,
+) -> RolloutDriver:
+    """The controller's rollout driver: Prometheus analysis, state in `state_dir`, reverts in `repo_dir`.
+
+    `repo_dir` is the repository the controller reads (its bare mirror or a working copy); the
+    revert branch is pushed to its `origin` with `git_env` (the source's credentials)."""
+    prometheus: dict[str, PrometheusProvider] = {}
+    missing = NoPrometheus()
+
+    def provider(analysis: Analysis) -> Provider:
+        if analysis.prometheus is None:
+            return missing
+        url = analysis.prometheus.url
+        if url not in prometheus:
+            prometheus[url] = PrometheusProvider(url)
+        return prometheus[url]
+
+    return RolloutDriver(
+        RolloutStore(state_dir),
+        provider,
+        writeback=make_writeback(repo_dir, host, git_env) if repo_dir is not None else None,
+        metrics=RolloutMetrics(registry) if registry is not None else None,
+        echo=echo,
     )
-    return out
-
-
-def _uri(isvc: dict[str, Any]) -> str | None:
-    pred = isvc["spec"]["predictor"]
-    if "model" in pred:
-        return pred["model"].get("storageUri")
-    for env in (pred.get("containers") or [{}])[0].get("env") or []:
-        if env.get("name") == "STORAGE_URI":
-            return env.get("value")
-    return None
-
-
-def _set_uri(isvc: dict[str, Any], uri: str | None) -> None:
-    pred = isvc["spec"]["predictor"]
-    if "model" in pred:
-        pred["model"]["storageUri"] = uri
-        return
-    for env in (pred.get("containers") or [{}])[0].get("env") or []:
-        if env.get("name") == "STORAGE_URI":
-            env["value"] = uri
-
-
-def observed_traffic(isvc: dict[str, Any] | None) -> dict[str, int]:
-    """What KServe reports it routes: {revision name (or tag): percent}, from status.components.predictor.traffic."""
-    traffic = (((isvc or {}).get("status") or {}).get("components") or {}).get("predictor", {}).get("traffic") or []
-    out: dict[str, int] = {}
-    for t in traffic:
-        key = t.get("tag") or t.get("revisionName") or ("latest" if t.get("latestRevision") else "previous")
-        out[str(key)] = int(t.get("percent") or 0)
-    return out

@@ -48,6 +48,7 @@ class Rollout:
     revert_branch: str | None = None
     revert_url: str | None = None
     updated_at: float = 0.0
+    first_step: int = 0  # where it starts: the step of the declared `canary.traffic`
 
     @property
     def weight(self) -> int:
@@ -75,8 +76,9 @@ class Transition:
 
 
 def start(r: Rollout, now: float) -> tuple[Rollout, Transition]:
-    new = replace(r, phase=PROGRESSING, step=0, step_started=now, message=f"step 1/{len(r.steps)}: {r.steps[0]}%")
-    return new, Transition(r.phase, PROGRESSING, f"canary v{r.canary} started at {r.steps[0]}%")
+    k = min(max(r.first_step, 0), len(r.steps) - 1)
+    new = replace(r, phase=PROGRESSING, step=k, step_started=now, message=f"step {k + 1}/{len(r.steps)}: {r.steps[k]}%")
+    return new, Transition(r.phase, PROGRESSING, f"canary v{r.canary} started at {r.steps[k]}%")
 
 
 def tick(r: Rollout, verdict: Verdict, now: float, interval: float) -> tuple[Rollout, Transition | None]:

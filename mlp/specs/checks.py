@@ -41,6 +41,7 @@ def check(specs: SpecSet) -> list[Problem]:
         _experiments,
         _monitors,
         _environments,
+        _serving,
         _promotion,
         _teams,
         _policy,
@@ -79,11 +80,15 @@ def _derived_names(specs: SpecSet) -> Iterator[Problem]:
         if problem:
             yield _at(specs, "Monitor", name, ("metadata", "name"), problem, rule="schema")
     for env_name, env in specs.environments.items():
+        serving = env.spec.serving
+        if env.spec.target.kind != "kubernetes" or serving is None or not serving.standard:
+            continue
         for model, dep in env.spec.deployments.items():
-            for suffix, key, used in (("-ab", "abTest", dep.abTest), ("-shadow", "shadow", dep.shadow)):
-                problem = _derived_name_problem(model, suffix, "InferenceService") if used is not None else None
-                if problem and DNS1035.match(model):  # a bad leading letter is reported on the model
-                    yield _at(specs, "Environment", env_name, ("spec", "deployments", model, key), problem, "schema")
+            # Standard mode: the canary runs as the InferenceService `<model>-canary`
+            problem = _derived_name_problem(model, "-canary", "InferenceService") if dep.canary else None
+            if problem and DNS1035.match(model):  # a bad leading letter is reported on the model
+                loc = ("spec", "deployments", model, "canary")
+                yield _at(specs, "Environment", env_name, loc, problem, "schema")
 
 
 def _at(specs: SpecSet, kind: str, name: str, loc: Loc, message: str, rule: str = "reference") -> Problem:
@@ -395,6 +400,104 @@ def _environments(specs: SpecSet) -> Iterator[Problem]:
             for label, number, loc in routed[1:]:
                 if number == dep.version:
                     yield _at(specs, "Environment", name, loc, f"{label} {number} is the same as the stable version")
+
+
+# Checks that need a canary's outputs or its feedback, which only the embedded runtime keeps;
+# Prometheus answers them only through a check's own PromQL `query`.
+RUNTIME_ONLY_CHECKS = ("prediction-shift", "accuracy", "outcome")
+
+
+def _serving(specs: SpecSet) -> Iterator[Problem]:
+    """Serving and rollout fields the environment's target cannot honour: refused, not ignored."""
+    for name, env in specs.environments.items():
+        spec = env.spec
+        kubernetes = spec.target.kind == "kubernetes"
+        serving = spec.serving
+
+        def at(loc: Loc, message: str, name: str = name) -> Problem:
+            return _at(specs, "Environment", name, loc, message)
+
+        if serving is not None and not kubernetes:
+            if serving.mode is not None:
+                yield at(
+                    ("spec", "serving", "mode"),
+                    "serving.mode is KServe's deployment mode: a local target's router splits traffic itself",
+                )
+            if serving.gateway is not None:
+                yield at(("spec", "serving", "gateway"), "serving.gateway is for kubernetes targets in Standard mode")
+        elif serving is not None and serving.gateway is not None and not serving.standard:
+            yield at(
+                ("spec", "serving", "gateway"),
+                "serving.gateway is used in Standard (RawDeployment) mode only: set serving.mode: Standard "
+                "or remove the gateway",
+            )
+        for model, dep in spec.deployments.items():
+            base: Loc = ("spec", "deployments", model)
+            declared = dep.model_fields_set
+            for key in ("autoscaling", "resources"):
+                if not kubernetes and key in declared:
+                    yield at(
+                        base + (key,),
+                        f"{key} sizes KServe's pods: the local runtime serves each version in this process "
+                        "and would ignore it",
+                    )
+            if kubernetes and "batching" in declared:
+                yield at(
+                    base + ("batching",),
+                    "batching is the local data plane's micro-batching: KServe's model servers would ignore it",
+                )
+            if kubernetes and dep.abTest is not None:
+                yield at(
+                    base + ("abTest",),
+                    "an A/B test needs the local data plane's router (sticky assignment by a hashed key); "
+                    "neither KServe nor a Gateway API HTTPRoute can split that way on a kubernetes target",
+                )
+            if kubernetes and dep.shadow is not None:
+                yield at(
+                    base + ("shadow",),
+                    "a shadow version needs the local data plane's router to mirror requests to it; "
+                    "KServe does not mirror traffic on a kubernetes target",
+                )
+            if dep.canary is None:
+                continue
+            if kubernetes and serving is not None and serving.standard and serving.gateway is None:
+                yield at(
+                    base + ("canary",),
+                    f"serving.mode {serving.mode}: the canary needs serving.gateway "
+                    "(the Gateway its HTTPRoute attaches to)",
+                )
+            analysis = dep.canary.analysis
+            where = base + ("canary", "analysis")
+            provider = spec.analysis_provider(analysis)
+            if provider == "local" and kubernetes:
+                yield at(
+                    where + ("provider",),
+                    "provider local reads the embedded runtime; a kubernetes target's canaries are judged by "
+                    "prometheus",
+                )
+                continue
+            if provider == "prometheus" and spec.prometheus_url(analysis) is None:
+                yield at(
+                    where,
+                    "the canary's analysis needs a Prometheus: set the environment's serving.prometheus.url "
+                    "(or analysis.prometheus.url)",
+                )
+            if provider == "local" and analysis is not None and analysis.prometheus is not None:
+                yield at(where + ("prometheus",), "prometheus.url is read by provider prometheus only")
+            for i, check in enumerate(analysis.checks if analysis is not None else []):
+                if "percentile" in check.model_fields_set and check.metric != "latency":
+                    yield at(where + ("checks", i, "percentile"), "percentile is read by the latency check only")
+                if provider == "prometheus" and check.metric in RUNTIME_ONLY_CHECKS and check.query is None:
+                    yield at(
+                        where + ("checks", i),
+                        f"check {check.metric!r} needs the canary's outputs or feedback, which only the local "
+                        "runtime keeps: with provider prometheus give it a PromQL query",
+                    )
+                if provider == "local" and check.query is not None:
+                    yield at(
+                        where + ("checks", i),
+                        f"check {check.metric!r} has a PromQL query: only provider prometheus runs it",
+                    )
 
 
 def _promotion(specs: SpecSet) -> Iterator[Problem]:

@@ -578,8 +578,6 @@ class Analysis(Strict):
                 self.checks = [one, *self.checks]
         if not self.checks:
             self.checks = [AnalysisCheck(metric="error-rate", max=0.01)]
-        if self.provider == "prometheus" and self.prometheus is None:
-            raise ValueError("provider prometheus needs prometheus.url")
         return self
 
     def interval_seconds(self) -> float:
@@ -589,7 +587,9 @@ class Analysis(Strict):
 class Canary(Strict):
     version: Version
     steps: list[Percent] = Field(min_length=1)
-    traffic: Percent | None = Field(default=None, description="Current share; defaults to the first step")
+    traffic: Percent | None = Field(
+        default=None, description="The step a rollout starts at (one of steps); defaults to the first step"
+    )
     analysis: Analysis | None = None
 
     @property
@@ -660,6 +660,41 @@ class FeatureStoreConfig(Strict):
     materialize: Materialization | None = None
 
 
+class GatewayRef(Strict):
+    name: Name = Field(description="Gateway API Gateway the HTTPRoutes attach to")
+    namespace: Name | None = Field(default=None, description="The Gateway's namespace [default: the route's]")
+
+
+# KServe's deployment modes; v0.17 renamed Serverless to Knative and RawDeployment to Standard
+# and accepts both spellings, earlier versions only the first. The value is written verbatim
+# into the `serving.kserve.io/deploymentMode` annotation, so write the one your KServe knows.
+SERVERLESS_MODES = ("Serverless", "Knative")
+STANDARD_MODES = ("Standard", "RawDeployment")
+
+
+class ServingSpec(Strict):
+    mode: Literal["Serverless", "Knative", "Standard", "RawDeployment"] | None = Field(
+        default=None,
+        description="KServe deployment mode of this environment's InferenceServices. Serverless (Knative): a "
+        "canary is one InferenceService with canaryTrafficPercent. Standard (RawDeployment): a canary "
+        "InferenceService beside the stable one and a Gateway API HTTPRoute with the weights. Unset: "
+        "no deploymentMode annotation (the cluster default) and Serverless-style canaries. Kubernetes targets "
+        "only: a local target's router splits traffic itself.",
+    )
+    gateway: GatewayRef | None = Field(
+        default=None, description="Standard mode only: the Gateway each model's HTTPRoute attaches to"
+    )
+    prometheus: PrometheusProvider | None = Field(
+        default=None,
+        description="The Prometheus canary analysis queries unless a canary's analysis names its own (on a "
+        "local target it replaces the runtime's own counters as the default provider)",
+    )
+
+    @property
+    def standard(self) -> bool:
+        return self.mode in STANDARD_MODES
+
+
 class EnvironmentSpec(Strict):
     target: TargetSpec
     tier: Literal["development", "staging", "production"] = "development"
@@ -672,6 +707,26 @@ class EnvironmentSpec(Strict):
     storageSecret: Name | None = Field(default=None, description="Name of the Secret holding storage credentials")
     deployments: dict[Name, Deployment] = Field(default_factory=dict)
     features: FeatureStoreConfig | None = Field(default=None, description="Online store and materialization schedule")
+    serving: ServingSpec | None = Field(
+        default=None, description="KServe deployment mode, Gateway and Prometheus of a kubernetes target"
+    )
+
+    def analysis_provider(self, analysis: Analysis | None) -> str:
+        """Where a canary's metrics come from: as declared, else the environment's Prometheus when it
+        names one, else the embedded runtime for local targets (Prometheus for kubernetes ones)."""
+        if analysis is not None and analysis.provider is not None:
+            return analysis.provider
+        if self.target.kind == "local" and (self.serving is None or self.serving.prometheus is None):
+            return "local"
+        return "prometheus"
+
+    def prometheus_url(self, analysis: Analysis | None) -> str | None:
+        """The Prometheus a canary's analysis asks: its own, else the environment's."""
+        if analysis is not None and analysis.prometheus is not None:
+            return analysis.prometheus.url
+        if self.serving is not None and self.serving.prometheus is not None:
+            return self.serving.prometheus.url
+        return None
 
     @field_validator("branch")
     @classmethod

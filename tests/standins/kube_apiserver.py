@@ -1444,8 +1444,13 @@ class KubeApiServer:
         initial_resource_version: int = 100,
         auto_gc: bool = False,
         tls: tuple[Path, Path] | None = None,
+        kserve_traffic: bool = False,
     ) -> None:
         self.fixtures = fixtures
+        # Answer for KServe's controller in Serverless mode: status.components.predictor.traffic
+        # follows each InferenceService's canaryTrafficPercent (see `_kserve_traffic`).
+        self.kserve_traffic = kserve_traffic
+        self._revisions: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.schemas_available = (fixtures / "kserve" / "inferenceservice-v1beta1.schema.json").is_file()
         self.tokens: dict[str, str] = {token: ADMIN_USER}
         self.admin_token = token
@@ -1688,6 +1693,8 @@ class KubeApiServer:
         return self.store.revision
 
     def _write(self, key: tuple[str, str, str, str], obj: Obj, event: str = "MODIFIED") -> Obj:
+        if self.kserve_traffic and key[:2] == ("serving.kserve.io", "inferenceservices"):
+            self._kserve_traffic(key, obj)
         rv = self._next_rv()
         obj["metadata"]["resourceVersion"] = str(rv)
         stored = copy.deepcopy(obj)
@@ -1696,6 +1703,42 @@ class KubeApiServer:
         self.store.events.append((rv, event, key, stored))
         self.changed.notify_all()
         return copy.deepcopy(stored)
+
+    def _kserve_traffic(self, key: tuple[str, str, str, str], obj: Obj) -> None:
+        """What KServe's controller reports for a Serverless InferenceService, as its docs describe:
+        each change of the predictor (other than canaryTrafficPercent) is a new Knative revision;
+        the first revision and a revision without canaryTrafficPercent get 100% (and become the
+        rolled-out one); otherwise the latest gets canaryTrafficPercent and the last rolled-out
+        revision the rest. Raw deployments (the deploymentMode annotation) report no traffic."""
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if annotations.get("serving.kserve.io/deploymentMode") in ("Standard", "RawDeployment"):
+            return
+        predictor = dict((obj.get("spec") or {}).get("predictor") or {})
+        percent = predictor.pop("canaryTrafficPercent", None)
+        state = self._revisions.setdefault(key, {"count": 0, "template": None, "rolled": None})
+        if predictor != state["template"]:
+            state["count"] += 1
+            state["template"] = copy.deepcopy(predictor)
+        latest = f"{key[3]}-predictor-{state['count']:05d}"
+        rolled = state["rolled"]
+        if rolled is None or percent is None or rolled == latest:
+            state["rolled"] = latest
+            traffic = [{"revisionName": latest, "tag": "latest", "latestRevision": True, "percent": 100}]
+        else:
+            traffic = [
+                {"revisionName": latest, "tag": "latest", "latestRevision": True, "percent": int(percent)},
+                {"revisionName": rolled, "tag": "prev", "latestRevision": False, "percent": 100 - int(percent)},
+            ]
+        status = obj.setdefault("status", {})
+        status["components"] = {
+            "predictor": {
+                "latestCreatedRevision": latest,
+                "latestReadyRevision": latest,
+                "latestRolledoutRevision": state["rolled"],
+                "traffic": traffic,
+            }
+        }
+        status["conditions"] = [{"type": "Ready", "status": "True"}, {"type": "PredictorReady", "status": "True"}]
 
     def _delete_key(self, key: tuple[str, str, str, str]) -> Obj:
         obj = copy.deepcopy(self.store.current.pop(key))
