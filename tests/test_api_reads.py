@@ -107,3 +107,31 @@ def test_plan_is_the_pr_comment_for_that_environment(world: ApiWorld) -> None:
     assert plan["head"] == check.head_sha and plan["base"] == check.base_sha
     assert client.get("/api/v1/environments/dev/plan", params={"ref": "no-such-branch"}).status_code == 404
     _ = Path
+
+
+def test_audit_pages_follow_every_change_to_the_trail(world: ApiWorld) -> None:
+    import sqlite3
+
+    from mlp.controller.store import AuditEvent, AuditLog
+
+    client = world.client(world.token("data-science", "approver"))
+    log = AuditLog(world.state)
+    try:
+        log.append(AuditEvent("dev", "apply", "succeeded", revision="r1", message="first"))
+        url = "/api/v1/audit?environment=dev&limit=5"
+        first = client.get(url)
+        assert first.json()["items"][0]["message"] == "first"
+        etag = first.headers["etag"]
+        assert client.get(url, headers={"If-None-Match": etag}).status_code == 304
+        # an appended event: the same query is a new page, and the old ETag no longer matches
+        newest = log.append(AuditEvent("dev", "apply", "succeeded", revision="r2", message="second"))
+        again = client.get(url, headers={"If-None-Match": etag})
+        assert again.status_code == 200 and again.json()["items"][0]["id"] == newest
+        # a record edited in the database shows as it now is (and `mlp audit verify` names it)
+        conn = sqlite3.connect(world.state / "state.db")
+        with conn:
+            conn.execute("UPDATE audit SET message = 'edited' WHERE id = ?", (newest,))
+        conn.close()
+        assert client.get(url).json()["items"][0]["message"] == "edited"
+    finally:
+        log.close()
