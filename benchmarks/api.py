@@ -3,10 +3,11 @@
 A platform repository with 10,000 models (100 files of 100) and a state folder with
 1,000+ audit events; `mlp server` runs as its own process (the same uvicorn settings as
 production: httptools, bounded heads, TLS off) and every request is authenticated with an API
-token (a SQLite lookup and a SHA-256 per request) or an Ory Kratos session (the stand-in
-the tests use, asked once per session per 30 s: the identity cache) and checked against the Team specs.
+token (a SQLite lookup and a SHA-256 per request) or an Ory Kratos session (the stand-in the
+tests use, asked once per session per 30 s: the identity cache) and checked against the Team specs.
 An open-loop client sends at a fixed rate (latency counted from the scheduled send time,
-so a stall is not hidden by the client waiting) for each route:
+so a stall is not hidden by the client waiting) to each route in turn, in rounds (so that
+whatever else loads a shared machine falls on every route and the baseline alike):
 
 - `GET /api/v1/models` (a page of 100 of the 10,000 models, RBAC-filtered);
 - `GET /api/v1/models?prefix=m09&limit=50` (a filtered page);
@@ -188,20 +189,31 @@ async def run_rate(
         finally:
             writer.close()
 
-    started, client_cpu = time.monotonic(), time.process_time()
+    client_cpu = time.process_time()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    elapsed = time.monotonic() - started
-    client_cpu = time.process_time() - client_cpu
-    latencies.sort()
     return {
+        "latencies": latencies,
         "n": total,
-        "rate": total / elapsed,
         "errors": errors,
+        "elapsed": now() - t0,  # from the first request's due time to the last answer
+        "client_cpu": time.process_time() - client_cpu,
+    }
+
+
+def summarise(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One route's figures over its slices (the rounds)."""
+    latencies = sorted(x for s in slices for x in s["latencies"])
+    elapsed = sum(s["elapsed"] for s in slices)
+    n = sum(s["n"] for s in slices)
+    return {
+        "n": n,
+        "rate": n / elapsed,
+        "errors": sum(s["errors"] for s in slices),
         "p50": statistics.median(latencies),
         "p99": latencies[int(len(latencies) * 0.99) - 1],
         "max": latencies[-1],
         # the generator's own share of a core: near 100% it, not the server, would set the tail
-        "client_busy": client_cpu / elapsed,
+        "client_busy": sum(s["client_cpu"] for s in slices) / elapsed,
     }
 
 
@@ -251,7 +263,8 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=1_200)
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="per route, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="each route runs seconds/rounds at a time, in turn")
     parser.add_argument("--appends", type=float, default=10.0, help="audit events appended per second (last route)")
     parser.add_argument(
         "--saturate",
@@ -311,20 +324,29 @@ def main() -> None:
                     auth,
                 ),
             ]
+            # Rounds: each route runs `seconds / rounds` per round, in turn, so that what else loads the
+            # shared machine meanwhile falls on every route alike (the baseline included).
+            slices: list[list[dict[str, Any]]] = [[] for _ in routes]
+            cpu = [0.0 for _ in routes]
+            for _name, url, headers in routes:
+                run(run_rate(url, headers, opts.rate, 1.0))  # warm up the route
+            for _ in range(opts.rounds):
+                for i, (name, url, headers) in enumerate(routes):
+                    proc = hello if i == 0 else server
+                    stop = threading.Event()
+                    writer = threading.Thread(target=append_events, args=(state, opts.appends, stop), daemon=True)
+                    if "appends/s" in name:
+                        writer.start()
+                    before = cpu_seconds(proc.pid)
+                    slices[i].append(run(run_rate(url, headers, opts.rate, opts.seconds / opts.rounds)))
+                    cpu[i] += cpu_seconds(proc.pid) - before
+                    stop.set()
+                    if writer.is_alive():
+                        writer.join()
             results = []
             for i, (name, url, headers) in enumerate(routes):
-                proc = hello if i == 0 else server
-                run(run_rate(url, headers, opts.rate, 1.0))  # warm up connections
-                stop = threading.Event()
-                writer = threading.Thread(target=append_events, args=(state, opts.appends, stop), daemon=True)
-                if "appends/s" in name:
-                    writer.start()
-                before = cpu_seconds(proc.pid)
-                result = run(run_rate(url, headers, opts.rate, opts.seconds))
-                result["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / result["n"]
-                stop.set()
-                if writer.is_alive():
-                    writer.join()
+                result = summarise(slices[i])
+                result["cpu_ms"] = cpu[i] * 1000 / result["n"]
                 if opts.saturate:
                     result["saturated"] = saturate(url, headers, opts.seconds)
                 results.append((name, result))
@@ -336,7 +358,7 @@ def main() -> None:
         base = results[0][1]["p99"]
         base_cpu = results[0][1]["cpu_ms"]
         print(f"\nmodels: {opts.models}, audit events: {opts.events}, rate: {opts.rate:.0f}/s for {opts.seconds:.0f} s"
-              f" per route; first request (loads the {opts.models:,} specs from Git): {load:.1f} s\n")  # fmt: skip
+              f" per route in {opts.rounds} rounds; first request (loads the {opts.models:,} specs from Git): {load:.1f} s\n")  # fmt: skip
         print(
             "| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99"
             " | server CPU ms/request | CPU / hello CPU | client busy |"
