@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -14,11 +13,7 @@ from tests.api_support import ApiWorld, git
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
-    class Monitors:
-        def latest(self, monitor: str) -> list[dict[str, Any]]:
-            return [{"environment": "dev", "driftDetected": True, "pValue": 0.01}] if monitor == "iris-drift" else []
-
-    w = ApiWorld(tmp_path_factory.mktemp("reads"), monitors=Monitors())
+    w = ApiWorld(tmp_path_factory.mktemp("reads"))
     # more models, to page through
     extra = "\n---\n".join(
         (w.repo / "specs" / "models" / "iris.yaml").read_text().replace("name: iris", f"name: extra-{i:02d}")
@@ -31,10 +26,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiWorld]:
     w.close()
 
 
-def test_pages_follow_cursor_and_link(world: ApiWorld) -> None:
+@pytest.mark.parametrize("limit", [1, 9, 10, 27, 100])
+def test_pages_follow_cursor_and_link(world: ApiWorld, limit: int) -> None:
     client = world.client(world.token("data-science", "viewer"))
     seen: list[str] = []
-    url = "/api/v1/models?limit=10"
+    url = f"/api/v1/models?limit={limit}"
     pages = 0
     while url:
         r = client.get(url)
@@ -49,7 +45,21 @@ def test_pages_follow_cursor_and_link(world: ApiWorld) -> None:
         else:
             assert link is None
             url = ""
-    assert pages == 3 and len(seen) == 27 and seen == sorted(seen) and len(set(seen)) == 27
+    assert pages == -(-27 // limit) and len(seen) == 27 and seen == sorted(seen) and len(set(seen)) == 27
+
+
+def test_a_filtered_listing_pages_within_the_filter(world: ApiWorld) -> None:
+    client = world.client(world.token("data-science", "viewer"))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"prefix": "extra-", "limit": 10, **({"cursor": cursor} if cursor else {})}
+        body = client.get("/api/v1/models", params=params).json()
+        seen += [m["name"] for m in body["items"]]
+        cursor = body["nextCursor"]
+        if not cursor:
+            break
+    assert seen == [f"extra-{i:02d}" for i in range(25)]
 
 
 def test_filters(world: ApiWorld) -> None:
@@ -83,11 +93,6 @@ def test_deployments_show_the_observed_version_and_split(world: ApiWorld) -> Non
     assert env["status"]["syncStatus"] == "Synced" and env["status"]["models"][0]["traffic"] == {"1": 80, "2": 20}
     rollout = client.get("/api/v1/environments/dev/rollouts/iris").json()
     assert rollout["state"]["observedTraffic"] == {"1": 80, "2": 20}
-
-
-def test_monitor_results_come_from_the_reader_port(world: ApiWorld) -> None:
-    client = world.client(world.token("data-science", "viewer"))
-    assert client.get("/api/v1/monitors/iris-drift").json()["latest"][0]["driftDetected"] is True
 
 
 def test_plan_is_the_pr_comment_for_that_environment(world: ApiWorld) -> None:
