@@ -140,3 +140,38 @@ def test_audit_pages_follow_every_change_to_the_trail(world: ApiWorld) -> None:
         assert client.get(url).json()["items"][0]["message"] == "edited"
     finally:
         log.close()
+
+
+def test_the_workspace_answers_threads_that_ask_at_once(world: ApiWorld) -> None:
+    """The API resolves refs for plans while its refresh thread loads commits, from one Workspace."""
+    import threading
+
+    workspace = world.app.state.api.view.workspace
+    head = workspace.resolve("main")
+    models = len(workspace.load(head)[0].specs.models)
+    failures: list[str] = []
+
+    def resolving() -> None:
+        for i in range(300):
+            try:
+                assert workspace.resolve("main") == head
+                workspace.resolve(f"no-such-branch-{i}")
+                failures.append("an unknown ref resolved")
+            except Exception as exc:  # WorkspaceError is the one expected answer
+                if type(exc).__name__ != "WorkspaceError":
+                    failures.append(f"resolve: {type(exc).__name__}: {exc}")
+
+    def loading() -> None:
+        for _ in range(30):
+            try:
+                assert len(workspace.load(head)[0].specs.models) == models
+            except Exception as exc:
+                failures.append(f"load: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (resolving, loading)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck talking to git"
+    assert failures == []

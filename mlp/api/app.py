@@ -766,15 +766,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise ApiProblem(409, "plans need the repository to be a Git repository and a plain ref")
         workspace = api.view.workspace
         try:
-            with api.view.git_lock:
-                key = (workspace.resolve(spec.branch), workspace.resolve(ref))
-                # two commits always plan the same: rendering every environment twice is the expensive part
-                check = api.plans.get(key)
-                if check is None:
-                    check = check_revisions(workspace, key[0], key[1])
-                    api.plans[key] = check
-                    while len(api.plans) > 16:
-                        api.plans.pop(next(iter(api.plans)))
+            key = (workspace.resolve(spec.branch), workspace.resolve(ref))
+            # two commits always plan the same: rendering every environment twice is the expensive part
+            check = api.plans.get(key)
+            if check is None:
+                check = check_revisions(workspace, key[0], key[1])
+                api.plans[key] = check
+                while len(api.plans) > 16:
+                    api.plans.pop(next(iter(api.plans)))
         except WorkspaceError as exc:
             raise ApiProblem(404, str(exc)) from None
         report = next((e for e in check.environments if e.name == env), None)

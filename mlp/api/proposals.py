@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ class Proposals:
         self.workspace = view.workspace
         self.host = host
         self.host_repo = host_repo
+        self._lock = threading.Lock()
 
     def add_model_version(self, model: str, version: dict[str, Any], author: str) -> ChangeRequest:
         catalog = self.view.catalog()
@@ -52,7 +54,7 @@ class Proposals:
         title = f"Register {model} version {version['version']}"
         rel = f"{self.workspace.subdir}/{source.path}" if self.workspace.subdir else source.path
         message = f"{title}\n\nRequested through the mlp API by {author}."
-        with self.view.git_lock:  # one commit at a time, and never beside a refresh or a plan
+        with self._lock:
             try:
                 commit = self._commit(catalog.revision, rel, source.doc, model, version, message)
                 repo = self.workspace.repo

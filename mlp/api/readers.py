@@ -82,10 +82,6 @@ class RepoView:
         self._key: str | None = None
         self._refreshing = False
         self.workspace: Workspace | None = None
-        # GitPython keeps one `git cat-file` process per repository, which two threads must not talk
-        # to at once (their answers interleave and a read waits for ever): every use of the
-        # workspace (this view's refreshes, plans, pull requests) holds this lock
-        self.git_lock = threading.RLock()
         local = Path(repo)
         if "://" in repo or not local.exists() or (local / ".git").exists() or _inside_git(local):
             self.workspace = Workspace(repo, cache_dir=state_dir / "api-git")
@@ -140,16 +136,15 @@ class RepoView:
             self._refreshing = False
 
     def _refresh(self) -> None:
-        with self.git_lock:
-            try:
-                key = self._current_key()
-            except WorkspaceError:
-                if self._catalog is not None:
-                    return
-                raise
-            if key == self._key and self._catalog is not None:
+        try:
+            key = self._current_key()
+        except WorkspaceError:
+            if self._catalog is not None:
                 return
-            catalog = self._load(key)
+            raise
+        if key == self._key and self._catalog is not None:
+            return
+        catalog = self._load(key)
         # keep the last revision that loaded when the new one does not (as the controller does)
         if catalog.errors and self._catalog is not None and not self._catalog.errors:
             self._catalog.errors = catalog.errors
