@@ -2,33 +2,44 @@
 
 A platform repository with 10,000 models (100 files of 100) and a state folder with
 1,000+ audit events; `mlp server` runs as its own process (the same uvicorn settings as
-production: h11, bounded heads, TLS off) and every request is authenticated with an API
-token (a SQLite lookup and a SHA-256 per request) and checked against the Team specs.
+production: httptools, bounded heads, TLS off) and every request is authenticated with an API
+token (a SQLite lookup and a SHA-256 per request) or an Ory Kratos session (the stand-in the
+tests use, asked once per session per 30 s: the identity cache) and checked against the Team specs.
 An open-loop client sends at a fixed rate (latency counted from the scheduled send time,
-so a stall is not hidden by the client waiting) for each route:
+so a stall is not hidden by the client waiting) to each route in turn, in rounds (so that
+whatever else loads a shared machine falls on every route and the baseline alike):
 
 - `GET /api/v1/models` (a page of 100 of the 10,000 models, RBAC-filtered);
 - `GET /api/v1/models?prefix=m09&limit=50` (a filtered page);
+- `GET /api/v1/models` with a Kratos session token instead of an API token;
 - `GET /api/v1/audit?limit=1000` (a 1,000-event audit page, newest first, with hashes);
+- the same while 10 events/s are appended to the trail (each append makes the next request
+  read and render the page again);
 
 and, in the same run, the same client against a FastAPI app with one hello-world route
 served by the same uvicorn configuration (the floor). p50 / p99 / max and the ratio of
-p99 to hello world's p99 are printed.
+p99 to hello world's p99 are printed, with the server's CPU time per request (user+system
+from /proc: what a request costs, whatever else loads the machine) and the client's own
+share of a core (near 100% the client, not the server, would set the tail).
 
     .venv/bin/python benchmarks/api.py                       # 10,000 models, 200 req/s, 15 s per route
     .venv/bin/python benchmarks/api.py --models 500 --seconds 3   # quick check
+    .venv/bin/python benchmarks/api.py --saturate            # and each route's capacity (wrk)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +58,7 @@ from mlp.api.server import Listener, uvicorn_config
 app = FastAPI()
 
 @app.get("/hello")
-def hello() -> dict[str, str]:
+async def root():  # FastAPI's own first example ("First Steps"), word for word but the path
     return {"message": "Hello World"}
 
 server = uvicorn.Server(uvicorn_config(app, Listener(port=0)))
@@ -151,8 +162,9 @@ async def run_rate(
     total = int(rate * seconds)
     latencies: list[float] = []
     errors = 0
-    loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.2
+    # perf_counter, not loop.time(): uvloop's clock is libuv's, cached per loop iteration in whole milliseconds
+    now = time.perf_counter
+    t0 = now() + 0.2
     next_index = 0
 
     async def worker() -> None:
@@ -163,7 +175,7 @@ async def run_rate(
                 i = next_index
                 next_index += 1
                 scheduled = t0 + i / rate
-                delay = scheduled - loop.time()
+                delay = scheduled - now()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 try:
@@ -172,23 +184,72 @@ async def run_rate(
                     ok = False
                     writer.close()
                     reader, writer = await asyncio.open_connection(target.host, target.port)
-                latencies.append((loop.time() - scheduled) * 1000)
+                latencies.append((now() - scheduled) * 1000)
                 errors += not ok
         finally:
             writer.close()
 
-    started = time.monotonic()
+    client_cpu = time.process_time()
     await asyncio.gather(*(worker() for _ in range(connections)))
-    elapsed = time.monotonic() - started
-    latencies.sort()
     return {
+        "latencies": latencies,
         "n": total,
-        "rate": total / elapsed,
         "errors": errors,
+        "elapsed": now() - t0,  # from the first request's due time to the last answer
+        "client_cpu": time.process_time() - client_cpu,
+    }
+
+
+def summarise(slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One route's figures over its slices (the rounds)."""
+    latencies = sorted(x for s in slices for x in s["latencies"])
+    elapsed = sum(s["elapsed"] for s in slices)
+    n = sum(s["n"] for s in slices)
+    return {
+        "n": n,
+        "rate": n / elapsed,
+        "errors": sum(s["errors"] for s in slices),
         "p50": statistics.median(latencies),
         "p99": latencies[int(len(latencies) * 0.99) - 1],
         "max": latencies[-1],
+        # the generator's own share of a core: near 100% it, not the server, would set the tail
+        "client_busy": sum(s["client_cpu"] for s in slices) / elapsed,
     }
+
+
+def append_events(state: Path, per_second: float, stop: threading.Event) -> None:
+    """What a busy controller does to the audit trail while it is read."""
+    from mlp.controller.store import AuditEvent, AuditLog
+
+    log = AuditLog(state)
+    try:
+        i = 0
+        while not stop.wait(1 / per_second):
+            log.append(AuditEvent("dev", "apply", "succeeded", author="ctl", message=f"during the run {i}"))
+            i += 1
+    finally:
+        log.close()
+
+
+def saturate(url: str, headers: dict[str, str], seconds: float) -> float | None:
+    """Requests/s the route answers with 32 connections kept busy (wrk: a C client, one thread,
+    so that the client's own CPU takes as little of the shared machine as possible)."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    cmd = [wrk, "-t1", "-c32", f"-d{max(1, int(seconds))}s", *(f"-H{k}: {v}" for k, v in headers.items()), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    return float(match.group(1)) if match else None
+
+
+def run(coroutine: Any) -> Any:
+    """The client on uvloop when it is installed (uvicorn's own event loop): less of its CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    return uvloop.run(coroutine)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -202,11 +263,20 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=10_000)
     parser.add_argument("--events", type=int, default=1_200)
     parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=15.0, help="per route, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="each route runs seconds/rounds at a time, in turn")
+    parser.add_argument("--appends", type=float, default=10.0, help="audit events appended per second (last route)")
+    parser.add_argument(
+        "--saturate",
+        action="store_true",
+        help="also drive each route as fast as it answers with wrk (if installed): the capacity behind the p99",
+    )
     opts = parser.parse_args()
 
     from mlp.api.identity import TokenStore
     from mlp.controller.store import AuditEvent, AuditLog
+    from tests.standins.github_api import serve
+    from tests.standins.kratos import KratosStandIn
 
     with tempfile.TemporaryDirectory(prefix="mlp-bench-api-") as tmp:
         folder = Path(tmp)
@@ -220,12 +290,18 @@ def main() -> None:
         log.close()
         token, _ = TokenStore(state).create("growth", "admin", expires_in=3600)
         auth = {"Authorization": f"Bearer {token}"}
+        kratos = KratosStandIn()
+        session_token, _ = kratos.add_session("a@example.com", username="a")  # a viewer in team growth
+        session = {"X-Session-Token": session_token}
 
+        stack = contextlib.ExitStack()
+        kratos_url = stack.enter_context(serve(kratos.app))
         hello, hello_url = start(["-c", HELLO], folder / "hello.log")
         server, api_url = start(
-            ["-m", "mlp.cli.main", "server", "--repo", str(repo), "--state-dir", str(state), "--port", "0"],
+            ["-m", "mlp.cli.main", "server", "--repo", str(repo), "--state-dir", str(state), "--port", "0",
+             "--kratos-url", kratos_url],
             folder / "server.log",
-        )
+        )  # fmt: skip
         try:
             began = time.monotonic()
             first = httpx.get(f"{api_url}/api/v1/models", headers=auth, timeout=600)
@@ -239,31 +315,65 @@ def main() -> None:
                 ("FastAPI hello world (baseline)", f"{hello_url}/hello", {}),
                 ("GET /api/v1/models (page of 100 of N)", f"{api_url}/api/v1/models", auth),
                 ("GET /api/v1/models?prefix=m09&limit=50", f"{api_url}/api/v1/models?prefix=m09&limit=50", auth),
+                ("GET /api/v1/models, Kratos session", f"{api_url}/api/v1/models", session),
                 ("GET /api/v1/audit?limit=1000", f"{api_url}/api/v1/audit?limit=1000", auth),
+                # the trail is not still in production: the page must be read again after each append
+                (
+                    f"GET /api/v1/audit?limit=1000, {opts.appends:g} appends/s",
+                    f"{api_url}/api/v1/audit?limit=1000",
+                    auth,
+                ),
             ]
+            # Rounds: each route runs `seconds / rounds` per round, in turn, so that what else loads the
+            # shared machine meanwhile falls on every route alike (the baseline included).
+            slices: list[list[dict[str, Any]]] = [[] for _ in routes]
+            cpu = [0.0 for _ in routes]
+            for _name, url, headers in routes:
+                run(run_rate(url, headers, opts.rate, 1.0))  # warm up the route
+            for _ in range(opts.rounds):
+                for i, (name, url, headers) in enumerate(routes):
+                    proc = hello if i == 0 else server
+                    stop = threading.Event()
+                    writer = threading.Thread(target=append_events, args=(state, opts.appends, stop), daemon=True)
+                    if "appends/s" in name:
+                        writer.start()
+                    before = cpu_seconds(proc.pid)
+                    slices[i].append(run(run_rate(url, headers, opts.rate, opts.seconds / opts.rounds)))
+                    cpu[i] += cpu_seconds(proc.pid) - before
+                    stop.set()
+                    if writer.is_alive():
+                        writer.join()
             results = []
-            for (name, url, headers), proc in zip(routes, [hello, server, server, server], strict=True):
-                asyncio.run(run_rate(url, headers, opts.rate, 1.0))  # warm up connections
-                before = cpu_seconds(proc.pid)
-                result = asyncio.run(run_rate(url, headers, opts.rate, opts.seconds))
-                result["cpu_ms"] = (cpu_seconds(proc.pid) - before) * 1000 / result["n"]
+            for i, (name, url, headers) in enumerate(routes):
+                result = summarise(slices[i])
+                result["cpu_ms"] = cpu[i] * 1000 / result["n"]
+                if opts.saturate:
+                    result["saturated"] = saturate(url, headers, opts.seconds)
                 results.append((name, result))
         finally:
             for proc in (server, hello):
                 proc.terminate()
                 proc.wait(timeout=20)
+            stack.close()
         base = results[0][1]["p99"]
         base_cpu = results[0][1]["cpu_ms"]
         print(f"\nmodels: {opts.models}, audit events: {opts.events}, rate: {opts.rate:.0f}/s for {opts.seconds:.0f} s"
-              f" per route; first request (loads the 10,000 specs from Git): {load:.1f} s\n")  # fmt: skip
+              f" per route in {opts.rounds} rounds; first request (loads the {opts.models:,} specs from Git): {load:.1f} s\n")  # fmt: skip
         print(
             "| route | requests | achieved req/s | errors | p50 ms | p99 ms | max ms | p99 / hello p99"
-            " | server CPU ms/request | CPU / hello CPU |"
+            " | server CPU ms/request | CPU / hello CPU | client busy |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for name, r in results:
             print(f"| {name} | {r['n']} | {r['rate']:.0f} | {r['errors']} | {r['p50']:.1f} | {r['p99']:.1f} |"
-                  f" {r['max']:.1f} | {r['p99'] / base:.1f}x | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base_cpu:.1f}x |")  # fmt: skip
+                  f" {r['max']:.1f} | {r['p99'] / base:.1f}x | {r['cpu_ms']:.2f} | {r['cpu_ms'] / base_cpu:.1f}x |"
+                  f" {r['client_busy']:.0%} |")  # fmt: skip
+        if opts.saturate:
+            print("\n| route | saturated req/s (wrk, 32 connections) | headroom over the paced rate |")
+            print("|---|---|---|")
+            for name, r in results:
+                sat = r.get("saturated")
+                print(f"| {name} | {sat:.0f} | {sat / opts.rate:.1f}x |" if sat else f"| {name} | (no wrk) | |")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,24 @@ def test_sessions_are_cached_briefly_and_the_cache_is_bounded(world: ApiWorld) -
         short.authenticate(token=tokens[-1])
 
 
+def test_the_api_asks_kratos_once_per_session_and_every_time_for_a_refused_one(world: ApiWorld) -> None:
+    """A valid session is remembered briefly; a refused one is never remembered, as a success or at all."""
+    if world.kratos.standin is None:
+        pytest.skip("counts round trips on the stand-in")
+    token, identity = world.kratos.session("dave@example.com")
+    client = world.client(**{"X-Session-Token": token})
+    before = world.kratos.standin.calls
+    for _ in range(5):
+        r = client.get("/api/v1/whoami")
+        assert r.status_code == 200 and r.json()["identity"]["id"] == identity
+    assert world.kratos.standin.calls - before == 1
+    forged = world.client(**{"X-Session-Token": "ory_st_forged_again"})
+    before = world.kratos.standin.calls
+    for _ in range(3):
+        assert forged.get("/api/v1/whoami").status_code == 401
+    assert world.kratos.standin.calls - before == 3
+
+
 def test_a_cached_session_still_expires_with_the_session(world: ApiWorld) -> None:
     if world.kratos.standin is None:
         pytest.skip("back-dates a session on the stand-in")

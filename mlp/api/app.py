@@ -20,15 +20,12 @@ server, feature lookups): they get the same limits, errors and identity dependen
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import logging
-import sqlite3
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,10 +35,12 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlp import __version__
+from mlp.api.auditpages import AuditPages, etag_of, iso, page_body
 from mlp.api.identity import (
     SESSION_COOKIE,
     TOKEN_PREFIX,
@@ -52,7 +51,15 @@ from mlp.api.identity import (
     Unavailable,
 )
 from mlp.api.rbac import Grants, Permission, grants_for
-from mlp.api.readers import Catalog, MonitorReader, NoMonitorResults, RepoView, RolloutControls, RolloutReader
+from mlp.api.readers import (
+    Catalog,
+    MonitorReader,
+    MonitorWindow,
+    ReportMonitors,
+    RepoView,
+    RolloutControls,
+    RolloutReader,
+)
 from mlp.controller import auditchain
 from mlp.controller.store import AuditEvent, AuditLog, StateStore, connect, request_sync
 from mlp.specs.models import DNS1123_LABEL, ModelVersion
@@ -304,7 +311,7 @@ class MonitorOut(BaseModel):
     model: str
     environments: list[str]
     spec: dict[str, Any]
-    latest: list[dict[str, Any]]
+    latest: list[MonitorWindow] = Field(description="The newest tested windows, newest first")
 
 
 class MonitorPage(Page):
@@ -434,15 +441,6 @@ class Caller:
             raise ApiProblem(403, f"{self.permission.value} on {what} needs a role in team {team or '(platform)'}")
 
 
-def _cursor_decode(value: str | None) -> str | None:
-    """Cursors are the sort key of the last item of the previous page (a name, or an audit record id)."""
-    return value or None
-
-
-def _iso(t: float | None) -> str | None:
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds") if t else None
-
-
 # --- the application --------------------------------------------------------------------------
 
 
@@ -460,48 +458,53 @@ class Api:
         self.audit = AuditLog(settings.state_dir)
         self.controls = RolloutControls(settings.state_dir)
         self.rollouts: RolloutReader = settings.rollouts or _default_rollouts(settings.state_dir)
-        self.monitors: MonitorReader = settings.monitors or NoMonitorResults()
-        self._read: sqlite3.Connection | None = None
+        self.monitors: MonitorReader = settings.monitors or ReportMonitors(settings.state_dir)
         self.plans: dict[tuple[str, str], Any] = {}  # (base sha, head sha) -> RevisionCheck, newest 16
-        self._read_lock = threading.Lock()
+        self.audit_pages = AuditPages(settings.state_dir)
 
-    def audit_rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Audit reads on a plain-tuple connection of their own (a 1,000-row page is the hot path)."""
-        with self._read_lock:
-            if self._read is None:
-                self._read = sqlite3.connect(self.settings.state_dir / "state.db", check_same_thread=False)
-                # newest-first pages per environment walk this index instead of sorting the environment's rows
-                self._read.execute("CREATE INDEX IF NOT EXISTS audit_env_id ON audit (environment, id)")
-            return self._read.execute(sql, params).fetchall()
-
-    def authenticate(self, request: Request) -> Principal:
+    async def authenticate(self, request: Request) -> Principal:
+        """API tokens (one indexed read) and sessions Kratos confirmed less than `session_ttl` ago
+        are answered on the event loop; only a round trip to Kratos goes to a worker thread."""
         auth = request.headers.get("authorization", "")
-        token = request.headers.get("x-session-token")
         bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
         if bearer and bearer.startswith(TOKEN_PREFIX):
             return self.tokens.authenticate(bearer)
         cookie = request.cookies.get(SESSION_COOKIE)
-        if not (token or bearer or cookie):
+        token = request.headers.get("x-session-token") or bearer
+        if not (token or cookie):
             raise Unauthenticated("no credentials: send an API token, an X-Session-Token or the session cookie")
         if self.sessions is None:
             raise Unauthenticated("this server has no Kratos configured: use an API token")
-        return self.sessions.authenticate(
-            cookie=f"{SESSION_COOKIE}={cookie}" if cookie else None, token=token or bearer
-        )
+        session = {"cookie": f"{SESSION_COOKIE}={cookie}" if cookie else None, "token": token}
+        hit = self.sessions.cached(**session)
+        return hit if hit is not None else await run_in_threadpool(partial(self.sessions.authenticate, **session))
 
-    def need(self, permission: Permission) -> Callable[[Request], Caller]:
+    def grants(self, principal: Principal, catalog: Catalog) -> Grants:
+        p = principal
+        key = (p.kind, p.id, p.email, p.username, p.token_team, p.token_role)
+        grants = catalog.grants.get(key)
+        if grants is None:
+            if len(catalog.grants) >= 10_000:  # bounded: a flood of identities costs recomputation, not memory
+                catalog.grants.clear()
+            grants = catalog.grants[key] = grants_for(principal, catalog.specs)
+        return grants
+
+    def need(self, permission: Permission) -> Callable[[Request], Awaitable[Caller]]:
         """The dependency a route declares: authenticate, then require the permission in some team."""
 
-        def dependency(request: Request) -> Caller:
+        async def dependency(request: Request) -> Caller:
             try:
-                principal = self.authenticate(request)
+                principal = await self.authenticate(request)
             except Unauthenticated as exc:
                 raise ApiProblem(401, str(exc), headers={"WWW-Authenticate": 'Bearer realm="mlp"'}) from None
             except Unavailable as exc:
                 log.warning("identity provider unavailable: %s", exc)
                 raise ApiProblem(503, "the identity provider is unavailable; try again later") from None
-            catalog = self.view.catalog()
-            grants = grants_for(principal, catalog.specs)
+            # only the very first load of the repository waits (in a worker thread); later ones run behind
+            catalog = self.view.loaded()
+            if catalog is None:
+                catalog = await run_in_threadpool(self.view.catalog)
+            grants = self.grants(principal, catalog)
             if permission not in (Permission.public, Permission.authenticated) and not grants.any(permission):
                 raise ApiProblem(403, f"{permission.value}: you hold no role that grants it in any team")
             return Caller(principal, grants, permission, catalog)
@@ -516,10 +519,16 @@ def _default_rollouts(state_dir: Path) -> RolloutReader:
     return StateRollouts(state_dir)
 
 
-def json_response(request: Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """JSON with a strong ETag; 304 when the client already has it."""
-    body = orjson.dumps(payload, default=str)
-    etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+def respond(
+    request: Request,
+    body: bytes,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    etag: str | None = None,
+) -> Response:
+    """A JSON body with a strong ETag (given, or the body's hash); 304 when the client already has it."""
+    etag = etag or etag_of(body)
     extra = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Content-Type-Options": "nosniff", **(headers or {})}
     if request.url.scheme == "https":
         extra["Strict-Transport-Security"] = "max-age=31536000"
@@ -530,13 +539,71 @@ def json_response(request: Request, payload: Any, status: int = 200, headers: di
     return Response(body, status_code=status, media_type="application/json", headers=extra)
 
 
-def page_response(request: Request, items: list[Any], next_key: str | None) -> Response:
-    cursor = next_key
-    headers = {}
-    if cursor:
-        url = request.url.include_query_params(cursor=cursor)
-        headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
-    return json_response(request, {"items": items, "nextCursor": cursor}, headers=headers)
+def json_response(request: Request, payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return respond(request, orjson.dumps(payload, default=str), status=status, headers=headers)
+
+
+def page_response(request: Request, items: list[Any] | bytes, next_key: str | None) -> Response:
+    """A page of a list route: `items` as values, or as the bytes of a JSON array; `Link` to the next one."""
+    body = items if isinstance(items, bytes) else orjson.dumps(items, default=str)
+    return respond(request, page_body(body, next_key), headers=next_link(request, next_key))
+
+
+def next_link(request: Request, next_key: str | None) -> dict[str, str]:
+    """The RFC 8288 `Link` header to the next page, when there is one."""
+    if not next_key:
+        return {}
+    url = request.url.include_query_params(cursor=next_key)
+    return {"Link": f'<{url.path}?{url.query}>; rel="next"'}
+
+
+@dataclass
+class Paging:
+    """`limit` and the key of the previous page's last item (`cursor`), as every list route takes them."""
+
+    limit: int
+    after: Any
+
+
+async def _paging(limit: LIMIT = 100, cursor: CURSOR = None) -> Paging:
+    return Paging(limit, cursor or None)
+
+
+async def _numbered_paging(limit: LIMIT = 100, cursor: NUM_CURSOR = None) -> Paging:
+    return Paging(limit, int(cursor) if cursor else None)
+
+
+PAGING = Annotated[Paging, Depends(_paging)]
+NUMBERED_PAGING = Annotated[Paging, Depends(_numbered_paging)]
+MODEL_FILTER = Annotated[str | None, Query(max_length=63)]
+
+
+def paginate(request: Request, rows: Iterable[tuple[Any, Any]], paging: Paging, out: Callable[[Any], Any]) -> Response:
+    """The page after `paging.after` of (key, item) rows in ascending key order, each rendered by `out`."""
+    page: list[tuple[Any, Any]] = []
+    more = False
+    for key, item in rows:
+        if paging.after is not None and key <= paging.after:
+            continue
+        if len(page) == paging.limit:
+            more = True
+            break
+        page.append((key, item))
+    return page_response(request, [out(item) for _, item in page], str(page[-1][0]) if more else None)
+
+
+def scoped(c: Caller, table: dict[str, Any], keep: Callable[[Any], bool] = lambda _: True) -> Iterable[tuple[str, Any]]:
+    """(name, spec) of `table` in name order that the caller's teams see and `keep` accepts."""
+    return ((n, e) for n, e in sorted(table.items()) if c.sees(e.metadata.team) and keep(e))
+
+
+def one(c: Caller, table: dict[str, Any], kind: str, name: str) -> Any:
+    """One declared spec the caller may see: 404 when it is not declared, 403 when it is another team's."""
+    item = table.get(name)
+    if item is None:
+        raise ApiProblem(404, f"{kind} {name!r} is not declared")
+    c.require(item.metadata.team, f"{kind} {name!r}")
+    return item
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -582,6 +649,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     errors = _problem_responses(400, 401, 403, 404, 422, 503)
 
     def route(method: str, path: str, permission: Permission, model: Any = None, status: int = 200, **kw: Any) -> Any:
+        """Register a handler: its permission (`x-mlp-permission`), its documented shape and problem answers.
+
+        Handlers return a built `Response` (the shape is the documented one by construction, so
+        FastAPI does not validate it again); an `async def` handler runs on the event loop and
+        must not block, a plain `def` one (Git, SQLite writes) runs in a worker thread."""
+
         def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
             app.add_api_route(
                 path,
@@ -603,20 +676,20 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # --- health and identity -------------------------------------------------------------
 
     @route("GET", "/healthz", Permission.public, Health, responses=_problem_responses(503))
-    def healthz(request: Request) -> Response:
+    async def healthz(request: Request) -> Response:
         return json_response(request, {"status": "ok", "version": __version__})
 
     @route("GET", "/api/v1/whoami", Permission.authenticated, WhoAmI)
-    def whoami(request: Request, c: Caller = caller(Permission.authenticated)) -> Response:
+    async def whoami(request: Request, c: Caller = caller(Permission.authenticated)) -> Response:
         everywhere = c.grants.everywhere.value if c.grants.everywhere else None
         teams = {t: r.value for t, r in sorted(c.grants.teams.items())}
         return json_response(request, {"identity": c.principal.to_json(), "teams": teams, "platformRole": everywhere})
 
     # --- environments --------------------------------------------------------------------
 
-    def env_out(c: Caller, name: str) -> dict[str, Any]:
-        env = c.catalog.specs.environments[name]
+    def env_out(env: Any) -> dict[str, Any]:
         spec = env.spec
+        name = env.metadata.name
         status = api.state.load(name, details=False)
         return {
             "name": name,
@@ -630,37 +703,24 @@ def create_app(settings: ApiSettings) -> FastAPI:
         }
 
     def env_of(c: Caller, name: str) -> Any:
-        env = c.catalog.specs.environments.get(name)
-        if env is None:
-            raise ApiProblem(404, f"environment {name!r} is not declared")
-        c.require(env.metadata.team, f"environment {name!r}")
-        return env
+        return one(c, c.catalog.specs.environments, "environment", name)
 
     @route("GET", "/api/v1/environments", Permission.read, EnvironmentPage)
     def list_environments(
         request: Request,
+        paging: PAGING,
         c: Caller = caller(Permission.read),
         team: Annotated[str | None, Query(max_length=63)] = None,
         tier: Annotated[str | None, Query(max_length=20)] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
     ) -> Response:
-        after = _cursor_decode(cursor)
-        names = [
-            n
-            for n, e in sorted(c.catalog.specs.environments.items())
-            if c.sees(e.metadata.team)
-            and (team is None or e.metadata.team == team)
-            and (tier is None or e.spec.tier == tier)
-            and (after is None or n > after)
-        ]
-        page = names[:limit]
-        return page_response(request, [env_out(c, n) for n in page], page[-1] if len(names) > limit else None)
+        def keep(e: Any) -> bool:
+            return (team is None or e.metadata.team == team) and (tier is None or e.spec.tier == tier)
+
+        return paginate(request, scoped(c, c.catalog.specs.environments, keep), paging, env_out)
 
     @route("GET", "/api/v1/environments/{env}", Permission.read, EnvironmentOut, responses=_problem_responses(404))
     def get_environment(request: Request, env: NAME, c: Caller = caller(Permission.read)) -> Response:
-        env_of(c, env)
-        out = env_out(c, env)
+        out = env_out(env_of(c, env))
         status = api.state.load(env)
         if status is not None:
             out["status"] = _status_json(status, details=True)
@@ -670,28 +730,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
     def list_deployments(
         request: Request,
         env: NAME,
+        paging: PAGING,
         c: Caller = caller(Permission.read),
-        model: Annotated[str | None, Query(max_length=63)] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
+        model: MODEL_FILTER = None,
     ) -> Response:
         spec = env_of(c, env).spec
         status = api.state.load(env)
         observed = {m.model: m for m in status.models} if status is not None else {}
-        after = _cursor_decode(cursor)
-        names = [n for n in sorted(spec.deployments) if (model is None or n == model) and (after is None or n > after)]
-        items = []
-        for name in names[:limit]:
+
+        def out(name: str) -> dict[str, Any]:
             o = observed.get(name)
-            items.append(
-                {
-                    "environment": env,
-                    "model": name,
-                    "declared": spec.deployments[name].model_dump(exclude_none=True, by_alias=True),
-                    "observed": {"servedVersion": o.served_version, "traffic": o.traffic} if o is not None else None,
-                }
-            )
-        return page_response(request, items, names[limit - 1] if len(names) > limit else None)
+            return {
+                "environment": env,
+                "model": name,
+                "declared": spec.deployments[name].model_dump(exclude_none=True, by_alias=True),
+                "observed": {"servedVersion": o.served_version, "traffic": o.traffic} if o is not None else None,
+            }
+
+        names = ((n, n) for n in sorted(spec.deployments) if model is None or n == model)
+        return paginate(request, names, paging, out)
 
     @route("GET", "/api/v1/environments/{env}/plan", Permission.read, PlanOut, responses=_problem_responses(409))
     def get_plan(
@@ -772,28 +829,25 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # --- models --------------------------------------------------------------------------
 
     def model_of(c: Caller, name: str) -> Any:
-        model = c.catalog.specs.models.get(name)
-        if model is None:
-            raise ApiProblem(404, f"model {name!r} is not declared")
-        c.require(model.metadata.team, f"model {name!r}")
-        return model
+        return one(c, c.catalog.specs.models, "model", name)
 
     @route("GET", "/api/v1/models", Permission.read, ModelPage)
-    def list_models(
+    async def list_models(
         request: Request,
+        paging: PAGING,
         c: Caller = caller(Permission.read),
         team: Annotated[str | None, Query(max_length=63)] = None,
         framework: Annotated[str | None, Query(max_length=20)] = None,
         prefix: Annotated[str | None, Query(max_length=63, description="Names starting with this")] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
     ) -> Response:
+        # the catalog keeps the summaries sorted and serialised: a page is a bisection and a join
         catalog = c.catalog
-        start = catalog.models_after(_cursor_decode(cursor), prefix)
-        items: list[dict[str, Any]] = []
-        last = None
+        start = catalog.models_after(paging.after, prefix)
+        page: list[bytes] = []
+        last = newest = None
         visible: dict[str | None, bool] = {}
-        for summary in itertools.islice(catalog.models, start, None):
+        for i in range(start, len(catalog.models)):
+            summary = catalog.models[i]
             if prefix is not None and not summary["name"].startswith(prefix):
                 break  # sorted by name: past the prefix's range
             t = summary["team"]
@@ -803,21 +857,21 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 continue
             if framework is not None and summary["framework"] != framework:
                 continue
-            if len(items) == limit:
-                last = items[-1]["name"]
+            if len(page) == paging.limit:
+                last = newest
                 break
-            items.append(summary)
-        return page_response(request, items, last)
+            page.append(catalog.model_json[i])
+            newest = summary["name"]
+        return page_response(request, b"[" + b",".join(page) + b"]", last)
 
     @route("GET", "/api/v1/models/{model}", Permission.read, ModelDetail)
-    def get_model(request: Request, model: NAME, c: Caller = caller(Permission.read)) -> Response:
+    async def get_model(request: Request, model: NAME, c: Caller = caller(Permission.read)) -> Response:
         from mlp.api.readers import model_summary
 
         m = model_of(c, model)
         deployments = [
             {"environment": n, "version": e.spec.deployments[model].version}
-            for n, e in sorted(c.catalog.specs.environments.items())
-            if model in e.spec.deployments and c.sees(e.metadata.team)
+            for n, e in scoped(c, c.catalog.specs.environments, lambda e: model in e.spec.deployments)
         ]
         out = {
             **model_summary(m),
@@ -840,25 +894,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
         }
 
     @route("GET", "/api/v1/models/{model}/versions", Permission.read, VersionPage)
-    def list_versions(
+    async def list_versions(
         request: Request,
         model: NAME,
+        paging: NUMBERED_PAGING,
         c: Caller = caller(Permission.read),
         stage: Annotated[str | None, Query(max_length=20)] = None,
-        limit: LIMIT = 100,
-        cursor: NUM_CURSOR = None,
     ) -> Response:
-        m = model_of(c, model)
-        after = _cursor_decode(cursor)
-        start = int(after) if after and after.isdigit() else 0
-        versions = [v for v in sorted(m.spec.versions, key=lambda v: v.version) if v.version > start]
-        versions = [v for v in versions if stage is None or v.stage == stage]
-        page = versions[:limit]
-        nxt = str(page[-1].version) if len(versions) > limit else None
-        return page_response(request, [version_out(model, v) for v in page], nxt)
+        versions = sorted(model_of(c, model).spec.versions, key=lambda v: v.version)
+        rows = ((v.version, v) for v in versions if stage is None or v.stage == stage)
+        return paginate(request, rows, paging, lambda v: version_out(model, v))
 
     @route("GET", "/api/v1/models/{model}/versions/{version}", Permission.read, VersionOut)
-    def get_version(
+    async def get_version(
         request: Request,
         model: NAME,
         version: Annotated[int, PathParam(ge=1, le=2**31)],
@@ -903,9 +951,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     # --- experiments and monitors ---------------------------------------------------------
 
-    def experiment_out(name: str, e: Any) -> dict[str, Any]:
+    def experiment_out(e: Any) -> dict[str, Any]:
         return {
-            "name": name,
+            "name": e.metadata.name,
             "team": e.metadata.team,
             "model": e.spec.model,
             "objective": e.spec.objective.model_dump(),
@@ -913,68 +961,40 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "runs": [r.model_dump(exclude_none=True) for r in e.spec.runs],
         }
 
-    def listing(
-        request: Request, c: Caller, table: dict[str, Any], out: Callable[[str, Any], dict[str, Any]], **kw: Any
-    ) -> Response:
-        after = _cursor_decode(kw.pop("cursor"))
-        limit = kw.pop("limit")
-        model = kw.pop("model")
-        names = [
-            n
-            for n, e in sorted(table.items())
-            if c.sees(e.metadata.team) and (model is None or e.spec.model == model) and (after is None or n > after)
-        ]
-        page = names[:limit]
-        return page_response(request, [out(n, table[n]) for n in page], page[-1] if len(names) > limit else None)
-
-    def one(c: Caller, table: dict[str, Any], kind: str, name: str) -> Any:
-        item = table.get(name)
-        if item is None:
-            raise ApiProblem(404, f"{kind} {name!r} is not declared")
-        c.require(item.metadata.team, f"{kind} {name!r}")
-        return item
-
-    @route("GET", "/api/v1/experiments", Permission.read, ExperimentPage)
-    def list_experiments(
-        request: Request,
-        c: Caller = caller(Permission.read),
-        model: Annotated[str | None, Query(max_length=63)] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
-    ) -> Response:
-        return listing(request, c, c.catalog.specs.experiments, experiment_out, model=model, limit=limit, cursor=cursor)
-
-    @route("GET", "/api/v1/experiments/{name}", Permission.read, ExperimentOut)
-    def get_experiment(request: Request, name: NAME, c: Caller = caller(Permission.read)) -> Response:
-        return json_response(request, experiment_out(name, one(c, c.catalog.specs.experiments, "experiment", name)))
-
-    def monitor_out(name: str, m: Any) -> dict[str, Any]:
+    def monitor_out(m: Any) -> dict[str, Any]:
         return {
-            "name": name,
+            "name": m.metadata.name,
             "team": m.metadata.team,
             "model": m.spec.model,
             "environments": list(m.spec.environments),
             "spec": m.spec.model_dump(exclude_none=True, by_alias=True),
-            "latest": api.monitors.latest(name),
+            "latest": api.monitors.latest(m.metadata.name),
         }
 
-    @route("GET", "/api/v1/monitors", Permission.read, MonitorPage)
-    def list_monitors(
-        request: Request,
-        c: Caller = caller(Permission.read),
-        model: Annotated[str | None, Query(max_length=63)] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
-    ) -> Response:
-        return listing(request, c, c.catalog.specs.monitors, monitor_out, model=model, limit=limit, cursor=cursor)
+    def spec_routes(kind: str, out: Callable[[Any], dict[str, Any]], page: Any, item: Any) -> None:
+        """`GET /api/v1/{kind}s` (filterable by model) and `GET /api/v1/{kind}s/{name}`."""
 
-    @route("GET", "/api/v1/monitors/{name}", Permission.read, MonitorOut)
-    def get_monitor(request: Request, name: NAME, c: Caller = caller(Permission.read)) -> Response:
-        return json_response(request, monitor_out(name, one(c, c.catalog.specs.monitors, "monitor", name)))
+        def listing(
+            request: Request, paging: PAGING, c: Caller = caller(Permission.read), model: MODEL_FILTER = None
+        ) -> Response:
+            table = getattr(c.catalog.specs, f"{kind}s")
+            return paginate(request, scoped(c, table, lambda e: model is None or e.spec.model == model), paging, out)
+
+        def detail(request: Request, name: NAME, c: Caller = caller(Permission.read)) -> Response:
+            return json_response(request, out(one(c, getattr(c.catalog.specs, f"{kind}s"), kind, name)))
+
+        listing.__name__, detail.__name__ = f"list_{kind}s", f"get_{kind}"  # the OpenAPI operation ids
+        route("GET", f"/api/v1/{kind}s", Permission.read, page)(listing)
+        route("GET", f"/api/v1/{kind}s/{{name}}", Permission.read, item)(detail)
+
+    spec_routes("experiment", experiment_out, ExperimentPage, ExperimentOut)
+    spec_routes("monitor", monitor_out, MonitorPage, MonitorOut)
 
     # --- rollouts ------------------------------------------------------------------------
 
-    def rollout_out(env: str, e: Any, model: str) -> dict[str, Any]:
+    def rollout_out(key: tuple[Any, str]) -> dict[str, Any]:
+        e, model = key
+        env = e.metadata.name
         d = e.spec.deployments[model]
         return {
             "environment": env,
@@ -988,24 +1008,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @route("GET", "/api/v1/rollouts", Permission.read, RolloutPage)
     def list_rollouts(
         request: Request,
+        paging: PAGING,
         c: Caller = caller(Permission.read),
         environment: Annotated[str | None, Query(max_length=63)] = None,
-        limit: LIMIT = 100,
-        cursor: CURSOR = None,
     ) -> Response:
-        after = _cursor_decode(cursor)
-        keys = [
-            f"{n}/{m}"
-            for n, e in sorted(c.catalog.specs.environments.items())
-            if c.sees(e.metadata.team) and (environment is None or n == environment)
-            for m, d in sorted(e.spec.deployments.items())
-            if d.canary is not None and (after is None or f"{n}/{m}" > after)
+        rows = [
+            (f"{n}/{m}", (e, m))
+            for n, e in scoped(c, c.catalog.specs.environments, lambda e: environment in (None, e.metadata.name))
+            for m, d in e.spec.deployments.items()
+            if d.canary is not None
         ]
-        page = keys[:limit]
-        items = [
-            rollout_out(k.split("/")[0], c.catalog.specs.environments[k.split("/")[0]], k.split("/")[1]) for k in page
-        ]
-        return page_response(request, items, page[-1] if len(keys) > limit else None)
+        # in the order of the cursor's comparison ("dev-2/..." before "dev/...")
+        return paginate(request, sorted(rows, key=lambda row: row[0]), paging, rollout_out)
 
     def rollout_of(c: Caller, env: str, model: str) -> Any:
         e = env_of(c, env)
@@ -1016,7 +1030,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @route("GET", "/api/v1/environments/{env}/rollouts/{model}", Permission.read, RolloutOut)
     def get_rollout(request: Request, env: NAME, model: NAME, c: Caller = caller(Permission.read)) -> Response:
-        return json_response(request, rollout_out(env, rollout_of(c, env, model), model))
+        return json_response(request, rollout_out((rollout_of(c, env, model), model)))
 
     def control(request: Request, c: Caller, env: str, model: str, paused: bool) -> Response:
         rollout_of(c, env, model)
@@ -1039,18 +1053,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     # --- audit ---------------------------------------------------------------------------
 
-    def visible_envs(c: Caller) -> list[str]:
-        return [n for n, e in c.catalog.specs.environments.items() if c.sees(e.metadata.team)]
-
     @route("GET", "/api/v1/audit", Permission.audit, AuditPage)
-    def list_audit(
+    async def list_audit(
         request: Request,
+        paging: NUMBERED_PAGING,
         c: Caller = caller(Permission.audit),
         environment: Annotated[str | None, Query(max_length=63)] = None,
         action: Annotated[str | None, Query(max_length=40)] = None,
         since: Annotated[datetime | None, Query(description="ISO-8601 time")] = None,
-        limit: LIMIT = 100,
-        cursor: NUM_CURSOR = None,
     ) -> Response:
         envs = visible_envs(c) if c.grants.everywhere is None else None
         if environment is not None:
@@ -1067,28 +1077,20 @@ def create_app(settings: ApiSettings) -> FastAPI:
         if since is not None:
             sql += " AND time >= ?"
             params.append(since.timestamp() if since.tzinfo else since.replace(tzinfo=UTC).timestamp())
-        after = _cursor_decode(cursor)
-        if after is not None:
+        if paging.after is not None:
             sql += " AND id < ?"
-            params.append(int(after))
+            params.append(paging.after)
         sql += " ORDER BY id DESC"
-        # the id that ends this page and whether another follows: two index lookups
-        edge = api.audit_rows(f"SELECT id FROM ({sql.replace('*', 'id', 1)}) LIMIT 2 OFFSET ?", [*params, limit - 1])
-        next_key = str(edge[0][0]) if len(edge) == 2 else None
-        try:
-            # SQLite renders the page (a 1,000-event page is the hot path): no Python object per row
-            (items,) = api.audit_rows(f"SELECT json_group_array({_AUDIT_JSON}) FROM ({sql} LIMIT ?)", [*params, limit])[
-                0
-            ]
-            payload: Any = {"items": orjson.Fragment(items), "nextCursor": next_key}
-        except sqlite3.Error:  # a row whose stored JSON was damaged: render it in Python, as it is
-            rows = api.audit_rows(sql.replace("SELECT *", f"SELECT {_AUDIT_COLUMNS}", 1) + " LIMIT ?", [*params, limit])
-            payload = {"items": [_audit_json(r) for r in rows], "nextCursor": next_key}
-        headers = {}
-        if next_key:
-            url = request.url.include_query_params(cursor=next_key)
-            headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
-        return json_response(request, payload, headers=headers)
+        # a page is rendered once per database version (and per query): repeated reads of an
+        # unchanged trail, and their 304s, cost a version check
+        page = api.audit_pages.cached(sql, params, paging.limit)
+        if page is None:
+            page = await run_in_threadpool(api.audit_pages.render, sql, params, paging.limit)
+        body, etag, next_key = page
+        return respond(request, body, etag=etag, headers=next_link(request, next_key))
+
+    def visible_envs(c: Caller) -> list[str]:
+        return [n for n, e in c.catalog.specs.environments.items() if c.sees(e.metadata.team)]
 
     @route("GET", "/api/v1/audit/served", Permission.audit, ServedAt)
     def served(
@@ -1108,9 +1110,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
             conn.close()
         out = {
             "environment": environment,
-            "time": _iso(at),
+            "time": iso(at),
             "revision": found["revision"] if found else None,
-            "appliedAt": _iso(found["appliedAt"]) if found else None,
+            "appliedAt": iso(found["appliedAt"]) if found else None,
             "appliedBy": found["appliedBy"] if found else None,
             "pr": found["pr"] if found else None,
             "approvers": found["approvers"] if found else [],
@@ -1131,10 +1133,10 @@ def _status_json(status: Any, details: bool = False) -> dict[str, Any]:
         "health": status.health,
         "revision": status.revision,
         "syncedRevision": status.synced_revision,
-        "syncedAt": _iso(status.synced_at),
+        "syncedAt": iso(status.synced_at),
         "message": status.message,
         "errors": list(status.errors),
-        "updatedAt": _iso(status.updated_at),
+        "updatedAt": iso(status.updated_at),
     }
     if details:
         out["models"] = [
@@ -1145,40 +1147,6 @@ def _status_json(status: Any, details: bool = False) -> dict[str, Any]:
             for o in status.objects
         ]
     return out
-
-
-_AUDIT_COLUMNS = (
-    "id, time, environment, action, outcome, revision, author, objects, message, pr, approvers, merge_commit,"
-    " hash, prev_hash"
-)
-
-
-_AUDIT_JSON = (
-    "json_object('id', id, 'time', strftime('%Y-%m-%dT%H:%M:%f+00:00', time, 'unixepoch'),"
-    " 'environment', environment, 'action', action, 'outcome', outcome, 'revision', revision, 'author', author,"
-    " 'objects', json(objects), 'message', message, 'pr', pr, 'approvers', json(approvers),"
-    " 'mergeCommit', merge_commit, 'hash', hash, 'prevHash', prev_hash)"
-)
-
-
-def _audit_json(r: tuple[Any, ...]) -> dict[str, Any]:
-    # objects / approvers are stored as JSON text written by the store: passed through, not re-parsed
-    return {
-        "id": r[0],
-        "time": _iso(r[1]) or "",
-        "environment": r[2],
-        "action": r[3],
-        "outcome": r[4],
-        "revision": r[5],
-        "author": r[6],
-        "objects": orjson.Fragment(r[7] or "[]"),
-        "message": r[8] or "",
-        "pr": r[9],
-        "approvers": orjson.Fragment(r[10]) if r[10] else None,
-        "mergeCommit": r[11],
-        "hash": r[12],
-        "prevHash": r[13],
-    }
 
 
 def _install_openapi(app: FastAPI) -> None:

@@ -86,7 +86,24 @@ class KratosSessions:
     def authenticate(self, *, cookie: str | None = None, token: str | None = None) -> Principal:
         if not cookie and not token:
             raise Unauthenticated("no session: send the ory_kratos_session cookie or an X-Session-Token header")
-        key = hashlib.sha256(f"{cookie or ''}\0{token or ''}".encode()).hexdigest()
+        hit = self.cached(cookie=cookie, token=token)
+        if hit is not None:
+            return hit
+        key = _cache_key(cookie, token)
+        now = time.time()
+        principal, expires = self._ask(cookie, token)
+        with self._lock:
+            self._cache[key] = (min(now + self.ttl, expires), principal)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return principal
+
+    def cached(self, *, cookie: str | None = None, token: str | None = None) -> Principal | None:
+        """The principal of a session validated less than `ttl` ago (and not past its expiry), or None:
+        no round trip, so an async caller can answer without leaving the event loop."""
+        if not cookie and not token:
+            return None
+        key = _cache_key(cookie, token)
         now = time.time()
         with self._lock:
             hit = self._cache.get(key)
@@ -95,12 +112,7 @@ class KratosSessions:
                     self._cache.move_to_end(key)
                     return hit[1]
                 del self._cache[key]
-        principal, expires = self._ask(cookie, token)
-        with self._lock:
-            self._cache[key] = (min(now + self.ttl, expires), principal)
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        return principal
+        return None
 
     def _ask(self, cookie: str | None, token: str | None) -> tuple[Principal, float]:
         from ory_kratos_client.exceptions import ApiException, OpenApiException
@@ -129,6 +141,10 @@ class KratosSessions:
         email = traits.get("email") if isinstance(traits.get("email"), str) else None
         username = traits.get("username") if isinstance(traits.get("username"), str) else None
         return Principal("session", identity.id, email=email, username=username, traits=traits), expires
+
+
+def _cache_key(cookie: str | None, token: str | None) -> str:
+    return hashlib.sha256(f"{cookie or ''}\0{token or ''}".encode()).hexdigest()
 
 
 # --- API tokens -----------------------------------------------------------------------------

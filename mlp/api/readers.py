@@ -7,24 +7,32 @@ revision that does not load keeps the last one that did (as the controller does)
 
 `RolloutReader` and `MonitorReader` are the ports for state other parts own: the
 rollout engine and the monitors fill them in; the defaults here expose what the
-specs declare and what the controller's state database records.
+specs declare, what the controller's state database records and the reports
+the monitor runners write.
 """
 
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import time
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
+
+import orjson
+from pydantic import BaseModel, Field, ValidationError
 
 from mlp.controller.store import StateStore, connect
 from mlp.sources.directory import read_directory
 from mlp.specs import SpecSet, load
-from mlp.specs.models import Model
+from mlp.specs.models import DNS1123_LABEL, Model
 from mlp.webhooks.prcheck import Workspace, WorkspaceError
+
+_NAME = re.compile(DNS1123_LABEL)
 
 
 @dataclass
@@ -36,11 +44,16 @@ class Catalog:
     errors: list[str]
     models: list[dict[str, Any]] = field(default_factory=list)  # sorted by name
     model_names: list[str] = field(default_factory=list)
+    # each summary serialised once per revision: a page is joined from these bytes
+    model_json: list[bytes] = field(default_factory=list)
+    # grants depend on the caller and the Team specs only: computed once per caller per revision
+    grants: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in sorted(self.specs.models):
             self.models.append(model_summary(self.specs.models[name]))
         self.model_names = [m["name"] for m in self.models]
+        self.model_json = [orjson.dumps(m) for m in self.models]
 
     def models_after(self, cursor: str | None, prefix: str | None = None) -> int:
         start = bisect_right(self.model_names, cursor) if cursor else 0
@@ -92,6 +105,10 @@ class RepoView:
             return self.workspace.repo.active_branch.name
         except TypeError:  # detached HEAD
             return "HEAD"
+
+    def loaded(self) -> Catalog | None:
+        """The current catalog when one is loaded (never waits), else None."""
+        return self.catalog() if self._catalog is not None else None
 
     def catalog(self) -> Catalog:
         """The current catalog. Only the first call waits for a load; later ones never wait for Git:
@@ -195,9 +212,101 @@ class StateRollouts:
         }
 
 
-class NoMonitorResults:
+class MonitorWindow(BaseModel):
+    """One window a monitor runner tested, as the API shows it (camelCase, times as ISO-8601)."""
+
+    window: int
+    start: str
+    end: str
+    rows: int
+    status: str  # ok | skipped | error
+    message: str
+    driftDetected: bool | None = None
+    driftedFeatures: list[str] = Field(default_factory=list)
+    pValues: dict[str, float | None] | None = None
+    predictionDrift: bool | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    activeAlerts: list[str] = Field(default_factory=list)
+
+
+class _Drift(BaseModel):
+    is_drift: bool
+    p_values: dict[str, float | None] = Field(default_factory=dict)
+    drifted: list[str] = Field(default_factory=list)
+
+
+class _Report(BaseModel):
+    """A line of the runner's `reports.jsonl` (`mlp.monitors.runner.WindowReport`), as far as the API reads it."""
+
+    index: int
+    start_ms: int
+    end_ms: int
+    rows: int
+    status: str
+    message: str
+    drift: _Drift | None = None
+    prediction: _Drift | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    active: list[str] = Field(default_factory=list)
+
+    def window(self) -> dict[str, Any]:
+        def iso(ms: int) -> str:
+            return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+        return MonitorWindow(
+            window=self.index,
+            start=iso(self.start_ms),
+            end=iso(self.end_ms),
+            rows=self.rows,
+            status=self.status,
+            message=self.message,
+            driftDetected=self.drift.is_drift if self.drift is not None else None,
+            driftedFeatures=self.drift.drifted if self.drift is not None else [],
+            pValues=self.drift.p_values if self.drift is not None else None,
+            predictionDrift=self.prediction.is_drift if self.prediction is not None else None,
+            metrics=self.metrics,
+            activeAlerts=self.active,
+        ).model_dump()
+
+
+class ReportMonitors:
+    """Default monitor reader: the windows the monitor runners tested, from the reports they write.
+
+    `mlp up` runs an environment's monitors with its state folder (`mlp monitor local
+    --state-dir`), and each runner appends one JSON line per window to
+    `monitors/NAME/reports.jsonl` there; the API serves the newest `last` of them, newest
+    first, re-reading a file only when it changed. A line that does not parse, or does not
+    have a report's shape, is skipped (as `mlp monitor report` skips it)."""
+
+    def __init__(self, state_dir: Path, last: int = 5) -> None:
+        self.root = state_dir / "monitors"
+        self.last = last
+        self._cache: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
+
     def latest(self, monitor: str) -> list[dict[str, Any]]:
-        return []
+        if not _NAME.fullmatch(monitor):  # a spec name; never a path
+            return []
+        path = self.root / monitor / "reports.jsonl"
+        try:
+            stat = path.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            with self._lock:
+                hit = self._cache.get(monitor)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+            lines = path.read_bytes().splitlines()[-self.last :]
+        except OSError:
+            return []
+        results = []
+        for line in reversed(lines):
+            try:
+                results.append(_Report.model_validate_json(line).window())
+            except ValidationError:
+                continue
+        with self._lock:
+            self._cache[monitor] = (key, results)
+        return results
 
 
 _CONTROLS_SCHEMA = """

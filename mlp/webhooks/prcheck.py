@@ -88,11 +88,14 @@ class Workspace:
 
     def resolve(self, ref: str) -> str:
         """The commit SHA of a branch, tag, ref or SHA."""
-        for candidate in (ref, f"origin/{ref}", f"refs/heads/{ref}"):
-            try:
-                return self.repo.commit(candidate).hexsha
-            except (BadName, ValueError, GitCommandError):
-                continue
+        # under the lock, as `load`: GitPython asks one long-lived `git cat-file` process, and two
+        # threads asking at once read each other's answers (or wait for ever)
+        with self._lock:
+            for candidate in (ref, f"origin/{ref}", f"refs/heads/{ref}"):
+                try:
+                    return self.repo.commit(candidate).hexsha
+                except (BadName, ValueError, GitCommandError):
+                    continue
         raise WorkspaceError(f"{self.repo.working_tree_dir or self.repo.git_dir}: unknown revision {ref!r}")
 
     def has(self, sha: str) -> bool:
