@@ -1,7 +1,8 @@
-"""`GET /api/v1/monitors` shows the windows the monitor runner really tested (its reports.jsonl)."""
+"""`GET /api/v1/monitors` shows the windows the monitor runner really tested (its state database)."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,12 @@ def test_latest_results_are_the_runners_reports_newest_first(tmp_path: Path) -> 
         assert latest[0]["rows"] == 200 and latest[0]["status"] == "ok"
         listed = client.get("/api/v1/monitors").json()["items"]
         assert next(m for m in listed if m["name"] == "iris-drift")["latest"] == latest
-        # a damaged line, or one without a report's shape, is skipped, not a 500
-        with (world.state / "monitors" / "iris-drift" / "reports.jsonl").open("a") as fh:
-            fh.write('{not json\n{"index": "seven", "rows": []}\n')
+        # a report without a report's shape is skipped, not a 500
+        db = sqlite3.connect(world.state / "monitors" / "iris-drift" / "state.db")
+        with db:
+            db.execute("INSERT INTO reports VALUES (?, ?)", (reports[1].index + 1, '{"index": "seven", "rows": []}'))
+            db.execute("INSERT INTO reports VALUES (?, ?)", (reports[1].index + 2, "{not json"))
+        db.close()
         assert client.get("/api/v1/monitors/iris-drift").json()["latest"] == latest
     finally:
         world.close()

@@ -236,7 +236,7 @@ class _Drift(BaseModel):
 
 
 class _Report(BaseModel):
-    """A line of the runner's `reports.jsonl` (`mlp.monitors.runner.WindowReport`), as far as the API reads it."""
+    """A report the runner committed (`mlp.monitors.runner.WindowReport`), as far as the API reads it."""
 
     index: int
     start_ms: int
@@ -270,42 +270,30 @@ class _Report(BaseModel):
 
 
 class ReportMonitors:
-    """Default monitor reader: the windows the monitor runners tested, from the reports they write.
+    """Default monitor reader: the windows the monitor runners tested, from their state databases.
 
     `mlp up` runs an environment's monitors with its state folder (`mlp monitor local
-    --state-dir`), and each runner appends one JSON line per window to
-    `monitors/NAME/reports.jsonl` there; the API serves the newest `last` of them, newest
-    first, re-reading a file only when it changed. A line that does not parse, or does not
-    have a report's shape, is skipped (as `mlp monitor report` skips it)."""
+    --state-dir`), and each runner commits one report per window to `monitors/NAME/state.db`
+    there (`mlp.monitors.store`); the API serves the newest `last` of them, newest first. A
+    report that does not have a report's shape is skipped (as `mlp monitor report` skips it)."""
 
     def __init__(self, state_dir: Path, last: int = 5) -> None:
         self.root = state_dir / "monitors"
         self.last = last
-        self._cache: dict[str, tuple[tuple[int, int], list[dict[str, Any]]]] = {}
-        self._lock = threading.Lock()
 
     def latest(self, monitor: str) -> list[dict[str, Any]]:
+        from mlp.monitors.store import read_reports
+
         if not _NAME.fullmatch(monitor):  # a spec name; never a path
             return []
-        path = self.root / monitor / "reports.jsonl"
-        try:
-            stat = path.stat()
-            key = (stat.st_mtime_ns, stat.st_size)
-            with self._lock:
-                hit = self._cache.get(monitor)
-            if hit is not None and hit[0] == key:
-                return hit[1]
-            lines = path.read_bytes().splitlines()[-self.last :]
-        except OSError:
-            return []
         results = []
-        for line in reversed(lines):
+        # a few recent rows from a read-only connection: cheaper than keeping a cache coherent
+        # with another process's write-ahead log
+        for body in reversed(read_reports(self.root / monitor, self.last)):
             try:
-                results.append(_Report.model_validate_json(line).window())
+                results.append(_Report.model_validate(body).window())
             except ValidationError:
                 continue
-        with self._lock:
-            self._cache[monitor] = (key, results)
         return results
 
 

@@ -170,7 +170,13 @@ def read_reports(state_dir: Path, last: int) -> list[dict[str, Any]]:
         rows = conn.execute("SELECT body FROM reports ORDER BY idx DESC LIMIT ?", (last,)).fetchall()
     finally:
         conn.close()
-    return [json.loads(r[0]) for r in reversed(rows)]
+    reports = []
+    for (body,) in reversed(rows):
+        try:
+            reports.append(json.loads(body))
+        except (TypeError, ValueError):  # a damaged row is skipped by every reader, not fatal to it
+            continue
+    return reports
 
 
 def read_last_window(state_dir: Path) -> pa.Table | None:
