@@ -130,7 +130,7 @@ def test_github_rate_limit_waits_for_reset(gh: tuple[GitHubStandIn, str], mode: 
     standin, url = gh
     sleep = SleepRecorder()
     bot = GitHubClient("t-bot", url)
-    bot.rest.sleep = sleep
+    bot.rest.retry.sleep = sleep
     standin.rate_limit(1, mode=mode, seconds=1)
     started = time.monotonic()
     bot.create_comment("acme/p", 3, "after the limit")
@@ -143,7 +143,7 @@ def test_github_rate_limit_waits_for_reset(gh: tuple[GitHubStandIn, str], mode: 
 def test_rate_limit_longer_than_max_wait_fails_fast(gh: tuple[GitHubStandIn, str]) -> None:
     standin, url = gh
     bot = GitHubClient("t-bot", url)
-    bot.rest.max_wait = 5
+    bot.rest.retry.budget = 5
     standin.rate_limit(1, mode="primary", seconds=3600)
     started = time.monotonic()
     with pytest.raises(HostError, match="rate limited"):
@@ -189,7 +189,7 @@ def test_gitlab_pagination_and_rate_limit(gl: tuple[GitLabStandIn, str]) -> None
     assert [r.query.get("page") for r in standin.calls("GET", "/notes")] == [None, "2", "3"]
 
     sleep = SleepRecorder()
-    bot.rest.sleep = sleep
+    bot.rest.retry.sleep = sleep
     standin.rate_limit(2, seconds=1)
     assert len(bot.comments("acme/p", 1)) == 7
     assert sleep.waits == [1.0, 1.0]
