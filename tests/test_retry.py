@@ -204,6 +204,18 @@ def test_rest_client_retries_a_503_and_a_rate_limit_on_a_get(scripted: Any) -> N
     assert slept[1] == pytest.approx(10.05)  # the rate limit's reset time, plus a margin
 
 
+def test_an_unavailable_host_asking_for_a_long_wait_is_its_own_error_not_a_rate_limit(scripted: Any) -> None:
+    server = scripted((503, {"Retry-After": "3600"}), (429, {"Retry-After": "3600"}))
+    slept: list[float] = []
+    rest = RestClient(server.url, {}, sleep=slept.append)
+    with pytest.raises(HostError, match="HTTP 503") as err:
+        rest.json("GET", "/repos/a/b")
+    assert "rate limited" not in str(err.value)
+    with pytest.raises(HostError, match="rate limited for 3600s"):
+        rest.json("GET", "/repos/a/b")
+    assert len(server.requests) == 2 and slept == []  # neither waited an hour
+
+
 def test_github_client_never_creates_twice_on_a_doubt(scripted: Any) -> None:
     slept: list[float] = []
     server = scripted((502, {}), DROP)
@@ -218,7 +230,8 @@ def test_github_client_never_creates_twice_on_a_doubt(scripted: Any) -> None:
 
 def test_github_client_retries_what_is_safe_to_repeat(scripted: Any) -> None:
     slept: list[float] = []
-    server = scripted((503, {}), (504, {}), (429, {"retry-after": "2"}))
+    # one transient failure for each call, then its answer
+    server = scripted((503, {}), (200, {}), (504, {}), (200, {}), (429, {"retry-after": "2"}))
     gh = GitHubClient("t", server.url)
     gh.rest.retry.sleep = slept.append
     gh.set_status("a/b", "abc", "mlp/plan", "success", "ok")  # the newest status per context wins

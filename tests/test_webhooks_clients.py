@@ -144,11 +144,13 @@ def test_rate_limit_longer_than_max_wait_fails_fast(gh: tuple[GitHubStandIn, str
     standin, url = gh
     bot = GitHubClient("t-bot", url)
     bot.rest.retry.budget = 5
+    sleep = SleepRecorder()
+    bot.rest.retry.sleep = sleep
     standin.rate_limit(1, mode="primary", seconds=3600)
-    started = time.monotonic()
     with pytest.raises(HostError, match="rate limited"):
         bot.comments("acme/p", 1)
-    assert time.monotonic() - started < 1
+    assert sleep.waits == []  # fails at once: no wait at all, let alone the hour
+    assert len(standin.calls("GET", "/issues/1/comments")) == 1
 
 
 def test_gitlab_client_round_trip(gl: tuple[GitLabStandIn, str]) -> None:

@@ -161,7 +161,7 @@ class RestClient:
             raise HostError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         response = outcome.answer
         after = outcome.verdict.after if outcome.verdict is not None else None
-        if after is not None and outcome.retries < self.retry.attempts - 1:
+        if after is not None and response.status_code in (403, 429) and outcome.retries < self.retry.attempts - 1:
             # given up early: waiting as long as the host asks would overrun the policy's budget
             raise HostError(f"{method} {url}: rate limited for {after:.0f}s (more than {self.retry.budget:.0f}s)", 429)
         if response.status_code >= 400:
