@@ -86,19 +86,15 @@ class Recorder(threading.Thread):
         return [(s, h) for s, h, _ in self.seen[mark:]]
 
 
-def _kube_target(tmp_path: Path) -> tuple[Target, Callable[[], None]] | None:
-    """A KubernetesTarget on the stand-in API server (or MLP_TEST_KUBECONFIG), if this checkout has them."""
-    try:
-        from mlp.targets.kubernetes import KubernetesTarget
-    except ImportError:
-        return None
+def _kube_target(tmp_path: Path) -> tuple[Target, Callable[[], None]]:
+    """A KubernetesTarget on the stand-in API server (or MLP_TEST_KUBECONFIG)."""
+    from standins import kube_apiserver as standin
+
+    from mlp.targets.kubernetes import KubernetesTarget
+
     real = os.environ.get("MLP_TEST_KUBECONFIG")
     if real:
         return KubernetesTarget.from_kubeconfig(real), lambda: None
-    try:
-        from standins import kube_apiserver as standin  # type: ignore[import-not-found]
-    except ImportError:
-        return None
     api = standin.KubeApiServer(namespaces=("default", NS), prometheus_operator=True).start()
     kubeconfig = standin.write_kubeconfig(tmp_path / "kubeconfig", api.url)
     target = KubernetesTarget.from_kubeconfig(str(kubeconfig))
@@ -111,10 +107,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     if request.param == "memory":
         yield MemoryTarget()
         return
-    made = _kube_target(tmp_path)
-    if made is None:
-        pytest.skip("no kubernetes target/stand-in in this checkout")
-    tgt, stop = made
+    tgt, stop = _kube_target(tmp_path)
     yield tgt
     stop()
 
