@@ -1444,6 +1444,14 @@ class Store:
         return out
 
 
+class _Listener(ThreadingHTTPServer):
+    """A listen backlog as deep as the kernel allows, as the API server's (Go's net.Listen uses
+    somaxconn). socketserver's default of 5 drops the SYNs of a client that opens many connections
+    at once (a concurrent apply), which then waits a second to retransmit each."""
+
+    request_queue_size = socket.SOMAXCONN
+
+
 class KubeApiServer:
     """The stand-in. `with KubeApiServer() as api:` starts it on a free port of 127.0.0.1."""
 
@@ -1493,7 +1501,7 @@ class KubeApiServer:
 
     def start(self) -> KubeApiServer:
         handler = type("Handler", (_Handler,), {"api": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Listener(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         if self.tls is not None:
             import ssl
