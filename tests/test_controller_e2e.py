@@ -78,9 +78,7 @@ class Recorder(threading.Thread):
     def catch_up(self) -> None:
         """Let the recorder poll at least twice more, so it has seen what the test just saw."""
         n = self.polls
-        deadline = time.monotonic() + 5
-        while self.polls < n + 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait(lambda: self.polls >= n + 2, HANG, "the status recorder")
 
     def since(self, mark: int) -> list[tuple[str, str]]:
         return [(s, h) for s, h, _ in self.seen[mark:]]
@@ -269,7 +267,8 @@ def test_controller_end_to_end(target: Target, tmp_path: Path) -> None:
         mark = len(rec.seen)
         _hand_edit(target, "InferenceService", "iris", {"spec": {"predictor": {"minReplicas": 9}}})
         _wait(lambda: status().sync_status == "OutOfSync", HANG, "OutOfSync")
-        time.sleep(INTERVAL * 1.5)  # another interval: still not reverted
+        seen = steps()
+        _wait(lambda: steps() >= seen + 2, HANG, "two more reconcile steps")  # and still not reverted:
         assert _live(target, "InferenceService", "iris")["spec"]["predictor"]["minReplicas"] == 9  # type: ignore
         st = status()
         iris = next(o for o in st.objects if o.ref.startswith("InferenceService/") and o.name == "iris")
