@@ -175,12 +175,15 @@ def _needs_repo(cmd: click.Command) -> bool:
 
 
 @pytest.mark.parametrize(("path", "cmd"), [(p, c) for p, c in ALL if _needs_repo(c)], ids=lambda v: str(v))
-def test_a_missing_repository_exits_2_in_one_line(path: tuple[str, ...], cmd: click.Command, tmp_path: Path) -> None:
+def test_a_missing_repository_exits_2_in_one_line(
+    path: tuple[str, ...], cmd: click.Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Bad input is exit 2 with one line, never 1 and never a traceback (other required values get a dummy)."""
     args = [*path, "--repo", str(tmp_path / "missing")]
     for p in cmd.params:
         if p.required and "--repo" not in getattr(p, "opts", []):
             args += ["x"] if isinstance(p, click.Argument) else [p.opts[0], "x"]
+    monkeypatch.chdir(tmp_path)  # a dummy value may name a folder to create
     res = CliRunner().invoke(cli, args, env={"MLP_GITHUB_WEBHOOK_SECRET": None, "MLP_GITLAB_WEBHOOK_TOKEN": None})
     assert res.exit_code == 2, (path, res.output)
     assert res.exception is None or isinstance(res.exception, SystemExit), (path, res.exception)
