@@ -92,9 +92,12 @@ class Server:
         return extra
 
 
-def mlp(repo: Path, server: Server, *args: str, ok: tuple[int, ...] = (0, 1)) -> tuple[float, float, float]:
+def mlp(
+    repo: Path, server: Server, *args: str, ok: tuple[int, ...] = (0, 1), says: str = ""
+) -> tuple[float, float, float]:
     """(wall seconds, CPU seconds of the mlp process, CPU seconds of the stand-in meanwhile): on a
-    loaded machine the CPU times are the steadier ones."""
+    loaded machine the CPU times are the steadier ones. Stops the benchmark when the command exits
+    otherwise than `ok` or its output lacks `says` (a no-op that was not one)."""
     cmd = [sys.executable, "-m", "mlp.cli.main", *args, "--env", "bench", "--repo", str(repo), *server.args()]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = server.cpu()
@@ -102,8 +105,8 @@ def mlp(repo: Path, server: Server, *args: str, ok: tuple[int, ...] = (0, 1)) ->
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode not in ok:
-        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    if proc.returncode not in ok or says not in proc.stdout:
+        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return seconds, cpu, server.cpu() - server_before
 
@@ -133,9 +136,9 @@ def main() -> int:
                 first, noop, diff = [], [], []
                 for _ in range(args.repeat):
                     server.fresh()
-                    first.append(mlp(repo, server, "apply", "--yes", *flags))
-                    noop.append(mlp(repo, server, "apply", "--yes", *flags))
-                    diff.append(mlp(repo, server, "diff", *flags))
+                    first.append(mlp(repo, server, "apply", "--yes", *flags, ok=(0,)))
+                    noop.append(mlp(repo, server, "apply", "--yes", *flags, ok=(0,), says="No changes."))
+                    diff.append(mlp(repo, server, "diff", *flags, ok=(0,)))  # 1 would be changes left
                     if server.real:
                         mlp(empty, server, "apply", "--yes", "--prune", "--allow-empty", *flags)
                 results[label] = (min(first), min(noop), min(diff))
