@@ -11,9 +11,7 @@ on scikit-learn's bundled datasets (no download):
 
 A different library version can produce different bytes, hence a different sha256. The
 versions come from requirements.lock (`make venv`), so a fresh clone trains exactly the bytes
-whose digests are committed. So can the machine: OpenBLAS picks its kernels by CPU and splits
-work by thread, and either changes the last bits of a fitted model. Each model is therefore
-trained in a child process with both pinned (TRAINING_ENV: the generic x86-64 kernels, one thread). When a trained artifact's digest still differs from the spec's,
+whose digests are committed. When a trained artifact's digest still differs from the spec's,
 the script says so and exits 1; it never edits a tracked file unless asked to with
 `--update-digests` (ruamel round-trip: comments and layout are kept).
 
@@ -27,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -74,21 +70,6 @@ RECIPES: dict[tuple[str, int], Callable[[Path], None]] = {
 }
 
 
-# Read by OpenBLAS when it loads (numpy's and scipy's copies alike), hence a child process. Prescott:
-# the kernels every x86-64 CPU runs (the lock is for x86-64); measured here, the Haswell and SkylakeX
-# kernels, and 1 or 2 threads, each trained other bytes for iris.
-TRAINING_ENV = {"OPENBLAS_CORETYPE": "Prescott", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-
-
-def train(name: str, version: int, out: Path) -> None:
-    """Run the recipe for `name` v`version` into `out` in a child process with TRAINING_ENV."""
-    subprocess.run(
-        [sys.executable, __file__, "--train", name, str(version), str(out)],
-        env={**os.environ, **TRAINING_ENV},
-        check=True,
-    )
-
-
 def iris_reference_csv() -> str:
     """The iris training data as CSV (signature column names, the true species): the example
     monitor's reference sample. Plain text from the bundled dataset, so its digest is stable."""
@@ -131,12 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--force", action="store_true")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--update-digests", action="store_true")
-    ap.add_argument("--train", nargs=3, metavar=("MODEL", "VERSION", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.train:  # the child process `train` starts
-        model, version, into = args.train
-        RECIPES[(model, int(version))](Path(into))
-        return 0
     repo = Path(args.repo)
     mirror = mirror_of(repo)
     yaml = _yaml()
@@ -164,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 with tempfile.NamedTemporaryFile(dir=out.parent, suffix=out.suffix, delete=False) as tmp:
                     tmp_path = Path(tmp.name)
                 try:
-                    train(name, number, tmp_path)
+                    recipe(tmp_path)
                     tmp_path.replace(out)
                 finally:
                     tmp_path.unlink(missing_ok=True)
