@@ -78,6 +78,13 @@ class Server:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    def cpu(self) -> float:
+        """CPU seconds the stand-in process has used so far (0 for a real API server)."""
+        if self.proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def args(self) -> list[str]:
         extra = ["--kubeconfig", str(self.kubeconfig)]
         if self.real and os.environ.get("MLP_TEST_KUBE_CONTEXT"):
@@ -85,17 +92,23 @@ class Server:
         return extra
 
 
-def mlp(repo: Path, server: Server, *args: str, ok: tuple[int, ...] = (0, 1)) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the mlp process): on a loaded machine the CPU time is the steadier one."""
+def mlp(
+    repo: Path, server: Server, *args: str, ok: tuple[int, ...] = (0, 1), says: str = ""
+) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds of the mlp process, CPU seconds of the stand-in meanwhile): on a
+    loaded machine the CPU times are the steadier ones. Stops the benchmark when the command exits
+    otherwise than `ok` or its output lacks `says` (a no-op that was not one)."""
     cmd = [sys.executable, "-m", "mlp.cli.main", *args, "--env", "bench", "--repo", str(repo), *server.args()]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = server.cpu()
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode not in ok:
-        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode not in ok or says not in proc.stdout:
+        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, server.cpu() - server_before
 
 
 def main() -> int:
@@ -115,20 +128,21 @@ def main() -> int:
         server = Server(tmp)
         where = "a real API server (MLP_TEST_KUBECONFIG)" if server.real else "the API-server stand-in"
         print(f"{args.models} models ({args.models + 1} objects) against {where}; best of {args.repeat}")
-        print("| client settings | first apply s | no-op apply s | no-op diff s |\n|---|---|---|---|")
+        print("each cell: wall s (mlp CPU s, stand-in CPU s)")
+        print("| client settings | first apply | no-op apply | no-op diff |\n|---|---|---|---|")
         results = {}
         try:
             for label, flags in configs:
                 first, noop, diff = [], [], []
                 for _ in range(args.repeat):
                     server.fresh()
-                    first.append(mlp(repo, server, "apply", "--yes", *flags))
-                    noop.append(mlp(repo, server, "apply", "--yes", *flags))
-                    diff.append(mlp(repo, server, "diff", *flags))
+                    first.append(mlp(repo, server, "apply", "--yes", *flags, ok=(0,)))
+                    noop.append(mlp(repo, server, "apply", "--yes", *flags, ok=(0,), says="No changes."))
+                    diff.append(mlp(repo, server, "diff", *flags, ok=(0,)))  # 1 would be changes left
                     if server.real:
                         mlp(empty, server, "apply", "--yes", "--prune", "--allow-empty", *flags)
                 results[label] = (min(first), min(noop), min(diff))
-                cells = " | ".join(f"{w:.2f} ({c:.2f})" for w, c in results[label])
+                cells = " | ".join(f"{w:.2f} ({c:.2f}, {s:.2f})" for w, c, s in results[label])
                 print(f"| {label} | {cells} |", flush=True)
         finally:
             server.stop()

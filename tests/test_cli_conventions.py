@@ -154,7 +154,8 @@ def test_no_color_removes_colour_from_diff_on_a_terminal(tmp_path: Path) -> None
     assert ANSI.search(coloured)
     code, plain = _run_on_tty(args, base | {"NO_COLOR": "1"}, tmp_path)
     assert code == 1
-    assert (not ANSI.search(plain) and "InferenceService" in plain) or "ModelDeployment" in plain
+    assert not ANSI.search(plain), plain
+    assert "ModelDeployment" in plain or "InferenceService" in plain, plain  # the same diff, without colour
 
 
 def test_exit_codes_of_validate_and_diff(tmp_path: Path) -> None:
@@ -167,6 +168,26 @@ def test_exit_codes_of_validate_and_diff(tmp_path: Path) -> None:
     assert not (tmp_path / "json").exists()  # -o is the format, never a file name
     assert "1 error" in runner.invoke(cli, ["validate", str(tmp_path)]).output
     assert runner.invoke(cli, ["validate", str(tmp_path / "missing")]).exit_code == 2
+
+
+def _needs_repo(cmd: click.Command) -> bool:
+    return any("--repo" in getattr(p, "opts", []) for p in cmd.params)
+
+
+@pytest.mark.parametrize(("path", "cmd"), [(p, c) for p, c in ALL if _needs_repo(c)], ids=lambda v: str(v))
+def test_a_missing_repository_exits_2_in_one_line(
+    path: tuple[str, ...], cmd: click.Command, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bad input is exit 2 with one line, never 1 and never a traceback (other required values get a dummy)."""
+    args = [*path, "--repo", str(tmp_path / "missing")]
+    for p in cmd.params:
+        if p.required and "--repo" not in getattr(p, "opts", []):
+            args += ["x"] if isinstance(p, click.Argument) else [p.opts[0], "x"]
+    monkeypatch.chdir(tmp_path)  # a dummy value may name a folder to create
+    res = CliRunner().invoke(cli, args, env={"MLP_GITHUB_WEBHOOK_SECRET": None, "MLP_GITLAB_WEBHOOK_TOKEN": None})
+    assert res.exit_code == 2, (path, res.output)
+    assert res.exception is None or isinstance(res.exception, SystemExit), (path, res.exception)
+    assert len(res.output.strip().splitlines()) <= 4 and "Traceback" not in res.output, (path, res.output)
 
 
 def test_version_names_the_commit() -> None:

@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standins import kube_apiserver as kube
 from test_controller import commit_all, edit, make_platform_repo, set_staging_iris
 
 from mlp.controller.store import AuditLog, StateStore
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 
-kube = pytest.importorskip("standins.kube_apiserver", reason="the API server stand-in is not in this checkout")
-pytest.importorskip("mlp.targets.kubernetes", reason="the kubernetes target is not in this checkout")
 
 ENV, NS = "staging", "ml-staging"
 GROUP, PLURAL = "serving.kserve.io", "inferenceservices"

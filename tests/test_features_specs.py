@@ -180,8 +180,7 @@ def test_the_rendered_cronjob_runs_a_real_materialization(tmp_path: Path, moto_s
 
 def test_the_example_repository_sources_match_their_views() -> None:
     root = Path(__file__).resolve().parents[1]
-    if not (root / "data" / "features" / "iris-measurements.csv").is_file():
-        pytest.skip("the example repository's data/ is not in this checkout")
+    assert (root / "data" / "features" / "iris-measurements.csv").is_file(), "the example repository's data/ is missing"
     res = subprocess.run(
         [sys.executable, "-m", "mlp.cli.main", "validate", str(root), "--check-sources", "-o", "json"],
         capture_output=True,

@@ -278,13 +278,30 @@ def test_affected_by_specs() -> None:
         ("0 0 1 * MON", datetime(2026, 6, 1, 0, 0), True),  # day-of-month OR day-of-week
         ("0 0 1 * MON", datetime(2026, 6, 8, 0, 0), True),
         ("0 0 1 * MON", datetime(2026, 6, 9, 0, 0), False),
+        # Debian cron's macros (any case) and cronsim's L and # (what the hand-written parser lacked)
+        ("@daily", datetime(2026, 3, 4, 0, 0), True),
+        ("@Daily", datetime(2026, 3, 4, 0, 1), False),
+        ("@hourly", datetime(2026, 3, 4, 7, 0), True),
+        ("@weekly", datetime(2026, 11, 29, 0, 0), True),  # a Sunday
+        ("@weekly", datetime(2026, 11, 30, 0, 0), False),
+        ("@monthly", datetime(2026, 2, 1, 0, 0), True),
+        ("@yearly", datetime(2027, 1, 1, 0, 0), True),
+        ("0 0 L * *", datetime(2026, 2, 28, 0, 0), True),  # the last day of the month
+        ("0 0 L * *", datetime(2026, 2, 27, 0, 0), False),
+        ("0 0 * * 5#2", datetime(2026, 1, 9, 0, 0), True),  # the second Friday
+        ("0 0 * * 5#2", datetime(2026, 1, 16, 0, 0), False),
+        ("0 0 * * 5L", datetime(2026, 1, 30, 0, 0), True),  # the last Friday
+        ("0-10/5,50-59 * * * *", datetime(2026, 1, 1, 3, 55), True),
+        ("0-10/5,50-59 * * * *", datetime(2026, 1, 1, 3, 7), False),
     ],
 )
 def test_cron_matching(expr: str, when: datetime, match: bool) -> None:
     assert Cron.parse(expr).matches(when) is match
 
 
-@pytest.mark.parametrize("expr", ["* * * *", "61 * * * *", "a * * * *", "5-1 * * * *", "*/0 * * * *"])
+@pytest.mark.parametrize(
+    "expr", ["* * * *", "61 * * * *", "a * * * *", "5-1 * * * *", "*/0 * * * *", "@reboot", "@sometimes"]
+)
 def test_cron_errors(expr: str) -> None:
     with pytest.raises(CronError):
         Cron.parse(expr)

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from standins import kube_apiserver as kube
 
 from mlp.cli.main import cli
 from mlp.install import ENGINE_VERBS, InstallError, InstallOptions, render_install
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 URL = "https://example.com/acme/platform.git"
-kube = pytest.importorskip("standins.kube_apiserver", reason="the API server stand-in is not in this checkout")
 
 
 def _render(*args: str) -> list[dict[str, Any]]:

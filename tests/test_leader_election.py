@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standins import kube_apiserver as kube
 from test_controller import commit_all, edit, make_platform_repo, set_staging_iris
 
 from mlp.controller.leader import LeaderElector, LeaseConfig
 
 pytestmark = [pytest.mark.timeout(180)]
 
-kube = pytest.importorskip("standins.kube_apiserver", reason="the API server stand-in is not in this checkout")
 
 NS, ENV = "mlp-system", "staging"
 WRITES = ("PATCH", "POST", "PUT", "DELETE")

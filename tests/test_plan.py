@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -20,6 +22,7 @@ from mlp.plan import (
     plan_to_text,
 )
 from mlp.plan.normalize import normalize, parse_quantity, project
+from mlp.plan.target import ApplyResult
 from mlp.render.stamp import content_hash, stamp
 from mlp.targets.base import (
     ENV_LABEL,
@@ -294,6 +297,73 @@ def test_execute_keep_going_applies_the_rest_and_lists_every_failure() -> None:
     assert [c.ref.name for c in changes.done] == ["mlp-models", "breast-cancer", "zeta"]
     assert [ref.name for ref, _ in changes.failures] == ["iris"]
     assert changes.not_attempted == []
+
+
+class _Overlapping(MemoryTarget):
+    """A MemoryTarget whose applies of InferenceServices wait (up to a second) until `width` are in
+    flight at once, as requests to a real server overlap; it records what was in flight."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.gate = threading.Barrier(width, timeout=1.0)
+        self.in_flight: set[str] = set()
+        self.most = 0
+        self.starts: list[tuple[str, set[str]]] = []  # (name, the objects in flight when it started)
+        self.guard = threading.Lock()
+
+    def apply(self, obj: Manifest, *, dry_run: bool = False, force_conflicts: bool = False) -> ApplyResult:
+        name = obj["metadata"]["name"]
+        with self.guard:
+            self.starts.append((name, set(self.in_flight)))
+            self.in_flight.add(name)
+            self.most = max(self.most, len(self.in_flight))
+        try:
+            if obj["kind"] == "InferenceService":
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    self.gate.wait()
+            return super().apply(obj, dry_run=dry_run, force_conflicts=force_conflicts)
+        finally:
+            with self.guard:
+                self.in_flight.discard(name)
+
+
+def test_concurrent_execute_overlaps_a_run_of_one_kind_and_keeps_dependencies_and_order() -> None:
+    target = _Overlapping(width=4)
+    desired = [sa(), *(isvc(f"m{i}") for i in range(8))]
+    seen: list[str] = []
+    changes = execute(
+        make_plan(desired, [], environment=ENV),
+        target,
+        concurrency=4,
+        progress=lambda i, n, item, what: seen.append(f"{i}/{n} {item.ref.name}"),
+    )
+    assert changes.ok and len(changes.done) == 9
+    assert target.most == 4  # four InferenceServices in flight at once, never more than the concurrency
+    assert target.starts[0] == ("mlp-models", set())  # the ServiceAccount they name went first, alone
+    assert all("mlp-models" not in others for _, others in target.starts[1:])
+    # progress and the change set keep the plan's order whatever order the answers came in
+    assert seen == [f"{i + 1}/9 {n}" for i, n in enumerate(["mlp-models", *(f"m{i}" for i in range(8))])]
+    assert [c.ref.name for c in changes.done] == ["mlp-models", *(f"m{i}" for i in range(8))]
+
+
+def test_concurrent_execute_stops_after_the_run_that_failed() -> None:
+    target = failing_on("m1")
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",  # monitoring goes after the workloads: a later run
+        "metadata": {"name": "after", "namespace": "ml-staging"},
+        "spec": {"selector": {}, "endpoints": [{"port": "http"}]},
+    }
+    desired = [*(isvc(f"m{i}") for i in range(4)), stamp(monitor, environment=ENV, spec="Model.m0", revision="r1")]
+    plan = make_plan(desired, [], environment=ENV)
+    names = [i.ref.name for i in plan.changes]
+    assert names == ["m0", "m1", "m2", "m3", "after"]
+    changes = execute(plan, target, concurrency=4)
+    assert changes.failed is not None and changes.failed.name == "m1"
+    # the rest of its run went out (they were in flight together); the later run was not attempted
+    ran = {c.ref.name for c in changes.done}
+    assert ran == set(names[: names.index("m3") + 1]) - {"m1"}
+    assert [r.name for r in changes.not_attempted] == names[names.index("m3") + 1 :]
 
 
 def test_dry_run_writes_nothing() -> None:

@@ -12,11 +12,14 @@ again) and on each transition posts to the declared receivers and appends one li
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from mlp.retry import RetryPolicy, status_verdict
 
 
 @dataclass
@@ -62,8 +65,10 @@ class Alerter:
         audit: Callable[[dict[str, Any]], None] | None = None,
         echo: Callable[[str], None] | None = None,
         timeout: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.receivers = receivers
+        self.retry = RetryPolicy(attempts=3, budget=30.0, sleep=sleep)
         self.audit = audit or (lambda _event: None)
         self.echo = echo or (lambda _msg: None)
         self.timeout = timeout
@@ -93,17 +98,18 @@ class Alerter:
         for receiver in self.receivers:
             suffix, body = _body(receiver["type"], status, cond, since, now)
             url = receiver["url"].rstrip("/") + suffix if suffix else receiver["url"]
-            error = None
-            for attempt in range(3):
-                try:
-                    r = httpx.post(url, json=body, timeout=self.timeout)
-                    if r.status_code < 300:
-                        error = None
-                        break
-                    error = f"HTTP {r.status_code}"
-                except httpx.HTTPError as exc:
-                    error = f"{type(exc).__name__}: {exc}"
-                time.sleep(0.2 * (attempt + 1))
+            try:
+                outcome = self.retry.run(
+                    functools.partial(httpx.post, url, json=body, timeout=self.timeout),
+                    verdict=lambda r: status_verdict(r.status_code, r.headers, self.retry.now),
+                    # A notification carries its alert, status and startsAt, so a receiver can tell a
+                    # repeat; a duplicate is better than a lost alert (Alertmanager retries its own).
+                    idempotent=True,
+                )
+                code = outcome.answer.status_code
+                error = None if code < 300 else f"HTTP {code}"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
             if error:
                 self.echo(f"alert {cond.name} {status}: delivery to {receiver['type']} receiver failed ({error})")
             else:

@@ -182,9 +182,10 @@ def _execute_concurrently(
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="apply") as pool:
         for indexes in _runs(work):
+            # in plan order as they finish (map keeps the order), so progress shows while a long run goes out
             results = pool.map(run, indexes) if len(indexes) > 1 else map(run, indexes)
             failed = False
-            for i, result in sorted(results):
+            for i, result in results:
                 item = work[i]
                 if isinstance(result, TargetError):
                     failed = True

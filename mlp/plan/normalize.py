@@ -27,7 +27,6 @@ as removals, exactly what applying will delete.
 
 from __future__ import annotations
 
-import copy
 from decimal import Decimal
 from typing import Any
 
@@ -60,13 +59,14 @@ def _drop_none(obj: Any) -> Any:
 
 def normalize(obj: Manifest) -> Manifest:
     """A copy of `obj` without server-owned fields, the revision annotation or nulls."""
-    out = _drop_none(copy.deepcopy(obj))
-    for key in SERVER_TOP_LEVEL:
-        out.pop(key, None)
+    # Dropped before copying: `status` and `managedFields` are most of a live object. `_drop_none`
+    # builds new containers all the way down (the leaves are immutable), so the result is a deep copy.
+    src = {k: v for k, v in obj.items() if k not in SERVER_TOP_LEVEL}
+    if isinstance(src.get("metadata"), dict):
+        src["metadata"] = {k: v for k, v in src["metadata"].items() if k not in SERVER_METADATA}
+    out: Manifest = _drop_none(src)
     meta = out.get("metadata")
     if isinstance(meta, dict):
-        for key in SERVER_METADATA:
-            meta.pop(key, None)
         annotations = meta.get("annotations")
         if isinstance(annotations, dict):
             annotations.pop(REVISION_ANNOTATION, None)

@@ -1,8 +1,9 @@
 """YAML in and out for rendered manifests: deterministic dumping, fast safe loading.
 
 Rendered output must be byte-for-byte stable (golden files, diffs, PR comments), so every
-mapping is dumped with sorted keys and block style. Loading uses ruamel's C-backed safe
-loader: templates produce plain YAML and a thousand objects must parse in well under a second.
+mapping is dumped with sorted keys and block style. Loading uses the specs' libyaml fast path
+(ruamel's safe loader where it defers): templates produce plain YAML and a thousand objects
+must parse in well under a second.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.representer import SafeRepresenter
+
+from mlp.specs.yamlio import fast_load_all
 
 # Strings a YAML 1.1 reader (kubectl, PyYAML, Helm) would take for a bool, null or number.
 # ruamel writes YAML 1.2, where `yes` is a string; quoting them keeps every reader agreeing.
@@ -65,6 +68,11 @@ def dump_all(objs: Iterable[Any]) -> str:
 
 
 def load_all(text: str) -> list[Any]:
-    """Every non-empty document in `text` (raises ruamel's YAMLError on bad YAML)."""
-    yaml = YAML(typ="safe")
-    return [d for d in yaml.load_all(text) if d is not None]
+    """Every non-empty document in `text` (raises ruamel's YAMLError on bad YAML).
+
+    Through the specs' fast path (libyaml's events built into plain data: a quarter of the safe
+    constructor's time, tested equal to it), else ruamel's safe loader; both are YAML 1.2."""
+    docs = fast_load_all(text)
+    if docs is None:
+        docs = list(YAML(typ="safe").load_all(text))
+    return [d for d in docs if d is not None]

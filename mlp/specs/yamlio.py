@@ -330,6 +330,16 @@ def _fast_load_all(text: str) -> list[Any] | None:
         composer.dispose()
 
 
+def fast_load_all(text: str) -> list[Any] | None:
+    """The fast path for other YAML mlp reads in bulk (rendered manifests): the documents exactly as
+    ruamel's safe loader reads them, or None where that loader must decide (anchors, tags, duplicate
+    or non-scalar keys). libyaml's syntax errors are raised as they are (ruamel's YAMLError)."""
+    try:
+        return _fast_load_all(text)
+    except ParseError:
+        return None
+
+
 def parse(data: bytes) -> list[Any]:
     """All documents of a spec file, as plain Python data. Raises ParseError."""
     text = decode(data)

@@ -13,8 +13,9 @@ server-side apply that creates).
   `configured` otherwise, including objects this target never listed or read;
 - `list_owned` lists each kind with the ownership label selector, following `continue` tokens;
 - `delete` uses foreground propagation; deleting what is already gone is not an error;
-- a token bucket keeps the client under `qps` / `burst`; 429 and transient 5xx answers are
-  retried with exponential backoff (honouring `Retry-After`). A 500 that is the server's
+- a token bucket keeps the client under `qps` / `burst`; 429, transient 5xx answers and failed
+  connections are retried by mlp's one retry policy (`mlp.retry`: exponential backoff with
+  jitter, `Retry-After` honoured, a bounded total). A 500 that is the server's
   verdict on the body (a server-side apply with an unknown or mistyped field answers 500, not
   422, see the recorded exchanges) is reported at once, never retried;
 - every failure becomes a one-line `TargetError` that says what to do (see
@@ -27,18 +28,17 @@ from __future__ import annotations
 import copy
 import json
 import os
-import random
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from mlp.engine.inventory import INVENTORY_KEY, INVENTORY_LABEL, adopted_kinds, decode, encode, inventory_name
+from mlp.retry import RETRY_STATUSES, Retry, RetryPolicy, connection_verdict, parse_retry_after
 from mlp.targets.base import (
     ENV_LABEL,
     FIELD_MANAGER,
@@ -345,9 +345,10 @@ class KubernetesTarget:
         self.namespace = namespace
         self.list_all_namespaces = False
         self.field_manager = field_manager
-        self.max_retries = max_retries
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        # mlp's one retry policy (mlp.retry); Retry-After included, at most a minute of waiting per call
+        self.retry = RetryPolicy(
+            attempts=max_retries + 1, base=backoff_base, cap=backoff_max, jitter=backoff_base, budget=60.0, sleep=sleep
+        )
         self.connect_retries = connect_retries
         self.request_timeout = request_timeout
         self.page_size = page_size
@@ -666,12 +667,16 @@ class KubernetesTarget:
             return known
         ref = ObjectRef(api_version, kind, "", "")
         path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-        status, ctype, raw = self._request("discovery", "GET", path, {}, ref=ref)
-        if status == 404:
-            # just after a CRD is installed, its resources can be served a moment before its
-            # group-version discovery document is (seen on a real v1.32 server): ask once more
-            self._sleep(self.discovery_retry_delay)
-            status, ctype, raw = self._request("discovery", "GET", path, {}, ref=ref)
+        # just after a CRD is installed, its resources can be served a moment before its
+        # group-version discovery document is (seen on a real v1.32 server): ask once more
+        status, ctype, raw = (
+            RetryPolicy(attempts=2, sleep=self._sleep)
+            .run(
+                lambda: self._request("discovery", "GET", path, {}, ref=ref),
+                verdict=lambda answer: Retry(after=self.discovery_retry_delay) if answer[0] == 404 else None,
+            )
+            .answer
+        )
         if status != 200:
             raise error_from_response(
                 404 if status == 404 else status,
@@ -730,12 +735,6 @@ class KubernetesTarget:
             with self._lock:
                 self._seen.setdefault(_env_of(obj), {})[ref] = rv
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), 60.0)
-        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
-        return float(delay * (1 + random.uniform(0, 0.1)))
-
     def _request(
         self,
         verb: str,
@@ -748,7 +747,11 @@ class KubernetesTarget:
         content_type: str | None = None,
         dry_run: bool = False,
     ) -> tuple[int, str, bytes]:
-        """One logical call: rate limited, retried on 429 / transient 5xx / connection errors."""
+        """One logical call: rate limited, retried by `self.retry` on 429 / transient 5xx / connection errors.
+
+        Every verb mlp sends is idempotent (GET, a server-side apply PATCH, DELETE), so each is
+        retried on any transient failure.
+        """
         import urllib3
         from kubernetes.client.exceptions import ApiException
 
@@ -756,9 +759,12 @@ class KubernetesTarget:
         if content_type:
             headers["Content-Type"] = content_type
         key = f"{verb}:dry-run" if dry_run else verb
-        attempt = 0
         connect_failures = 0
-        while True:
+
+        def unreachable(reason: str) -> TargetError:
+            return TargetError(f"cannot reach the Kubernetes API server at {self.server}: {reason}", ref=ref)
+
+        def send() -> tuple[int, str, bytes, Any]:
             self.bucket.acquire()
             with self._lock:
                 self.calls[key] += 1
@@ -773,68 +779,70 @@ class KubernetesTarget:
                     _preload_content=False,
                     _request_timeout=self.request_timeout,
                 )
-                status, ctype, raw, resp_headers = (
-                    resp.status,
-                    resp.headers.get("Content-Type", ""),
-                    resp.data,
-                    resp.headers,
-                )
+                answer = (resp.status, resp.headers.get("Content-Type", ""), resp.data, resp.headers)
                 resp.release_conn()
             except AttributeError as exc:
                 # the client turns a TLS failure into ApiException(status=0) and then trips over its
                 # missing body (`e.body.decode`): what failed is in the exception being handled
                 cause = exc.__context__
                 if isinstance(cause, ApiException) and not cause.status:
-                    raise TargetError(
-                        f"cannot reach the Kubernetes API server at {self.server}: "
-                        f"{_connection_reason(Exception(cause.reason))}",
-                        ref=ref,
-                    ) from None
+                    raise unreachable(_connection_reason(Exception(cause.reason))) from None
                 raise
             except ApiException as exc:
                 if not exc.status:  # the same TLS wrapper, should a client version get past the decode
-                    raise TargetError(
-                        f"cannot reach the Kubernetes API server at {self.server}: "
-                        f"{_connection_reason(Exception(exc.reason))}",
-                        ref=ref,
-                    ) from None
+                    raise unreachable(_connection_reason(Exception(exc.reason))) from None
                 resp_headers = exc.headers or {}
-                status = int(exc.status)
                 ctype = resp_headers.get("Content-Type", "") if resp_headers else ""
                 raw = exc.body.encode() if isinstance(exc.body, str) else (exc.body or b"")
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                connect_failures += 1
-                if connect_failures > self.connect_retries:
-                    raise TargetError(
-                        f"cannot reach the Kubernetes API server at {self.server}: {_connection_reason(exc)}", ref=ref
-                    ) from None
-                self._sleep(self._backoff(connect_failures - 1, None))
-                continue
-            for warning in _warnings(resp_headers):
+                answer = (int(exc.status), ctype, raw, resp_headers)
+            for warning in _warnings(answer[3]):
                 with self._lock:
                     if warning not in self.warnings:
                         self.warnings.append(warning)
-            if self._retryable(status, raw, ctype):
-                if attempt >= self.max_retries:
-                    raise error_from_response(
-                        status,
-                        raw,
-                        ctype,
-                        ref=ref,
-                        verb=_VERB_WORDS.get(verb, verb),
-                        server=self.server,
-                        retries=attempt,
-                    )
+            return answer
+
+        def verdict(answer: tuple[int, str, bytes, Any]) -> Retry | None:
+            status, ctype, raw, resp_headers = answer
+            if not self._retryable(status, raw, ctype):
+                return None
+            return Retry(after=_retry_after(resp_headers, raw, ctype, self.retry.now))
+
+        def failure(exc: BaseException) -> Retry | None:
+            nonlocal connect_failures
+            found = connection_verdict(exc)
+            if found is not None and not isinstance(exc, TargetError):
+                connect_failures += 1
+                # an unreachable server is reported after a few tries, not after the whole budget
+                return found if connect_failures <= self.connect_retries else None
+            return None
+
+        def counted(answer: tuple[int, str, bytes, Any] | None, exc: BaseException | None, wait: float) -> None:
+            if answer is not None:
                 with self._lock:
-                    self.retries[status] += 1
-                self._sleep(self._backoff(attempt, _retry_after(resp_headers, raw, ctype)))
-                attempt += 1
-                continue
-            return status, ctype, raw
+                    self.retries[answer[0]] += 1
+
+        try:
+            outcome = self.retry.run(send, verdict=verdict, failure=failure, on_retry=counted)
+        except TargetError:
+            raise
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise unreachable(_connection_reason(exc)) from None
+        status, ctype, raw, _ = outcome.answer
+        if outcome.verdict is not None:  # still failing when the attempts or the time ran out
+            raise error_from_response(
+                status,
+                raw,
+                ctype,
+                ref=ref,
+                verb=_VERB_WORDS.get(verb, verb),
+                server=self.server,
+                retries=outcome.retries,
+            )
+        return status, ctype, raw
 
     @staticmethod
     def _retryable(status: int, raw: bytes, ctype: str) -> bool:
-        if status == 429 or status in (502, 503, 504):
+        if status in RETRY_STATUSES:
             return True
         if status == 500:
             st = _parse_status(raw, ctype)
@@ -874,17 +882,11 @@ def _comparable(obj: Manifest) -> Manifest:
     return {**obj, "metadata": meta}
 
 
-def _retry_after(headers: Any, raw: bytes, ctype: str) -> float | None:
-    value = headers.get("Retry-After") if headers else None
-    if value:
-        try:
-            return float(value)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-                return max(0.0, when.timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
+def _retry_after(headers: Any, raw: bytes, ctype: str, now: Callable[[], float]) -> float | None:
+    """`Retry-After`, else the Status' `details.retryAfterSeconds` (what the API server sets on a 429)."""
+    after = parse_retry_after(headers.get("Retry-After") if headers else None, now)
+    if after is not None:
+        return after
     st = _parse_status(raw, ctype) or {}
     seconds = (st.get("details") or {}).get("retryAfterSeconds")
     return float(seconds) if isinstance(seconds, int | float) else None

@@ -89,7 +89,8 @@ class GitHubClient:
         body: dict[str, Any] = {"state": state, "context": context, "description": description[:140]}
         if target_url:
             body["target_url"] = target_url
-        self.rest.json("POST", f"/repos/{repo}/statuses/{sha}", json=body)
+        # the newest status per context wins: sending the same one twice changes nothing
+        self.rest.json("POST", f"/repos/{repo}/statuses/{sha}", json=body, idempotent=True)
 
     def statuses(self, repo: str, ref: str) -> list[dict[str, Any]]:
         return list(self.rest.paginate(f"/repos/{repo}/commits/{ref}/statuses"))
@@ -105,7 +106,9 @@ class GitHubClient:
         return Comment(int(c["id"]), c.get("body") or "")
 
     def update_comment(self, repo: str, number: int, comment_id: int, body: str) -> Comment:
-        c = self.rest.json("PATCH", f"/repos/{repo}/issues/comments/{comment_id}", json={"body": body})
+        c = self.rest.json(
+            "PATCH", f"/repos/{repo}/issues/comments/{comment_id}", json={"body": body}, idempotent=True
+        )  # replaces the body
         return Comment(int(c["id"]), c.get("body") or "")
 
     def open_change_request(self, repo: str, head: str, base: str, title: str, body: str = "") -> ChangeRequest:

@@ -99,7 +99,8 @@ class GitLabClient:
         body: dict[str, Any] = {"state": _STATES[state], "name": context, "description": description[:255]}
         if target_url:
             body["target_url"] = target_url
-        self.rest.json("POST", f"/projects/{project_id(repo)}/statuses/{sha}", json=body)
+        # sets the state of one named status of the commit: sending it twice changes nothing
+        self.rest.json("POST", f"/projects/{project_id(repo)}/statuses/{sha}", json=body, idempotent=True)
 
     def statuses(self, repo: str, sha: str) -> list[dict[str, Any]]:
         return list(self.rest.paginate(f"/projects/{project_id(repo)}/repository/commits/{sha}/statuses"))

@@ -2,8 +2,8 @@
 
 `GitHost` is the protocol the flow is written against; `mlp.webhooks.github` and
 `mlp.webhooks.gitlab` implement it over their REST APIs. `RestClient` is the shared
-HTTP layer: token auth, retry after a rate limit (`Retry-After`, or the reset time
-in `X-RateLimit-Reset` / `RateLimit-Reset`) and pagination.
+HTTP layer: token auth, mlp's retry policy (a rate limit's `Retry-After`, or the reset time
+in `X-RateLimit-Reset` / `RateLimit-Reset`; transient 5xx for idempotent calls) and pagination.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 import httpx
 
 from mlp.governance import Review
+from mlp.retry import Retry, RetryPolicy, parse_retry_after, status_verdict
 
 StatusState = Literal["pending", "success", "failure", "error"]
 COMMENT_MARKER = "<!-- mlp:plan -->"
@@ -98,7 +99,15 @@ def parse_time(value: Any) -> datetime | None:
 
 
 class RestClient:
-    """httpx with auth headers, rate-limit retries and pagination."""
+    """httpx with auth headers, mlp's retry policy (`mlp.retry`) and pagination.
+
+    Rate limits are honoured for any method (the host refused the request unprocessed); a 502,
+    503 or 504 and a dropped connection are retried only for idempotent requests: GET, PUT,
+    DELETE, and the calls a caller marks `idempotent=True` (setting a commit status, replacing a
+    comment's body). Creating a comment or a pull request is never sent twice on a doubt.
+    """
+
+    IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
     def __init__(
         self,
@@ -113,48 +122,48 @@ class RestClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
-        self.max_retries = max_retries
-        self.max_wait = max_wait
-        self.sleep = sleep
-        self.retries = 0  # how many rate-limit waits happened (observable in tests and logs)
+        self.retry = RetryPolicy(attempts=max_retries + 1, budget=max_wait, sleep=sleep)
+        self.retries = 0  # how many times a request was sent again (observable in tests and logs)
 
     def close(self) -> None:
         self.http.close()
 
-    def rate_limit_wait(self, response: httpx.Response) -> float | None:
-        """Seconds to wait before retrying, or None when the response is not a rate limit."""
+    def verdict(self, response: httpx.Response) -> Retry | None:
+        """Whether to send the request again: a rate limit (`Retry-After`, or the reset time once the
+        remaining count is 0; GitHub's secondary limit may say neither: a minute), or a 502/503/504."""
         h = response.headers
+        now = self.retry.now
         if response.status_code not in (403, 429):
-            return None
+            return status_verdict(response.status_code, h, now)
         if h.get("retry-after"):
-            try:
-                return max(0.0, float(h["retry-after"]))
-            except ValueError:
-                return 60.0
+            return Retry(after=parse_retry_after(h["retry-after"], now) or 60.0, unprocessed=True)
         remaining = h.get("x-ratelimit-remaining") or h.get("ratelimit-remaining")
         reset = h.get("x-ratelimit-reset") or h.get("ratelimit-reset")
         if remaining == "0" and reset:
             try:
-                return max(0.0, float(reset) - time.time()) + 0.05
+                return Retry(after=max(0.0, float(reset) - now()) + 0.05, unprocessed=True)
             except ValueError:
-                return 60.0
-        return 60.0 if response.status_code == 429 else None
+                return Retry(after=60.0, unprocessed=True)
+        return Retry(after=60.0, unprocessed=True) if response.status_code == 429 else None
 
-    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            try:
-                response = self.http.request(method, url, **kwargs)
-            except httpx.HTTPError as exc:
-                raise HostError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
-            wait = self.rate_limit_wait(response)
-            if wait is None or attempt >= self.max_retries:
-                break
-            if wait > self.max_wait:
-                raise HostError(f"{method} {url}: rate limited for {wait:.0f}s (more than {self.max_wait:.0f}s)", 429)
-            attempt += 1
+    def request(self, method: str, url: str, *, idempotent: bool | None = None, **kwargs: Any) -> httpx.Response:
+        def counted(*_: Any) -> None:
             self.retries += 1
-            self.sleep(wait)
+
+        try:
+            outcome = self.retry.run(
+                lambda: self.http.request(method, url, **kwargs),
+                verdict=self.verdict,
+                idempotent=method in self.IDEMPOTENT if idempotent is None else idempotent,
+                on_retry=counted,
+            )
+        except httpx.HTTPError as exc:
+            raise HostError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        response = outcome.answer
+        after = outcome.verdict.after if outcome.verdict is not None else None
+        if after is not None and response.status_code in (403, 429) and outcome.retries < self.retry.attempts - 1:
+            # given up early: waiting as long as the host asks would overrun the policy's budget
+            raise HostError(f"{method} {url}: rate limited for {after:.0f}s (more than {self.retry.budget:.0f}s)", 429)
         if response.status_code >= 400:
             try:
                 detail = response.json()

@@ -594,6 +594,20 @@ PAGE_NOT_FOUND = ApiError(404, "404 page not found\n")
 Path_ = tuple[str, ...]
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when PyYAML has it
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML as the API server reads it. JSON is YAML, and clients (client-go, kubectl, mlp) send
+    apply patches as JSON: that is read by the JSON parser, the rest by libyaml."""
+    if text.lstrip().startswith("{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return yaml.load(text, Loader=_YAML_LOADER)
+
+
 def _jkey(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -1430,6 +1444,14 @@ class Store:
         return out
 
 
+class _Listener(ThreadingHTTPServer):
+    """A listen backlog as deep as the kernel allows, as the API server's (Go's net.Listen uses
+    somaxconn). socketserver's default of 5 drops the SYNs of a client that opens many connections
+    at once (a concurrent apply), which then waits a second to retransmit each."""
+
+    request_queue_size = socket.SOMAXCONN
+
+
 class KubeApiServer:
     """The stand-in. `with KubeApiServer() as api:` starts it on a free port of 127.0.0.1."""
 
@@ -1484,7 +1506,7 @@ class KubeApiServer:
 
     def start(self) -> KubeApiServer:
         handler = type("Handler", (_Handler,), {"api": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd = _Listener(("127.0.0.1", 0), handler)
         self._httpd.daemon_threads = True
         if self.tls is not None:
             import ssl
@@ -2201,10 +2223,12 @@ class Server:
         return self._out(t.res, obj)
 
     def _out(self, res: Resource, obj: Obj) -> Obj:
+        if res.custom:  # its sorted copy is already a deep copy (the leaves are immutable)
+            return _sorted({"apiVersion": res.group_version, "kind": res.kind, **obj})  # type: ignore[no-any-return]
         o = copy.deepcopy(obj)
         o.setdefault("apiVersion", res.group_version)
         o.setdefault("kind", res.kind)
-        return _sorted(o) if res.custom else o
+        return o
 
     def list_objects(self, t: Target_, q: dict[str, str]) -> Obj:
         try:
@@ -2281,9 +2305,10 @@ class Server:
         }
 
     def _decode_body(self, req: Request, yaml_ok: bool) -> Obj:
+        """The request body: JSON, or YAML for an apply patch (as the API server decodes them)."""
         try:
             text = req.body.decode() or "null"
-            body = yaml.safe_load(text) if yaml_ok else json.loads(text)
+            body = _load_yaml(text) if yaml_ok else json.loads(text)
         except (ValueError, yaml.YAMLError) as exc:
             raise bad_request(f"error decoding patch: {exc}") from None
         if not isinstance(body, dict):
