@@ -37,10 +37,10 @@ def run_script(url: str) -> str:
 def main() -> int:
     exe = mlflow_server_venv()
     with tempfile.TemporaryDirectory(prefix="mlp-compat-") as tmp:
-        with mlp_server(Path(tmp) / "mlp") as url:
-            ours = run_script(url)
-        with mlflow_server(exe, Path(tmp) / "mlflow") as url:
-            theirs = run_script(url)
+        with mlp_server(Path(tmp) / "mlp") as server:
+            ours = run_script(server.url)
+        with mlflow_server(exe, Path(tmp) / "mlflow") as server:
+            theirs = run_script(server.url)
     diff = list(
         difflib.unified_diff(theirs.splitlines(), ours.splitlines(), "mlflow server", "mlp tracking serve", lineterm="")
     )

@@ -123,6 +123,9 @@ def test_runs_params_metrics_and_search(store: TrackingStore) -> None:
     assert names("tags.team = 'a' and params.lr != '1'") == ["r3"]
     assert names("attributes.run_name LIKE 'r%' and metrics.acc <= 0.11", ["attributes.run_name DESC"]) == ["r1", "r0"]
     assert names("params.lr ILIKE '4'") == ["r4"]
+    # LIKE is case-sensitive, ILIKE is not, on every backend (as in MLflow)
+    assert names("attributes.run_name LIKE 'R%'") == []
+    assert names("attributes.run_name ILIKE 'R%'") == ["r4", "r3", "r2", "r1", "r0"]
     store.delete_run(ids[4])
     assert names() == ["r3", "r2", "r1", "r0"]
     assert len(store.search_runs([exp], view_type="ALL")[0]) == 5

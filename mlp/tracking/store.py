@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -124,6 +124,47 @@ logged_models = sa.Table(
 )
 
 
+class RunRow(NamedTuple):
+    """A `runs` row as the hand-written statements read it."""
+
+    run_uuid: str
+    experiment_id: int
+    name: str | None
+    user_id: str | None
+    status: str
+    start_time: int | None
+    end_time: int | None
+    artifact_uri: str | None
+    lifecycle_stage: str
+
+
+RUN_COLUMNS = ", ".join(RunRow._fields)
+# Hot statements are plain SQL run on the driver's cursor inside SQLAlchemy's transaction: building
+# and compiling a Core statement costs about 15x the SQLite call itself (one request runs several).
+# They are written with `?` placeholders; psycopg's `%s` is substituted once per statement.
+SQL_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_uuid = ?"
+SQL_EXPERIMENT_FOR_RUN = "SELECT artifact_location, lifecycle_stage FROM experiments WHERE experiment_id = ?"
+SQL_INSERT_RUN = f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+SQL_INSERT_TAG = "INSERT INTO tags (run_uuid, key, value) VALUES (?, ?, ?)"
+SQL_INSERT_PARAM = "INSERT INTO params (run_uuid, key, value) VALUES (?, ?, ?)"
+# identical points are stored once (MLflow's primary key covers the whole point)
+SQL_INSERT_METRIC = (
+    "INSERT INTO metrics (run_uuid, key, timestamp, step, value, is_nan) VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+SQL_INSERT_LATEST = (
+    "INSERT INTO latest_metrics (run_uuid, key, timestamp, step, value, is_nan) VALUES (?, ?, ?, ?, ?, ?)"
+)
+SQL_UPDATE_LATEST = (
+    "UPDATE latest_metrics SET timestamp = ?, step = ?, value = ?, is_nan = ? WHERE run_uuid = ? AND key = ?"
+)
+SQL_RUN_NAME = "UPDATE runs SET name = ? WHERE run_uuid = ?"
+
+
+def _in(column: str, n: int) -> str:
+    return f"{column} IN ({', '.join('?' * n)})"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -187,6 +228,8 @@ class TrackingStore:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.execute("PRAGMA busy_timeout=60000")
+                # LIKE is case-sensitive in MLflow's search language (ILIKE is not); MLflow sets the same
+                cur.execute("PRAGMA case_sensitive_like=ON")
                 cur.close()
 
         metadata.create_all(self.engine)
@@ -334,46 +377,59 @@ class TrackingStore:
         tags_: Sequence[tuple[str, str]] = (),
         run_name: str | None = None,
     ) -> dict[str, Any]:
-        exp = self.get_experiment(experiment_id if experiment_id not in (None, "") else "0")
-        if exp["lifecycle_stage"] != "active":
-            raise TrackingError(
-                f"The experiment {exp['experiment_id']} must be in the 'active' state.", "INVALID_STATE"
-            )
+        exp_id = self._exp_id(experiment_id if experiment_id not in (None, "") else "0")
         tag_map = dict(tags_)
+        for k in tag_map:
+            _validate_key("Tag", k)
         name = run_name or tag_map.get(RUN_NAME_TAG) or _random_name()
         tag_map[RUN_NAME_TAG] = name
         if user_id and USER_TAG not in tag_map:
             tag_map[USER_TAG] = user_id
         run_id = uuid.uuid4().hex
-        artifact_uri = f"{exp['artifact_location'].rstrip('/')}/{run_id}/artifacts"
         with self._write() as conn:
-            conn.execute(
-                runs.insert().values(
-                    run_uuid=run_id,
-                    experiment_id=int(exp["experiment_id"]),
-                    name=name,
-                    user_id=user_id or "",
-                    status="RUNNING",
-                    start_time=start_time if start_time is not None else now_ms(),
-                    end_time=None,
-                    artifact_uri=artifact_uri,
-                    lifecycle_stage="active",
-                )
+            cur = self._cursor(conn)
+            cur.execute(self._sql(SQL_EXPERIMENT_FOR_RUN), (exp_id,))
+            exp = cur.fetchone()
+            if exp is None:
+                raise not_found(f"No Experiment with id={experiment_id} exists")
+            if exp[1] != "active":
+                raise TrackingError(f"The experiment {exp_id} must be in the 'active' state.", "INVALID_STATE")
+            row = RunRow(
+                run_id,
+                exp_id,
+                name,
+                user_id or "",
+                "RUNNING",
+                start_time if start_time is not None else now_ms(),
+                None,
+                f"{exp[0].rstrip('/')}/{run_id}/artifacts",
+                "active",
             )
-            for k in tag_map:
-                _validate_key("Tag", k)
-            conn.execute(tags.insert(), [{"run_uuid": run_id, "key": k, "value": v} for k, v in tag_map.items()])
-        return self.get_run(run_id)
+            cur.execute(self._sql(SQL_INSERT_RUN), row)
+            cur.executemany(self._sql(SQL_INSERT_TAG), [(run_id, k, v) for k, v in tag_map.items()])
+        # what get_run would read back: a new run has only its tags
+        tag_list = [{"key": k, "value": tag_map[k]} for k in sorted(tag_map)]
+        return {"info": self._info_json(row), "data": {"tags": tag_list}, "inputs": {}, "outputs": {}}
 
-    def _run_row(self, conn: Connection, run_id: Any) -> Any:
+    def _sql(self, text: str) -> str:
+        return text if self.is_sqlite else text.replace("?", "%s")
+
+    @staticmethod
+    def _cursor(conn: Connection) -> Any:
+        """The driver's cursor inside `conn`'s transaction (committed or rolled back with it)."""
+        return conn.connection.cursor()
+
+    def _run_row(self, conn: Connection, run_id: Any) -> RunRow:
         if not isinstance(run_id, str) or not run_id:
             raise TrackingError("Missing value for required parameter 'run_id'.")
-        row = conn.execute(sa.select(runs).where(runs.c.run_uuid == run_id)).first()
-        if row is None:
+        cur = self._cursor(conn)
+        cur.execute(self._sql(SQL_RUN), (run_id,))
+        found = cur.fetchone()
+        if found is None:
             raise not_found(f"Run with id={run_id} not found")
-        return row
+        return RunRow._make(found)
 
-    def _active_run(self, conn: Connection, run_id: Any) -> Any:
+    def _active_run(self, conn: Connection, run_id: Any) -> RunRow:
         row = self._run_row(conn, run_id)
         if row.lifecycle_stage != "active":
             raise TrackingError(
@@ -400,31 +456,37 @@ class TrackingStore:
         return info
 
     def _runs_json(self, conn: Connection, rows: Sequence[Any]) -> list[dict[str, Any]]:
-        """Whole runs (info, latest metrics, params, tags) for rows, with three queries per 500 runs."""
-        ids = [r.run_uuid for r in rows]
-        data: dict[str, dict[str, list[dict[str, Any]]]] = {i: {"metrics": [], "params": [], "tags": []} for i in ids}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for m in conn.execute(
-                sa.select(latest_metrics).where(latest_metrics.c.run_uuid.in_(chunk)).order_by(latest_metrics.c.key)
-            ):
-                data[m.run_uuid]["metrics"].append(_metric_json(m.key, m.value, m.is_nan, m.timestamp, m.step))
-            for p in conn.execute(sa.select(params).where(params.c.run_uuid.in_(chunk)).order_by(params.c.key)):
-                data[p.run_uuid]["params"].append({"key": p.key, "value": p.value})
-            for t in conn.execute(sa.select(tags).where(tags.c.run_uuid.in_(chunk)).order_by(tags.c.key)):
-                data[t.run_uuid]["tags"].append({"key": t.key, "value": t.value})
-        io: dict[str, dict[str, list[Any]]] = {i: {} for i in ids}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            for r in conn.execute(sa.select(run_io).where(run_io.c.run_uuid.in_(chunk)).order_by(run_io.c.id)):
-                io[r.run_uuid].setdefault(r.kind, []).append(json.loads(r.document))
+        """Whole runs (info, latest metrics, params, tags, inputs): one query per table per 2,000 runs."""
+        data: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            data[row.run_uuid] = {}
+        ids = list(data)
+        io: dict[str, dict[str, list[Any]]] = {}
+        cur = self._cursor(conn)
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            where = self._sql(_in("run_uuid", len(chunk)))
+            cur.execute(
+                f"SELECT run_uuid, key, value, is_nan, timestamp, step FROM latest_metrics WHERE {where} ORDER BY key",
+                chunk,
+            )
+            for rid, key, value, is_nan, ts, step in cur:
+                data[rid].setdefault("metrics", []).append(
+                    {"key": key, "value": "NaN" if is_nan else value, "timestamp": ts, "step": step}
+                )
+            for table in ("params", "tags"):
+                cur.execute(f"SELECT run_uuid, key, value FROM {table} WHERE {where} ORDER BY key", chunk)
+                for rid, key, value in cur:
+                    data[rid].setdefault(table, []).append({"key": key, "value": value})
+            cur.execute(f"SELECT run_uuid, kind, document FROM run_io WHERE {where} ORDER BY id", chunk)
+            for rid, kind, document in cur:
+                io.setdefault(rid, {}).setdefault(kind, []).append(json.loads(document))
         out = []
         for row in rows:
-            d = {k: v for k, v in data[row.run_uuid].items() if v}
-            docs = io[row.run_uuid]
+            docs = io.get(row.run_uuid, {})
             inputs = {k: docs[k] for k in ("dataset_inputs", "model_inputs") if k in docs}
             outputs = {k: docs[k] for k in ("model_outputs",) if k in docs}
-            out.append({"info": self._info_json(row), "data": d, "inputs": inputs, "outputs": outputs})
+            out.append({"info": self._info_json(row), "data": data[row.run_uuid], "inputs": inputs, "outputs": outputs})
         return out
 
     def log_inputs(self, run_id: Any, datasets: list[Any], models: list[Any]) -> None:
@@ -480,12 +542,12 @@ class TrackingStore:
                 values["end_time"] = end_time
             if run_name:
                 values["name"] = run_name
-                conn.execute(tags.delete().where(tags.c.run_uuid == row.run_uuid, tags.c.key == RUN_NAME_TAG))
-                conn.execute(tags.insert().values(run_uuid=row.run_uuid, key=RUN_NAME_TAG, value=run_name))
+                self._set_tags(conn, row.run_uuid, [(RUN_NAME_TAG, run_name)])
             if values:
-                conn.execute(runs.update().where(runs.c.run_uuid == row.run_uuid).values(**values))
-            row = self._run_row(conn, run_id)
-            return self._info_json(row)
+                cur = self._cursor(conn)
+                assignments = ", ".join(f"{column} = ?" for column in values)
+                cur.execute(self._sql(f"UPDATE runs SET {assignments} WHERE run_uuid = ?"), [*values.values(), run_id])
+            return self._info_json(row._replace(**values))
 
     def delete_run(self, run_id: Any) -> None:
         with self._write() as conn:
@@ -537,9 +599,7 @@ class TrackingStore:
         for k, value, ts, step in batch.metrics:
             _validate_key("Metric", k)
             stored, is_nan = stored_value(value)
-            rows.append(
-                {"run_uuid": run_id, "key": k, "timestamp": ts, "step": step, "value": stored, "is_nan": is_nan}
-            )
+            rows.append((run_id, k, ts, step, stored, is_nan))
         with self._write() as conn:
             self._active_run(conn, run_id)
             if batch.params:
@@ -547,7 +607,7 @@ class TrackingStore:
             if batch.tags:
                 self._set_tags(conn, run_id, batch.tags)
             if rows:
-                self._insert_metrics(conn, rows)
+                self._cursor(conn).executemany(self._sql(SQL_INSERT_METRIC), rows)
                 self._update_latest(conn, run_id, rows)
 
     def _log_params(self, conn: Connection, run_id: str, items: list[tuple[str, str]]) -> None:
@@ -558,70 +618,55 @@ class TrackingStore:
                     f"Duplicate parameter keys have been submitted: ['{k}']. Please ensure the request contains only one param value per param key."
                 )
             wanted[k] = v
-        existing = dict(
-            conn.execute(
-                sa.select(params.c.key, params.c.value).where(
-                    params.c.run_uuid == run_id, params.c.key.in_(list(wanted))
-                )
-            ).all()
+        cur = self._cursor(conn)
+        cur.execute(
+            self._sql(f"SELECT key, value FROM params WHERE run_uuid = ? AND {_in('key', len(wanted))}"),
+            [run_id, *wanted],
         )
+        existing = dict(cur.fetchall())
         for k, v in wanted.items():
             if k in existing and existing[k] != v:
                 raise TrackingError(
                     f"Changing param values is not allowed. Param with key='{k}' was already logged with value='{existing[k]}' "
                     f"for run ID='{run_id}'. Attempted logging new value '{v}'."
                 )
-        new = [{"run_uuid": run_id, "key": k, "value": v} for k, v in wanted.items() if k not in existing]
+        new = [(run_id, k, v) for k, v in wanted.items() if k not in existing]
         if new:
-            conn.execute(params.insert(), new)
+            cur.executemany(self._sql(SQL_INSERT_PARAM), new)
 
     def _set_tags(self, conn: Connection, run_id: str, items: list[tuple[str, str]]) -> None:
         final = dict(items)
-        conn.execute(tags.delete().where(tags.c.run_uuid == run_id, tags.c.key.in_(list(final))))
-        conn.execute(tags.insert(), [{"run_uuid": run_id, "key": k, "value": v} for k, v in final.items()])
+        cur = self._cursor(conn)
+        cur.execute(self._sql(f"DELETE FROM tags WHERE run_uuid = ? AND {_in('key', len(final))}"), [run_id, *final])
+        cur.executemany(self._sql(SQL_INSERT_TAG), [(run_id, k, v) for k, v in final.items()])
         if RUN_NAME_TAG in final:
-            conn.execute(runs.update().where(runs.c.run_uuid == run_id).values(name=final[RUN_NAME_TAG]))
+            cur.execute(self._sql(SQL_RUN_NAME), (final[RUN_NAME_TAG], run_id))
 
-    def _insert_metrics(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        # identical points are stored once (MLflow's primary key covers the whole point)
-        if self.is_sqlite:
-            conn.execute(metrics.insert().prefix_with("OR IGNORE"), rows)
-        else:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            conn.execute(pg_insert(metrics).on_conflict_do_nothing(), rows)
-
-    def _update_latest(self, conn: Connection, run_id: str, rows: list[dict[str, Any]]) -> None:
+    def _update_latest(self, conn: Connection, run_id: str, rows: list[tuple[str, str, int, int, float, bool]]) -> None:
         """Latest value per key: the point with the greatest (step, timestamp, value), as MLflow orders them."""
 
-        def rank(r: Any) -> tuple[int, int, bool, float]:
-            return (r["step"], r["timestamp"], not r["is_nan"], r["value"])
+        def rank(ts: int, step: int, value: float, is_nan: bool) -> tuple[int, int, bool, float]:
+            return (step, ts, not is_nan, value)
 
-        best: dict[str, dict[str, Any]] = {}
+        best: dict[str, tuple[str, str, int, int, float, bool]] = {}
         for r in rows:
-            cur = best.get(r["key"])
-            if cur is None or rank(r) > rank(cur):
-                best[r["key"]] = r
-        current = {
-            m.key: m
-            for m in conn.execute(
-                sa.select(latest_metrics).where(
-                    latest_metrics.c.run_uuid == run_id, latest_metrics.c.key.in_(list(best))
-                )
-            )
-        }
+            cur_best = best.get(r[1])
+            if cur_best is None or rank(*r[2:]) > rank(*cur_best[2:]):
+                best[r[1]] = r
+        cur = self._cursor(conn)
+        cur.execute(
+            self._sql(
+                f"SELECT key, timestamp, step, value, is_nan FROM latest_metrics WHERE run_uuid = ? AND {_in('key', len(best))}"
+            ),
+            [run_id, *best],
+        )
+        current = {key: (ts, step, value, bool(is_nan)) for key, ts, step, value, is_nan in cur.fetchall()}
         for key, r in best.items():
             old = current.get(key)
             if old is None:
-                conn.execute(latest_metrics.insert().values(**r))
-            elif rank(r) > rank(
-                {"step": old.step, "timestamp": old.timestamp, "is_nan": old.is_nan, "value": old.value}
-            ):
-                conn.execute(
-                    latest_metrics.update()
-                    .where(latest_metrics.c.run_uuid == run_id, latest_metrics.c.key == key)
-                    .values(timestamp=r["timestamp"], step=r["step"], value=r["value"], is_nan=r["is_nan"])
-                )
+                cur.execute(self._sql(SQL_INSERT_LATEST), r)
+            elif rank(*r[2:]) > rank(*old):
+                cur.execute(self._sql(SQL_UPDATE_LATEST), (*r[2:], run_id, key))
 
     def get_metric_history(
         self, run_id: Any, key: str, max_results: int | None = None, page_token: str | None = None
