@@ -12,8 +12,8 @@ and one online store. It answers
 with `{"view", "features", "results": [{"entity", "eventTimestamp", "values"} | {"entity", "values": null}]}`.
 A value older than the view's TTL is absent (null), as in the offline join.
 
-`mlp up`'s data plane routes `/v1/features/` here (`handle`), and `router()` is a FastAPI
-`APIRouter` with the same routes for `mlp server`. `enrich` fills a v1 request's rows that
+`mlp up`'s data plane routes `/v1/features/` here (`ahandle`), and `router()` is a FastAPI
+`APIRouter` with the same routes for `mlp server`. `aenrich` fills a v1 request's rows that
 carry only entity keys with the features a model reads (when its spec says
 `enrichFromFeatures: true`). `run_schedule` materializes an environment's views on its cron
 schedule for `mlp up` (on Kubernetes the schedule renders as a CronJob instead).
@@ -140,12 +140,6 @@ class FeatureService:
             want.info, want.shown, lookup(self.store, want.info.name, want.keys, want.info.ttl, self.now())
         )
 
-    def batch(self, view: str, body: Any) -> dict[str, Any]:
-        want = self._parse_batch(view, body)
-        return self._answer(
-            want.info, want.shown, lookup(self.store, want.info.name, want.keys, want.info.ttl, self.now())
-        )
-
     def _parse_get(self, view: str, query: dict[str, list[str]]) -> _Wanted:
         info = self._info(view)
         try:
@@ -193,16 +187,9 @@ class FeatureService:
             }
         return {"views": out}
 
-    def handle(self, method: str, path: str, query_string: bytes, body: bytes | None) -> tuple[int, bytes]:
-        """One `/v1/features[/VIEW]` request: (status, JSON body). Never raises for client mistakes."""
-        routed = self._route(method, path, query_string, body)
-        if isinstance(routed, _Wanted):
-            hits = lookup(self.store, routed.info.name, routed.keys, routed.info.ttl, self.now())
-            return 200, orjson.dumps(self._answer(routed.info, routed.shown, hits))
-        return routed
-
     async def ahandle(self, method: str, path: str, query_string: bytes, body: bytes | None) -> tuple[int, bytes]:
-        """`handle` for an event loop: the store read runs off the loop (`OnlineStore.aread`)."""
+        """One `/v1/features[/VIEW]` request: (status, JSON body). Never raises for client mistakes.
+        The store read runs off the event loop (`OnlineStore.aread`)."""
         routed = self._route(method, path, query_string, body)
         if isinstance(routed, _Wanted):
             hits = await alookup(self.store, routed.info.name, routed.keys, routed.info.ttl, self.now())
@@ -233,18 +220,12 @@ class FeatureService:
 
     # --- enrichment ---------------------------------------------------------------------------
 
-    def enrich(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> Any:
+    async def aenrich(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> Any:
         """A v1 body whose object rows lack model inputs, completed from the online store.
 
         `spec` is the ModelDeployment's `features` block ({view}). Rows that already carry every
-        input are left alone. Raises LookupError_ (400 bad key, 404 unknown entity)."""
-        plan = self._enrich_plan(spec, inputs, body)
-        if plan is None:
-            return body
-        return self._enriched(body, plan, lookup(self.store, plan.info.name, plan.keys, plan.info.ttl, self.now()))
-
-    async def aenrich(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> Any:
-        """`enrich` for an event loop: the store read runs off the loop."""
+        input are left alone. Raises LookupError_ (400 bad key, 404 unknown entity). The store
+        read runs off the event loop."""
         plan = self._enrich_plan(spec, inputs, body)
         if plan is None:
             return body
