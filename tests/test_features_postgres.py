@@ -163,6 +163,22 @@ def test_a_changed_table_gives_a_new_snapshot_hash(
         assert _source(pg).snapshot != before
 
 
+def test_a_numeric_column_declared_double_is_read_as_floats(
+    tmp_path: Path, loaded: str, rows: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # psycopg gives numeric values as Decimal, which Arrow will not put in a double column as is
+    monkeypatch.setenv(PG_ENV, loaded)
+    repo = _repo(tmp_path, _pg_source("SELECT customer_id, ts, round(x::numeric, 3) AS x, n FROM customer_stats"))
+    # entity rows at the feature rows' own times: each must get its own row's value
+    rows[["customer_id", "ts"]].rename(columns={"ts": "event_timestamp"}).to_parquet(tmp_path / "ents.parquet")
+    historical([_source(repo)], tmp_path / "ents.parquet", tmp_path / "out.parquet", repo=repo)
+    got = pd.read_parquet(tmp_path / "out.parquet").merge(
+        rows, left_on=["customer_id", "event_timestamp"], right_on=["customer_id", "ts"], suffixes=("", "_pg")
+    )
+    assert len(got) == len(rows) and got.x.dtype == "float64"
+    assert (got.x - got.x_pg.round(3)).abs().max() < 1e-9
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [
@@ -221,6 +237,11 @@ def test_server_down_and_missing_connection_are_located_errors(tmp_path: Path, m
         _source(repo)
     text = str(err.value)
     assert "FeatureView/stats" in text and "cannot connect" in text and "secret-pw" not in text, text
+    monkeypatch.setenv(PG_ENV, "host=127.0.0.1 password=secret-pw bogus=1")  # malformed
+    with pytest.raises(FeatureError) as err:
+        _source(repo)
+    assert "not a valid PostgreSQL connection string" in str(err.value) and "secret-pw" not in str(err.value)
+    monkeypatch.setenv(PG_ENV, f"postgresql://mlp:secret-pw@127.0.0.1:{port}/postgres")
     res = subprocess.run(
         [sys.executable, "-m", "mlp.cli.main", "features", "materialize", "--repo", str(repo)],
         capture_output=True,

@@ -59,11 +59,14 @@ def _connect(view: str, env: str) -> Iterator[Any]:
     if not dsn:
         raise FeatureError(f"{_where(view, env)}: environment variable {env} is not set")
     try:
+        password = str(psycopg.conninfo.conninfo_to_dict(dsn).get("password") or "")
+    except psycopg.Error:  # libpq's message may quote the string, password and all: not shown
+        raise FeatureError(f"{_where(view, env)}: ${env} is not a valid PostgreSQL connection string") from None
+    try:
         con = psycopg.connect(dsn, connect_timeout=10, autocommit=False)
     except psycopg.Error as exc:
-        raise FeatureError(f"{_where(view, env)}: cannot connect: {_first_line(exc)}") from None
-    except Exception as exc:  # a malformed connection string (psycopg.ProgrammingError is an Error too)
-        raise FeatureError(f"{_where(view, env)}: bad connection string in ${env}: {_first_line(exc)}") from None
+        message = _first_line(exc).replace(password, "***") if password else _first_line(exc)
+        raise FeatureError(f"{_where(view, env)}: cannot connect: {message}") from None
     try:
         con.read_only = True
         con.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
@@ -127,7 +130,7 @@ def snapshot(view: str, env: str, query: str, names: list[str], cache: Path) -> 
                 while True:
                     rows = cur.fetchmany(FETCH_ROWS)
                     if schema is None:
-                        fields = []
+                        fields, numeric = [], []
                         for col in cur.description or []:
                             info = pg_types.get(col.type_code)
                             arrow = TYPES.get(info.name if info else "", ("", ""))[1]
@@ -137,11 +140,15 @@ def snapshot(view: str, env: str, query: str, names: list[str], cache: Path) -> 
                                     f"{info.name if info else col.type_code}, which mlp cannot read"
                                 )
                             fields.append(pa.field(col.name, _arrow_type(pa, arrow)))
+                            numeric.append(info is not None and info.name == "numeric")
                         schema = pa.schema(fields)
                         writer = pq.ParquetWriter(str(tmp), schema)
                     if rows:
                         cols = list(zip(*rows, strict=True))
-                        arrays = [pa.array(c, type=f.type) for c, f in zip(cols, schema, strict=True)]
+                        arrays = [
+                            pa.array([None if v is None else float(v) for v in c] if dec else c, type=f.type)
+                            for c, f, dec in zip(cols, schema, numeric, strict=True)
+                        ]
                         writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                     if len(rows) < FETCH_ROWS:
                         break
