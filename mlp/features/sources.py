@@ -72,6 +72,11 @@ class Source:
         return self.view.spec.source.timestampField
 
     @property
+    def addressable(self) -> bool:
+        """Read from Parquet files, whose rows have stable addresses (file index, row number)."""
+        return self.table.startswith("read_parquet(")
+
+    @property
     def features(self) -> list[str]:
         return [f.name for f in self.view.spec.features]
 
