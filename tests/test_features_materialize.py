@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from featurerepo import redis_url, write_repo
 
 from mlp.features.online import SQLiteStore, lookup, materialize, open_store
@@ -166,6 +167,42 @@ def test_a_stalled_redis_does_not_stall_the_event_loop(tmp_path: Path, redis_url
     assert got == [(5, b'{"x":1.0}')]
     assert ticks > 10  # a blocking read would have held the loop: no tick until it returned
     admin.close()
+    store.close()
+
+
+@pytest.mark.timeout(20)  # a lookup waiting on the loop would hold it for SQLite's 30 s busy timeout
+def test_a_locked_sqlite_file_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """One-key lookups run on the event loop; one that meets a lock must not wait there."""
+    import sqlite3
+
+    path = tmp_path / "online.db"
+    store = SQLiteStore(path)
+    store.write("v", [("[1]", 5, b'{"x":1.0}')])
+    store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # held from the next write until closed
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("COMMIT")
+
+    async def scenario() -> tuple[int, list[tuple[int, bytes] | None]]:
+        ticks = 0
+
+        async def release() -> None:
+            # the lock goes only when this coroutine has run 20 times, so only if the loop
+            # kept running while the lookup waited
+            nonlocal ticks
+            while ticks < 20:
+                ticks += 1
+                await asyncio.sleep(0.01)
+            holder.close()
+
+        task = asyncio.ensure_future(release())
+        got = await store.aread("v", ["[1]"])
+        await task
+        return ticks, got
+
+    ticks, got = asyncio.run(scenario())
+    assert got == [(5, b'{"x":1.0}')] and ticks == 20
     store.close()
 
 

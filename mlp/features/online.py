@@ -123,10 +123,12 @@ class OnlineStore(Protocol):
 class SQLiteStore:
     """One file; WAL so lookups never wait for a materialization's write.
 
-    A connection per thread. `aread` runs lookups on a small pool of reader threads: a point
-    read is tens of microseconds from the page cache, but one that misses it, or meets a WAL
-    checkpoint, would otherwise stall every request on the server's event loop (sqlite3
-    releases the GIL while it works, so the loop keeps serving)."""
+    A connection per thread. `aread` answers a one-key lookup on the event loop itself: a point
+    read is microseconds from the page cache, less than the hop to another thread, whose GIL
+    handoff (up to the 5 ms switch interval while the loop is busy) was most of a lookup's
+    tail latency under load. That read never waits for a lock (busy timeout 0): a lookup that
+    would goes, like every batch, to a small pool of reader threads (sqlite3 releases the GIL
+    while it works, so the loop keeps serving)."""
 
     READERS = 4
 
@@ -147,13 +149,18 @@ class SQLiteStore:
             """
         )
 
-    def _con(self) -> sqlite3.Connection:
-        con: sqlite3.Connection | None = getattr(self._local, "con", None)
+    def _con(self, *, wait: bool = True) -> sqlite3.Connection:
+        name = "con" if wait else "nowait"
+        con: sqlite3.Connection | None = getattr(self._local, name, None)
         if con is None:
-            con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            self._local.con = con
+            con = sqlite3.connect(self.path, timeout=30 if wait else 0, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+            except BaseException:
+                con.close()
+                raise
+            setattr(self._local, name, con)
         return con
 
     def write(self, view: str, rows: Iterable[tuple[str, int, bytes]]) -> int:
@@ -173,8 +180,8 @@ class SQLiteStore:
             raise
         return len(batch)
 
-    def read(self, view: str, keys: Sequence[str]) -> list[tuple[int, bytes] | None]:
-        con = self._con()
+    def read(self, view: str, keys: Sequence[str], *, wait: bool = True) -> list[tuple[int, bytes] | None]:
+        con = self._con(wait=wait)
         if len(keys) == 1:
             row = con.execute(
                 "SELECT ts, value FROM feature_rows WHERE view = ? AND key = ?", (view, keys[0])
@@ -191,6 +198,12 @@ class SQLiteStore:
         return [found.get(k) for k in keys]
 
     async def aread(self, view: str, keys: Sequence[str]) -> list[tuple[int, bytes] | None]:
+        if len(keys) == 1:
+            try:
+                return self.read(view, keys, wait=False)
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.READERS, thread_name_prefix="mlp-features-read")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self.read, view, keys)
@@ -220,10 +233,11 @@ class SQLiteStore:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
-        con = getattr(self._local, "con", None)
-        if con is not None:
-            con.close()
-            self._local.con = None
+        for name in ("con", "nowait"):
+            con = getattr(self._local, name, None)
+            if con is not None:
+                con.close()
+                setattr(self._local, name, None)
 
 
 # Newer-wins in one round trip: HSET only when the stored event time is not newer.
