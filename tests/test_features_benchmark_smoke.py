@@ -18,5 +18,6 @@ def test_the_features_benchmark_runs_on_tiny_data(tmp_path: Path) -> None:
         timeout=240,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "rows differing between mlp and the raw ASOF join: 0" in res.stdout, res.stdout
+    assert "rows differing between mlp and raw: 0" in res.stdout, res.stdout
+    assert "rows differing between mlp and pandas: 0" in res.stdout, res.stdout
     assert "errors: 0" in res.stdout, res.stdout

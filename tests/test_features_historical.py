@@ -36,7 +36,9 @@ def _run(repo: Path, names: list[str], entities: pd.DataFrame, **kw: object) -> 
     return pd.read_parquet(out)
 
 
-def reference(features: pd.DataFrame, entities: pd.DataFrame, ttl: timedelta | None) -> list[float | None]:
+def reference(
+    features: pd.DataFrame, entities: pd.DataFrame, ttl: timedelta | None, col: str = "x"
+) -> list[float | None]:
     """The obvious O(n*m) definition: latest row at or before the entity time, within the TTL."""
     out: list[float | None] = []
     for _, e in entities.iterrows():
@@ -45,39 +47,68 @@ def reference(features: pd.DataFrame, entities: pd.DataFrame, ttl: timedelta | N
             out.append(None)
             continue
         best = rows.loc[rows.ts.idxmax()]
-        out.append(None if ttl is not None and best.ts < e.event_timestamp - ttl else float(best.x))
+        out.append(None if ttl is not None and best.ts < e.event_timestamp - ttl else float(best[col]))
     return out
 
 
 @st.composite
-def worlds(draw: st.DrawFn) -> tuple[pd.DataFrame, pd.DataFrame, int | None]:
-    feature_rows = []
+def feature_rows(draw: st.DrawFn, col: str) -> pd.DataFrame:
+    rows = []
     for key in range(1, draw(st.integers(1, 4)) + 1):
         seconds = draw(st.lists(st.integers(0, 500), min_size=0, max_size=12, unique=True))
-        feature_rows += [(key, T0 + timedelta(seconds=s), float(draw(st.integers(-50, 50)))) for s in seconds]
+        rows += [(key, T0 + timedelta(seconds=s), float(draw(st.integers(-50, 50)))) for s in seconds]
+    return pd.DataFrame(rows or [(99, T0, 0.0)], columns=["customer_id", "ts", col])
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[tuple[str, pd.DataFrame, int | None]], pd.DataFrame]:
+    """Two views (x and z), each a Parquet file, Parquet files in a folder or a CSV file (the
+    two plans of `build_query`), each with or without a TTL; entity rows with a label."""
+    views = [
+        (draw(st.sampled_from(["parquet", "parquet-folder", "csv"])), draw(feature_rows(col)), draw(
+            st.one_of(st.none(), st.integers(1, 200))
+        ))
+        for col in ("x", "z")
+    ]  # fmt: skip
     entity_rows = draw(
         st.lists(st.tuples(st.integers(1, 5), st.integers(-20, 520), st.integers(0, 1)), min_size=1, max_size=25)
     )
-    ttl = draw(st.one_of(st.none(), st.integers(1, 200)))
-    features = pd.DataFrame(feature_rows or [(99, T0, 0.0)], columns=["customer_id", "ts", "x"])
     entities = pd.DataFrame(
         [(k, T0 + timedelta(seconds=s), y) for k, s, y in entity_rows], columns=["customer_id", "event_timestamp", "y"]
     )
-    return features, entities, ttl
+    return views, entities
+
+
+def _write_source(repo: Path, name: str, kind: str, rows: pd.DataFrame) -> dict[str, object]:
+    if kind == "csv":
+        rows.to_csv(repo / f"{name}.csv", index=False)
+        return {"kind": "csv", "path": f"{name}.csv"}
+    if kind == "parquet":
+        rows.to_parquet(repo / f"{name}.parquet")
+        return {"path": f"{name}.parquet"}
+    (repo / name).mkdir()  # rows spread over three files: row addresses span files
+    for i in range(3):
+        rows.iloc[i::3].to_parquet(repo / name / f"part-{i}.parquet")
+    return {"path": name}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(world=worlds())
 def test_point_in_time_join_equals_the_naive_reference(tmp_path_factory: pytest.TempPathFactory, world: tuple) -> None:
-    features, entities, ttl = world
+    views, entities = world
     repo = tmp_path_factory.mktemp("pit")
-    write_repo(repo, [{"name": "stats", "path": "stats.parquet", "ttl": f"{ttl}s" if ttl else None}])
-    features.to_parquet(repo / "stats.parquet")
+    specs = []
+    for (kind, rows, ttl), name, col in zip(views, ("a", "b"), ("x", "z"), strict=True):
+        where = _write_source(repo, name, kind, rows)
+        specs.append({"name": name, **where, "ttl": f"{ttl}s" if ttl else None, "features": {col: "double"}})
+    write_repo(repo, specs)
     entities = entities.reset_index().rename(columns={"index": "row"})
-    got = _run(repo, ["stats"], entities).sort_values("row")
-    want = reference(features, entities, timedelta(seconds=ttl) if ttl else None)
-    assert len(got) == len(entities)
-    assert [None if pd.isna(v) else v for v in got.x] == want
+    got = _run(repo, ["a", "b"], entities).sort_values("row")
+    assert list(got.columns) == ["row", "customer_id", "event_timestamp", "y", "x", "z"]
+    assert len(got) == len(entities) and list(got.y) == list(entities.y)
+    for (_, rows, ttl), col in zip(views, ("x", "z"), strict=True):
+        want = reference(rows, entities, timedelta(seconds=ttl) if ttl else None, col)
+        assert [None if pd.isna(v) else v for v in got[col]] == want, col
 
 
 def test_a_feature_updated_one_second_after_the_label_never_leaks(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from featurerepo import redis_url, write_repo
 
 from mlp.features.online import SQLiteStore, lookup, materialize, open_store
@@ -139,6 +141,69 @@ def test_redis_store_materializes_idempotently_and_matches_sqlite(tmp_path: Path
     assert r.read("stats", keys) == sq.read("stats", keys)
     st = r.state("stats")
     assert st is not None and st.watermark is not None
+    # the event-loop reads (what `mlp up` and `mlp server` use) give the same answers
+    assert asyncio.run(r.aread("stats", keys)) == sq.read("stats", keys)
+    assert asyncio.run(r.aread("stats", keys[:1])) == sq.read("stats", keys[:1])
+    assert asyncio.run(sq.aread("stats", keys)) == sq.read("stats", keys)
+
+
+def test_a_stalled_redis_does_not_stall_the_event_loop(tmp_path: Path, redis_url: str) -> None:
+    import redis
+
+    store = open_store(redis_url)
+    store.write("v", [("[1]", 5, b'{"x":1.0}')])
+    admin = redis.Redis.from_url(redis_url)
+
+    async def scenario() -> tuple[int, list[tuple[int, bytes] | None]]:
+        ticks = 0
+        admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # the server answers no one for 1.5 s
+        read = asyncio.ensure_future(store.aread("v", ["[1]"]))
+        while not read.done():  # other requests' work goes on meanwhile
+            ticks += 1
+            await asyncio.sleep(0.01)
+        return ticks, await read
+
+    ticks, got = asyncio.run(scenario())
+    assert got == [(5, b'{"x":1.0}')]
+    assert ticks > 10  # a blocking read would have held the loop: no tick until it returned
+    admin.close()
+    store.close()
+
+
+@pytest.mark.timeout(20)  # a lookup waiting on the loop would hold it for SQLite's 30 s busy timeout
+def test_a_locked_sqlite_file_does_not_stall_the_event_loop(tmp_path: Path) -> None:
+    """One-key lookups run on the event loop; one that meets a lock must not wait there."""
+    import sqlite3
+
+    path = tmp_path / "online.db"
+    store = SQLiteStore(path)
+    store.write("v", [("[1]", 5, b'{"x":1.0}')])
+    store.close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")  # held from the next write until closed
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("COMMIT")
+
+    async def scenario() -> tuple[int, list[tuple[int, bytes] | None]]:
+        ticks = 0
+
+        async def release() -> None:
+            # the lock goes only when this coroutine has run 20 times, so only if the loop
+            # kept running while the lookup waited
+            nonlocal ticks
+            while ticks < 20:
+                ticks += 1
+                await asyncio.sleep(0.01)
+            holder.close()
+
+        task = asyncio.ensure_future(release())
+        got = await store.aread("v", ["[1]"])
+        await task
+        return ticks, got
+
+    ticks, got = asyncio.run(scenario())
+    assert got == [(5, b'{"x":1.0}')] and ticks == 20
+    store.close()
 
 
 def test_mlp_up_materializes_on_the_environment_schedule(tmp_path: Path) -> None:

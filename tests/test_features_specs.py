@@ -32,6 +32,10 @@ __all__ = ["moto_s3", "redis_url"]
         {"kind": "avro", "query": "SELECT 1"},
         {"kind": "bigquery", "uri": "s3://bucket/a"},
         {"kind": "csv", "path": "a.csv", "timestampField": "not a column"},
+        {"kind": "postgresql", "query": "SELECT 1"},  # no connectionEnv
+        {"kind": "postgresql", "connectionEnv": "PG_URL", "path": "a.parquet"},
+        {"kind": "sql", "query": "SELECT 1", "connectionEnv": "PG_URL"},
+        {"kind": "postgresql", "query": "SELECT 1", "connectionEnv": "postgresql://u:pw@db/x"},  # a literal, not a name
     ],
 )
 def test_bad_sources_are_refused(source: dict[str, str]) -> None:
@@ -45,6 +49,7 @@ def test_good_sources_validate() -> None:
         {"kind": "avro", "uri": "s3://feature-bucket/events/"},
         {"kind": "jsonl", "path": "data/*.jsonl", "timestampField": "ts"},
         {"kind": "sql", "query": "SELECT * FROM read_parquet('data/x.parquet')"},
+        {"kind": "postgresql", "query": "SELECT * FROM customer_stats", "connectionEnv": "FEATURES_PG_URL"},
     ):
         FeatureSource.model_validate(src)
 

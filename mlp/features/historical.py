@@ -7,7 +7,9 @@ label's time can leak in. A view with a TTL gives nulls when that latest row is 
 `entity_ts - ttl`. Rows without a match get nulls. Output row order is not the input's.
 
 DuckDB runs the whole join and writes the output file itself (`COPY ... TO`), under a memory
-limit with spilling to a temporary folder, so entity files larger than memory stream through.
+limit with spilling to a temporary folder, so entity files larger than memory stream through;
+Parquet-backed views are joined on keys and time first and their feature columns fetched
+after (`build_query`), so the sort never carries the features.
 Lineage (each view's definition hash and source snapshot hash, the entity file's hash) goes
 into the Parquet file's key-value metadata under `mlp.lineage`, and beside a CSV as
 `OUT.lineage.json`.
@@ -59,35 +61,79 @@ class Result:
     seconds: float
 
 
-def build_query(sources: list[Source], entities: str, ts_col: str, entity_ts_type: str = "") -> str:
-    """The SELECT joining `entities` (a table expression with column `ts_col`) with each source.
+def _rowid(i: int) -> str:
+    """A Parquet row's address: file index and row number, stable across scans of one file list."""
+    return f"(file_index::BIGINT << 40) + file_row_number AS __mlp_row_{i}"
+
+
+def build_query(
+    sources: list[Source],
+    entities: str,
+    ts_col: str,
+    entity_ts_type: str = "",
+    *,
+    entity_columns: list[str] | None = None,
+    staged: str | None = None,
+) -> tuple[str, str | None]:
+    """The point-in-time join of `entities` (a table expression with column `ts_col`) with each
+    source: `(query, None)` for one statement, or `(match, fetch)` for two.
+
+    A Parquet-backed source is joined in two steps when `staged` (a table name for the
+    intermediate result) and `entity_columns` are given. The ASOF JOIN sorts its right side,
+    payload and all, so joining wide views directly sorts (and past the memory limit, spills)
+    every feature value. Instead, `match` ASOF-joins only the keys, the time and each row's
+    address (file index, row number) and writes the entity rows with the address they matched
+    (or null: no row, or too old for the TTL) as `staged`; `fetch` then reads the features once,
+    streaming, through a hash join on the address, built on the (narrow) matched rows. Sources
+    without stable row addresses (CSV, JSON, SQL) are joined directly in `match`.
 
     Timestamps are compared as UTC `TIMESTAMP`s; a column that already is one is used as is
     (no cast, no extra column), the common case and the cheaper plan."""
     plain = entity_ts_type.upper() == "TIMESTAMP"
     e_ts = ident(ts_col) if plain else "__mlp_entity_ts"
+    two_step = staged is not None and entity_columns is not None and any(s.addressable for s in sources)
     selects = ["e.*" if plain else "e.* EXCLUDE (" + e_ts + ")"]
     joins = []
     for i, src in enumerate(sources):
+        late = two_step and src.addressable
         alias = f"v{i}"
         f_ts = f"__mlp_ts_{i}"
         keys = ", ".join(ident(k) for k in src.keys)
-        feats = ", ".join(ident(f) for f in src.features)
+        payload = _rowid(i) if late else ", ".join(ident(f) for f in src.features)
         ts = ident(src.ts) if src.ts_types == {"TIMESTAMP"} else f"CAST({ident(src.ts)} AS TIMESTAMP)"
         joins.append(
-            f"ASOF LEFT JOIN (SELECT {keys}, {ts} AS {f_ts}, {feats} FROM {src.table}) "
+            f"ASOF LEFT JOIN (SELECT {keys}, {ts} AS {f_ts}, {payload} FROM {src.table}) "
             f"{alias} ON "
             + " AND ".join(f"e.{ident(k)} = {alias}.{ident(k)}" for k in src.keys)
             + f" AND e.{e_ts} >= {alias}.{f_ts}"
         )
         ttl = src.view.spec.ttl
-        for f in src.features:
-            col = f"{alias}.{ident(f)}"
+        for col, name in (
+            [(f"{alias}.__mlp_row_{i}", f"__mlp_row_{i}")]
+            if late
+            else [(f"{alias}.{ident(f)}", ident(f)) for f in src.features]
+        ):
             if ttl:
                 col = f"CASE WHEN {alias}.{f_ts} >= e.{e_ts} - {ttl_interval(ttl)} THEN {col} END"
-            selects.append(f"{col} AS {ident(f)}")
+            selects.append(f"{col} AS {name}")
     frame = entities if plain else f"(SELECT *, CAST({ident(ts_col)} AS TIMESTAMP) AS {e_ts} FROM {entities})"
-    return f"SELECT {', '.join(selects)} FROM {frame} e " + " ".join(joins)
+    match = f"SELECT {', '.join(selects)} FROM {frame} e " + " ".join(joins)
+    if not two_step:
+        return match, None
+    assert staged is not None and entity_columns is not None
+    outs = [f"m.{ident(c)}" for c in entity_columns]
+    fetches = []
+    for i, src in enumerate(sources):
+        if not src.addressable:
+            outs += [f"m.{ident(f)}" for f in src.features]
+            continue
+        feats = ", ".join(ident(f) for f in src.features)
+        outs += [f"l{i}.{ident(f)}" for f in src.features]
+        fetches.append(
+            f"LEFT JOIN (SELECT {_rowid(i)}, {feats} FROM {src.table}) l{i} ON m.__mlp_row_{i} = l{i}.__mlp_row_{i}"
+        )
+    fetch = f"SELECT {', '.join(outs)} FROM {staged} m " + " ".join(fetches)
+    return match, fetch
 
 
 def historical(
@@ -110,76 +156,84 @@ def historical(
     if not entities_path.is_file():
         raise FeatureError(f"{entities_path}: entity file does not exist")
     out.parent.mkdir(parents=True, exist_ok=True)
-    con = connect(
+    with connect(
         repo,
         memory_limit=memory_limit,
         temp_dir=temp_dir or repo / ".mlp" / "features" / "spill",
         allow=(entities_path.parent, out.parent, *(s.cache for s in sources if s.cache)),
-    )
-    table = entity_table(entities_path.resolve())
-    try:
-        cols = describe(con, table)
-    except duckdb.Error as exc:
-        raise FeatureError(f"{entities_path}: cannot read the entity file: {str(exc).splitlines()[0]}") from None
-    if ts_col not in cols:
-        raise FeatureError(
-            f"{entities_path}: no timestamp column {ts_col!r} (the time of each entity row; "
-            f"--timestamp-column names another); columns: {', '.join(cols)}"
+    ) as con:  # closed on errors too: a failed run leaves no temporary table in memory
+        table = entity_table(entities_path.resolve())
+        try:
+            cols = describe(con, table)
+        except duckdb.Error as exc:
+            raise FeatureError(f"{entities_path}: cannot read the entity file: {str(exc).splitlines()[0]}") from None
+        if ts_col not in cols:
+            raise FeatureError(
+                f"{entities_path}: no timestamp column {ts_col!r} (the time of each entity row; "
+                f"--timestamp-column names another); columns: {', '.join(cols)}"
+            )
+        if not re.match(r"(TIMESTAMP|DATE)", cols[ts_col].upper()):
+            raise FeatureError(f"{entities_path}: column {ts_col!r} is {cols[ts_col]}, not a timestamp")
+        seen: dict[str, str] = {}
+        for src in sources:
+            if check:
+                say(f"checking FeatureView/{src.name} ({src.display}, {len(src.files)} file(s))")
+                check_schema(con, src)
+            for k in src.keys:
+                if k not in cols:
+                    raise FeatureError(
+                        f"{entities_path}: no column {k!r}, the join key of FeatureView/{src.name}; columns: {', '.join(cols)}"
+                    )
+            for f in src.features:
+                if f in cols:
+                    raise FeatureError(f"{entities_path}: column {f!r} is also a feature of FeatureView/{src.name}")
+                if f in seen:
+                    raise FeatureError(f"feature {f!r} is in both FeatureView/{seen[f]} and FeatureView/{src.name}")
+                seen[f] = src.name
+        match, fetch = build_query(
+            sources, table, ts_col, cols[ts_col], entity_columns=list(cols), staged="__mlp_matched"
         )
-    if not re.match(r"(TIMESTAMP|DATE)", cols[ts_col].upper()):
-        raise FeatureError(f"{entities_path}: column {ts_col!r} is {cols[ts_col]}, not a timestamp")
-    seen: dict[str, str] = {}
-    for src in sources:
-        if check:
-            say(f"checking FeatureView/{src.name} ({src.display}, {len(src.files)} file(s))")
-            check_schema(con, src)
-        for k in src.keys:
-            if k not in cols:
-                raise FeatureError(
-                    f"{entities_path}: no column {k!r}, the join key of FeatureView/{src.name}; columns: {', '.join(cols)}"
-                )
-        for f in src.features:
-            if f in cols:
-                raise FeatureError(f"{entities_path}: column {f!r} is also a feature of FeatureView/{src.name}")
-            if f in seen:
-                raise FeatureError(f"feature {f!r} is in both FeatureView/{seen[f]} and FeatureView/{src.name}")
-            seen[f] = src.name
-    query = build_query(sources, table, ts_col, cols[ts_col])
-    lineage = {
-        "mlp": __version__,
-        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
-        "entities": {
-            "file": entities_path.name,
-            "snapshot": f"sha256:{file_hash(entities_path)}",
-            "timestampColumn": ts_col,
-        },
-        "views": {src.name: src.lineage() for src in sources},
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
-    if fmt == "parquet":
-        options = f"FORMAT parquet, KV_METADATA {{'mlp.lineage': {literal(json.dumps(lineage, sort_keys=True))}}}"
-    elif fmt == "csv":
-        options = "FORMAT csv, HEADER true"
-    else:
-        raise FeatureError(f"unknown output format {fmt!r} (parquet or csv)")
-    say(f"joining {len(sources)} view(s) point-in-time into {out}")
-    stop = threading.Event()
-    watcher = threading.Thread(target=_progress, args=(con, stop, say), daemon=True)
-    watcher.start()
-    try:
-        con.execute(f"COPY ({query}) TO {literal(str(tmp))} ({options})")
-    except duckdb.Error as exc:
-        tmp.unlink(missing_ok=True)
-        raise FeatureError(f"historical retrieval failed: {str(exc).splitlines()[0]}") from None
-    finally:
-        stop.set()
-        watcher.join()
-    rows = _count(con, tmp, fmt)
-    tmp.replace(out)
-    if fmt == "csv":
-        out.with_name(out.name + ".lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True) + "\n")
-    con.close()
+        lineage = {
+            "mlp": __version__,
+            "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+            "entities": {
+                "file": entities_path.name,
+                "snapshot": f"sha256:{file_hash(entities_path)}",
+                "timestampColumn": ts_col,
+            },
+            "views": {src.name: src.lineage() for src in sources},
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".part")
+        if fmt == "parquet":
+            options = f"FORMAT parquet, KV_METADATA {{'mlp.lineage': {literal(json.dumps(lineage, sort_keys=True))}}}"
+        elif fmt == "csv":
+            options = "FORMAT csv, HEADER true"
+        else:
+            raise FeatureError(f"unknown output format {fmt!r} (parquet or csv)")
+        say(f"joining {len(sources)} view(s) point-in-time into {out}")
+        stop = threading.Event()
+        watcher = threading.Thread(target=_progress, args=(con, stop, say), daemon=True)
+        watcher.start()
+        try:
+            if fetch is None:
+                con.execute(f"COPY ({match}) TO {literal(str(tmp))} ({options})")
+            else:
+                # a temporary table keeps every column's type (a Parquet file would not: HUGEINT);
+                # DuckDB spills it to the temp directory past the memory limit
+                con.execute(f"CREATE TEMP TABLE __mlp_matched AS {match}")
+                say("fetching the matched feature rows")
+                con.execute(f"COPY ({fetch}) TO {literal(str(tmp))} ({options})")
+        except duckdb.Error as exc:
+            tmp.unlink(missing_ok=True)
+            raise FeatureError(f"historical retrieval failed: {str(exc).splitlines()[0]}") from None
+        finally:
+            stop.set()
+            watcher.join()
+        rows = _count(con, tmp, fmt)
+        tmp.replace(out)
+        if fmt == "csv":
+            out.with_name(out.name + ".lineage.json").write_text(json.dumps(lineage, indent=1, sort_keys=True) + "\n")
     seconds = time.perf_counter() - t0
     say(f"wrote {rows} rows to {out} in {seconds:.1f}s")
     return Result(out, rows, lineage, seconds)

@@ -12,8 +12,8 @@ and one online store. It answers
 with `{"view", "features", "results": [{"entity", "eventTimestamp", "values"} | {"entity", "values": null}]}`.
 A value older than the view's TTL is absent (null), as in the offline join.
 
-`mlp up`'s data plane routes `/v1/features/` here (`handle`), and `router()` is a FastAPI
-`APIRouter` with the same routes for `mlp server`. `enrich` fills a v1 request's rows that
+`mlp up`'s data plane routes `/v1/features/` here (`ahandle`), and `router()` is a FastAPI
+`APIRouter` with the same routes for `mlp server`. `aenrich` fills a v1 request's rows that
 carry only entity keys with the features a model reads (when its spec says
 `enrichFromFeatures: true`). `run_schedule` materializes an environment's views on its cron
 schedule for `mlp up` (on Kubernetes the schedule renders as a CronJob instead).
@@ -34,7 +34,7 @@ import orjson
 
 from mlp.features import FeatureError
 from mlp.features.historical import ttl_seconds
-from mlp.features.online import OnlineStore, check_key, from_micros, lookup, materialize, open_store, typed_key
+from mlp.features.online import OnlineStore, alookup, check_key, from_micros, lookup, materialize, open_store, typed_key
 from mlp.features.sources import join_keys, resolve
 from mlp.specs.models import DataType, FeatureView
 
@@ -45,6 +45,15 @@ class LookupError_(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+@dataclass
+class _Wanted:
+    """A parsed lookup: the view, the store keys, and what to show for each (or row indexes)."""
+
+    info: ViewInfo
+    keys: list[str]
+    shown: list[Any]
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,9 @@ class FeatureService:
             raise LookupError_(f"no online feature view {view!r} (online views: {', '.join(sorted(self.views))})", 404)
         return info
 
-    def _answer(self, info: ViewInfo, keys: list[str], shown: list[Any]) -> dict[str, Any]:
+    def _answer(self, info: ViewInfo, shown: list[Any], hits: list[Any]) -> dict[str, Any]:
         results = []
-        for ent, hit in zip(shown, lookup(self.store, info.name, keys, info.ttl, self.now()), strict=True):
+        for ent, hit in zip(shown, hits, strict=True):
             if hit is None:
                 results.append({"entity": ent, "values": None})
             else:
@@ -126,6 +135,12 @@ class FeatureService:
         return {"view": info.name, "features": list(info.features), "results": results}
 
     def get(self, view: str, query: dict[str, list[str]]) -> dict[str, Any]:
+        want = self._parse_get(view, query)
+        return self._answer(
+            want.info, want.shown, lookup(self.store, want.info.name, want.keys, want.info.ttl, self.now())
+        )
+
+    def _parse_get(self, view: str, query: dict[str, list[str]]) -> _Wanted:
         info = self._info(view)
         try:
             if len(info.keys) == 1:
@@ -135,16 +150,16 @@ class FeatureService:
                 if len(raw) > MAX_BATCH:
                     raise LookupError_(f"at most {MAX_BATCH} entities per request")
                 keys = [typed_key([r], info.key_types, view) for r in raw]
-                return self._answer(info, keys, raw)
+                return _Wanted(info, keys, list(raw))
             values = [query.get(k, []) for k in info.keys]
             if any(len(v) != 1 for v in values):
                 raise LookupError_(f"give one value for each join key of FeatureView/{view}: {', '.join(info.keys)}")
             key = typed_key([v[0] for v in values], info.key_types, view)
-            return self._answer(info, [key], [[v[0] for v in values]])
+            return _Wanted(info, [key], [[v[0] for v in values]])
         except ValueError as exc:
             raise LookupError_(str(exc)) from None
 
-    def batch(self, view: str, body: Any) -> dict[str, Any]:
+    def _parse_batch(self, view: str, body: Any) -> _Wanted:
         info = self._info(view)
         ents = body.get("entities") if isinstance(body, dict) else None
         if not isinstance(ents, list):
@@ -155,7 +170,7 @@ class FeatureService:
             keys = [check_key(e if isinstance(e, list) else [e], info.key_types, view) for e in ents]
         except ValueError as exc:
             raise LookupError_(str(exc)) from None
-        return self._answer(info, keys, ents)
+        return _Wanted(info, keys, ents)
 
     def summary(self) -> dict[str, Any]:
         out = {}
@@ -172,8 +187,16 @@ class FeatureService:
             }
         return {"views": out}
 
-    def handle(self, method: str, path: str, query_string: bytes, body: bytes | None) -> tuple[int, bytes]:
-        """One `/v1/features[/VIEW]` request: (status, JSON body). Never raises for client mistakes."""
+    async def ahandle(self, method: str, path: str, query_string: bytes, body: bytes | None) -> tuple[int, bytes]:
+        """One `/v1/features[/VIEW]` request: (status, JSON body). Never raises for client mistakes.
+        The store read runs off the event loop (`OnlineStore.aread`)."""
+        routed = self._route(method, path, query_string, body)
+        if isinstance(routed, _Wanted):
+            hits = await alookup(self.store, routed.info.name, routed.keys, routed.info.ttl, self.now())
+            return 200, orjson.dumps(self._answer(routed.info, routed.shown, hits))
+        return routed
+
+    def _route(self, method: str, path: str, query_string: bytes, body: bytes | None) -> tuple[int, bytes] | _Wanted:
         try:
             view = path[len("/v1/features") :].strip("/")
             if not view:
@@ -184,32 +207,40 @@ class FeatureService:
                 raise LookupError_(f"no route for {path}", 404)
             if method == "GET":
                 query = parse_qs(query_string.decode("latin-1"), keep_blank_values=True)
-                return 200, orjson.dumps(self.get(view, query))
+                return self._parse_get(view, query)
             if method == "POST":
                 try:
                     parsed = orjson.loads(body or b"")
                 except orjson.JSONDecodeError as exc:
                     raise LookupError_(f"malformed JSON body: {exc}") from None
-                return 200, orjson.dumps(self.batch(view, parsed))
+                return self._parse_batch(view, parsed)
             raise LookupError_(f"{path} takes GET or POST", 405)
         except LookupError_ as exc:
             return exc.status, orjson.dumps({"error": str(exc)})
 
     # --- enrichment ---------------------------------------------------------------------------
 
-    def enrich(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> Any:
+    async def aenrich(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> Any:
         """A v1 body whose object rows lack model inputs, completed from the online store.
 
         `spec` is the ModelDeployment's `features` block ({view}). Rows that already carry every
-        input are left alone. Raises LookupError_ (400 bad key, 404 unknown entity)."""
-        if not isinstance(body, dict):
+        input are left alone. Raises LookupError_ (400 bad key, 404 unknown entity). The store
+        read runs off the event loop."""
+        plan = self._enrich_plan(spec, inputs, body)
+        if plan is None:
             return body
+        hits = await alookup(self.store, plan.info.name, plan.keys, plan.info.ttl, self.now())
+        return self._enriched(body, plan, hits)
+
+    def _enrich_plan(self, spec: dict[str, Any], inputs: tuple[str, ...], body: Any) -> _Wanted | None:
+        if not isinstance(body, dict):
+            return None
         rows = body.get("instances", body.get("inputs"))
         if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
-            return body
+            return None
         need = [i for i, r in enumerate(rows) if any(name not in r for name in inputs)]
         if not need:
-            return body
+            return None
         info = self._info(str(spec.get("view")))
         keys = []
         for i in need:
@@ -222,9 +253,13 @@ class FeatureService:
                 keys.append(check_key([rows[i][k] for k in info.keys], info.key_types, info.name))
             except ValueError as exc:
                 raise LookupError_(f"instances[{i}]: {exc}") from None
-        hits = lookup(self.store, info.name, keys, info.ttl, self.now())
+        return _Wanted(info, keys, need)
+
+    def _enriched(self, body: dict[str, Any], plan: _Wanted, hits: list[Any]) -> dict[str, Any]:
+        info, rows = plan.info, body.get("instances", body.get("inputs"))
+        assert isinstance(rows, list)
         out = list(rows)
-        for i, hit in zip(need, hits, strict=True):
+        for i, hit in zip(plan.shown, hits, strict=True):
             if hit is None:
                 ent = {k: rows[i][k] for k in info.keys}
                 raise LookupError_(f"instances[{i}]: no fresh features for {ent} in FeatureView/{info.name}", 404)

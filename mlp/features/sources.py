@@ -9,6 +9,8 @@ DuckDB sees with what the view declares and names the file, column and view on a
 
 A `sql` source is one read-only SELECT: anything else (COPY, ATTACH, PRAGMA, several
 statements) is refused before DuckDB runs it, since the query comes from a pull request.
+A `postgresql` source's schema comes from the server, its rows from a Parquet snapshot of
+the query (`mlp.features.postgres`), so everything after `resolve` reads files.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class Source:
     display: str = ""
     cache: Path | None = None  # where S3 objects and converted Avro files live (read access needed)
     ts_types: set[str] = field(default_factory=set)  # the timestamp column's types seen by check_schema
+    columns: dict[str, str] | None = None  # column types known without DuckDB (a postgresql query's)
 
     @property
     def name(self) -> str:
@@ -67,6 +70,11 @@ class Source:
     @property
     def ts(self) -> str:
         return self.view.spec.source.timestampField
+
+    @property
+    def addressable(self) -> bool:
+        """Read from Parquet files, whose rows have stable addresses (file index, row number)."""
+        return self.table.startswith("read_parquet(")
 
     @property
     def features(self) -> list[str]:
@@ -82,6 +90,7 @@ class Source:
         return {
             "version": self.version(),
             "source": {"kind": src.kind, "location": src.uri or src.path or src.query, "files": len(self.files)},
+            **({"connectionEnv": src.connectionEnv} if src.connectionEnv else {}),
             "snapshot": f"sha256:{self.snapshot}",
         }
 
@@ -121,6 +130,8 @@ def resolve(
     src = view.spec.source
     keys, key_types = join_keys(view, entities)
     cache = cache or repo / ".mlp" / "features" / "cache"
+    if src.kind == "postgresql":
+        return _postgresql(view, keys, key_types, cache, snapshot=hash_files)
     if src.kind == "sql":
         assert src.query is not None
         _check_query(name, src.query)
@@ -153,6 +164,25 @@ def resolve(
     else:
         table = f"read_json([{', '.join(literal(str(p)) for p in files)}], format='newline_delimited')"
     return Source(view, keys, key_types, table, files, digest.hexdigest(), src.uri or src.path or "", cache)
+
+
+def _postgresql(
+    view: FeatureView, keys: list[str], key_types: list[DataType], cache: Path, *, snapshot: bool
+) -> Source:
+    """The schema from the server; with `snapshot`, the declared columns' rows as a Parquet file."""
+    from mlp.features import postgres
+
+    src = view.spec.source
+    assert src.query is not None and src.connectionEnv is not None
+    display = f"postgresql query (${src.connectionEnv})"
+    cols = postgres.columns(view.metadata.name, src.connectionEnv, src.query)
+    out = Source(view, keys, key_types, "", display=display, cache=cache, columns=cols)
+    _check_columns(display, cols, out)
+    if snapshot:
+        names = list(dict.fromkeys([out.ts, *keys, *out.features]))
+        path, digest = postgres.snapshot(view.metadata.name, src.connectionEnv, src.query, names, cache)
+        out.table, out.files, out.snapshot = f"read_parquet([{literal(str(path))}])", [path], digest
+    return out
 
 
 def _local_files(view: str, uri: str, kind: str, repo: Path) -> list[Path]:
@@ -359,9 +389,9 @@ def check_schema(con: Any, source: Source) -> None:
     import duckdb
 
     view = f"FeatureView/{source.name}"
-    want: list[tuple[str, DataType | None]] = [(source.ts, None)]
-    want += list(zip(source.keys, source.key_types, strict=True))
-    want += [(f.name, f.type) for f in source.view.spec.features]
+    if source.columns is not None:
+        _check_columns(source.display, source.columns, source)
+        return
     targets: list[tuple[str, str]]
     kind = source.view.spec.source.kind
     if kind in ("parquet", "csv", "jsonl"):
@@ -375,18 +405,26 @@ def check_schema(con: Any, source: Source) -> None:
             cols = describe(con, table)
         except duckdb.Error as exc:
             raise FeatureError(f"{where}: cannot read ({_first_line(exc)}) ({view})") from None
-        for col, declared in want:
-            if col not in cols:
-                raise FeatureError(f"{where}: no column {col!r} ({view} declares it; columns: {', '.join(cols)})")
-            actual = _base(cols[col])
-            if declared is None:
-                source.ts_types.add(actual)
-                if not actual.startswith(("TIMESTAMP", "DATE")):
-                    raise FeatureError(
-                        f"{where}: column {col!r} is {cols[col]}, not a timestamp ({view} spec.source.timestampField)"
-                    )
-            elif actual not in ACCEPTS[declared]:
-                raise FeatureError(f"{where}: column {col!r} is {cols[col]} but {view} declares it {declared.value}")
+        _check_columns(where, cols, source)
+
+
+def _check_columns(where: str, cols: dict[str, str], source: Source) -> None:
+    view = f"FeatureView/{source.name}"
+    want: list[tuple[str, DataType | None]] = [(source.ts, None)]
+    want += list(zip(source.keys, source.key_types, strict=True))
+    want += [(f.name, f.type) for f in source.view.spec.features]
+    for col, declared in want:
+        if col not in cols:
+            raise FeatureError(f"{where}: no column {col!r} ({view} declares it; columns: {', '.join(cols)})")
+        actual = _base(cols[col])
+        if declared is None:
+            source.ts_types.add(actual)
+            if not actual.startswith(("TIMESTAMP", "DATE")):
+                raise FeatureError(
+                    f"{where}: column {col!r} is {cols[col]}, not a timestamp ({view} spec.source.timestampField)"
+                )
+        elif actual not in ACCEPTS[declared]:
+            raise FeatureError(f"{where}: column {col!r} is {cols[col]} but {view} declares it {declared.value}")
 
 
 def _opts(kind: str) -> str:

@@ -108,7 +108,7 @@ class DataPlane:
                 await self._batch(scope, receive, send, path, method)
             elif self.features is not None and (path == "/v1/features" or path.startswith("/v1/features/")):
                 raw = await self._read_body(receive) if method == "POST" else None
-                status, out = self.features.handle(method, path, scope.get("query_string", b""), raw)
+                status, out = await self.features.ahandle(method, path, scope.get("query_string", b""), raw)
                 await _send(send, status, out)
             else:
                 await _error(send, 404, f"no route for {method} {path}")
@@ -195,7 +195,7 @@ class DataPlane:
             enrich = dep.obj.get("spec", {}).get("features")
             if enrich and self.features is not None and not v2:
                 try:
-                    body = self.features.enrich(enrich, dep.signature.inputs, body)
+                    body = await self.features.aenrich(enrich, dep.signature.inputs, body)
                 except Exception as exc:  # lookup errors carry their status; anything else is the store's fault
                     status = getattr(exc, "status", None)
                     if status is None:

@@ -214,13 +214,13 @@ def _features(specs: SpecSet) -> Iterator[Problem]:
             for view_name in mat.views or [n for n, v in specs.feature_views.items() if v.spec.online]:
                 fv = specs.feature_views.get(view_name)
                 if fv is not None and fv.spec.source.uri is None:
+                    reads = "PostgreSQL" if fv.spec.source.kind == "postgresql" else "repository files"
                     yield _at(
                         specs,
                         "Environment",
                         env_name,
                         ("spec", "features", "materialize"),
-                        f"feature view {view_name!r} reads repository files; a kubernetes CronJob can only read "
-                        "s3:// sources",
+                        f"feature view {view_name!r} reads {reads}; a kubernetes CronJob can only read s3:// sources",
                     )
 
 

@@ -200,12 +200,19 @@ class FeatureSource(Strict):
 
     File kinds take `path` (a repository-relative file, folder of files of that kind, or glob)
     or `uri` (`s3://bucket/prefix`); `sql` takes `query`: one DuckDB SELECT over repository
-    files (`SELECT ... FROM read_parquet('data/x.parquet')`)."""
+    files (`SELECT ... FROM read_parquet('data/x.parquet')`); `postgresql` takes `query` (one
+    PostgreSQL SELECT, run read-only) and `connectionEnv`, the environment variable holding
+    the connection string (credentials stay out of Git)."""
 
-    kind: Literal["parquet", "csv", "jsonl", "avro", "sql"]
+    kind: Literal["parquet", "csv", "jsonl", "avro", "sql", "postgresql"]
     path: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
     uri: Annotated[str, Field(pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$", max_length=1024)] | None = None
     query: Annotated[str, Field(min_length=1, max_length=20000)] | None = None
+    connectionEnv: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)] | None = Field(
+        default=None,
+        description="postgresql: environment variable holding the libpq connection string or URL "
+        "(e.g. set from a Secret); never the connection string itself",
+    )
     timestampField: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)] = Field(
         default="event_timestamp", description="Event-timestamp column: when each row's values became true."
     )
@@ -213,9 +220,11 @@ class FeatureSource(Strict):
     @model_validator(mode="after")
     def _one_location(self) -> FeatureSource:
         given = [k for k in ("path", "uri", "query") if getattr(self, k) is not None]
-        if self.kind == "sql" and given != ["query"]:
-            raise ValueError("a sql source takes query (and no path or uri)")
-        if self.kind != "sql" and given not in (["path"], ["uri"]):
+        if self.kind in ("sql", "postgresql") and given != ["query"]:
+            raise ValueError(f"a {self.kind} source takes query (and no path or uri)")
+        if (self.kind == "postgresql") != (self.connectionEnv is not None):
+            raise ValueError("connectionEnv is for postgresql sources, and a postgresql source needs it")
+        if self.kind not in ("sql", "postgresql") and given not in (["path"], ["uri"]):
             raise ValueError(f"a {self.kind} source takes one of path or uri")
         if self.path is not None:
             parts = self.path.replace("\\", "/").split("/")
