@@ -276,4 +276,7 @@ def test_sigterm_finishes_the_step_metrics_sync_and_cli(slow_api: SlowApi, tmp_p
         text=True,
         timeout=60,
     )
-    assert [e["action"] for e in json.loads(audit.stdout)] == ["apply", "apply", "apply"]
+    events = json.loads(audit.stdout)
+    # the repository's staging declares a canary: the controller records that its rollout began
+    assert [e["action"] for e in events if e["action"] != "rollout"] == ["apply", "apply", "apply"], audit.stdout
+    assert [e["message"] for e in events if e["action"] == "rollout"] == ["canary v2 declared (stable v1)"]
