@@ -31,7 +31,7 @@ from typing import Any
 
 import git
 import pytest
-from standins.kube_apiserver import KubeApiServer, Resource, _crd_factory, write_kubeconfig
+from standins.kube_apiserver import KubeApiServer, httproute_resource, write_kubeconfig
 from test_controller import commit_all, make_platform_repo
 from test_rollouts_prometheus import _free_port, run_prometheus
 
@@ -55,7 +55,6 @@ ENV, NS = "staging", "ml-staging"
 ISVC = ObjectRef("serving.kserve.io/v1beta1", "InferenceService", NS, "iris")
 CANARY_ISVC = ObjectRef("serving.kserve.io/v1beta1", "InferenceService", NS, "iris-canary")
 ROUTE = ObjectRef("gateway.networking.k8s.io/v1", "HTTPRoute", NS, "iris")
-GATEWAY_CRD = Path(__file__).resolve().parent / "fixtures" / "gateway-api" / "httproutes.yaml"
 STABLE_URI = "s3://mlp-models/iris/1/model.joblib"
 CANARY_URI = "s3://mlp-models/iris/2/model.joblib"
 ANALYSIS = "        analysis: {metric: error-rate, max: 0.01, interval: 5m}"
@@ -100,18 +99,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | 
         yield KubernetesTarget.from_kubeconfig(real).scoped(NS), None
         return
     with KubeApiServer(namespaces=("default", NS), prometheus_operator=True, kserve_traffic=True) as api:
-        api.install(
-            Resource(
-                "gateway.networking.k8s.io",
-                "v1",
-                "httproutes",
-                "HTTPRoute",
-                singular="httproute",
-                custom=True,
-                tracks_generation=True,
-                schema_factory=_crd_factory(GATEWAY_CRD, "v1"),
-            )
-        )
+        api.install(httproute_resource())
         target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
         yield target.scoped(NS), api
 

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from standins.kube_apiserver import KubeApiServer, Resource, _crd_factory, write_kubeconfig
+from standins.kube_apiserver import KubeApiServer, httproute_resource, write_kubeconfig
 
 from mlp.engine import Policy, desired, observe_deployments, reconcile
 from mlp.render.resolve import Position
@@ -105,18 +105,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | 
         yield KubernetesTarget.from_kubeconfig(real).scoped(NS), None
         return
     with KubeApiServer(namespaces=("default", NS), prometheus_operator=True, kserve_traffic=True) as api:
-        api.install(
-            Resource(
-                "gateway.networking.k8s.io",
-                "v1",
-                "httproutes",
-                "HTTPRoute",
-                singular="httproute",
-                custom=True,
-                tracks_generation=True,
-                schema_factory=_crd_factory(FIXTURES / "httproutes.yaml", "v1"),
-            )
-        )
+        api.install(httproute_resource())
         target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
         yield target.scoped(NS), api
 

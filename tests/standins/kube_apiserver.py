@@ -332,6 +332,21 @@ def _crd_factory(path: Path, version: str) -> Callable[[], Schema]:
     return make
 
 
+def httproute_resource() -> Resource:
+    """Gateway API's HTTPRoute, each object validated against the recorded CRD (tests/fixtures/gateway-api)."""
+    crd = Path(__file__).resolve().parents[1] / "fixtures" / "gateway-api" / "httproutes.yaml"
+    return Resource(
+        "gateway.networking.k8s.io",
+        "v1",
+        "httproutes",
+        "HTTPRoute",
+        singular="httproute",
+        custom=True,
+        tracks_generation=True,
+        schema_factory=_crd_factory(crd, "v1"),
+    )
+
+
 def _permissive_crd() -> Schema:
     return Schema(
         "object",
