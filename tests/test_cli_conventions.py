@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO_ROOT
 
-from mlp.cli._common import FORMATS, use_color
+from mlp.cli._common import FORMATS, kube_api_limits, kube_api_limits_chosen, kube_api_options, use_color
 from mlp.cli.main import COMMANDS, cli
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -102,6 +102,22 @@ def test_long_running_and_cluster_options(path: tuple[str, ...], cmd: click.Comm
     if "--state-dir" in opts and path[0] in ("controller", "status", "audit", "sync", "webhooks"):
         state = next(p for p in cmd.params if "--state-dir" in getattr(p, "opts", []))
         assert state.envvar == "MLP_STATE_DIR", path
+
+
+@pytest.mark.parametrize(
+    ("args", "chosen"),
+    [([], False), (["--kube-api-qps", "50"], True), (["--kube-api-burst", "7"], True)],
+)
+def test_rate_limits_named_on_the_command_line_are_kept(args: list[str], chosen: bool) -> None:
+    # only mlp's own defaults may be lifted on a server with API Priority and Fairness
+    @click.command()
+    @kube_api_options
+    def probe() -> None:
+        click.echo(f"{kube_api_limits_chosen()} {kube_api_limits()}")
+
+    result = CliRunner().invoke(probe, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.split(" ", 1)[0] == str(chosen)
 
 
 def test_use_color_honours_no_color_and_terminals(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -607,6 +607,27 @@ def test_target_is_rate_limited_over_http(cluster: Cluster) -> None:
     assert time.monotonic() - started >= 0.2  # 5 waits of 1/20 s
 
 
+def test_server_fairness_lifts_the_client_limit_once_the_server_shows_it(cluster: Cluster) -> None:
+    absent = ObjectRef("v1", "ConfigMap", cluster.namespace, "absent")
+    lifted = cluster.target(qps=5, burst=1, server_fairness=True)
+    kept = cluster.target(qps=5, burst=1)  # limits the user chose: never lifted
+    for t in (lifted, kept):
+        for _ in range(3):
+            t.get(absent)
+    assert lifted.bucket.lifted and lifted.bucket.waited == 0  # only the first call took a token
+    assert not kept.bucket.lifted and kept.bucket.waited > 0
+
+
+def test_a_server_without_priority_and_fairness_keeps_the_client_limit(tmp_path: Path) -> None:
+    with KubeApiServer(namespaces=("default",), priority_and_fairness=False) as api:
+        t = KubernetesTarget.from_kubeconfig(
+            write_kubeconfig(tmp_path / "kubeconfig", api.url), qps=5, burst=1, server_fairness=True
+        )
+        for _ in range(3):
+            t.get(ObjectRef("v1", "ConfigMap", "default", "absent"))
+        assert not t.bucket.lifted and t.bucket.waited > 0
+
+
 def test_builtin_kinds_round_trip_with_server_defaults(cluster: Cluster) -> None:
     """Deployment / CronJob / Service: the server adds defaults mlp never sent, and re-applying
     the same manifest is still a no-op (the defaults are nobody's fields)."""

@@ -109,6 +109,10 @@ def context_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _store_meta(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     ctx.meta[f"mlp.{param.name}"] = value
+    ctx.meta[f"mlp.{param.name}.chosen"] = param.name is not None and ctx.get_parameter_source(param.name) not in (
+        None,
+        click.core.ParameterSource.DEFAULT,
+    )
     return value
 
 
@@ -133,13 +137,22 @@ def kube_api_options(f: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         expose_value=False,
         callback=_store_meta,
-        help="Requests per second to the Kubernetes API server.",
+        help="Requests per second to the Kubernetes API server. Unless this or --kube-api-burst is "
+        "given, the limit is lifted when the server has API Priority and Fairness on (its flow control governs).",
     )(f)
 
 
 def apply_concurrency(target: Any) -> int:
     """Objects applied at once: up to the burst on a cluster (its rate limit still holds), one locally."""
     return min(kube_api_limits()[1], MAX_APPLY_CONCURRENCY) if getattr(target, "name", "") == "kubernetes" else 1
+
+
+def kube_api_limits_chosen() -> bool:
+    """Whether the user set --kube-api-qps or --kube-api-burst (else mlp's defaults apply, and the
+    client-side limit is lifted on a server with API Priority and Fairness)."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    return bool(meta.get("mlp.kube_api_qps.chosen") or meta.get("mlp.kube_api_burst.chosen"))
 
 
 def kube_api_limits() -> tuple[float, int]:
@@ -331,7 +344,12 @@ def make_target(
             # namespaced: list calls stay inside the environment's namespace (and its RBAC)
             qps, burst = kube_api_limits()
             return KubernetesTarget.from_environment(  # type: ignore[no-any-return]
-                kubeconfig, context=context or spec.context, namespace=spec.namespace, qps=qps, burst=burst
+                kubeconfig,
+                context=context or spec.context,
+                namespace=spec.namespace,
+                qps=qps,
+                burst=burst,
+                server_fairness=not kube_api_limits_chosen(),
             )
         except TargetError as exc:
             fail(str(exc))

@@ -36,8 +36,22 @@ HEARTBEAT_STALE = 10.0  # older than this: no controller is running
 log = logging.getLogger("mlp.controller")
 
 
+def _limits_chosen() -> bool:
+    ctx = click.get_current_context()
+    return any(
+        ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)
+        for name in ("kube_api_qps", "kube_api_burst")
+    )
+
+
 def _make_targets(
-    kubeconfig: str | None, state_dir: Path, *, qps: float = 50.0, burst: int = 100, context: str | None = None
+    kubeconfig: str | None,
+    state_dir: Path,
+    *,
+    qps: float = 50.0,
+    burst: int = 100,
+    context: str | None = None,
+    server_fairness: bool = False,
 ) -> Callable[[str, Environment], Target]:
     """Target per environment from its spec: kubernetes (kubeconfig or in-cluster) or the local runtime.
 
@@ -66,7 +80,9 @@ def _make_targets(
         cluster_context = context or t.context
         key = (t.kind, cluster_context)
         if key not in cache:
-            cache[key] = KubernetesTarget.from_kubeconfig(kubeconfig, context=cluster_context, qps=qps, burst=burst)
+            cache[key] = KubernetesTarget.from_kubeconfig(
+                kubeconfig, context=cluster_context, qps=qps, burst=burst, server_fairness=server_fairness
+            )
         # One client and rate limit per cluster; each environment lists only its own namespace,
         # so the controller needs no cluster-wide read rights.
         skey = (*key, t.namespace)
@@ -237,7 +253,8 @@ def _stamp() -> str:
     type=click.FloatRange(min=0, min_open=True),
     default=50.0,
     show_default=True,
-    help="Requests per second to each Kubernetes API server, all environments together.",
+    help="Requests per second to each Kubernetes API server, all environments together. Unless this or "
+    "--kube-api-burst is given, the limit is lifted when the server has API Priority and Fairness on.",
 )
 @click.option(
     "--kube-api-burst",
@@ -383,7 +400,14 @@ def controller(
     rollouts = _rollout_driver(source, watch_dir, state_dir, metrics, pr_repo, github_url, gitlab_url)
     reconciler = Reconciler(
         source,
-        _make_targets(kubeconfig, state_dir, qps=kube_api_qps, burst=kube_api_burst, context=context),
+        _make_targets(
+            kubeconfig,
+            state_dir,
+            qps=kube_api_qps,
+            burst=kube_api_burst,
+            context=context,
+            server_fairness=not _limits_chosen(),
+        ),
         store,
         metrics=metrics,
         default_ref=branch,

@@ -15,6 +15,7 @@ from mlp.cli._common import (
     context_option,
     fail,
     kube_api_limits,
+    kube_api_limits_chosen,
     kube_api_options,
     kubeconfig_option,
     load_repo,
@@ -191,7 +192,9 @@ def apply(prune: bool, dry_run: bool, fmt: str, kubeconfig: str | None, context:
     docs = _render(settings)
     qps, burst = kube_api_limits()
     try:
-        cluster = KubernetesTarget.from_environment(kubeconfig, context=context, qps=qps, burst=burst)
+        cluster = KubernetesTarget.from_environment(
+            kubeconfig, context=context, qps=qps, burst=burst, server_fairness=not kube_api_limits_chosen()
+        )
     except TargetError as exc:
         fail(str(exc))
     # inventory and writes in mlp's namespace; listing across the namespaces the install spans

@@ -13,7 +13,8 @@ server-side apply that creates).
   `configured` otherwise, including objects this target never listed or read;
 - `list_owned` lists each kind with the ownership label selector, following `continue` tokens;
 - `delete` uses foreground propagation; deleting what is already gone is not an error;
-- a token bucket keeps the client under `qps` / `burst`; 429, transient 5xx answers and failed
+- a token bucket keeps the client under `qps` / `burst` (lifted, when the limits are mlp's defaults,
+  once the server answers with API Priority and Fairness on); 429, transient 5xx answers and failed
   connections are retried by mlp's one retry policy (`mlp.retry`: exponential backoff with
   jitter, `Retry-After` honoured, a bounded total). A 500 that is the server's
   verdict on the body (a server-side apply with an unknown or mistyped field answers 500, not
@@ -268,6 +269,10 @@ def _connection_reason(exc: BaseException) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# Sent on every response by an API server whose API Priority and Fairness is on (the default since 1.20)
+APF_HEADER = "X-Kubernetes-PF-FlowSchema-UID"
+
+
 class TokenBucket:
     """At most `burst` requests at once, refilled at `qps` per second (client-go's flowcontrol)."""
 
@@ -289,8 +294,15 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
         self.waited = 0.0
+        self.lifted = False
+
+    def lift(self) -> None:
+        """No client-side limit from now on: the server's own flow control governs."""
+        self.lifted = True
 
     def acquire(self) -> None:
+        if self.lifted:
+            return
         with self._lock:
             now = self._clock()
             self.tokens = min(self.burst, self.tokens + (now - self._last) * self.qps)
@@ -331,8 +343,13 @@ class KubernetesTarget:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         terminating_timeout: float | None = None,
+        server_fairness: bool = False,
     ) -> None:
         self.api = api_client
+        # With `server_fairness` (the limits were not chosen by the user), the client-side limit is
+        # lifted once the server shows API Priority and Fairness is on, as controller-runtime and
+        # Flux do: the server then queues or answers 429 (retried, Retry-After honoured) per flow.
+        self.server_fairness = server_fairness
         # How long an apply waits for an object that is still being deleted (a prune's foreground
         # deletion) before it re-creates it; past that the apply fails saying so.
         if terminating_timeout is None:
@@ -795,6 +812,8 @@ class KubernetesTarget:
                 ctype = resp_headers.get("Content-Type", "") if resp_headers else ""
                 raw = exc.body.encode() if isinstance(exc.body, str) else (exc.body or b"")
                 answer = (int(exc.status), ctype, raw, resp_headers)
+            if self.server_fairness and not self.bucket.lifted and answer[3] and APF_HEADER in answer[3]:
+                self.bucket.lift()
             for warning in _warnings(answer[3]):
                 with self._lock:
                     if warning not in self.warnings:

@@ -1482,8 +1482,13 @@ class KubeApiServer:
         auto_gc: bool = False,
         tls: tuple[Path, Path] | None = None,
         kserve_traffic: bool = False,
+        priority_and_fairness: bool = True,
     ) -> None:
         self.fixtures = fixtures
+        # A real API server (1.20+) runs API Priority and Fairness and names, on every response,
+        # the FlowSchema and priority level the request was classified into.
+        self.priority_and_fairness = priority_and_fairness
+        self.apf_uids = (str(uuid.uuid4()), str(uuid.uuid4()))
         # Answer for KServe's controller in Serverless mode: status.components.predictor.traffic
         # follows each InferenceService's canaryTrafficPercent (see `_kserve_traffic`).
         self.kserve_traffic = kserve_traffic
@@ -2876,6 +2881,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Audit-Id", str(uuid.uuid4()))
+        if self.api.priority_and_fairness:
+            self.send_header("X-Kubernetes-PF-FlowSchema-UID", self.api.apf_uids[0])
+            self.send_header("X-Kubernetes-PF-PriorityLevel-UID", self.api.apf_uids[1])
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
