@@ -29,4 +29,4 @@ def test_the_apply_benchmark_runs_against_the_standin() -> None:
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "12 models (13 objects) against the API-server stand-in" in res.stdout
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ") and "client settings" not in line]
-    assert len(rows) == 3, res.stdout
+    assert len(rows) == 4, res.stdout

@@ -700,10 +700,17 @@ def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(2.5)
+    # interrupt once two frames are drawn (not after a fixed sleep: a slow start is not a failure)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if sum("ENVIRONMENT" in x for x in lines) >= 2:
+            break
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=10)
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
+    out = "".join(lines) + out
     assert out.count("ENVIRONMENT") >= 2 and "staging" in out
 
 
