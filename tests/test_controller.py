@@ -699,6 +699,9 @@ def test_status_watch_redraws_until_interrupted(rig: Rig) -> None:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps an
+        # inherited SIG_IGN: give the child the disposition a terminal gives it, whatever runs pytest
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # interrupt once two frames are drawn (not after a fixed sleep: a slow start is not a failure)
     lines: list[str] = []
