@@ -178,31 +178,22 @@ def revert_canary(root: Path, r: Rollout, config: WriteBackConfig) -> Revert:
             repo.git.push(config.remote, f"+refs/heads/{branch}:refs/heads/{branch}")
         pushed = True
     result = Revert(branch=branch, commit=commit.hexsha, file=rel, pushed=pushed)
-    if config.host is not None and config.repo and pushed and r.phase == PROMOTED:
-        cr = config.host.open_change_request(
-            config.repo,
-            head=branch,
-            base=config.base,
-            title=f"Promote {r.model} v{r.canary} to stable in {r.env}",
-            body=(
+    if config.host is not None and config.repo and pushed:
+        if r.phase == PROMOTED:
+            title = f"Promote {r.model} v{r.canary} to stable in {r.env}"
+            body = (
                 f"mlp promoted the canary of `{r.model}` (v{r.canary}, was stable v{r.stable}) in environment "
                 f"`{r.env}`: {r.message}.\n\nMerging makes v{r.canary} the stable version in `{rel}` and removes "
                 "the canary, so Git declares what runs."
-            ),
-        )
-        result.url, result.number = cr.url, cr.number
-    elif config.host is not None and config.repo and pushed:
-        cr = config.host.open_change_request(
-            config.repo,
-            head=branch,
-            base=config.base,
-            title=f"Roll back {r.model} canary v{r.canary} in {r.env}",
-            body=(
+            )
+        else:
+            title = f"Roll back {r.model} canary v{r.canary} in {r.env}"
+            body = (
                 f"mlp rolled back the canary of `{r.model}` (v{r.canary}, stable v{r.stable}) in environment "
                 f"`{r.env}`.\n\n**Why:** {r.message}\n\nMerging removes the canary from `{rel}` so Git "
                 "declares what runs. mlp will not retry this canary declaration."
-            ),
-        )
+            )
+        cr = config.host.open_change_request(config.repo, head=branch, base=config.base, title=title, body=body)
         result.url, result.number = cr.url, cr.number
     return result
 
