@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from mlp.cli._common import CONTEXT, fail
+from mlp.cli._common import CONTEXT, fail, load_repo
 
 
 @click.group("experiment", context_settings=CONTEXT)
@@ -122,12 +122,8 @@ def report(
     """
     from mlp.rollouts.stats import compare
     from mlp.serving.feedback import read_feedback
-    from mlp.sources.directory import read_directory
-    from mlp.specs import load
 
-    result = load(read_directory(repo))
-    if not result.ok:
-        fail(f"{repo}: the repository does not validate (run mlp validate)")
+    _, result = load_repo(repo)
     exp = result.specs.experiments.get(name)
     if exp is None:
         fail(f"specs/: no Experiment {name!r} (declared: {', '.join(sorted(result.specs.experiments)) or 'none'})")

@@ -160,18 +160,11 @@ def shadow_report(env: str, model: str, repo: Path, state_dir: Path | None, metr
       mlp rollout shadow-report dev iris
       mlp rollout shadow-report dev iris --metrics-url http://127.0.0.1:8080/metrics -o json
     """
-    from mlp.cli._common import fail
+    from mlp.cli._common import environment, fail, load_repo
     from mlp.rollouts.shadow import report
-    from mlp.sources.directory import read_directory
-    from mlp.specs import load
 
-    result = load(read_directory(repo))
-    if not result.ok:
-        fail(f"{repo}: the repository does not validate (run mlp validate)")
-    envspec = result.specs.environments.get(env)
-    if envspec is None:
-        fail(f"environments/: no Environment {env!r}")
-    dep = envspec.spec.deployments.get(model)
+    _, result = load_repo(repo)
+    dep = environment(result, env).spec.deployments.get(model)
     if dep is None or dep.shadow is None:
         fail(f"Environment/{env}: model {model!r} declares no shadow")
     outputs = result.specs.models[model].spec.signature.outputs
