@@ -31,8 +31,10 @@ from typing import Any
 
 import git
 import pytest
-from standins.kube_apiserver import KubeApiServer, httproute_resource, write_kubeconfig
+from standins.kube_apiserver import KubeApiServer
 from test_controller import commit_all, make_platform_repo
+from test_controller_process import _stop as stop
+from test_rollouts_kube import rollout_cluster as cluster
 from test_rollouts_prometheus import _free_port, run_prometheus
 
 from mlp.controller.reconciler import Reconciler
@@ -90,18 +92,6 @@ def data_plane(tmp_path: Path, *, fail_share: float) -> Iterator[str]:
             stop.set()
             loader.join(10)
     rt.close()
-
-
-@contextlib.contextmanager
-def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | None]]:
-    real = os.environ.get("MLP_TEST_KUBECONFIG")
-    if real:
-        yield KubernetesTarget.from_kubeconfig(real).scoped(NS), None
-        return
-    with KubeApiServer(namespaces=("default", NS), prometheus_operator=True, kserve_traffic=True) as api:
-        api.install(httproute_resource())
-        target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
-        yield target.scoped(NS), api
 
 
 @contextlib.contextmanager
@@ -334,7 +324,6 @@ def test_the_mlp_controller_process_drives_the_rollout_that_mlp_rollout_steers(t
     """The real `mlp controller` process (its CLI wiring of the driver) walks the canary; `mlp rollout
     pause|resume|status` on the same state folder steer and read it."""
     import json
-    import signal
     import subprocess
     import sys
 
@@ -387,12 +376,6 @@ def test_the_mlp_controller_process_drives_the_rollout_that_mlp_rollout_steers(t
             wait(lambda: percent(target) is None, "canaryTrafficPercent dropped")
             assert storage_uri(target) == CANARY_URI
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
             if proc.stderr is not None:
                 proc.stderr.close()

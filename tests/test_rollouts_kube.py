@@ -11,6 +11,7 @@ Against the API server stand-in over HTTP, or a real cluster with MLP_TEST_KUBEC
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
@@ -98,8 +99,10 @@ def by_name(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | None]]:
+@contextlib.contextmanager
+def rollout_cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | None]]:
+    """A target scoped to NS: a real cluster with MLP_TEST_KUBECONFIG, else the stand-in with
+    KServe's traffic answer, the Prometheus Operator and Gateway API's HTTPRoute."""
     real = os.environ.get("MLP_TEST_KUBECONFIG")
     if real:
         yield KubernetesTarget.from_kubeconfig(real).scoped(NS), None
@@ -108,6 +111,12 @@ def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | 
         api.install(httproute_resource())
         target = KubernetesTarget.from_kubeconfig(str(write_kubeconfig(tmp_path / "kubeconfig", api.url)))
         yield target.scoped(NS), api
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[KubernetesTarget, KubeApiServer | None]]:
+    with rollout_cluster(tmp_path) as found:
+        yield found
 
 
 def test_default_mode_renders_as_before_and_a_declared_mode_is_annotated(tmp_path: Path) -> None:
