@@ -92,7 +92,22 @@ class Alerter:
         return changes
 
     def _notify(self, status: str, cond: Condition, since: float, now: float) -> None:
-        import httpx
+        delivered: list[str] = []
+        if self.receivers:
+            delivered = self._deliver(status, cond, since, now)
+        self.audit(
+            {
+                "event": f"alert.{status}",
+                "condition": cond.name,
+                "summary": cond.summary,
+                "labels": cond.labels,
+                "delivered": delivered,
+                "time": _iso(now),
+            }
+        )
+
+    def _deliver(self, status: str, cond: Condition, since: float, now: float) -> list[str]:
+        import httpx  # only a monitor with receivers pays for the import, and only once it alerts
 
         delivered: list[str] = []
         for receiver in self.receivers:
@@ -114,13 +129,4 @@ class Alerter:
                 self.echo(f"alert {cond.name} {status}: delivery to {receiver['type']} receiver failed ({error})")
             else:
                 delivered.append(receiver["type"])
-        self.audit(
-            {
-                "event": f"alert.{status}",
-                "condition": cond.name,
-                "summary": cond.summary,
-                "labels": cond.labels,
-                "delivered": delivered,
-                "time": _iso(now),
-            }
-        )
+        return delivered

@@ -164,7 +164,7 @@ class Windower:
             return
         parts = ([self.pending] if self.pending is not None and self.pending.num_rows else []) + tables
         merged = parts[0] if len(parts) == 1 else _concat(parts)
-        if merged is not None and "ts" in merged.column_names:
+        if merged is not None and "ts" in merged.schema.names:
             ts = merged.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
             if ts.size > 1 and bool((ts[1:] < ts[:-1]).any()):  # files overlap in time (several versions)
                 merged = merged.sort_by("ts")
@@ -175,7 +175,7 @@ class Windower:
         t = self.pending
         if t is None or t.num_rows == 0:
             return []
-        ts = t.column("ts").cast(pa.int64()).to_numpy() if "ts" in t.column_names else np.zeros(t.num_rows, np.int64)
+        ts = t.column("ts").cast(pa.int64()).to_numpy() if "ts" in t.schema.names else np.zeros(t.num_rows, np.int64)
         out: list[Window] = []
         if self.duration_ms is None:
             n = t.num_rows // self.size
