@@ -6,11 +6,11 @@ N rows over N/20 entity keys, point-in-time, four ways in the same run, each in 
 writing a Parquet output, all run `--repeat` times interleaved, each one's best time kept:
 
 - `mlp`: `mlp.features.historical` (spec load, schema check, sha256 of every input for the
-  lineage, TTL, DuckDB memory limit 1 GB: the default of `mlp features historical`);
+  lineage, TTL, DuckDB memory limit 1.5 GB: the default of `mlp features historical`);
 - `duckdb`: the bare `COPY (SELECT ... ASOF LEFT JOIN ...) TO` with no TTL, casts or checks,
   with DuckDB's own defaults (memory limit 80% of RAM, one thread per core) and
   `preserve_insertion_order = false`: the floor mlp's overhead is measured against;
-- `duckdb-1gb`: the same query under mlp's 1 GB memory limit, spilling to disk;
+- `duckdb-1gb`: the same query under a 1 GB memory limit (mlp's earlier default), spilling to disk;
 - `pandas`: what a user writes: read both files, sort each by time (merge_asof requires it),
   one `merge_asof(by=key, direction="backward", tolerance=TTL)` per feature view (here one),
   write; all of it timed, no memory limit.
@@ -107,7 +107,6 @@ def run_mlp(folder: Path, features: int) -> None:
         folder / "entities.parquet",
         folder / "out-mlp.parquet",
         repo=repo,
-        memory_limit="1GB",
         temp_dir=folder / "spill",
         progress=lambda m: print(f"  mlp: {m}", file=sys.stderr),
     )
