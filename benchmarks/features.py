@@ -6,11 +6,14 @@ N rows over N/20 entity keys, point-in-time, four ways in the same run, each in 
 writing a Parquet output, all run `--repeat` times interleaved, each one's best time kept:
 
 - `mlp`: `mlp.features.historical` (spec load, schema check, sha256 of every input for the
-  lineage, TTL, DuckDB memory limit 1 GB: the default of `mlp features historical`);
+  lineage, TTL, DuckDB memory limit 1.5 GB: the default of `mlp features historical`);
 - `duckdb`: the bare `COPY (SELECT ... ASOF LEFT JOIN ...) TO` with no TTL, casts or checks,
   with DuckDB's own defaults (memory limit 80% of RAM, one thread per core) and
   `preserve_insertion_order = false`: the floor mlp's overhead is measured against;
-- `duckdb-1gb`: the same query under mlp's 1 GB memory limit, spilling to disk;
+- `duckdb-1gb`: the same query under a 1 GB memory limit (mlp's earlier default), spilling to disk;
+- `io-floor`: no join at all: DuckDB reads both inputs and writes an output of the result's
+  shape (entity row i beside feature row i, `POSITIONAL JOIN`) with mlp's Parquet options and
+  no memory limit: what any DuckDB plan pays before it matches a single row (not compared);
 - `pandas`: what a user writes: read both files, sort each by time (merge_asof requires it),
   one `merge_asof(by=key, direction="backward", tolerance=TTL)` per feature view (here one),
   write; all of it timed, no memory limit.
@@ -107,7 +110,6 @@ def run_mlp(folder: Path, features: int) -> None:
         folder / "entities.parquet",
         folder / "out-mlp.parquet",
         repo=repo,
-        memory_limit="1GB",
         temp_dir=folder / "spill",
         progress=lambda m: print(f"  mlp: {m}", file=sys.stderr),
     )
@@ -135,6 +137,22 @@ def run_duckdb_capped(folder: Path, features: int) -> None:
     run_duckdb(folder, features, memory_limit="1GB")
 
 
+def run_io_floor(folder: Path, features: int) -> None:
+    import duckdb
+
+    from mlp.features.historical import PARQUET_OPTIONS
+
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.execute("SET preserve_insertion_order = false")
+    cols = ", ".join(f"f.f{i}" for i in range(features))
+    con.execute(
+        f"COPY (SELECT e.*, {cols} FROM read_parquet('{folder / 'entities.parquet'}') e "
+        f"POSITIONAL JOIN read_parquet('{folder / 'features.parquet'}') f) "
+        f"TO '{folder / 'out-floor.parquet'}' ({PARQUET_OPTIONS})"
+    )
+
+
 def run_pandas(folder: Path, features: int) -> None:
     import pandas as pd
 
@@ -152,10 +170,18 @@ def run_pandas(folder: Path, features: int) -> None:
     out.to_parquet(folder / "out-pandas.parquet")
 
 
-CONTENDERS = {"mlp": run_mlp, "duckdb": run_duckdb, "duckdb-1gb": run_duckdb_capped, "pandas": run_pandas}
+CONTENDERS = {
+    "mlp": run_mlp,
+    "duckdb": run_duckdb,
+    "duckdb-1gb": run_duckdb_capped,
+    "io-floor": run_io_floor,
+    "pandas": run_pandas,
+}
 
 
 def child(name: str, folder: Path, features: int) -> None:
+    if name == "io-floor":
+        import mlp.features.historical  # noqa: F401  (only for its Parquet options: not the floor's cost)
     t0 = time.perf_counter()
     CONTENDERS[name](folder, features)
     seconds = time.perf_counter() - t0
@@ -357,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({time.perf_counter() - t:.1f}s to generate)")  # fmt: skip
         results: dict[str, dict[str, float]] = {}
         # interleaved repetitions, each contender's best time kept: the machine is shared and noisy
-        order = ["mlp", "duckdb", "duckdb-1gb"] + ([] if args.skip_pandas else ["pandas"])
+        order = ["mlp", "duckdb", "duckdb-1gb", "io-floor"] + ([] if args.skip_pandas else ["pandas"])
         for rep in range(args.repeat):
             for name in order:
                 print(f"running {name} ({rep + 1}/{args.repeat}) ...", file=sys.stderr)
@@ -382,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
             pd_ = results["pandas"]
             print(f"pandas / mlp: time {pd_['seconds'] / mlp['seconds']:.2f}, "
                   f"CPU {pd_['cpu_s'] / mlp['cpu_s']:.2f} (goal >= 5)")  # fmt: skip
+            if "io-floor" in results:
+                fl = results["io-floor"]
+                print(f"pandas / io-floor: time {pd_['seconds'] / fl['seconds']:.2f}, CPU {pd_['cpu_s'] / fl['cpu_s']:.2f} "
+                      f"(reading the inputs and writing the output alone: the ceiling of any DuckDB plan)")  # fmt: skip
         print(f"mlp peak memory: {results['mlp']['peak_mib']:.0f} MiB (goal < 2048)")
         for other, diff in diffs.items():
             print(f"rows differing between mlp and {other}: {diff}")

@@ -102,7 +102,9 @@ def features() -> None:
 )
 @click.option("-o", "--output", type=click.Choice(["text", "json", "yaml"]), default="text", show_default=True)
 @click.option("--timestamp-column", default="event_timestamp", show_default=True, help="Entity rows' time column.")
-@click.option("--memory-limit", default="1GB", show_default=True, help="DuckDB memory limit; the rest spills to disk.")
+@click.option(
+    "--memory-limit", default="1.5GB", show_default=True, help="DuckDB memory limit; the rest spills to disk."
+)
 @s3_opt
 def historical_cmd(
     repo: Path,

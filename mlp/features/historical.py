@@ -12,7 +12,7 @@ Parquet-backed views are joined on keys and time first and their feature columns
 after (`build_query`), so the sort never carries the features.
 Lineage (each view's definition hash and source snapshot hash, the entity file's hash) goes
 into the Parquet file's key-value metadata under `mlp.lineage`, and beside a CSV as
-`OUT.lineage.json`.
+`OUT.lineage.json`; its hashes are taken on a thread while DuckDB matches.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +32,17 @@ from mlp import __version__
 from mlp.features import FeatureError
 from mlp.features.sources import Source, check_schema, connect, describe, file_hash, ident, literal
 from mlp.specs.units import parse_duration
+
+# DuckDB's memory limit unless told otherwise. Past it the hash join's pages and the output
+# writer's buffers are evicted and refilled (at 1GB, 10M rows x 20 features took ~2.6 CPU-s
+# more, mostly page faults); 1.5GB (1.4 GiB) still keeps the process under 2 GiB.
+MEMORY_LIMIT = "1.5GB"
+
+# Parquet output: a column with up to 1,024 distinct values in a row group (flags, categories,
+# counts) is still dictionary-encoded. DuckDB's default budget (24,576 values, a fifth of a row
+# group) has the writer hash a continuous feature column, most of a training set, that long
+# before giving up on it: ~1 CPU-s of ~13 for 10M rows x 20 doubles, for the same file.
+PARQUET_OPTIONS = "FORMAT parquet, DICTIONARY_SIZE_LIMIT 1024"
 
 
 def ttl_seconds(ttl: str) -> int:
@@ -144,7 +156,7 @@ def historical(
     repo: Path,
     fmt: str = "parquet",
     ts_col: str = "event_timestamp",
-    memory_limit: str | None = "1GB",
+    memory_limit: str | None = MEMORY_LIMIT,
     temp_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
     check: bool = True,
@@ -193,43 +205,34 @@ def historical(
         match, fetch = build_query(
             sources, table, ts_col, cols[ts_col], entity_columns=list(cols), staged="__mlp_matched"
         )
-        lineage = {
-            "mlp": __version__,
-            "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
-            "entities": {
-                "file": entities_path.name,
-                "snapshot": f"sha256:{file_hash(entities_path)}",
-                "timestampColumn": ts_col,
-            },
-            "views": {src.name: src.lineage() for src in sources},
-        }
-        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".part")
-        if fmt == "parquet":
-            options = f"FORMAT parquet, KV_METADATA {{'mlp.lineage': {literal(json.dumps(lineage, sort_keys=True))}}}"
-        elif fmt == "csv":
-            options = "FORMAT csv, HEADER true"
-        else:
+        if fmt not in ("parquet", "csv"):
             raise FeatureError(f"unknown output format {fmt!r} (parquet or csv)")
         say(f"joining {len(sources)} view(s) point-in-time into {out}")
         stop = threading.Event()
         watcher = threading.Thread(target=_progress, args=(con, stop, say), daemon=True)
         watcher.start()
-        try:
-            if fetch is None:
-                con.execute(f"COPY ({match}) TO {literal(str(tmp))} ({options})")
-            else:
-                # a temporary table keeps every column's type (a Parquet file would not: HUGEINT);
-                # DuckDB spills it to the temp directory past the memory limit
-                con.execute(f"CREATE TEMP TABLE __mlp_matched AS {match}")
-                say("fetching the matched feature rows")
-                con.execute(f"COPY ({fetch}) TO {literal(str(tmp))} ({options})")
-        except duckdb.Error as exc:
-            tmp.unlink(missing_ok=True)
-            raise FeatureError(f"historical retrieval failed: {str(exc).splitlines()[0]}") from None
-        finally:
-            stop.set()
-            watcher.join()
+        # the lineage hashes every input byte (~1 s per 2 GB): on a thread (hashlib and DuckDB
+        # both release the GIL) while DuckDB matches, needed only once the output is written
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlp-lineage") as pool:
+            hashed = pool.submit(_lineage, sources, entities_path, ts_col)
+            try:
+                if fetch is not None:
+                    # a temporary table keeps every column's type (a Parquet file would not: HUGEINT);
+                    # DuckDB spills it to the temp directory past the memory limit
+                    con.execute(f"CREATE TEMP TABLE __mlp_matched AS {match}")
+                    say("fetching the matched feature rows")
+                lineage = hashed.result()
+                con.execute(f"COPY ({fetch or match}) TO {literal(str(tmp))} ({_options(fmt, lineage)})")
+            except duckdb.Error as exc:
+                tmp.unlink(missing_ok=True)
+                raise FeatureError(f"historical retrieval failed: {str(exc).splitlines()[0]}") from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                stop.set()
+                watcher.join()
         rows = _count(con, tmp, fmt)
         tmp.replace(out)
         if fmt == "csv":
@@ -237,6 +240,30 @@ def historical(
     seconds = time.perf_counter() - t0
     say(f"wrote {rows} rows to {out} in {seconds:.1f}s")
     return Result(out, rows, lineage, seconds)
+
+
+def _lineage(sources: list[Source], entities_path: Path, ts_col: str) -> dict[str, Any]:
+    """What the output was built from: each view's definition and source snapshot, the entity file's hash."""
+    try:
+        entities = file_hash(entities_path)
+        views = {src.name: src.lineage() for src in sources}
+    except OSError as exc:
+        raise FeatureError(
+            f"{exc.filename or entities_path}: cannot read it for the lineage hash: {exc.strerror or exc}"
+        ) from None
+    return {
+        "mlp": __version__,
+        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
+        "entities": {"file": entities_path.name, "snapshot": f"sha256:{entities}", "timestampColumn": ts_col},
+        "views": views,
+    }
+
+
+def _options(fmt: str, lineage: dict[str, Any]) -> str:
+    if fmt == "csv":
+        return "FORMAT csv, HEADER true"
+    meta = literal(json.dumps(lineage, sort_keys=True))
+    return f"{PARQUET_OPTIONS}, KV_METADATA {{'mlp.lineage': {meta}}}"
 
 
 def _count(con: Any, path: Path, fmt: str) -> int:

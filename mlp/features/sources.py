@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,9 @@ class Source:
     cache: Path | None = None  # where S3 objects and converted Avro files live (read access needed)
     ts_types: set[str] = field(default_factory=set)  # the timestamp column's types seen by check_schema
     columns: dict[str, str] | None = None  # column types known without DuckDB (a postgresql query's)
+    # computes `snapshot` when it is still to be taken: reading every byte of a large source
+    # is slow, so `historical` takes it on a thread while DuckDB joins (`take_snapshot`)
+    hasher: Callable[[], str] | None = None
 
     @property
     def name(self) -> str:
@@ -80,6 +83,12 @@ class Source:
     def features(self) -> list[str]:
         return [f.name for f in self.view.spec.features]
 
+    def take_snapshot(self) -> str:
+        """The source's snapshot hash, computed now if it was deferred."""
+        if self.hasher is not None:
+            self.snapshot, self.hasher = self.hasher(), None
+        return self.snapshot
+
     def version(self) -> str:
         """The view's definition hash: a changed spec is a new version."""
         spec = self.view.spec.model_dump(mode="json")
@@ -91,7 +100,7 @@ class Source:
             "version": self.version(),
             "source": {"kind": src.kind, "location": src.uri or src.path or src.query, "files": len(self.files)},
             **({"connectionEnv": src.connectionEnv} if src.connectionEnv else {}),
-            "snapshot": f"sha256:{self.snapshot}",
+            "snapshot": f"sha256:{self.take_snapshot()}",
         }
 
 
@@ -136,34 +145,57 @@ def resolve(
         assert src.query is not None
         _check_query(name, src.query)
         files = [p for p in _query_files(src.query, repo)]
-        digest = hashlib.sha256(src.query.encode())
-        for p in files:
-            digest.update(file_hash(p).encode() if hash_files else str(p.stat().st_mtime_ns).encode())
         # relative file names become absolute: the sandboxed connection allows only these folders
         root = str(repo.resolve())
         query = _FILE_ARG.sub(lambda m: m.group(1) + literal(f"{root}/{m.group(2)}"), src.query)
-        return Source(view, keys, key_types, f"({query})", files, digest.hexdigest(), "sql query", cache)
+        out = Source(view, keys, key_types, f"({query})", files, "", "sql query", cache)
+        _snapshot(out, hash_files, src.query.encode())
+        return out
     if src.uri is not None:
         files = _s3_files(name, src.uri, src.kind, cache, s3_endpoint_url)
     else:
         assert src.path is not None
         files = _local_files(name, src.path, src.kind, repo)
-    digest = hashlib.sha256()
-    hashes: dict[Path, str] = {}
-    for p in files:
-        h = file_hash(p) if hash_files or src.kind == "avro" else f"{p.stat().st_size}:{p.stat().st_mtime_ns}"
-        hashes[p] = h
-        digest.update(f"{p.name}:{h}\n".encode())
     if src.kind == "avro":
+        # converted files are cached by content hash: this one is needed now
+        hashes = {p: file_hash(p) for p in files}
         read = _avro_to_parquet(name, files, hashes, cache)
-        table = f"read_parquet([{', '.join(literal(str(p)) for p in read)}])"
-    elif src.kind == "parquet":
-        table = f"read_parquet([{', '.join(literal(str(p)) for p in files)}])"
-    elif src.kind == "csv":
-        table = f"read_csv([{', '.join(literal(str(p)) for p in files)}], header=true)"
+        out = Source(view, keys, key_types, f"read_parquet([{', '.join(literal(str(p)) for p in read)}])", files)
+        out.snapshot = _digest(files, hashes.__getitem__)
     else:
-        table = f"read_json([{', '.join(literal(str(p)) for p in files)}], format='newline_delimited')"
-    return Source(view, keys, key_types, table, files, digest.hexdigest(), src.uri or src.path or "", cache)
+        if src.kind == "parquet":
+            table = f"read_parquet([{', '.join(literal(str(p)) for p in files)}])"
+        elif src.kind == "csv":
+            table = f"read_csv([{', '.join(literal(str(p)) for p in files)}], header=true)"
+        else:
+            table = f"read_json([{', '.join(literal(str(p)) for p in files)}], format='newline_delimited')"
+        out = Source(view, keys, key_types, table, files)
+        _snapshot(out, hash_files)
+    out.display, out.cache = src.uri or src.path or "", cache
+    return out
+
+
+def _digest(files: list[Path], hash_of: Callable[[Path], str], head: bytes | None = None) -> str:
+    if head is not None:  # a sql source: its query, then its files' hashes
+        digest = hashlib.sha256(head)
+        for p in files:
+            digest.update(hash_of(p).encode())
+        return digest.hexdigest()
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(f"{p.name}:{hash_of(p)}\n".encode())
+    return digest.hexdigest()
+
+
+def _snapshot(source: Source, hash_files: bool, head: bytes | None = None) -> None:
+    """With `hash_files`, a deferred sha256 of the contents; without, a cheap stand-in from size and mtime."""
+    files = list(source.files)
+    if hash_files:
+        source.hasher = lambda: _digest(files, file_hash, head)
+    elif head is not None:
+        source.snapshot = _digest(files, lambda p: str(p.stat().st_mtime_ns), head)
+    else:
+        source.snapshot = _digest(files, lambda p: f"{p.stat().st_size}:{p.stat().st_mtime_ns}")
 
 
 def _postgresql(
