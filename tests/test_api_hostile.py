@@ -155,3 +155,16 @@ def test_errors_are_problem_json_everywhere(world: ApiWorld, admin: httpx.Client
     _problem(admin.get("/api/v1/models", params={"limit": 0}), 422)
     _problem(admin.get("/api/v1/models/nope"), 404)
     _ = Path
+
+
+@pytest.mark.parametrize("repo", ["does-not-exist", "./nowhere/platform"])
+def test_a_missing_repository_is_refused_before_anything_is_written(tmp_path: Path, repo: str) -> None:
+    from click.testing import CliRunner
+
+    from mlp.cli.main import cli
+
+    state = tmp_path / "state"
+    result = CliRunner().invoke(cli, ["server", "--repo", str(tmp_path / repo), "--state-dir", str(state), "--openapi"])
+    assert result.exit_code == 2, result.output
+    assert "no such folder, and not a Git URL" in result.output and repo.split("/")[-1] in result.output
+    assert not (state / "api-git").exists()  # no half-made cache of a repository that is not there

@@ -103,9 +103,14 @@ class RefreshResult:
     duration: float = 0.0
 
 
+def is_url(repo: str) -> bool:
+    """A URL (`scheme://...`) or scp-like remote (`git@host:path`), not a local path."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
+
+
 def remote_url(repo: str) -> str:
     """A local path becomes a file:// URL (so shallow fetches work); URLs pass through."""
-    if "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo):
+    if is_url(repo):
         return repo
     return Path(repo).resolve().as_uri()
 

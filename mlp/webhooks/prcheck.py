@@ -31,7 +31,7 @@ from mlp.governance import affected_by_specs, version_changes
 from mlp.objects import Manifest
 from mlp.plan import Plan
 from mlp.render import RenderError
-from mlp.sources.git import GitAuth, read_tree, remote_url
+from mlp.sources.git import GitAuth, is_url, read_tree, remote_url
 from mlp.specs import LoadResult, SpecSet, load
 from mlp.specs.snapshot import Snapshot
 from mlp.webhooks.report import EnvironmentReport, report_markdown
@@ -59,6 +59,8 @@ class Workspace:
             # The platform repository may be a folder inside a larger Git repository (a monorepo).
             top = Path(self.repo.working_tree_dir or local).resolve()
             self.subdir = local.resolve().relative_to(top).as_posix() if local.resolve() != top else ""
+        elif not is_url(text):  # refused before anything is created in the cache folder
+            raise WorkspaceError(f"{text}: no such folder, and not a Git URL")
         else:
             if cache_dir is None:
                 raise WorkspaceError(f"{text}: a remote repository needs a cache folder (--state-dir)")
