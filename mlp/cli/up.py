@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from mlp.cli._common import log_options, output_option
+from mlp.cli._common import lock_folder, log_options, output_option
 from mlp.cli._tls import check_tls_or_exit, tls_options, uvicorn_tls
 from mlp.serving.artifacts import ArtifactStore
 from mlp.serving.runtime import Runtime
@@ -190,20 +190,6 @@ def _rollouts(
     return local_driver(runtime, state, repo, host=host, echo=event)
 
 
-def _lock_state(state: Path) -> Any:
-    """An exclusive lock on the state folder, held for the life of the process; None if taken."""
-    import fcntl
-
-    state.mkdir(parents=True, exist_ok=True)
-    fh = open(state / ".lock", "w")  # noqa: SIM115 - held open on purpose until exit
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        return None
-    return fh
-
-
 def _width(dep: dict[str, Any]) -> int:
     width = 0
     for f in ((dep.get("spec") or {}).get("signature") or {}).get("inputs") or []:
@@ -364,7 +350,7 @@ def up(
         click.echo(f"error: {repo}: not a platform repository (no environments/ folder)", err=True)
         sys.exit(2)
     state = state_dir or repo / ".mlp" / f"up-{env}"
-    lock = _lock_state(state)
+    lock = lock_folder(state)
     if lock is None:
         click.echo(f"error: {state}: state folder in use by another mlp up (use --state-dir)", err=True)
         sys.exit(2)
