@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +38,13 @@ metadata: {name: dev}
 spec:
   target: {kind: local}
 %(extra)s"""
+
+
+def run_mlp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`mlp ARGS` in a child process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlp.cli.main", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_repo(

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from featurerepo import write_repo
+from featurerepo import run_mlp, write_repo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -224,12 +223,7 @@ def test_a_failed_join_leaves_no_output_and_an_earlier_output_as_it_was(tmp_path
 
 
 def _cli(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "features", *args, "--repo", str(repo)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_mlp("features", *args, "--repo", str(repo), timeout=120)
 
 
 def test_cli_writes_csv_with_a_lineage_sidecar_and_progress_on_stderr(tmp_path: Path) -> None:
@@ -274,17 +268,10 @@ def test_a_column_of_the_wrong_type_names_file_column_and_view(tmp_path: Path) -
     assert "2.csv" in line and "'x'" in line and "FeatureView/stats" in line and "VARCHAR" in line, line
     assert not (tmp_path / "o.parquet").exists()
     # mlp validate --check-sources reports the same, located at the view's source
-    val = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(tmp_path), "--check-sources"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    val = run_mlp("validate", str(tmp_path), "--check-sources")
     assert val.returncode == 1, val.stdout + val.stderr
     assert "specs/features.yaml:" in val.stdout and "2.csv" in val.stdout and "'x'" in val.stdout, val.stdout
-    ok = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(tmp_path)], capture_output=True, text=True, timeout=60
-    )
+    ok = run_mlp("validate", str(tmp_path))
     assert ok.returncode == 0, ok.stdout  # without the flag no source is read
 
 

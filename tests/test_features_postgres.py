@@ -7,15 +7,13 @@ the connection string reaches mlp through the environment variable the view name
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from featurerepo import ENTITY, ENV
+from featurerepo import ENTITY, ENV, run_mlp
 from pgserver import postgresql
 
 from mlp.features import FeatureError
@@ -139,12 +137,7 @@ def test_postgresql_source_gives_the_same_training_set_and_store_as_the_file_sou
         store.close()
     assert stores[0] == stores[1] and len(stores[1]) == rows.customer_id.nunique()
 
-    val = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(pg), "--check-sources"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    val = run_mlp("validate", str(pg), "--check-sources")
     assert val.returncode == 0, val.stdout + val.stderr
 
 
@@ -211,12 +204,7 @@ def test_bad_queries_are_located_errors_and_change_nothing(
     with psycopg.connect(loaded) as con:
         assert con.execute("SELECT count(*) FROM customer_stats").fetchone() == (len(rows),)
     # `mlp validate --check-sources`: one located diagnostic, exit 1
-    val = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(repo), "--check-sources"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    val = run_mlp("validate", str(repo), "--check-sources")
     assert val.returncode == 1, val.stdout + val.stderr
     assert "specs/features.yaml:" in val.stdout and "FeatureView/stats" in val.stdout, val.stdout
     assert "Traceback" not in val.stdout + val.stderr
@@ -242,11 +230,6 @@ def test_server_down_and_missing_connection_are_located_errors(tmp_path: Path, m
         _source(repo)
     assert "not a valid PostgreSQL connection string" in str(err.value) and "secret-pw" not in str(err.value)
     monkeypatch.setenv(PG_ENV, f"postgresql://mlp:secret-pw@127.0.0.1:{port}/postgres")
-    res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "features", "materialize", "--repo", str(repo)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = run_mlp("features", "materialize", "--repo", str(repo))
     assert res.returncode == 2, res.stdout + res.stderr
     assert "cannot connect" in res.stderr and "Traceback" not in res.stderr and "secret-pw" not in res.stderr

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from featurerepo import moto_s3, redis_url, write_repo
+from featurerepo import moto_s3, redis_url, run_mlp, write_repo
 from pydantic import ValidationError
 
 from mlp.engine import desired
@@ -164,21 +162,10 @@ def test_the_rendered_cronjob_runs_a_real_materialization(tmp_path: Path, moto_s
     local_args = [
         str(mounted) if a == "/etc/mlp/repo" else str(tmp_path / "cache") if a == "/var/cache/mlp" else a for a in args
     ]
-    res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", *local_args, "--s3-endpoint-url", moto_s3, "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = run_mlp(*local_args, "--s3-endpoint-url", moto_s3, "-o", "json", timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["views"]["stats"]["rows"] == 5
-    get = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "features", "get", "stats", "--repo", str(mounted), "--env", "prod",
-         "--entity", "3", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )  # fmt: skip
+    get = run_mlp("features", "get", "stats", "--repo", str(mounted), "--env", "prod", "--entity", "3", "-o", "json")
     assert get.returncode == 0, get.stderr
     assert json.loads(get.stdout)["results"][0]["values"] == {"x": 13.0}  # the later part wins
 
@@ -186,10 +173,5 @@ def test_the_rendered_cronjob_runs_a_real_materialization(tmp_path: Path, moto_s
 def test_the_example_repository_sources_match_their_views() -> None:
     root = Path(__file__).resolve().parents[1]
     assert (root / "data" / "features" / "iris-measurements.csv").is_file(), "the example repository's data/ is missing"
-    res = subprocess.run(
-        [sys.executable, "-m", "mlp.cli.main", "validate", str(root), "--check-sources", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    res = run_mlp("validate", str(root), "--check-sources", "-o", "json", timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
