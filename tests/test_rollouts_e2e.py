@@ -167,17 +167,22 @@ def github() -> Iterator[GitHubStandIn]:
         yield standin
 
 
-def make_repo(tmp: Path, artifacts: dict[int, tuple[Path, str]], canary: str, github: GitHubStandIn) -> Path:
-    origin = tmp / "origin.git"
-    git.Repo.init(origin, bare=True, initial_branch="main")
-    repo = tmp / "platform"
+def write_platform(repo: Path, artifacts: dict[int, tuple[Path, str]], env: str) -> Path:
+    """The iris model with these versions (artifact, digest) and the dev environment `env`."""
     (repo / "specs").mkdir(parents=True)
     (repo / "environments").mkdir()
     versions = "".join(
         f"    - {{version: {v}, uri: 'file://{p.resolve()}', digest: '{d}'}}\n" for v, (p, d) in artifacts.items()
     )
     (repo / "specs" / "iris.yaml").write_text(MODEL + versions)
-    (repo / "environments" / "dev.yaml").write_text(ENV.replace("CANARY", canary))
+    (repo / "environments" / "dev.yaml").write_text(env)
+    return repo
+
+
+def make_repo(tmp: Path, artifacts: dict[int, tuple[Path, str]], canary: str, github: GitHubStandIn) -> Path:
+    origin = tmp / "origin.git"
+    git.Repo.init(origin, bare=True, initial_branch="main")
+    repo = write_platform(tmp / "platform", artifacts, ENV.replace("CANARY", canary))
     r = git.Repo.init(repo, initial_branch="main")
     r.index.add(["specs/iris.yaml", "environments/dev.yaml"])
     author = git.Actor("ds", "ds@example.com")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.datasets import load_iris
-from test_rollouts_e2e import MODEL
+from test_rollouts_e2e import write_platform
 
 from mlp.serving.app import DataPlane
 from mlp.serving.runtime import Runtime
@@ -32,15 +32,7 @@ spec:
 
 
 def platform(tmp_path: Path, artifacts: dict[int, tuple[Path, str]]) -> Path:
-    repo = tmp_path / "platform"
-    (repo / "specs").mkdir(parents=True)
-    (repo / "environments").mkdir()
-    versions = "".join(
-        f"    - {{version: {v}, uri: 'file://{p.resolve()}', digest: '{d}'}}\n" for v, (p, d) in artifacts.items()
-    )
-    (repo / "specs" / "iris.yaml").write_text(MODEL + versions)
-    (repo / "environments" / "dev.yaml").write_text(ENV)
-    return repo
+    return write_platform(tmp_path / "platform", artifacts, ENV)
 
 
 def run_report(repo: Path, state: Path, *extra: str) -> subprocess.CompletedProcess[str]:
