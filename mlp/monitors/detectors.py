@@ -16,6 +16,7 @@ reported drifted exactly when it contributed to alibi-detect's batch verdict.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ def _column_sorted(reference: np.ndarray) -> np.ndarray:
     return np.asfortranarray(np.sort(reference, axis=0))
 
 
+@functools.cache  # one subclass per alibi-detect class, not one per detector built
 def _counted_once(base: type) -> type:
     """`base` (alibi-detect's ChiSquareDrift or TabularDrift) with the reference's counts kept."""
 
